@@ -1,0 +1,398 @@
+"""Reading one radiograph (DICOM, PNG or JPEG) into a fixed-size [0, 1] image.
+
+`load_radiograph` is the one entry point of the data pipeline for pixels. Steps for a DICOM view:
+
+1. Header checks, before any pixel memory is allocated: a Pixel Data element, an image SOP class,
+   a single frame, 1 or 3 samples per pixel, sane Bits Allocated / Bits Stored, a declared size of
+   at most `MAX_MEGAPIXELS`, and (for native transfer syntaxes) a Pixel Data length that matches
+   Rows x Columns.
+2. Decoding with pydicom and its pixel-data plugins (pylibjpeg: JPEG baseline/extended/lossless,
+   JPEG-LS, JPEG 2000; RLE).
+3. RGB-stored images are converted to luminance (ITU-R BT.601 weights), with a warning.
+4. The modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence).
+5. Scaling to [0, 1] by the Bits Stored range (as the paper does): the full stored range, mapped
+   through the modality LUT, becomes [0, 1].
+6. MONOCHROME1 -> bone bright: the image is inverted exactly once when the Photometric
+   Interpretation is MONOCHROME1 *or* the Presentation LUT Shape is INVERSE (in DX objects both say
+   the same thing, so a MONOCHROME1 image with PLUT INVERSE is inverted once, not twice).
+7. Constant borders (rows/columns at the edges whose values are all equal) are cropped.
+8. The image is zero-padded (centred) to a square, so the anatomy keeps its aspect ratio, then
+   resized with SciPy to image_size x image_size, anti-aliased when shrinking, and clipped to [0, 1].
+
+PNG and JPEG files (MURA, FracAtlas) go through the same steps 3 and 5-8 with Pillow decoding:
+8-bit images are scaled by 255, 16-bit by 65535. Truncated JPEGs are read with Pillow's
+`ImageFile.LOAD_TRUNCATED_IMAGES` and flagged in `RadiographInfo.truncated`.
+
+Every failure raises `DicomReadError`, whose message names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import pydicom
+import pydicom.errors
+import pydicom.pixels
+import scipy.ndimage
+from PIL import Image
+from PIL import ImageFile
+
+# Refuse images whose declared size exceeds this many megapixels (before allocating memory).
+# The largest detector plates are about 43 x 43 cm at 0.1 mm pixels, i.e. ~18.5 MP; 64 MP leaves
+# ample room while bounding a single decode to ~256 MB of float32.
+MAX_MEGAPIXELS = 64.0
+
+# Files larger than this are refused without being read.
+MAX_FILE_BYTES = 1 << 30
+
+# Rows/columns whose values spread less than this (on the [0, 1] scale) count as constant when
+# cropping borders; 1% tolerates the noise of lossy (near-lossless) encodings.
+BORDER_TOLERANCE = 1e-2
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+class DicomReadError(Exception):
+  """A radiograph could not be read. `path` is the file, `reason` says why (no path in it)."""
+
+  def __init__(self, path: os.PathLike | str, reason: str):
+    self.path = str(path)
+    self.reason = reason
+    super().__init__(f"{self.path}: {reason}")
+
+
+class RadiographInfo(NamedTuple):
+  """What `load_radiograph_with_info` learnt about a file besides its pixels.
+
+  Attributes:
+    view_position: DICOM ViewPosition (e.g. 'AP', 'LL'), '' when absent or not DICOM.
+    source_format: 'dicom', 'png' or 'jpeg'.
+    truncated: True for a truncated JPEG/PNG that Pillow could still read.
+    converted_from_rgb: True when a colour image was converted to luminance.
+    original_shape: (rows, columns) as stored.
+  """
+  view_position: str
+  source_format: str
+  truncated: bool
+  converted_from_rgb: bool
+  original_shape: tuple[int, int]
+
+
+def load_radiograph(path: os.PathLike | str, image_size: int = 300) -> np.ndarray:
+  """Loads a radiograph as float32 [image_size, image_size, 1] in [0, 1], bone bright.
+
+  Args:
+    path: a DICOM, PNG or JPEG file.
+    image_size: side of the square output, in pixels.
+
+  Returns:
+    float32 array of shape (image_size, image_size, 1) with values in [0, 1].
+
+  Raises:
+    DicomReadError: naming the file and the reason, for any file that cannot be read.
+  """
+  image, _ = load_radiograph_with_info(path, image_size)
+  return image
+
+
+def load_radiograph_with_info(
+    path: os.PathLike | str, image_size: int = 300
+) -> tuple[np.ndarray, RadiographInfo]:
+  """Like `load_radiograph`, also returning a `RadiographInfo` (view position, truncation...)."""
+  path = pathlib.Path(path)
+  try:
+    size = path.stat().st_size
+  except OSError as e:
+    raise DicomReadError(path, f"cannot open file ({e.strerror})") from None
+  if size > MAX_FILE_BYTES:
+    raise DicomReadError(path, f"file is {size} bytes, more than the {MAX_FILE_BYTES} byte limit")
+  with open(path, "rb") as f:
+    head = f.read(132)
+  if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
+    image_hw, info = _read_pillow(path)
+  else:
+    image_hw, info = _read_dicom(path)
+  image_hw = crop_constant_borders(image_hw)
+  image_hw = pad_to_square(image_hw)
+  image = resize_image(image_hw, image_size)
+  return image[..., None], info
+
+
+def crop_constant_borders(image_hw: np.ndarray, tolerance: float = BORDER_TOLERANCE) -> np.ndarray:
+  """Removes edge rows/columns whose values are all equal (within `tolerance`).
+
+  Only contiguous runs at the four edges are removed; a constant image is returned unchanged.
+
+  Args:
+    image_hw: float [H, W] image.
+    tolerance: the largest max-min spread of a row/column that still counts as constant.
+
+  Returns:
+    A view [h, w] of `image_hw`, h <= H, w <= W.
+  """
+  row_flat = (image_hw.max(axis=1) - image_hw.min(axis=1)) <= tolerance
+  col_flat = (image_hw.max(axis=0) - image_hw.min(axis=0)) <= tolerance
+  if row_flat.all() or col_flat.all():
+    return image_hw
+  top = int(np.argmin(row_flat))
+  bottom = len(row_flat) - int(np.argmin(row_flat[::-1]))
+  left = int(np.argmin(col_flat))
+  right = len(col_flat) - int(np.argmin(col_flat[::-1]))
+  return image_hw[top:bottom, left:right]
+
+
+def pad_to_square(image_hw: np.ndarray) -> np.ndarray:
+  """Zero-pads [H, W] symmetrically to [max(H, W), max(H, W)]."""
+  h, w = image_hw.shape
+  if h == w:
+    return image_hw
+  side = max(h, w)
+  out = np.zeros((side, side), image_hw.dtype)
+  top, left = (side - h) // 2, (side - w) // 2
+  out[top:top + h, left:left + w] = image_hw
+  return out
+
+
+def resize_image(img_hw: np.ndarray, size: int) -> np.ndarray:
+  """Resizes [H, W] to float32 [size, size] with SciPy, anti-aliased when shrinking, clipped to [0, 1].
+
+  Shrinking first averages integer blocks (exact box anti-aliasing, cheap on 2k x 2k images), then
+  Gaussian-prefilters for the remaining fractional factor and interpolates linearly
+  (`scipy.ndimage.zoom`, order 1). Enlarging interpolates linearly.
+
+  Args:
+    img_hw: [H, W] image with values in [0, 1].
+    size: output side in pixels.
+
+  Returns:
+    float32 [size, size] in [0, 1].
+  """
+  img = np.asarray(img_hw, np.float32)
+  if img.ndim != 2:
+    raise ValueError(f"resize_image expects a 2-D [H, W] image, got shape {img.shape}")
+  if img.shape == (size, size):
+    return np.clip(img, 0.0, 1.0)
+  # Integer block averaging per axis.
+  fh, fw = max(1, img.shape[0] // size), max(1, img.shape[1] // size)
+  if fh > 1 or fw > 1:
+    h, w = (img.shape[0] // fh) * fh, (img.shape[1] // fw) * fw
+    img = img[:h, :w].reshape(h // fh, fh, w // fw, fw).mean(axis=(1, 3), dtype=np.float32)
+  zoom = (size / img.shape[0], size / img.shape[1])
+  sigma = [max(0.0, (1.0 / z - 1.0) / 2.0) if z < 1.0 else 0.0 for z in zoom]
+  if any(s > 0 for s in sigma):
+    img = scipy.ndimage.gaussian_filter(img, sigma, mode="nearest")
+  out = scipy.ndimage.zoom(img, zoom, order=1, mode="nearest", grid_mode=True)
+  if out.shape != (size, size):  # zoom rounds the output shape; fix off-by-one.
+    out = _fit(out, size)
+  return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _fit(img: np.ndarray, size: int) -> np.ndarray:
+  out = np.zeros((size, size), img.dtype)
+  h, w = min(size, img.shape[0]), min(size, img.shape[1])
+  out[:h, :w] = img[:h, :w]
+  if h < size:
+    out[h:, :w] = img[h - 1:h, :w]
+  if w < size:
+    out[:, w:] = out[:, w - 1:w]
+  return out
+
+
+def _check_megapixels(path, rows: int, cols: int) -> None:
+  if rows <= 0 or cols <= 0:
+    raise DicomReadError(path, f"declared image size {rows} x {cols} is empty")
+  if rows * cols > MAX_MEGAPIXELS * 1e6:
+    raise DicomReadError(
+        path, f"declared image size {rows} x {cols} ({rows * cols / 1e6:.0f} MP) exceeds the "
+        f"{MAX_MEGAPIXELS:g} MP limit (MAX_MEGAPIXELS)")
+
+
+def _to_luminance(path, rgb: np.ndarray, warn: bool = True) -> np.ndarray:
+  if warn:
+    warnings.warn(f"{path}: colour (RGB) radiograph converted to luminance", stacklevel=3)
+  return rgb[..., :3].astype(np.float32) @ _LUMA_WEIGHTS
+
+
+def _read_pillow(path: pathlib.Path) -> tuple[np.ndarray, RadiographInfo]:
+  """Reads PNG/JPEG with Pillow into float32 [H, W] in [0, 1]."""
+  fmt = "png" if path.read_bytes()[:8] == _PNG_MAGIC else "jpeg"
+  truncated = False
+  try:
+    with Image.open(path) as im:
+      cols, rows = im.size
+      _check_megapixels(path, rows, cols)
+      try:
+        im.load()
+      except OSError as e:
+        if "truncated" not in str(e).lower():
+          raise
+        truncated = True
+    if truncated:
+      previous = ImageFile.LOAD_TRUNCATED_IMAGES
+      ImageFile.LOAD_TRUNCATED_IMAGES = True
+      try:
+        with Image.open(path) as im:
+          im.load()
+          arr, mode = np.asarray(im), im.mode
+      finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    else:
+      with Image.open(path) as im:
+        if im.mode == "P":
+          im = im.convert("RGB")
+        arr, mode = np.asarray(im), im.mode
+  except DicomReadError:
+    raise
+  except Exception as e:  # Pillow raises many types for broken files.
+    raise DicomReadError(path, f"cannot decode {fmt.upper()} image ({type(e).__name__}: {e})"
+                         ) from None
+  rgb = False
+  if arr.ndim == 3:
+    channels = arr[..., :3]
+    rgb = channels.shape[-1] == 3 and not (
+        np.array_equal(channels[..., 0], channels[..., 1])
+        and np.array_equal(channels[..., 0], channels[..., 2]))
+    arr = _to_luminance(path, arr, warn=rgb) if channels.shape[-1] == 3 else arr[..., 0]
+  if mode in ("I;16", "I;16B", "I;16L", "I"):
+    scale = 65535.0
+  elif mode == "F":
+    scale = max(1.0, float(np.max(arr)))
+  else:
+    scale = 255.0
+  image = np.clip(arr.astype(np.float32) / scale, 0.0, 1.0)
+  info = RadiographInfo("", fmt, truncated, rgb, (int(image.shape[0]), int(image.shape[1])))
+  return image, info
+
+
+def _read_dicom(path: pathlib.Path) -> tuple[np.ndarray, RadiographInfo]:
+  """Reads a DICOM file into float32 [H, W] in [0, 1], bone bright (steps 1-6 of the module doc)."""
+  try:
+    ds = pydicom.dcmread(path, defer_size="256 KB")
+  except pydicom.errors.InvalidDicomError as e:
+    raise DicomReadError(path, f"not a DICOM, PNG or JPEG file ({e})") from None
+  except Exception as e:  # Truncated or corrupt headers raise various errors.
+    raise DicomReadError(path, f"unreadable DICOM header ({type(e).__name__}: {e})") from None
+  _check_dicom_header(path, ds)
+  try:
+    stored = ds.pixel_array
+  except Exception as e:
+    file_meta = getattr(ds, "file_meta", None)
+    tsyntax = file_meta.get("TransferSyntaxUID", None) if file_meta is not None else None
+    name = getattr(tsyntax, "name", str(tsyntax))
+    raise DicomReadError(
+        path, f"pixel data could not be decoded (transfer syntax {name}; "
+        f"{type(e).__name__}: {e})") from None
+  rows, cols = int(ds.Rows), int(ds.Columns)
+  samples = int(ds.get("SamplesPerPixel", 1))
+  expected = (rows, cols, 3) if samples == 3 else (rows, cols)
+  if stored.shape != expected:
+    raise DicomReadError(path, f"decoded pixel array has shape {stored.shape}, "
+                         f"expected {expected} from Rows/Columns/SamplesPerPixel")
+  rgb = samples == 3
+  photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+  if rgb:
+    image = _to_luminance(path, stored)
+    bits = int(ds.BitsStored)
+    image = image / float(2**bits - 1)
+    invert = False
+  else:
+    image = _modality_scaled(ds, stored)
+    plut = str(ds.get("PresentationLUTShape", "")).upper()
+    invert = photometric == "MONOCHROME1" or plut == "INVERSE"
+  image = np.clip(image, 0.0, 1.0)
+  if invert:
+    image = 1.0 - image
+  info = RadiographInfo(
+      str(ds.get("ViewPosition", "") or ""), "dicom", False, rgb, (rows, cols))
+  return image.astype(np.float32, copy=False), info
+
+
+def _check_dicom_header(path, ds) -> None:
+  """Step 1: refuses non-image, multi-frame, oversized or inconsistent files before decoding."""
+  if "PixelData" not in ds:
+    for other in ("FloatPixelData", "DoubleFloatPixelData"):
+      if other in ds:
+        raise DicomReadError(path, f"{other} (floating-point pixels) is not supported")
+    sop = ds.get("SOPClassUID", None)
+    what = f" (SOP class {getattr(sop, 'name', sop)})" if sop else ""
+    raise DicomReadError(path, f"no Pixel Data element{what}")
+  sop = ds.get("SOPClassUID", None)
+  if sop is not None and "Image" not in getattr(sop, "name", "Image"):
+    raise DicomReadError(path, f"SOP class '{sop.name}' is not an image")
+  for keyword in ("Rows", "Columns", "BitsAllocated"):
+    if ds.get(keyword, None) in (None, ""):
+      raise DicomReadError(path, f"missing required attribute {keyword}")
+  rows, cols = int(ds.Rows), int(ds.Columns)
+  _check_megapixels(path, rows, cols)
+  frames = ds.get("NumberOfFrames", 1)
+  try:
+    frames = int(frames or 1)
+  except (TypeError, ValueError):
+    raise DicomReadError(path, f"invalid NumberOfFrames {frames!r}") from None
+  if frames != 1:
+    raise DicomReadError(path, f"multi-frame image ({frames} frames); one view per file expected")
+  samples = int(ds.get("SamplesPerPixel", 1))
+  if samples not in (1, 3):
+    raise DicomReadError(path, f"SamplesPerPixel {samples} not supported (expected 1 or 3)")
+  allocated = int(ds.BitsAllocated)
+  stored = int(ds.get("BitsStored", allocated) or allocated)
+  if allocated not in (8, 16, 32):
+    raise DicomReadError(path, f"BitsAllocated {allocated} not supported (expected 8, 16 or 32)")
+  if not 1 <= stored <= allocated:
+    raise DicomReadError(
+        path, f"BitsStored {stored} is inconsistent with BitsAllocated {allocated}")
+  high_bit = ds.get("HighBit", None)
+  if high_bit is not None and int(high_bit) >= allocated:
+    raise DicomReadError(path, f"HighBit {int(high_bit)} >= BitsAllocated {allocated}")
+  file_meta = getattr(ds, "file_meta", None)
+  tsyntax = file_meta.get("TransferSyntaxUID", None) if file_meta is not None else None
+  if tsyntax is not None and tsyntax.is_compressed:
+    try:
+      decoder = pydicom.pixels.get_decoder(tsyntax)
+    except NotImplementedError:
+      decoder = None
+    if decoder is None or not decoder.is_available:
+      raise DicomReadError(path, f"no decoder available for transfer syntax {tsyntax.name}")
+  else:
+    expected = rows * cols * samples * allocated // 8
+    actual = _pixel_data_length(ds)
+    if actual < expected:
+      raise DicomReadError(
+          path, f"Pixel Data holds {actual} bytes but Rows x Columns x SamplesPerPixel x "
+          f"BitsAllocated ({rows} x {cols} x {samples} x {allocated}) needs {expected} "
+          "(Rows/Columns mismatch or truncated file)")
+
+
+def _pixel_data_length(ds) -> int:
+  """Length of Pixel Data in bytes, without loading it when its reading was deferred."""
+  elem = ds.get_item("PixelData")
+  value = getattr(elem, "value", None)
+  if value is None:
+    return int(getattr(elem, "length", 0) or 0)
+  return len(value)
+
+
+def _modality_scaled(ds, stored: np.ndarray) -> np.ndarray:
+  """Modality LUT, then scaling so the Bits Stored range maps to [0, 1] (step 4-5)."""
+  bits = int(ds.get("BitsStored", ds.BitsAllocated) or ds.BitsAllocated)
+  signed = int(ds.get("PixelRepresentation", 0)) == 1
+  lo, hi = (-(2**(bits - 1)), 2**(bits - 1) - 1) if signed else (0, 2**bits - 1)
+  has_lut = "ModalityLUTSequence" in ds
+  if has_lut and bits <= 16:
+    range_values = np.arange(lo, hi + 1, dtype=np.int64)
+  else:
+    range_values = np.array([lo, hi], np.int64)
+  range_out = np.asarray(pydicom.pixels.apply_modality_lut(range_values, ds), np.float64)
+  out_lo, out_hi = float(range_out.min()), float(range_out.max())
+  values = pydicom.pixels.apply_modality_lut(stored, ds) if (
+      has_lut or "RescaleSlope" in ds or "RescaleIntercept" in ds) else stored
+  values = np.asarray(values, np.float32)
+  if out_hi <= out_lo:
+    return np.zeros(values.shape, np.float32)
+  return (values - np.float32(out_lo)) * np.float32(1.0 / (out_hi - out_lo))

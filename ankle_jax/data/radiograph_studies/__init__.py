@@ -1,0 +1,12 @@
+"""The `radiograph_studies` TFDS dataset (importing this registers the builder)."""
+
+from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import BuildError
+from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import Builder
+from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import BuildOptions
+from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import case_id_for
+from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import DEFAULT_SALT
+from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import RadiographStudiesConfig
+from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import REPORT_JSON
+from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import REPORT_MD
+
+RadiographStudies = Builder

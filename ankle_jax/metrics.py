@@ -1,0 +1,253 @@
+"""Binary classification metrics, case-level bootstrap CIs and operating points.
+
+Point estimates come from scikit-learn. The bootstrap resamples CASES (a
+cluster bootstrap: at image level, all views of a drawn case come along) and
+is vectorized: each resample is a row of case counts, and every metric,
+ROC AUC included, is computed for all resamples at once from weighted counts.
+With unit weights those weighted formulas equal scikit-learn exactly (a test
+checks it).
+
+An undefined metric (e.g. PPV with no positive decision, AUC with one class)
+is NaN; the CI of a metric is the 2.5 and 97.5 percentiles over the resamples
+where it is defined.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+METRIC_NAMES = ('accuracy', 'sensitivity', 'specificity', 'ppv', 'npv',
+                'roc_auc')
+
+
+def _as_arrays(labels, preds, scores=None):
+  labels = np.asarray(labels).astype(np.int64).ravel()
+  preds = np.asarray(preds).astype(np.int64).ravel()
+  if labels.shape != preds.shape:
+    raise ValueError(f'labels {labels.shape} and preds {preds.shape} differ.')
+  if scores is not None:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.shape != labels.shape:
+      raise ValueError(
+          f'labels {labels.shape} and scores {scores.shape} differ.')
+  return labels, preds, scores
+
+
+def classification_metrics(labels, preds, scores) -> dict[str, float]:
+  """The six metrics with scikit-learn.
+
+  Args:
+    labels: int [n], 1 = fracture (positive).
+    preds: bool/int [n] decisions.
+    scores: float [n] soft scores for ROC AUC.
+
+  Returns:
+    {metric name: value}, NaN where undefined.
+  """
+  labels, preds, scores = _as_arrays(labels, preds, scores)
+  nan = np.nan
+  out = {
+      'accuracy': sk_metrics.accuracy_score(labels, preds),
+      'sensitivity': sk_metrics.recall_score(
+          labels, preds, pos_label=1, zero_division=nan),
+      'specificity': sk_metrics.recall_score(
+          labels, preds, pos_label=0, zero_division=nan),
+      'ppv': sk_metrics.precision_score(
+          labels, preds, pos_label=1, zero_division=nan),
+      'npv': sk_metrics.precision_score(
+          labels, preds, pos_label=0, zero_division=nan),
+  }
+  if np.unique(labels).size == 2:
+    out['roc_auc'] = sk_metrics.roc_auc_score(labels, scores)
+  else:
+    out['roc_auc'] = nan
+  return {k: float(out[k]) for k in METRIC_NAMES}
+
+
+def _safe_divide(num, den):
+  with np.errstate(divide='ignore', invalid='ignore'):
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def weighted_metrics(weights_bn: np.ndarray, labels, preds,
+                     scores) -> dict[str, np.ndarray]:
+  """The six metrics under many weightings of the items at once.
+
+  Args:
+    weights_bn: float [B, n] non-negative weights (bootstrap counts).
+    labels: int [n]. preds: bool [n]. scores: float [n].
+
+  Returns:
+    {metric name: float [B]}, NaN where undefined.
+  """
+  labels, preds, scores = _as_arrays(labels, preds, scores)
+  w = np.atleast_2d(np.asarray(weights_bn, dtype=np.float64))
+  pos, prd = labels == 1, preds == 1
+  tp = w @ (pos & prd)
+  fn = w @ (pos & ~prd)
+  tn = w @ (~pos & ~prd)
+  fp = w @ (~pos & prd)
+  out = {
+      'accuracy': _safe_divide(tp + tn, tp + tn + fp + fn),
+      'sensitivity': _safe_divide(tp, tp + fn),
+      'specificity': _safe_divide(tn, tn + fp),
+      'ppv': _safe_divide(tp, tp + fp),
+      'npv': _safe_divide(tn, tn + fn),
+  }
+  # Weighted ROC AUC = P(score_pos > score_neg) + P(tie) / 2 (the trapezoid
+  # rule of roc_auc_score), with scores grouped into their distinct values.
+  _, group_n = np.unique(scores, return_inverse=True)
+  num_groups = group_n.max() + 1 if group_n.size else 0
+  onehot_nk = np.zeros((labels.size, num_groups))
+  onehot_nk[np.arange(labels.size), group_n] = 1.0
+  pos_bk = (w * pos) @ onehot_nk
+  neg_bk = (w * ~pos) @ onehot_nk
+  neg_below_bk = np.cumsum(neg_bk, axis=1) - neg_bk
+  pairs_won = (pos_bk * (neg_below_bk + 0.5 * neg_bk)).sum(axis=1)
+  out['roc_auc'] = _safe_divide(pairs_won, pos_bk.sum(1) * neg_bk.sum(1))
+  return out
+
+
+def bootstrap_weights(clusters: np.ndarray, *, num_resamples: int,
+                      seed: int) -> np.ndarray:
+  """Case-level bootstrap weights of the items.
+
+  Args:
+    clusters: int [n], the case (0..C-1) of each item; at case level,
+      arange(C).
+    num_resamples: B.
+    seed: the resamples depend only on (seed, C), so entries on the same split
+      share them (a paired bootstrap).
+
+  Returns:
+    float [B, n]: how often each item's case was drawn in each resample.
+  """
+  clusters = np.asarray(clusters, dtype=np.int64).ravel()
+  _, clusters = np.unique(clusters, return_inverse=True)
+  num_clusters = int(clusters.max()) + 1 if clusters.size else 0
+  rng = np.random.default_rng(seed)
+  draws_bc = rng.integers(0, num_clusters, size=(num_resamples, num_clusters))
+  offsets = np.arange(num_resamples)[:, None] * num_clusters
+  counts_bc = np.bincount((draws_bc + offsets).ravel(),
+                          minlength=num_resamples * num_clusters)
+  counts_bc = counts_bc.reshape(num_resamples, num_clusters).astype(np.float64)
+  return counts_bc[:, clusters]
+
+
+def bootstrap_ci(labels, preds, scores, clusters=None, *,
+                 num_resamples: int = 2000, seed: int = 0,
+                 confidence: float = 0.95) -> dict[str, tuple[float, float]]:
+  """Percentile bootstrap CIs of the six metrics, resampling cases.
+
+  Args:
+    labels, preds, scores: [n] as for classification_metrics.
+    clusters: int [n] the case of each item (None: each item is its own case).
+    num_resamples: number of bootstrap resamples.
+    seed: seed of the resamples.
+    confidence: the CI's coverage.
+
+  Returns:
+    {metric name: (lo, hi)}, NaN where the metric is never defined.
+  """
+  labels, preds, scores = _as_arrays(labels, preds, scores)
+  if clusters is None:
+    clusters = np.arange(labels.size)
+  weights_bn = bootstrap_weights(clusters, num_resamples=num_resamples,
+                                 seed=seed)
+  values = weighted_metrics(weights_bn, labels, preds, scores)
+  alpha = (1.0 - confidence) / 2.0
+  out = {}
+  for name in METRIC_NAMES:
+    v = values[name][np.isfinite(values[name])]
+    if v.size == 0:
+      out[name] = (np.nan, np.nan)
+    else:
+      lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
+      out[name] = (float(lo), float(hi))
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class BinaryEvaluator:
+  """Metrics and their bootstrap CIs for one set of decisions.
+
+  Attributes:
+    num_resamples: bootstrap resamples (2000 by default).
+    seed: bootstrap seed.
+  """
+  num_resamples: int = 2000
+  seed: int = 0
+
+  def __call__(self, labels, preds, scores, clusters=None):
+    """Returns ({metric: value}, {metric: (lo, hi)})."""
+    point = classification_metrics(labels, preds, scores)
+    ci = bootstrap_ci(labels, preds, scores, clusters,
+                      num_resamples=self.num_resamples, seed=self.seed)
+    return point, ci
+
+
+# ---------------------------------------------------------------- operating
+def youden_threshold(labels, scores) -> float:
+  """Threshold maximizing Youden's J = sensitivity + specificity - 1.
+
+  Decisions are `score >= threshold`. Among equal J, the highest threshold.
+  """
+  labels, _, scores = _as_arrays(labels, labels, scores)
+  fpr, tpr, thresholds = sk_metrics.roc_curve(labels, scores,
+                                              drop_intermediate=False)
+  finite = np.isfinite(thresholds)
+  j = np.where(finite, tpr - fpr, -np.inf)
+  return float(thresholds[int(np.argmax(j))])
+
+
+def sensitivity_threshold(labels, scores, min_sensitivity: float = 0.9
+                          ) -> float:
+  """Highest threshold whose sensitivity is >= min_sensitivity.
+
+  The highest such threshold gives the best specificity at that sensitivity.
+  Decisions are `score >= threshold`.
+  """
+  labels, _, scores = _as_arrays(labels, labels, scores)
+  _, tpr, thresholds = sk_metrics.roc_curve(labels, scores,
+                                            drop_intermediate=False)
+  ok = np.isfinite(thresholds) & (tpr >= min_sensitivity - 1e-12)
+  return float(thresholds[ok].max())
+
+
+def operating_point(labels, scores, threshold: float, clusters=None, *,
+                    num_resamples: int = 2000, seed: int = 0) -> dict:
+  """Sensitivity and specificity at a fixed threshold, with bootstrap CIs.
+
+  Returns:
+    {'threshold', 'sensitivity', 'specificity', 'ci95': {name: [lo, hi]}}.
+  """
+  labels, _, scores = _as_arrays(labels, labels, scores)
+  preds = scores >= threshold
+  point = classification_metrics(labels, preds, scores)
+  ci = bootstrap_ci(labels, preds, scores, clusters,
+                    num_resamples=num_resamples, seed=seed)
+  names = ('sensitivity', 'specificity')
+  return {'threshold': float(threshold),
+          **{n: point[n] for n in names},
+          'ci95': {n: list(ci[n]) for n in names}}
+
+
+OPERATING_POINTS: Mapping[str, str] = {
+    'youden': 'maximum Youden J on validation',
+    'sens90': 'highest threshold with sensitivity >= 0.90 on validation',
+}
+
+
+def choose_threshold(name: str, labels, scores) -> float:
+  """The threshold of a named operating point (see OPERATING_POINTS)."""
+  if name == 'youden':
+    return youden_threshold(labels, scores)
+  if name == 'sens90':
+    return sensitivity_threshold(labels, scores, 0.9)
+  raise ValueError(
+      f'Unknown operating point {name!r}; expected one of '
+      f'{list(OPERATING_POINTS)}.')

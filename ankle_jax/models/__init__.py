@@ -1,0 +1,94 @@
+"""The three model families and the one door to them, `build`.
+
+Calling convention (every family):
+  variables = module.init(key, images_bhwc, train=False)
+      -> {'params': ..., 'batch_stats': ...}
+  outputs = module.apply(variables, images_bhwc, train=False)
+      -> layers.ModelOutputs(logits, aux_logits)   (aux_logits None if no aux)
+  outputs, updates = module.apply(variables, images_bhwc, train=True,
+                                  rngs={'dropout': key},
+                                  mutable=['batch_stats'])
+images_bhwc: float32 [B, H, W, 1], H, W >= 75. Logits are float32 [B, classes].
+"""
+
+from typing import Any, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ankle_jax.models import inception_v3
+from ankle_jax.models import layers
+from ankle_jax.models import resnet_v2
+from ankle_jax.models import xception
+from ankle_jax.models.layers import ModelOutputs
+from ankle_jax.models.summary import format_summary
+from ankle_jax.models.summary import summarize
+
+MODEL_REGISTRY: dict[str, Any] = {
+    'inception_v3': inception_v3.InceptionV3,
+    'resnet101_v2': resnet_v2.ResNet101V2,
+    'xception': xception.Xception,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(MODEL_REGISTRY)
+
+# Family-specific keyword arguments accepted by `build`.
+FAMILY_KWARGS: dict[str, tuple[str, ...]] = {
+    'inception_v3': (),
+    'resnet101_v2': ('stride_in_first_unit', 'keras_stem'),
+    'xception': ('valid_stem', 'aux_block'),
+}
+
+
+def build(name: str, *, num_classes: int = 2, aux_head: bool = False,
+          dropout_rate: float = 0.0, width_multiplier: float = 1.0,
+          dtype: Union[str, Any] = jnp.float32,
+          **family_kwargs) -> nn.Module:
+  """Builds model `name` (one of MODEL_NAMES) as a linen Module.
+
+  Args:
+    name: 'inception_v3', 'resnet101_v2' or 'xception'.
+    num_classes: classifier outputs.
+    aux_head: add the auxiliary tower (SPEC section 2 positions).
+    dropout_rate: dropout before the final Dense, active only in train mode.
+    width_multiplier: scales channel widths (1.0 = the paper's models).
+    dtype: computation dtype (jnp dtype or name, e.g. 'bfloat16'); params and
+      BatchNorm statistics stay float32.
+    **family_kwargs: resnet101_v2: stride_in_first_unit (True = paper, False =
+      Keras), keras_stem; xception: valid_stem (False = paper, True = Keras),
+      aux_block (1-based middle-flow block for the aux tower, default 3).
+
+  Returns:
+    The unbound module.
+
+  Raises:
+    ValueError: unknown name or family keyword argument.
+  """
+  if name not in MODEL_REGISTRY:
+    raise ValueError(
+        f'ankle_jax.models.build: unknown model name {name!r}; valid names: '
+        f'{", ".join(MODEL_NAMES)}.')
+  unknown = sorted(set(family_kwargs) - set(FAMILY_KWARGS[name]))
+  if unknown:
+    valid = ', '.join(FAMILY_KWARGS[name]) or '(none)'
+    raise ValueError(
+        f'ankle_jax.models.build: unknown keyword argument(s) {unknown} for '
+        f'model {name!r}; valid family kwargs: {valid}.')
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(
+        f'ankle_jax.models.build: dropout_rate={dropout_rate} must be in '
+        '[0, 1).')
+  if width_multiplier <= 0:
+    raise ValueError(
+        f'ankle_jax.models.build: width_multiplier={width_multiplier} must be '
+        'positive.')
+  return MODEL_REGISTRY[name](
+      num_classes=num_classes, aux_head=aux_head, dropout_rate=dropout_rate,
+      width_multiplier=width_multiplier, dtype=jnp.dtype(dtype),
+      **family_kwargs)
+
+
+__all__ = [
+    'FAMILY_KWARGS', 'MODEL_NAMES', 'MODEL_REGISTRY', 'ModelOutputs', 'build',
+    'format_summary', 'inception_v3', 'layers', 'resnet_v2', 'summarize',
+    'xception',
+]

@@ -1,0 +1,245 @@
+"""View votes, case votes and ensemble votes as array operations.
+
+Every model runs once over a split; everything here works on its output, the
+fracture probabilities `probs_rv` of shape [runs, views], and never runs a
+model again.
+
+Conventions (the paper's, made explicit):
+
+* Image level: a view's vote is the argmax of the two-class softmax, i.e. the
+  fracture probability against 0.5. An exact 0.5 counts as fracture (the same
+  `score >= threshold` rule as `sklearn.metrics.roc_curve`).
+* Case level, over all of a case's views in the split:
+  - hard: the majority of the view votes. A tie (possible when a case has an
+    even number of views, e.g. 2) goes to FRACTURE: a screening tool should
+    rather send a doubtful case to a reader than miss it. The authors' code
+    rounds the mean vote, which would send such a tie to normal; their cases
+    all had 3 views, so they never met one.
+  - soft: the mean probability over the views.
+* Ensembles of runs:
+  - hard: per view, the majority of the members' votes (odd-size ensembles
+    have no ties; an even-size one would tie to fracture as above). At case
+    level the per-view ensemble votes then vote over the views (members
+    first, then views, as the authors did).
+  - soft: the mean of the members' probabilities (at case level, also over
+    the views).
+* Scores for ROC AUC are always the soft ones (mean probabilities), also for
+  hard-voting entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Sequence
+
+import numpy as np
+
+LEVELS = ('image', 'case')
+VOTINGS = ('hard', 'soft')
+THRESHOLD = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseIndex:
+  """Which case each view belongs to.
+
+  Attributes:
+    case_index_v: int [views], the case (0..num_cases-1) of each view.
+    case_ids_c: str [cases], the (already salted-hash) case identifiers, sorted.
+    labels_c: int [cases], the label of each case.
+    views_per_case_c: int [cases], how many views each case has.
+  """
+  case_index_v: np.ndarray
+  case_ids_c: np.ndarray
+  labels_c: np.ndarray
+  views_per_case_c: np.ndarray
+
+  @property
+  def num_cases(self) -> int:
+    return len(self.case_ids_c)
+
+  @property
+  def num_views(self) -> int:
+    return len(self.case_index_v)
+
+
+def index_cases(case_ids_v: Sequence[str], labels_v: Sequence[int]) -> CaseIndex:
+  """Groups views into cases.
+
+  Args:
+    case_ids_v: [views] case identifier of each view.
+    labels_v: int [views] label of each view (0 normal, 1 fracture).
+
+  Returns:
+    The CaseIndex of these views.
+
+  Raises:
+    ValueError: if the views of one case disagree on the label.
+  """
+  case_ids_v = np.asarray(case_ids_v).astype(str)
+  labels_v = np.asarray(labels_v, dtype=np.int64)
+  if case_ids_v.shape != labels_v.shape or case_ids_v.ndim != 1:
+    raise ValueError(
+        f'case_ids_v and labels_v must be 1-D of equal length, got '
+        f'{case_ids_v.shape} and {labels_v.shape}.')
+  case_ids_c, case_index_v = np.unique(case_ids_v, return_inverse=True)
+  num_cases = len(case_ids_c)
+  views_per_case_c = np.bincount(case_index_v, minlength=num_cases)
+  label_sum_c = np.bincount(case_index_v, weights=labels_v, minlength=num_cases)
+  labels_c = (label_sum_c > 0).astype(np.int64)
+  mixed = (label_sum_c > 0) & (label_sum_c < views_per_case_c)
+  if mixed.any():
+    raise ValueError(
+        f'The views of case(s) {list(case_ids_c[mixed][:5])} disagree on the '
+        'label; a case has one label.')
+  return CaseIndex(case_index_v=case_index_v.astype(np.int64),
+                   case_ids_c=case_ids_c, labels_c=labels_c,
+                   views_per_case_c=views_per_case_c)
+
+
+def image_votes(probs: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
+  """Votes (bool, True = fracture) of probabilities of any shape."""
+  return np.asarray(probs) >= threshold
+
+
+def case_means(values_xv: np.ndarray, cases: CaseIndex) -> np.ndarray:
+  """Mean of per-view values over each case's views.
+
+  Args:
+    values_xv: float [..., views].
+    cases: the CaseIndex of the views.
+
+  Returns:
+    float [..., cases].
+  """
+  values_xv = np.asarray(values_xv, dtype=np.float64)
+  onehot_vc = np.zeros((cases.num_views, cases.num_cases))
+  onehot_vc[np.arange(cases.num_views), cases.case_index_v] = 1.0
+  return (values_xv @ onehot_vc) / cases.views_per_case_c
+
+
+def case_hard_votes(votes_xv: np.ndarray, cases: CaseIndex) -> np.ndarray:
+  """Majority of each case's view votes; ties go to fracture. bool [..., cases]."""
+  return case_means(np.asarray(votes_xv, dtype=np.float64), cases) >= 0.5
+
+
+def case_soft_probs(probs_xv: np.ndarray, cases: CaseIndex) -> np.ndarray:
+  """Mean probability over each case's views. float [..., cases]."""
+  return case_means(probs_xv, cases)
+
+
+def ensemble_hard_votes(probs_rv: np.ndarray,
+                        members: Sequence[int]) -> np.ndarray:
+  """Per-view majority of the members' votes (ties to fracture). bool [views]."""
+  member_votes_mv = image_votes(np.asarray(probs_rv)[list(members)])
+  return member_votes_mv.mean(axis=0) >= 0.5
+
+
+def ensemble_soft_probs(probs_rv: np.ndarray,
+                        members: Sequence[int]) -> np.ndarray:
+  """Per-view mean of the members' probabilities. float [views]."""
+  return np.asarray(probs_rv, dtype=np.float64)[list(members)].mean(axis=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decisions:
+  """What one (members, level, voting) combination decides on a split.
+
+  Attributes:
+    labels: int [n] true labels (n = views at image level, cases at case level).
+    preds: bool [n] decisions (True = fracture).
+    scores: float [n] soft scores (mean probability), for ROC AUC.
+    clusters: int [n] the case of each item, for the case-level bootstrap.
+  """
+  labels: np.ndarray
+  preds: np.ndarray
+  scores: np.ndarray
+  clusters: np.ndarray
+
+
+def decide(probs_rv: np.ndarray, labels_v: np.ndarray, cases: CaseIndex,
+           members: Sequence[int], level: str, voting: str) -> Decisions:
+  """Decisions of an ensemble (1 member = a single model) on one split.
+
+  Args:
+    probs_rv: float [runs, views] fracture probabilities.
+    labels_v: int [views] labels.
+    cases: the CaseIndex of the views.
+    members: indices into the runs axis.
+    level: 'image' (each view on its own) or 'case' (vote over the views).
+    voting: 'hard' (majority votes) or 'soft' (mean probabilities).
+
+  Returns:
+    The Decisions.
+  """
+  if level not in LEVELS:
+    raise ValueError(f'level must be one of {LEVELS}, got {level!r}.')
+  if voting not in VOTINGS:
+    raise ValueError(f'voting must be one of {VOTINGS}, got {voting!r}.')
+  if not members:
+    raise ValueError('An ensemble needs at least one member.')
+  soft_v = ensemble_soft_probs(probs_rv, members)
+  if level == 'image':
+    preds = (ensemble_hard_votes(probs_rv, members) if voting == 'hard'
+             else image_votes(soft_v))
+    return Decisions(labels=np.asarray(labels_v, dtype=np.int64), preds=preds,
+                     scores=soft_v, clusters=cases.case_index_v)
+  soft_c = case_soft_probs(soft_v, cases)
+  if voting == 'hard':
+    preds = case_hard_votes(ensemble_hard_votes(probs_rv, members), cases)
+  else:
+    preds = image_votes(soft_c)
+  return Decisions(labels=cases.labels_c, preds=preds, scores=soft_c,
+                   clusters=np.arange(cases.num_cases))
+
+
+def num_odd_subsets(num_runs: int) -> int:
+  """Number of odd-size subsets of num_runs runs: 2**(num_runs - 1)."""
+  return 2 ** (num_runs - 1) if num_runs > 0 else 0
+
+
+def odd_subsets(num_runs: int, max_subsets: int | None = None,
+                seed: int = 0) -> list[tuple[int, ...]]:
+  """Every odd-size subset of range(num_runs), or a capped, seeded selection.
+
+  Subsets are ordered by size, then lexicographically. With a cap smaller than
+  2**(num_runs-1), the result always holds every single run and the largest
+  odd-size ensemble, and the rest is a seeded uniform sample of the other odd
+  subsets (never enumerating all of them).
+
+  Args:
+    num_runs: number of runs.
+    max_subsets: cap on the number of subsets (None = no cap).
+    seed: seed of the sample when capped.
+
+  Returns:
+    A list of sorted tuples of run indices.
+  """
+  if num_runs < 1:
+    raise ValueError(f'Need at least one run, got {num_runs}.')
+  total = num_odd_subsets(num_runs)
+  if max_subsets is None or max_subsets >= total:
+    return [c for k in range(1, num_runs + 1, 2)
+            for c in itertools.combinations(range(num_runs), k)]
+  largest = num_runs if num_runs % 2 else num_runs - 1
+  required = [(i,) for i in range(num_runs)] + [tuple(range(largest))]
+  required = list(dict.fromkeys(required))
+  if max_subsets < len(required):
+    raise ValueError(
+        f'max_subsets={max_subsets} is too small for {num_runs} runs: it must '
+        f'be at least {len(required)} (every single run and the full ensemble).')
+  chosen = set(required)
+  rng = np.random.default_rng(seed)
+  sizes = np.arange(3, num_runs + 1, 2)
+  # The number of subsets of each size, as weights for a uniform draw.
+  weights = np.array([math.comb(num_runs, int(k)) for k in sizes], dtype=float)
+  if largest in sizes:
+    weights[sizes == largest] -= 1
+  weights /= weights.sum()
+  while len(chosen) < max_subsets:
+    size = int(rng.choice(sizes, p=weights))
+    chosen.add(tuple(sorted(rng.choice(num_runs, size=size, replace=False)
+                            .tolist())))
+  return sorted(chosen, key=lambda c: (len(c), c))

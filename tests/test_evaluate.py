@@ -1,0 +1,384 @@
+"""Tests of ankle_jax.evaluate.
+
+Most tests use a tiny stand-in model (a conv, BatchNorm and the real
+ClassifierHead) and fake run directories with real orbax checkpoints, so they
+run in seconds; the end-to-end tests train two tiny real runs.
+"""
+
+import csv
+import glob
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+from ankle_jax import checkpoint
+from ankle_jax import evaluate
+from ankle_jax import metrics
+from ankle_jax import writers
+from ankle_jax.models import layers
+
+
+class TinyNet(nn.Module):
+  """A stand-in with the models' calling convention."""
+  features: int = 4
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(self.features, (3, 3), strides=(2, 2))(x)
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    x = nn.relu(x)
+    return layers.ModelOutputs(layers.ClassifierHead(num_classes=2)(x, train),
+                               None)
+
+
+def tiny_config(name='tiny', image_size=32, features=4):
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict(
+      {'name': name, 'aux_head': False, 'dropout_rate': 0.0,
+       'width_multiplier': 1.0, 'kwargs': {'features': features}})
+  config.image_size = image_size
+  config.dtype = 'float32'
+  config.data = ml_collections.ConfigDict(
+      {'data_dir': '', 'dataset_config': 'dicom_cases'})
+  config.best_metric = 'val_accuracy'
+  return config
+
+
+def tiny_create_model(config):
+  return TinyNet(features=config.model.kwargs.features)
+
+
+def make_fake_run(workdir, seed, **config_kwargs):
+  """A run directory with config.json and a 'best' checkpoint."""
+  config = tiny_config(**config_kwargs)
+  os.makedirs(workdir, exist_ok=True)
+  writers.write_config(workdir, config)
+  module = tiny_create_model(config)
+  variables = module.init(jax.random.key(seed),
+                          jnp.zeros((1, config.image_size,
+                                     config.image_size, 1)))
+  # Non-trivial BatchNorm statistics, so that restoring them matters.
+  variables = jax.tree.map(np.array, variables)
+  variables['batch_stats']['BatchNorm_0']['mean'] += 0.1 * seed
+  variables['params']['ClassifierHead_0']['dense']['bias'] += np.array(
+      [0.0, 0.05 * seed], np.float32)
+  ckpt = checkpoint.RunCheckpoints(workdir)
+  ckpt.save_best(7, variables, {'val_accuracy': 0.5})
+  ckpt.close()
+  return workdir
+
+
+def fake_split(split, num_cases, seed, two_view_every=4):
+  """Views of a fake split: (case_ids, view_index, labels, images at 64 px)."""
+  rng = np.random.default_rng(seed)
+  case_ids, view_index, labels, images = [], [], [], []
+  for c in range(num_cases):
+    label = c % 2
+    views = 2 if c % two_view_every == 0 else 3
+    for v in range(views):
+      case_ids.append(f'{split[:3]}{c:03d}hash')
+      view_index.append(v)
+      labels.append(label)
+      img = rng.uniform(0, 0.5, (64, 64, 1)).astype(np.float32)
+      img[16:40, 16:40] += 0.4 * label * rng.uniform(0.5, 1.0)
+      images.append(img)
+  return (np.array(case_ids, object), np.array(view_index, np.int32),
+          np.array(labels, np.int32), np.stack(images))
+
+
+def fake_batches_fn(splits, batch_size=8):
+  """batches_fn(split) -> batches_for(image_size), with padding and masks."""
+
+  def batches_fn(split):
+    if split not in splits:
+      return None
+    case_ids, view_index, labels, images = splits[split]
+
+    def batches_for(image_size):
+      resized = np.asarray(jax.image.resize(
+          images, (len(images), image_size, image_size, 1), 'linear'))
+      for start in range(0, len(labels), batch_size):
+        sl = slice(start, start + batch_size)
+        n = len(labels[sl])
+        pad = batch_size - n
+        yield {
+            'image': np.concatenate([resized[sl],
+                                     np.zeros((pad,) + resized.shape[1:],
+                                              np.float32)]),
+            'label': np.concatenate([labels[sl], np.zeros(pad, np.int32)]),
+            'case_id': np.concatenate([case_ids[sl],
+                                       np.array([''] * pad, object)]),
+            'view_index': np.concatenate([view_index[sl],
+                                          np.zeros(pad, np.int32)]),
+            'mask': np.arange(batch_size) < n,
+        }
+
+    return batches_for
+
+  return batches_fn
+
+
+# --------------------------------------------------------------- forward
+def test_vmapped_apply_over_stacked_runs_equals_python_loop():
+  module = TinyNet()
+  images = jax.random.uniform(jax.random.key(1), (5, 32, 32, 1))
+  variables_list = []
+  for seed in range(3):
+    v = jax.tree.map(np.array, module.init(jax.random.key(seed), images))
+    v['batch_stats']['BatchNorm_0']['var'] += seed
+    variables_list.append(v)
+  probs_rb = evaluate.make_forward(module)(
+      evaluate.stack_variables(variables_list), images)
+  from ankle_jax.data import augment
+  std_images = augment.standardize_per_image(images)
+  expected = np.stack([
+      jax.nn.softmax(module.apply(v, std_images, train=False).logits)[:, 1]
+      for v in variables_list])
+  assert probs_rb.shape == (3, 5)
+  np.testing.assert_allclose(probs_rb, expected, rtol=1e-5, atol=1e-6)
+  # The runs really differ, so the test can fail.
+  assert np.abs(expected[0] - expected[2]).max() > 1e-4
+
+
+def test_group_runs_by_architecture_and_shape():
+  configs = [tiny_config(), tiny_config(image_size=48), tiny_config(),
+             tiny_config(features=8)]
+  configs[2].model.dropout_rate = 0.5  # dropout does not split a group
+  groups = evaluate.group_runs(configs)
+  assert sorted(groups.values()) == [[0, 2], [1], [3]]
+
+
+def test_stack_variables_rejects_different_trees():
+  with pytest.raises(ValueError, match='different variable trees'):
+    evaluate.stack_variables([{'a': np.zeros(2)}, {'b': np.zeros(2)}])
+
+
+def test_unique_run_names():
+  assert evaluate.unique_run_names(['/x/a/', '/y/a', '/z/b']) == [
+      'a', 'a~2', 'b']
+
+
+# ------------------------------------------------- fake runs end to end
+@pytest.fixture(scope='module')
+def fake_evaluation(tmp_path_factory):
+  root = tmp_path_factory.mktemp('fake_eval')
+  run_dirs = [
+      make_fake_run(str(root / 'run_a'), 0),
+      make_fake_run(str(root / 'run_b'), 1),
+      make_fake_run(str(root / 'run_c'), 2, image_size=48),  # its own group
+  ]
+  splits = {'test': fake_split('test', 13, 0),
+            'validation': fake_split('validation', 11, 1)}
+  out_dir = str(root / 'out')
+  mp = pytest.MonkeyPatch()
+  mp.setattr(evaluate, 'create_model', tiny_create_model)
+  try:
+    out = evaluate.evaluate_runs(
+        run_dirs, split='test', out_dir=out_dir, num_bootstrap=300, seed=3,
+        batches_fn=fake_batches_fn(splits))
+  finally:
+    mp.undo()
+  return {'out_dir': out_dir, 'out': out, 'splits': splits,
+          'run_dirs': run_dirs}
+
+
+def _read_csv(path):
+  with open(path, newline='') as f:
+    reader = csv.reader(f)
+    header = next(reader)
+    return header, list(reader)
+
+
+def test_outputs_exist(fake_evaluation):
+  out_dir = fake_evaluation['out_dir']
+  for name in ('predictions.csv', 'results.json', 'summary.json', 'report.md',
+               'roc.png', 'confusion.png'):
+    assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
+  assert glob.glob(os.path.join(out_dir, 'events.out.tfevents.*'))
+  report = open(os.path.join(out_dir, 'report.md')).read()
+  for text in ('Paper protocol', 'Honest protocol', 'Operating points',
+               'run_a', 'ROC AUC', 'ties'):
+    assert text in report, text
+
+
+def test_predictions_csv_rows_and_columns(fake_evaluation):
+  header, rows = _read_csv(
+      os.path.join(fake_evaluation['out_dir'], 'predictions.csv'))
+  assert header[:5] == ['run', 'case_id', 'view_index', 'label',
+                        'probability']
+  assert header == list(evaluate.PREDICTION_COLUMNS)
+  splits = fake_evaluation['splits']
+  num_views = sum(len(s[2]) for s in splits.values())
+  assert len(rows) == 3 * num_views  # one row per run and view
+  assert {r[0] for r in rows} == {'run_a', 'run_b', 'run_c'}
+  assert {r[5] for r in rows} == {'test', 'validation'}
+  # Padding rows were dropped; labels and view indices match the split.
+  test_rows = [r for r in rows if r[0] == 'run_a' and r[5] == 'test']
+  case_ids, view_index, labels, _ = splits['test']
+  assert [(r[1], int(r[2]), int(r[3])) for r in test_rows] == list(
+      zip(case_ids, view_index.tolist(), labels.tolist()))
+
+
+def test_predictions_match_a_direct_forward(fake_evaluation):
+  """The grouped, vmapped, batched forward gives each run's own outputs."""
+  _, rows = _read_csv(
+      os.path.join(fake_evaluation['out_dir'], 'predictions.csv'))
+  from ankle_jax.data import augment
+  _, _, _, images = fake_evaluation['splits']['test']
+  for run_dir, size in zip(fake_evaluation['run_dirs'], (32, 32, 48)):
+    name = os.path.basename(run_dir)
+    config = checkpoint.load_run_config(run_dir)
+    variables, _ = checkpoint.restore_variables(run_dir)
+    x = jax.image.resize(images, (len(images), size, size, 1), 'linear')
+    logits = tiny_create_model(config).apply(
+        variables, augment.standardize_per_image(x), train=False).logits
+    expected = np.asarray(jax.nn.softmax(logits)[:, 1])
+    got = [float(r[4]) for r in rows if r[0] == name and r[5] == 'test']
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def _load_predictions(out_dir):
+  """{split: (run_names, case_ids_v, labels_v, probs_rv)} read with csv."""
+  _, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
+  out = {}
+  for split in {r[5] for r in rows}:
+    runs = list(dict.fromkeys(r[0] for r in rows if r[5] == split))
+    views = list(dict.fromkeys((r[1], r[2]) for r in rows if r[5] == split))
+    probs = np.zeros((len(runs), len(views)))
+    labels = np.zeros(len(views), int)
+    for r in rows:
+      if r[5] == split:
+        v = views.index((r[1], r[2]))
+        probs[runs.index(r[0]), v] = float(r[4])
+        labels[v] = int(r[3])
+    out[split] = (runs, [f'{split}/{c}' for c, _ in views], labels, probs)
+  return out
+
+
+def _independent_decisions(runs, case_ids, labels, probs, members, level,
+                           vote):
+  """Re-derives an entry's (labels, preds, scores, clusters) by hand."""
+  idx = [runs.index(m) for m in members]
+  soft_v = probs[idx].mean(0)
+  hard_v = (probs[idx] >= 0.5).sum(0) * 2 > len(idx)
+  cases = sorted(set(case_ids))
+  clusters_v = np.array([cases.index(c) for c in case_ids])
+  if level == 'image':
+    preds = hard_v if vote == 'hard' else soft_v >= 0.5
+    return labels, preds, soft_v, clusters_v
+  lab_c, pred_c, score_c = [], [], []
+  for k in range(len(cases)):
+    in_case = clusters_v == k
+    lab_c.append(labels[in_case][0])
+    score_c.append(soft_v[in_case].mean())
+    if vote == 'hard':  # majority of views, ties to fracture
+      pred_c.append(2 * hard_v[in_case].sum() >= in_case.sum())
+    else:
+      pred_c.append(score_c[-1] >= 0.5)
+  return (np.array(lab_c), np.array(pred_c), np.array(score_c),
+          np.arange(len(cases)))
+
+
+def check_results_recomputable(out_dir, num_bootstrap, seed):
+  """Every results.json number from predictions.csv alone."""
+  by_split = _load_predictions(out_dir)
+  pooled = 'validation+test'
+  if 'validation' in by_split:
+    v, t = by_split['validation'], by_split['test']
+    by_split[pooled] = (v[0], v[1] + t[1], np.concatenate([v[2], t[2]]),
+                        np.concatenate([v[3], t[3]], axis=1))
+  results = json.load(open(os.path.join(out_dir, 'results.json')))
+  assert results
+  for e in results:
+    assert set(e) == {'members', 'level', 'voting', 'split', 'metrics', 'ci95'}
+    assert set(e['metrics']) == set(metrics.METRIC_NAMES)
+    runs, case_ids, labels, probs = by_split[e['split']]
+    y, pred, score, clusters = _independent_decisions(
+        runs, case_ids, labels, probs, e['members'], e['level'], e['voting'])
+    tn, fp, fn, tp = sk.confusion_matrix(y, pred.astype(int),
+                                         labels=[0, 1]).ravel()
+    expected = {
+        'accuracy': sk.accuracy_score(y, pred.astype(int)),
+        'sensitivity': tp / (tp + fn), 'specificity': tn / (tn + fp),
+        'ppv': tp / (tp + fp) if tp + fp else None,
+        'npv': tn / (tn + fn) if tn + fn else None,
+        'roc_auc': sk.roc_auc_score(y, score),
+    }
+    for k, value in expected.items():
+      if value is None:
+        assert e['metrics'][k] is None, (e, k)
+      else:
+        assert e['metrics'][k] == pytest.approx(value, abs=1e-9), (e, k)
+    ci = metrics.bootstrap_ci(y, pred, score, clusters,
+                              num_resamples=num_bootstrap, seed=seed)
+    for k in metrics.METRIC_NAMES:
+      if e['ci95'][k][0] is not None:
+        np.testing.assert_allclose(e['ci95'][k], ci[k], atol=1e-9)
+  return results
+
+
+def test_results_recomputable_from_predictions_csv(fake_evaluation):
+  results = check_results_recomputable(fake_evaluation['out_dir'], 300, 3)
+  # 3 runs -> 4 subsets x 2 levels x 2 votings x 3 splits.
+  assert len(results) == 4 * 2 * 2 * 3
+  assert {e['split'] for e in results} == {'test', 'validation',
+                                           'validation+test'}
+
+
+def test_protocols_and_operating_points(fake_evaluation):
+  out_dir = fake_evaluation['out_dir']
+  results = json.load(open(os.path.join(out_dir, 'results.json')))
+  summary = json.load(open(os.path.join(out_dir, 'summary.json')))
+  honest = summary['protocols']['honest']['case_hard']
+  paper = summary['protocols']['paper']['case_hard']
+  assert honest['chosen_on'] == 'validation' and honest['reported_on'] == 'test'
+  assert paper['chosen_on'] == paper['reported_on'] == 'validation+test'
+
+  def acc(split, members):
+    return evaluate.find_entry(results, members, split, 'case',
+                               'hard')['metrics']['accuracy']
+
+  subsets = {tuple(e['members']) for e in results}
+  best_val = max(acc('validation', list(s)) for s in subsets)
+  assert acc('validation', honest['members']) == best_val
+  best_pooled = max(acc('validation+test', list(s)) for s in subsets)
+  assert acc('validation+test', paper['members']) == best_pooled
+  assert summary['checkpoints']['run_a'] == {'which': 'best', 'step': 7}
+
+  # Operating points: thresholds from validation, applied to test.
+  ops = summary['operating_points']
+  assert {op['name'] for op in ops} == {'youden', 'sens90'}
+  by_split = _load_predictions(out_dir)
+  for op in ops:
+    yv, _, sv, _ = _independent_decisions(*by_split['validation'],
+                                          op['members'], op['level'], 'soft')
+    yt, _, st, _ = _independent_decisions(*by_split['test'], op['members'],
+                                          op['level'], 'soft')
+    if op['name'] == 'sens90':
+      assert ((sv >= op['threshold']) & (yv == 1)).sum() >= 0.9 * yv.sum()
+    pred = st >= op['threshold']
+    assert op['sensitivity'] == pytest.approx(
+        sk.recall_score(yt, pred, zero_division=np.nan), nan_ok=True)
+    assert op['specificity'] == pytest.approx(
+        sk.recall_score(yt, pred, pos_label=0, zero_division=np.nan),
+        nan_ok=True)
+
+
+def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
+  monkeypatch.setattr(evaluate, 'create_model', tiny_create_model)
+  run_dir = make_fake_run(str(tmp_path / 'only'), 0)
+  out = evaluate.evaluate_runs(
+      [run_dir], split='test', out_dir=str(tmp_path / 'out'),
+      num_bootstrap=50, batches_fn=fake_batches_fn(
+          {'test': fake_split('test', 6, 0)}))
+  assert set(out['summary']['protocols']) == {'paper'}
+  assert out['summary']['operating_points'] == []
+  assert len(out['results']) == 1 * 2 * 2 * 1
+  check_results_recomputable(str(tmp_path / 'out'), 50, 0)

@@ -1,0 +1,128 @@
+"""Tests of ankle_jax.metrics against scikit-learn and bootstrap properties."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+from ankle_jax import metrics
+
+
+def _random_predictions(seed, n=200):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, n)
+  scores = np.clip(0.5 * labels + rng.normal(0.25, 0.3, n), 0, 1)
+  scores = np.round(scores, 2)  # ties, to exercise the AUC tie rule
+  return labels, scores >= 0.5, scores
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_metrics_equal_sklearn(seed):
+  labels, preds, scores = _random_predictions(seed)
+  tn, fp, fn, tp = sk.confusion_matrix(labels, preds).ravel()
+  expected = {
+      'accuracy': sk.accuracy_score(labels, preds),
+      'sensitivity': sk.recall_score(labels, preds),
+      'specificity': tn / (tn + fp),
+      'ppv': sk.precision_score(labels, preds),
+      'npv': tn / (tn + fn),
+      'roc_auc': sk.roc_auc_score(labels, scores),
+  }
+  got = metrics.classification_metrics(labels, preds, scores)
+  assert set(got) == set(metrics.METRIC_NAMES)
+  # The vectorized formulas of the bootstrap, with unit weights, too.
+  got_weighted = metrics.weighted_metrics(np.ones((1, labels.size)), labels,
+                                          preds, scores)
+  for name, value in expected.items():
+    assert got[name] == pytest.approx(value, abs=1e-12), name
+    assert got_weighted[name][0] == pytest.approx(value, abs=1e-12), name
+
+
+def test_weighted_metrics_equal_sklearn_sample_weight():
+  labels, preds, scores = _random_predictions(5, n=60)
+  w = np.random.default_rng(0).integers(0, 4, labels.size).astype(float)
+  got = metrics.weighted_metrics(w[None], labels, preds, scores)
+  assert got['roc_auc'][0] == pytest.approx(
+      sk.roc_auc_score(labels, scores, sample_weight=w))
+  assert got['sensitivity'][0] == pytest.approx(
+      sk.recall_score(labels, preds, sample_weight=w))
+  assert got['accuracy'][0] == pytest.approx(
+      sk.accuracy_score(labels, preds, sample_weight=w))
+
+
+def test_undefined_metrics_are_nan():
+  got = metrics.classification_metrics([1, 1], [1, 1], [0.7, 0.8])
+  assert np.isnan(got['specificity']) and np.isnan(got['roc_auc'])
+  assert got['accuracy'] == 1.0
+
+
+def test_bootstrap_weights_resample_whole_cases():
+  clusters = np.array([0, 0, 0, 1, 1, 2])
+  w = metrics.bootstrap_weights(clusters, num_resamples=50, seed=0)
+  assert w.shape == (50, 6)
+  # All views of a case carry the same weight; each resample draws 3 cases.
+  np.testing.assert_array_equal(w[:, 0], w[:, 1])
+  np.testing.assert_array_equal(w[:, 3], w[:, 4])
+  np.testing.assert_array_equal(w[:, [0, 3, 5]].sum(1), 3)
+  np.testing.assert_array_equal(
+      w, metrics.bootstrap_weights(clusters, num_resamples=50, seed=0))
+
+
+def test_ci_contains_point_estimate_and_narrows_with_more_cases():
+  widths = {}
+  for n in (80, 800):
+    labels, preds, scores = _random_predictions(7, n=n)
+    point, ci = metrics.BinaryEvaluator(num_resamples=2000, seed=0)(
+        labels, preds, scores)
+    for name in metrics.METRIC_NAMES:
+      lo, hi = ci[name]
+      assert lo <= point[name] <= hi, (n, name)
+    widths[n] = {k: ci[k][1] - ci[k][0] for k in metrics.METRIC_NAMES}
+  for name in metrics.METRIC_NAMES:
+    assert widths[800][name] < widths[80][name], name
+  # Roughly +-9-11 points on accuracy at 80 cases, as SPEC section 6 says.
+  assert 0.12 < widths[80]['accuracy'] < 0.25
+
+
+def test_cluster_bootstrap_is_wider_for_correlated_views():
+  # Three identical views per case: resampling cases must not pretend to have
+  # 3x as many independent items.
+  labels, preds, scores = _random_predictions(3, n=60)
+  rep = lambda x: np.repeat(x, 3)
+  clusters = np.repeat(np.arange(60), 3)
+  ci_cases = metrics.bootstrap_ci(rep(labels), rep(preds), rep(scores),
+                                  clusters, num_resamples=1000)
+  ci_items = metrics.bootstrap_ci(rep(labels), rep(preds), rep(scores),
+                                  None, num_resamples=1000)
+  width = lambda ci: ci['accuracy'][1] - ci['accuracy'][0]
+  assert width(ci_cases) > 1.4 * width(ci_items)
+
+
+def test_operating_points():
+  labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+  scores = np.array([.1, .2, .3, .6, .15, .35, .5, .55, .7, .8, .85, .9, .95,
+                     .99])
+  # Youden: J at threshold .5 = 8/10 - 1/4 = .55; at .35 = .9 - .25 = .65;
+  # at .7 = .6 - 0 = .6; at .15: 1 - .75 = .25. Best: .35.
+  assert metrics.youden_threshold(labels, scores) == pytest.approx(0.35)
+  # Sensitivity >= .9 needs 9 of 10 positives: the highest such is .35.
+  t90 = metrics.sensitivity_threshold(labels, scores, 0.9)
+  assert t90 == pytest.approx(0.35)
+  op = metrics.operating_point(labels, scores, t90, num_resamples=200)
+  assert op['sensitivity'] == pytest.approx(0.9)
+  assert op['specificity'] == pytest.approx(0.75)
+  assert op['ci95']['sensitivity'][0] <= 0.9 <= op['ci95']['sensitivity'][1]
+  assert metrics.choose_threshold('sens90', labels, scores) == t90
+  with pytest.raises(ValueError, match='youden'):
+    metrics.choose_threshold('f1', labels, scores)
+
+
+def test_sensitivity_threshold_on_random_data_reaches_target():
+  labels, _, scores = _random_predictions(11, n=300)
+  t = metrics.sensitivity_threshold(labels, scores, 0.9)
+  sens = ((scores >= t) & (labels == 1)).sum() / (labels == 1).sum()
+  assert sens >= 0.9
+  # The next higher score would fall below 0.9.
+  higher = scores[scores > t]
+  if higher.size:
+    t2 = higher.min()
+    assert ((scores >= t2) & (labels == 1)).sum() / (labels == 1).sum() < 0.9
