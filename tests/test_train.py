@@ -30,6 +30,19 @@ from configs import local as local_config  # noqa: E402
 IMAGE_SIZE = 16
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Reuses XLA compilations across the several short runs of this module."""
+  cache_dir = tmp_path_factory.mktemp("jax_cache")
+  previous = (jax.config.jax_compilation_cache_dir,
+              jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield
+  jax.config.update("jax_compilation_cache_dir", previous[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
+
+
 class Outputs(NamedTuple):
   logits: jax.Array
   aux_logits: Optional[jax.Array]
@@ -99,11 +112,11 @@ def _validate_stub(monkeypatch):
   monkeypatch.setattr(train, "MIN_IMAGE_SIZE", 8)
 
 
-def run(config, workdir, monkeypatch, aux_head=True):
+def run(config, workdir, monkeypatch, aux_head=True, bn_momentum=0.8):
   _validate_stub(monkeypatch)
   sources = (make_records(24, seed=1), make_records(12, seed=2, views=3))
-  return train.train_and_evaluate(config, str(workdir), model=TinyNet(aux_head=aux_head),
-                                  sources=sources)
+  model = TinyNet(aux_head=aux_head, bn_momentum=bn_momentum)
+  return train.train_and_evaluate(config, str(workdir), model=model, sources=sources)
 
 
 def jitted_train_step(config, state_lr_fn=None):
@@ -225,10 +238,10 @@ def test_run_writes_records_and_best_checkpoint(tmp_path, monkeypatch):
 
 
 def test_early_stopping_stops_on_a_val_loss_plateau(tmp_path, monkeypatch):
-  # A learning rate of 0 never improves val_loss after the first evaluation.
+  # Learning rate 0 and frozen BN statistics: val_loss never improves after the first eval.
   config = tiny_config(num_train_steps=30, eval_every_steps=2, checkpoint_every_steps=10,
                        learning_rate=0.0, early_stopping_patience=2)
-  summary = run(config, tmp_path, monkeypatch)
+  summary = run(config, tmp_path, monkeypatch, bn_momentum=1.0)
   assert summary["stopped_early"]
   assert summary["final_step"] == 6  # Best at 2, no improvement at 4 and 6.
   assert summary["best_val_loss_step"] == 2

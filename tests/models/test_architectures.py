@@ -80,6 +80,12 @@ def _count(tree) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
+def _init(module, images):
+  """Real variables, initialized under jit (eager init dispatches op by op)."""
+  return jax.jit(functools.partial(module.init, train=False))(
+      jax.random.key(0), images)
+
+
 def _abstract_init(module, images):
   return jax.eval_shape(functools.partial(module.init, train=False),
                         jax.random.key(0), images)
@@ -178,7 +184,7 @@ def test_keras_layout_differs_from_paper_layout_only_in_early_stages(name):
 def test_smallest_input_forward(name):
   module = models.build(name, aux_head=True, width_multiplier=SMALL_WIDTH)
   images = jax.random.normal(jax.random.key(1), (2, 75, 75, 1))
-  variables = module.init(jax.random.key(0), images, train=False)
+  variables = _init(module, images)
   assert set(variables) == {'params', 'batch_stats'}
   outputs = jax.jit(functools.partial(module.apply, train=False))(
       variables, images)
@@ -192,7 +198,7 @@ def test_dropout_only_in_train_mode():
   module = models.build('xception', dropout_rate=0.5,
                         width_multiplier=SMALL_WIDTH)
   images = jax.random.normal(jax.random.key(1), (4, 75, 75, 1))
-  variables = module.init(jax.random.key(0), images, train=False)
+  variables = _init(module, images)
   evaluate = jax.jit(functools.partial(module.apply, train=False))
   np.testing.assert_array_equal(evaluate(variables, images).logits,
                                 evaluate(variables, images).logits)
@@ -219,10 +225,11 @@ def test_bfloat16_computation_keeps_float32_variables():
   module = models.build('resnet101_v2', aux_head=True, dtype='bfloat16',
                         width_multiplier=SMALL_WIDTH)
   images = jnp.ones((1, 75, 75, 1))
-  variables = module.init(jax.random.key(0), images, train=False)
+  variables = _init(module, images)
   dtypes = {x.dtype for x in jax.tree_util.tree_leaves(variables)}
   assert dtypes == {jnp.dtype(jnp.float32)}
-  outputs = module.apply(variables, images, train=False)
+  outputs = jax.jit(functools.partial(module.apply, train=False))(
+      variables, images)
   assert outputs.logits.dtype == outputs.aux_logits.dtype == jnp.float32
 
 

@@ -1,0 +1,127 @@
+"""Tests of ankle_jax.predict: case files, printed votes, RG3 with a heatmap."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from ankle_jax import checkpoint
+from ankle_jax import evaluate
+from ankle_jax import predict
+from ankle_jax import train
+from ankle_jax import writers
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))
+
+from configs import local as local_config  # noqa: E402
+
+
+def make_real_run(workdir, seed=0, image_size=80):
+  """An (untrained) run of the real tiny Xception drop/aux of configs/local.py."""
+  config = local_config.get_config()
+  config.image_size = image_size
+  config.seed = seed
+  os.makedirs(workdir, exist_ok=True)
+  writers.write_config(workdir, config)
+  module = train.create_model(config)
+  variables = jax.jit(lambda k: module.init(
+      k, jnp.zeros((1, image_size, image_size, 1)), train=False))(
+          jax.random.key(seed))
+  ckpt = checkpoint.RunCheckpoints(workdir)
+  ckpt.save_best(3, jax.tree.map(np.asarray, variables), {'val_accuracy': 0.5})
+  ckpt.close()
+  return workdir
+
+
+def test_case_files_folder_sorted_and_files(tmp_path):
+  case = tmp_path / 'case'
+  case.mkdir()
+  for name in ('b.dcm', 'a.dcm', '.hidden'):
+    (case / name).write_bytes(b'x')
+  (tmp_path / 'z.dcm').write_bytes(b'x')
+  assert predict.case_files([str(case), str(tmp_path / 'z.dcm')]) == [
+      str(case / 'a.dcm'), str(case / 'b.dcm'), str(tmp_path / 'z.dcm')]
+  with pytest.raises(FileNotFoundError):
+    predict.case_files([str(tmp_path / 'missing.dcm')])
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ValueError, match='no files'):
+    predict.case_files([str(tmp_path / 'empty')])
+
+
+def test_format_predictions_votes_by_hand():
+  probs_rv = np.array([[0.9, 0.2],    # 1 of 2 views: a tie -> fracture
+                       [0.3, 0.1],
+                       [0.8, 0.45]])
+  text = predict.format_predictions(['r0', 'r1', 'r2'], ['v1.dcm', 'v2.dcm'],
+                                    probs_rv)
+  lines = text.splitlines()
+  assert 'view 1 (v1.dcm): p(fracture)=0.9000 vote=fracture' in lines[1]
+  assert lines[3].startswith('  case: p(fracture)=0.5500 soft vote=fracture '
+                             'hard vote=fracture (1 of 2 views)')
+  assert 'hard vote=normal (0 of 2 views)' in lines[7]
+  # Ensemble: view 1 has 2 of 3 runs voting fracture, view 2 none; mean of
+  # view means (0.6667 and 0.25) is 0.4583 -> soft normal; hard: 1 of 2 views
+  # -> tie -> fracture.
+  assert 'ensemble of 3 runs:' in text
+  assert lines[-3] == ('  view 1: mean p(fracture)=0.6667 soft vote=fracture '
+                       'hard vote=fracture (2 of 3 runs)')
+  assert lines[-1] == ('  case: mean p(fracture)=0.4583 soft vote=normal '
+                       'hard vote=fracture')
+
+
+@pytest.fixture(scope='module')
+def real_runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('predict_runs')
+  return [make_real_run(str(root / 'xda0'), 0),
+          make_real_run(str(root / 'xda1'), 1)]
+
+
+def test_predict_rg3_with_heatmap_writes_png_of_the_right_size(
+    real_runs, shared_dicom_dir, tmp_path, capsys):
+  files = sorted(str(p) for p in shared_dicom_dir.glob('wg04_rg3_ankle_*.dcm'))
+  assert len(files) >= 3
+  files = files[:3]
+  out_png = str(tmp_path / 'heat.png')
+  result = predict.run_predict(real_runs, files, heatmap_path=out_png,
+                               panel_size=120)
+  printed = capsys.readouterr().out
+  assert 'ensemble of 2 runs' in printed and 'case: ' in printed
+  assert result['probs_rv'].shape == (2, 3)
+  assert np.all((result['probs_rv'] >= 0) & (result['probs_rv'] <= 1))
+  # The same pixel data in three encodings: nearly the same probability.
+  assert np.ptp(result['probs_rv'], axis=1).max() < 0.05
+  with Image.open(out_png) as img:
+    assert img.size == (3 * 120, 120)  # (views x panel) wide, 1 row high
+  cam = result['gradcam_vhw']
+  assert cam.shape == (3, 120, 120)
+  assert 0.0 <= cam.min() and cam.max() <= 1.0 and cam.max() > 0.5
+  # The probabilities equal a plain forward of each run.
+  images = predict.load_views(files, 80)
+  for r, run_dir in enumerate(real_runs):
+    config = checkpoint.load_run_config(run_dir)
+    variables, _ = checkpoint.restore_variables(run_dir)
+    probs = evaluate.make_forward(train.create_model(config))(
+        evaluate.stack_variables([variables]), jnp.asarray(images))[0]
+    np.testing.assert_allclose(result['probs_rv'][r], probs, atol=1e-5)
+
+
+def test_predict_command_with_occlusion(real_runs, shared_dicom_dir,
+                                        tmp_path):
+  rg3 = str(shared_dicom_dir / 'wg04_rg3_ankle_uncompressed.dcm')
+  out_png = str(tmp_path / 'heat_occ.png')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'ankle_jax.predict', f'--runs={real_runs[0]}',
+       f'--heatmap={out_png}', '--occlusion', '--panel_size=100', rg3],
+      capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'view 1 (wg04_rg3_ankle_uncompressed.dcm): p(fracture)=' in proc.stdout
+  with Image.open(out_png) as img:
+    assert img.size == (100, 200)  # 1 view; Grad-CAM row + occlusion row
