@@ -17,6 +17,7 @@ non-finite loss is never handed to `save_latest` (train.py checks first).
 
 import base64
 import json
+import os
 from typing import Any, Mapping, Optional
 
 import jax
@@ -38,6 +39,11 @@ METRIC_MODES = {
 }
 
 
+def _absolute(path: epath.PathLike) -> epath.Path:
+  """Orbax needs absolute directories; runs are often given relative ones."""
+  return epath.Path(os.path.abspath(os.fspath(path)))
+
+
 def _options(max_to_keep: int, read_only: bool = False) -> ocp.CheckpointManagerOptions:
   return ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
@@ -47,7 +53,7 @@ def _options(max_to_keep: int, read_only: bool = False) -> ocp.CheckpointManager
 def _latest_manager(workdir: epath.PathLike, keep: int = 3,
                     read_only: bool = False) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      epath.Path(workdir) / LATEST_DIR,
+      _absolute(workdir) / LATEST_DIR,
       options=_options(keep, read_only),
       item_handlers={
           "state": ocp.PyTreeCheckpointHandler(),
@@ -59,7 +65,7 @@ def _latest_manager(workdir: epath.PathLike, keep: int = 3,
 def _best_manager(workdir: epath.PathLike,
                   read_only: bool = False) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      epath.Path(workdir) / BEST_DIR,
+      _absolute(workdir) / BEST_DIR,
       options=_options(1, read_only),
       item_handlers={
           "variables": ocp.PyTreeCheckpointHandler(),

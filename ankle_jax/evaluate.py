@@ -499,9 +499,13 @@ def write_report(path, results, protocols, operating_points, *, run_names,
         for level in voting.LEVELS:
           rows.append((name, find_entry(results, [name], report_split, level,
                                         vote)))
+      chosen_by = {}
       for level in voting.LEVELS:
-        members = protocols[protocol][f'{level}_{vote}']['members']
-        label = f'Best ensemble ({LEVEL_TITLES[level]}): ' + '+'.join(members)
+        members = tuple(protocols[protocol][f'{level}_{vote}']['members'])
+        chosen_by.setdefault(members, []).append(LEVEL_TITLES[level])
+      for members, levels in chosen_by.items():
+        label = (f'Best ensemble (by {" and ".join(levels)}): '
+                 + '+'.join(members))
         for lvl in voting.LEVELS:
           rows.append((label, find_entry(results, members, report_split, lvl,
                                          vote)))
@@ -717,7 +721,7 @@ def evaluate_runs(run_dirs: Sequence[str], *, split: str, out_dir: str,
     def batches_fn(name):
       try:
         return pipeline_batches(data_dir, name, dataset_config, batch_size)
-      except Exception as e:  # pylint: disable=broad-except
+      except FileNotFoundError as e:  # pipeline.DatasetNotBuiltError
         if name == split:
           raise
         logging.warning('No %r split (%s): skipping the honest protocol and '

@@ -382,3 +382,95 @@ def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
   assert out['summary']['operating_points'] == []
   assert len(out['results']) == 1 * 2 * 2 * 1
   check_results_recomputable(str(tmp_path / 'out'), 50, 0)
+
+
+# ------------------------------------ trained runs, real data, end to end
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """Two tiny runs trained on a built synthetic dataset, and a 2nd dataset."""
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if repo not in sys.path:
+    sys.path.insert(0, repo)
+  from ankle_jax import train
+  from ankle_jax.data import build
+  from ankle_jax.data import synthetic
+  from configs import local as local_config
+
+  root = tmp_path_factory.mktemp('trained')
+  data_dirs = []
+  for seed in (0, 1):
+    manual = root / f'studies{seed}'
+    synthetic.generate_studies(manual, num_normal=42, num_fracture=42,
+                               seed=seed, min_size=96, max_size=128,
+                               views_probs=(0.0, 0.1, 0.9))
+    data_dir = str(root / f'tfds{seed}')
+    build.build_dataset(manual, data_dir, num_workers=1, progress=False)
+    data_dirs.append(data_dir)
+  run_dirs = []
+  for seed in (0, 1):
+    config = local_config.get_config()
+    config.data.data_dir = data_dirs[0]
+    config.seed = seed
+    config.learning_rate = 1e-2
+    config.num_train_steps = 4
+    config.eval_every_steps = 4
+    config.checkpoint_every_steps = 4
+    config.image_summary_every_steps = 0
+    workdir = str(root / f'run{seed}')
+    train.train_and_evaluate(config, workdir, model=TinyNet())
+    run_dirs.append(workdir)
+  return {'root': root, 'run_dirs': run_dirs, 'data_dirs': data_dirs}
+
+
+def _test_case_ids(data_dir, split='test'):
+  from ankle_jax.data import pipeline
+  source = pipeline.load_split(data_dir, split)
+  return {pipeline._to_str(source[i]['case_id']) for i in range(len(source))}
+
+
+def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
+  monkeypatch.setattr(evaluate, 'create_model', lambda config: TinyNet())
+  out_dir = str(trained['root'] / 'eval')
+  out = evaluate.evaluate_runs(trained['run_dirs'], split='test',
+                               out_dir=out_dir, num_bootstrap=200, seed=1,
+                               checkpoint='best', batch_size=16)
+  results = check_results_recomputable(out_dir, 200, 1)
+  assert len(results) == 2 * 2 * 2 * 3  # 2 subsets (the 2 single runs)
+  header, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
+  assert header[:5] == ['run', 'case_id', 'view_index', 'label',
+                        'probability']
+  test_ids = {r[1] for r in rows if r[5] == 'test'}
+  assert test_ids == _test_case_ids(trained['data_dirs'][0])
+  assert out['summary']['counts']['test']['cases'] == len(test_ids) > 20
+  # Case identifiers are the dataset's 16-hex salted hashes, nothing else.
+  assert all(len(c) == 16 and int(c, 16) >= 0 for c in test_ids)
+
+
+def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
+  """The command, in a subprocess, with --data_dir and --dataset_config."""
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out_dir = str(tmp_path / 'other')
+  code = (
+      'import sys; sys.path.insert(0, "tests");'
+      'from absl import app; import test_evaluate as t;'
+      'from ankle_jax import evaluate;'
+      'evaluate.create_model = lambda config: t.TinyNet();'
+      'evaluate.define_flags(); app.run(evaluate.main)')
+  proc = subprocess.run(
+      [sys.executable, '-c', code, '--runs=' + ','.join(trained['run_dirs']),
+       '--split=test', f'--out={out_dir}', '--checkpoint=latest',
+       f'--data_dir={trained["data_dirs"][1]}', '--dataset_config=dicom_cases',
+       '--num_bootstrap=100', '--max_subsets=2'],
+      capture_output=True, text=True, cwd=repo, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '# Evaluation report' in proc.stdout
+  _, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
+  other = _test_case_ids(trained['data_dirs'][1])
+  assert {r[1] for r in rows if r[5] == 'test'} == other
+  assert not other & _test_case_ids(trained['data_dirs'][0])
+  summary = json.load(open(os.path.join(out_dir, 'summary.json')))
+  assert summary['checkpoints']['run0'] == {'which': 'latest', 'step': 4}
+  check_results_recomputable(out_dir, 100, 0)

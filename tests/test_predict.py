@@ -24,21 +24,25 @@ if str(REPO_ROOT) not in sys.path:
 from configs import local as local_config  # noqa: E402
 
 
-def make_real_run(workdir, seed=0, image_size=80):
-  """An (untrained) run of the real tiny Xception drop/aux of configs/local.py."""
+def make_real_runs(root, seeds=(0, 1), image_size=80):
+  """(Untrained) runs of the real tiny Xception drop/aux of configs/local.py."""
   config = local_config.get_config()
   config.image_size = image_size
-  config.seed = seed
-  os.makedirs(workdir, exist_ok=True)
-  writers.write_config(workdir, config)
   module = train.create_model(config)
-  variables = jax.jit(lambda k: module.init(
-      k, jnp.zeros((1, image_size, image_size, 1)), train=False))(
-          jax.random.key(seed))
-  ckpt = checkpoint.RunCheckpoints(workdir)
-  ckpt.save_best(3, jax.tree.map(np.asarray, variables), {'val_accuracy': 0.5})
-  ckpt.close()
-  return workdir
+  init = jax.jit(lambda k: module.init(
+      k, jnp.zeros((1, image_size, image_size, 1)), train=False))
+  run_dirs = []
+  for seed in seeds:
+    workdir = os.path.join(root, f'xda{seed}')
+    os.makedirs(workdir, exist_ok=True)
+    config.seed = seed
+    writers.write_config(workdir, config)
+    ckpt = checkpoint.RunCheckpoints(workdir)
+    ckpt.save_best(3, jax.tree.map(np.asarray, init(jax.random.key(seed))),
+                   {'val_accuracy': 0.5})
+    ckpt.close()
+    run_dirs.append(workdir)
+  return run_dirs
 
 
 def test_case_files_folder_sorted_and_files(tmp_path):
@@ -80,8 +84,7 @@ def test_format_predictions_votes_by_hand():
 @pytest.fixture(scope='module')
 def real_runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('predict_runs')
-  return [make_real_run(str(root / 'xda0'), 0),
-          make_real_run(str(root / 'xda1'), 1)]
+  return make_real_runs(str(root))
 
 
 def test_predict_rg3_with_heatmap_writes_png_of_the_right_size(
@@ -91,7 +94,7 @@ def test_predict_rg3_with_heatmap_writes_png_of_the_right_size(
   files = files[:3]
   out_png = str(tmp_path / 'heat.png')
   result = predict.run_predict(real_runs, files, heatmap_path=out_png,
-                               panel_size=120)
+                               occlusion=True, panel_size=120)
   printed = capsys.readouterr().out
   assert 'ensemble of 2 runs' in printed and 'case: ' in printed
   assert result['probs_rv'].shape == (2, 3)
@@ -99,10 +102,13 @@ def test_predict_rg3_with_heatmap_writes_png_of_the_right_size(
   # The same pixel data in three encodings: nearly the same probability.
   assert np.ptp(result['probs_rv'], axis=1).max() < 0.05
   with Image.open(out_png) as img:
-    assert img.size == (3 * 120, 120)  # (views x panel) wide, 1 row high
+    # (views x panel) wide; a Grad-CAM row and an occlusion row.
+    assert img.size == (3 * 120, 2 * 120)
   cam = result['gradcam_vhw']
   assert cam.shape == (3, 120, 120)
   assert 0.0 <= cam.min() and cam.max() <= 1.0 and cam.max() > 0.5
+  assert result['occlusion_vhw'].shape == (3, 120, 120)
+  assert np.abs(result['occlusion_vhw']).max() > 0
   # The probabilities equal a plain forward of each run.
   images = predict.load_views(files, 80)
   for r, run_dir in enumerate(real_runs):
@@ -113,15 +119,29 @@ def test_predict_rg3_with_heatmap_writes_png_of_the_right_size(
     np.testing.assert_allclose(result['probs_rv'][r], probs, atol=1e-5)
 
 
-def test_predict_command_with_occlusion(real_runs, shared_dicom_dir,
-                                        tmp_path):
+def test_predict_command_line(tmp_path, shared_dicom_dir):
+  """The command's flags, with a tiny stand-in model (fast)."""
+  sys.path.insert(0, str(REPO_ROOT / 'tests'))
+  import test_evaluate  # pylint: disable=g-import-not-at-top
+  run_dir = test_evaluate.make_fake_run(str(tmp_path / 'tiny'), 0)
   rg3 = str(shared_dicom_dir / 'wg04_rg3_ankle_uncompressed.dcm')
-  out_png = str(tmp_path / 'heat_occ.png')
+  rle = str(shared_dicom_dir / 'wg04_rg3_ankle_rle.dcm')
+  out_png = str(tmp_path / 'heat.png')
+  code = ('import sys; sys.path.insert(0, "tests");'
+          'from absl import app; import test_evaluate as t;'
+          'from ankle_jax import evaluate, predict;'
+          'evaluate.create_model = t.tiny_create_model;'
+          'predict.define_flags(); app.run(predict.main)')
   proc = subprocess.run(
-      [sys.executable, '-m', 'ankle_jax.predict', f'--runs={real_runs[0]}',
-       f'--heatmap={out_png}', '--occlusion', '--panel_size=100', rg3],
+      [sys.executable, '-c', code, f'--runs={run_dir},{run_dir}',
+       f'--heatmap={out_png}', '--occlusion', '--panel_size=100', rg3, rle],
       capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'view 1 (wg04_rg3_ankle_uncompressed.dcm): p(fracture)=' in proc.stdout
+  assert 'run tiny~2:' in proc.stdout and 'ensemble of 2 runs' in proc.stdout
   with Image.open(out_png) as img:
-    assert img.size == (100, 200)  # 1 view; Grad-CAM row + occlusion row
+    assert img.size == (200, 200)  # 2 views; Grad-CAM row + occlusion row
+  proc = subprocess.run(
+      [sys.executable, '-c', code, f'--runs={run_dir}', '--occlusion', rg3],
+      capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+  assert proc.returncode != 0 and '--occlusion needs --heatmap' in proc.stderr

@@ -16,8 +16,10 @@
    Interpretation is MONOCHROME1 *or* the Presentation LUT Shape is INVERSE (in DX objects both say
    the same thing, so a MONOCHROME1 image with PLUT INVERSE is inverted once, not twice).
 7. Constant borders (rows/columns at the edges whose values are all equal) are cropped.
-8. The image is zero-padded (centred) to a square, so the anatomy keeps its aspect ratio, then
-   resized with SciPy to image_size x image_size, anti-aliased when shrinking, and clipped to [0, 1].
+8. The image is shrunk by integer block averaging (the same factor on both axes), zero-padded
+   (centred) to a square, so the anatomy keeps its aspect ratio, then resized with SciPy to
+   image_size x image_size, anti-aliased when shrinking, and clipped to [0, 1]. Padding after the
+   block averaging keeps memory bounded by the image itself, whatever its aspect ratio.
 
 PNG and JPEG files (MURA, FracAtlas) go through the same steps 3 and 5-8 with Pillow decoding:
 8-bit images are scaled by 255, 16-bit by 65535. Truncated JPEGs are read with Pillow's
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import stat
 import warnings
 from typing import NamedTuple
 
@@ -107,20 +110,35 @@ def load_radiograph_with_info(
   """Like `load_radiograph`, also returning a `RadiographInfo` (view position, truncation...)."""
   path = pathlib.Path(path)
   try:
-    size = path.stat().st_size
+    file_stat = path.stat()
   except OSError as e:
     raise DicomReadError(path, f"cannot open file ({e.strerror})") from None
+  if not stat.S_ISREG(file_stat.st_mode):  # a FIFO or device would block or never end
+    raise DicomReadError(path, "not a regular file")
+  size = file_stat.st_size
   if size > MAX_FILE_BYTES:
     raise DicomReadError(path, f"file is {size} bytes, more than the {MAX_FILE_BYTES} byte limit")
-  with open(path, "rb") as f:
-    head = f.read(132)
-  if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
-    image_hw, info = _read_pillow(path)
-  else:
-    image_hw, info = _read_dicom(path)
-  image_hw = crop_constant_borders(image_hw)
-  image_hw = pad_to_square(image_hw)
-  image = resize_image(image_hw, image_size)
+  try:
+    with open(path, "rb") as f:
+      head = f.read(132)
+    if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
+      image_hw, info = _read_pillow(path)
+    else:
+      image_hw, info = _read_dicom(path)
+    if not np.isfinite(image_hw).all():
+      raise DicomReadError(path, "pixel values are not finite after the modality LUT")
+    image_hw = crop_constant_borders(image_hw)
+    image = _square_and_resize(image_hw, image_size)
+  except DicomReadError:
+    raise
+  except MemoryError:
+    raise DicomReadError(path, "out of memory while reading the image") from None
+  except BaseException as e:  # pylint: disable=broad-except
+    # A hostile file can trip any library below us; the contract is one exception class. Rust
+    # decoder plugins (pylibjpeg-rle) panic with pyo3's PanicException, a BaseException.
+    if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+      raise
+    raise DicomReadError(path, f"unreadable file ({type(e).__name__}: {e})") from None
   return image[..., None], info
 
 
@@ -191,6 +209,22 @@ def resize_image(img_hw: np.ndarray, size: int) -> np.ndarray:
   if out.shape != (size, size):  # zoom rounds the output shape; fix off-by-one.
     out = _fit(out, size)
   return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _square_and_resize(image_hw: np.ndarray, size: int) -> np.ndarray:
+  """Steps 8: block-mean shrink, zero-pad (centred) to a square, resize; -> float32 [size, size].
+
+  The integer block averaging of `resize_image` happens *before* padding (same factor on both
+  axes, so the aspect ratio is kept), so the padded square is never materialised at full
+  resolution: a 20000 x 1 image must not become a 20000 x 20000 float32 array (1.6 GB).
+  """
+  img = np.asarray(image_hw, np.float32)
+  factor = max(1, max(img.shape) // size)
+  fh, fw = min(factor, img.shape[0]), min(factor, img.shape[1])
+  if fh > 1 or fw > 1:
+    h, w = (img.shape[0] // fh) * fh, (img.shape[1] // fw) * fw
+    img = img[:h, :w].reshape(h // fh, fh, w // fw, fw).mean(axis=(1, 3), dtype=np.float32)
+  return resize_image(pad_to_square(img), size)
 
 
 def _fit(img: np.ndarray, size: int) -> np.ndarray:
@@ -350,8 +384,8 @@ def _check_dicom_header(path, ds) -> None:
   high_bit = ds.get("HighBit", None)
   if high_bit is not None and int(high_bit) >= allocated:
     raise DicomReadError(path, f"HighBit {int(high_bit)} >= BitsAllocated {allocated}")
-  file_meta = getattr(ds, "file_meta", None)
-  tsyntax = file_meta.get("TransferSyntaxUID", None) if file_meta is not None else None
+  _check_rescale(path, ds)
+  tsyntax = _transfer_syntax(path, ds)
   if tsyntax is not None and tsyntax.is_compressed:
     try:
       decoder = pydicom.pixels.get_decoder(tsyntax)
@@ -359,6 +393,7 @@ def _check_dicom_header(path, ds) -> None:
       decoder = None
     if decoder is None or not decoder.is_available:
       raise DicomReadError(path, f"no decoder available for transfer syntax {tsyntax.name}")
+    _check_codestream_size(path, ds, tsyntax, rows, cols)
   else:
     expected = rows * cols * samples * allocated // 8
     actual = _pixel_data_length(ds)
@@ -367,6 +402,110 @@ def _check_dicom_header(path, ds) -> None:
           path, f"Pixel Data holds {actual} bytes but Rows x Columns x SamplesPerPixel x "
           f"BitsAllocated ({rows} x {cols} x {samples} x {allocated}) needs {expected} "
           "(Rows/Columns mismatch or truncated file)")
+
+
+def _transfer_syntax(path, ds) -> pydicom.uid.UID | None:
+  """The file's Transfer Syntax UID (None when there is no file meta), refusing unknown ones."""
+  file_meta = getattr(ds, "file_meta", None)
+  value = file_meta.get("TransferSyntaxUID", None) if file_meta is not None else None
+  if value is None:
+    return None
+  tsyntax = pydicom.uid.UID(str(value))
+  if not tsyntax.is_valid or not tsyntax.is_transfer_syntax or tsyntax.is_private:
+    raise DicomReadError(path, f"unknown transfer syntax UID {str(value)[:64]!r}")
+  return tsyntax
+
+
+def _check_rescale(path, ds) -> None:
+  """Refuses a Rescale Slope/Intercept that is not a finite number (slope also non-zero)."""
+  for keyword in ("RescaleSlope", "RescaleIntercept"):
+    if keyword not in ds or ds.get(keyword, None) in (None, ""):
+      continue
+    try:
+      value = float(ds.get(keyword))
+    except (TypeError, ValueError):
+      raise DicomReadError(path, f"{keyword} {ds.get(keyword)!r} is not a number") from None
+    if not np.isfinite(value) or (keyword == "RescaleSlope" and value == 0.0):
+      raise DicomReadError(path, f"{keyword} {value!r} is not a finite (non-zero) number")
+
+
+# JPEG start-of-frame markers (SOF0-3, 5-7, 9-11, 13-15) and JPEG-LS SOF55.
+_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+_JPEG_STANDALONE_MARKERS = frozenset(range(0xD0, 0xDA)) | {0x01}
+
+
+def _check_codestream_size(path, ds, tsyntax, rows: int, cols: int) -> None:
+  """Refuses a JPEG / JPEG-LS / JPEG 2000 codestream whose own image size differs from Rows x Columns.
+
+  The decoder plugins allocate their output from the codestream header, not from the DICOM one,
+  so without this check a few flipped bytes could make them allocate gigabytes.
+  """
+  fragment = _first_fragment(path, ds)
+  if tsyntax in pydicom.uid.JPEG2000TransferSyntaxes:
+    size = _j2k_size(fragment)
+    kind = "JPEG 2000"
+  elif tsyntax in pydicom.uid.JPEGTransferSyntaxes or tsyntax in pydicom.uid.JPEGLSTransferSyntaxes:
+    size = _jpeg_size(fragment)
+    kind = "JPEG"
+  else:
+    return
+  if size is None:
+    raise DicomReadError(path, f"no {kind} image header found in the first Pixel Data fragment")
+  if size != (rows, cols):
+    raise DicomReadError(
+        path, f"{kind} codestream is {size[0]} x {size[1]} but Rows x Columns is {rows} x {cols} "
+        "(Rows/Columns mismatch)")
+
+
+def _first_fragment(path, ds, max_bytes: int = 1 << 16) -> bytes:
+  """The first bytes (at most `max_bytes`) of the first fragment of encapsulated Pixel Data."""
+  data = ds.PixelData
+  offset = 0
+  for item in range(2):  # Item 0 is the Basic Offset Table, item 1 the first fragment.
+    if len(data) < offset + 8 or data[offset:offset + 4] != b"\xfe\xff\x00\xe0":
+      raise DicomReadError(path, "encapsulated Pixel Data is malformed (item tag expected)")
+    length = int.from_bytes(data[offset + 4:offset + 8], "little")
+    if item == 1:
+      return bytes(data[offset + 8:offset + 8 + min(length, max_bytes)])
+    offset += 8 + length
+  raise AssertionError("unreachable")
+
+
+def _j2k_size(stream: bytes) -> tuple[int, int] | None:
+  """(rows, columns) from a JPEG 2000 codestream's SIZ marker (optionally inside a JP2 box)."""
+  start = stream.find(b"\xff\x4f\xff\x51")
+  if start < 0 or len(stream) < start + 24:
+    return None
+  xsiz, ysiz, x0, y0 = (int.from_bytes(stream[start + 8 + 4 * k:start + 12 + 4 * k], "big")
+                        for k in range(4))
+  return ysiz - y0, xsiz - x0
+
+
+def _jpeg_size(stream: bytes) -> tuple[int, int] | None:
+  """(rows, columns) from the first start-of-frame marker of a JPEG or JPEG-LS stream."""
+  if stream[:2] != b"\xff\xd8":
+    return None
+  pos = 2
+  while pos + 4 <= len(stream):
+    if stream[pos] != 0xFF:
+      return None
+    marker = stream[pos + 1]
+    if marker == 0xFF:  # fill byte
+      pos += 1
+      continue
+    if marker in _JPEG_STANDALONE_MARKERS:
+      pos += 2
+      continue
+    length = int.from_bytes(stream[pos + 2:pos + 4], "big")
+    if marker in _JPEG_SOF_MARKERS:
+      if pos + 9 > len(stream):
+        return None
+      return (int.from_bytes(stream[pos + 5:pos + 7], "big"),
+              int.from_bytes(stream[pos + 7:pos + 9], "big"))
+    if marker == 0xDA or length < 2:  # scan data before any frame header
+      return None
+    pos += 2 + length
+  return None
 
 
 def _pixel_data_length(ds) -> int:
