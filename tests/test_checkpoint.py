@@ -75,3 +75,11 @@ def test_load_run_config_reads_config_json(tmp_path):
   assert loaded.model.kwargs.aux_block == 3
   assert loaded.image_size == 128
   assert loaded.class_weights is None
+
+
+def test_relative_workdir_is_accepted(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  ckpts = checkpoint.RunCheckpoints("runs/relative", keep=1)
+  ckpts.save_best(4, {"params": {"w": jnp.ones(2)}, "batch_stats": {}}, {"val_accuracy": 1.0})
+  ckpts.close()
+  assert checkpoint.restore_variables("runs/relative", "best")[1] == 4

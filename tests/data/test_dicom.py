@@ -220,3 +220,53 @@ def test_crop_constant_borders():
   assert cropped.shape == (35, 48)
   flat = np.ones((10, 10), np.float32)
   assert dicom.crop_constant_borders(flat).shape == (10, 10)
+
+
+def test_lossy_j2k_reduced_resolution_decode_close_to_full_decode(shared_dicom_dir, monkeypatch):
+  # RG3 j2ki (lossy JPEG 2000, 1760 x 1760) is decoded at resolution level 1 (880 px >= 2 x 300).
+  path = shared_dicom_dir / "wg04_rg3_ankle_j2ki.dcm"
+  ds = pydicom.dcmread(path)
+  assert dicom._decode_j2k_reduced(ds, 300).shape == (880, 880)
+  assert dicom._decode_j2k_reduced(ds, 500) is None  # 880 < 2 x 500: full decode
+  reduced = dicom.load_radiograph(path)
+  monkeypatch.setattr(dicom, "_decode_j2k_reduced", lambda ds, image_size: None)
+  full = dicom.load_radiograph(path)
+  corr = np.corrcoef(reduced.ravel(), full.ravel())[0, 1]
+  assert corr > 0.99, corr
+
+
+def test_lossless_encodings_are_never_decoded_at_reduced_resolution(shared_dicom_dir):
+  for name in ("wg04_rg3_ankle_j2kr.dcm", "pylibjpeg_cr_hand_j2k_12bit.dcm",
+               "wg04_rg3_ankle_jlsl.dcm", "wg04_rg3_ankle_rle.dcm"):
+    ds = pydicom.dcmread(shared_dicom_dir / name, stop_before_pixels=True)
+    assert dicom._j2k_reduce_level(ds, 64) == 0, name
+
+
+def test_extreme_aspect_ratio_does_not_pad_at_full_resolution(tmp_path):
+  # A 20000 x 1 image padded to a square before shrinking would be a 1.6 GB float32 array.
+  column = (np.arange(20000) % 4096).astype(np.uint16)[:, None]
+  image = dicom.load_radiograph(_write(tmp_path / "thin.dcm", column), 64)
+  assert image.shape == (64, 64, 1) and np.isfinite(image).all()
+
+
+def test_codestream_size_must_match_rows_and_columns(tmp_path, shared_dicom_dir):
+  raw = bytearray((shared_dicom_dir / "wg04_rg3_ankle_j2ki.dcm").read_bytes())
+  siz = raw.find(b"\xff\x4f\xff\x51")
+  raw[siz + 8:siz + 16] = (60000).to_bytes(4, "big") * 2  # Xsiz, Ysiz: a 3.6 gigapixel bomb
+  path = tmp_path / "bomb.dcm"
+  path.write_bytes(bytes(raw))
+  with pytest.raises(dicom.DicomReadError, match="Rows/Columns mismatch"):
+    dicom.load_radiograph(path)
+
+
+def test_unknown_transfer_syntax_and_bad_rescale_raise_dicom_read_error(tmp_path):
+  path = _write(tmp_path / "ts.dcm", _phantom())
+  ds = pydicom.dcmread(path)
+  ds.file_meta.TransferSyntaxUID = "1.2.3.4"
+  ds.save_as(path, enforce_file_format=False)
+  with pytest.raises(dicom.DicomReadError, match="transfer syntax"):
+    dicom.load_radiograph(path)
+  for slope in ("0", "nan", "1e999"):
+    bad = _write(tmp_path / f"slope_{slope}.dcm", _phantom(), RescaleSlope=slope)
+    with pytest.raises(dicom.DicomReadError, match="RescaleSlope"):
+      dicom.load_radiograph(bad)

@@ -21,9 +21,10 @@ can interrupt) costs one killed worker and a failed example, not a hung CI job:
   survives because of the limit still fails the test. The worker also resets and reads its peak
   RSS (Linux /proc/self/clear_refs + VmHWM) around each example, and the test bounds that too.
 
-Speed. Most examples mutate small (192 x 192) crops of the real RG3 ankle, re-encoded at setup as
-uncompressed, RLE and JPEG 2000 with the real header kept (decoding takes milliseconds); a smaller
-number mutate the real, full-size files. `FUZZ_EXAMPLES_SCALE` (environment) multiplies the example
+Speed. Most examples mutate small crops of the real RG3 ankle and RG2 hip, re-encoded at setup as
+uncompressed, RLE, lossless JPEG 2000 (192 x 192) and lossy JPEG 2000 (512 x 512, which takes the
+reduced-resolution decode path) with the real header kept (decoding takes milliseconds); fewer
+examples mutate the real, full-size files. `FUZZ_EXAMPLES_SCALE` (environment) multiplies the example
 counts for longer local campaigns. Hypothesis runs derandomized, so CI is reproducible;
 `FUZZ_RANDOM=1` draws fresh examples instead.
 """
@@ -65,7 +66,7 @@ DERANDOMIZE = os.environ.get("FUZZ_RANDOM", "0") != "1"
 # Every transfer syntax pydicom knows, plus unknown, private, malformed and empty UIDs.
 TRANSFER_SYNTAXES = sorted(str(u) for u in pydicom.uid.AllTransferSyntaxes) + [
     "1.2.840.10008.1.2.4.999", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.1", "abc", "", "0.0"]
-SMALL_SEEDS = ("native", "rle", "j2k", "hip_native")
+SMALL_SEEDS = ("native", "rle", "j2k", "j2k_lossy", "hip_native")
 REAL_SEEDS = ("wg04_rg3_ankle_j2ki.dcm", "wg04_rg3_ankle_jlsn.dcm", "wg04_rg3_ankle_jpll.dcm",
               "wg04_rg3_ankle_rle.dcm", "bad_wg04_rg3_jpeg_extended_undecodable.dcm")
 
@@ -168,14 +169,14 @@ def worker():
   w.close()
 
 
-def _crop_as(source: pathlib.Path, box, transfer_syntax=None) -> bytes:
+def _crop_as(source: pathlib.Path, box, transfer_syntax=None, **encode_kwargs) -> bytes:
   """A real file with its pixels cropped to `box` (keeping its header), optionally re-encoded."""
   ds = pydicom.dcmread(source)
   pixels = np.ascontiguousarray(ds.pixel_array[box])
   ds.Rows, ds.Columns = pixels.shape
   ds.PixelData = pixels.tobytes()
   if transfer_syntax is not None:
-    ds.compress(transfer_syntax)
+    ds.compress(transfer_syntax, **encode_kwargs)
   buf = io.BytesIO()
   ds.save_as(buf)
   return buf.getvalue()
@@ -199,6 +200,8 @@ def seeds(shared_dicom_dir) -> dict[str, bytes]:
       "rle": _crop_as(ankle, box, pydicom.uid.RLELossless),
       "j2k": _crop_as(ankle, box, pydicom.uid.JPEG2000Lossless),
       "hip_native": _crop_as(hip, np.s_[900:1060, 700:828]),
+      # Lossy JPEG 2000, big enough (512 px >= 2 x 2 x 64) to take the reduced-resolution path.
+      "j2k_lossy": _crop_as(ankle, np.s_[500:1012, 600:1112], pydicom.uid.JPEG2000, j2k_cr=[10]),
   }
   for name in REAL_SEEDS:
     out[name] = (shared_dicom_dir / name).read_bytes()

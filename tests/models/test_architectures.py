@@ -80,10 +80,28 @@ def _count(tree) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
-def _init(module, images):
-  """Real variables, initialized under jit (eager init dispatches op by op)."""
-  return jax.jit(functools.partial(module.init, train=False))(
-      jax.random.key(0), images)
+def _random_variables(module, images, seed: int = 0):
+  """Random variables with the structure of `module.init`'s, without init.
+
+  Compiling `module.init` costs ~1-2 minutes on a loaded 2-core CPU (XLA
+  compiles one inlined threefry per parameter), so the tests draw He-scaled
+  kernels and non-trivial BN statistics with numpy from init's eval_shape.
+  """
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == 'var':
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    if name == 'scale':
+      return rng.uniform(0.8, 1.2, leaf.shape).astype(np.float32)
+    if name in ('mean', 'bias'):
+      return rng.normal(0.0, 0.1, leaf.shape).astype(np.float32)
+    fan_in = int(np.prod(leaf.shape[:-1]))
+    return rng.normal(0.0, np.sqrt(2.0 / fan_in), leaf.shape).astype(
+        np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, _abstract_init(module, images))
 
 
 def _abstract_init(module, images):
@@ -184,7 +202,7 @@ def test_keras_layout_differs_from_paper_layout_only_in_early_stages(name):
 def test_smallest_input_forward(name):
   module = models.build(name, aux_head=True, width_multiplier=SMALL_WIDTH)
   images = jax.random.normal(jax.random.key(1), (2, 75, 75, 1))
-  variables = _init(module, images)
+  variables = _random_variables(module, images)
   assert set(variables) == {'params', 'batch_stats'}
   outputs = jax.jit(functools.partial(module.apply, train=False))(
       variables, images)
@@ -198,7 +216,7 @@ def test_dropout_only_in_train_mode():
   module = models.build('xception', dropout_rate=0.5,
                         width_multiplier=SMALL_WIDTH)
   images = jax.random.normal(jax.random.key(1), (4, 75, 75, 1))
-  variables = _init(module, images)
+  variables = _random_variables(module, images)
   evaluate = jax.jit(functools.partial(module.apply, train=False))
   np.testing.assert_array_equal(evaluate(variables, images).logits,
                                 evaluate(variables, images).logits)
@@ -224,12 +242,11 @@ def test_dropout_only_in_train_mode():
 def test_bfloat16_computation_keeps_float32_variables():
   module = models.build('resnet101_v2', aux_head=True, dtype='bfloat16',
                         width_multiplier=SMALL_WIDTH)
-  images = jnp.ones((1, 75, 75, 1))
-  variables = _init(module, images)
+  variables = _abstract_init(module, _images(75))
   dtypes = {x.dtype for x in jax.tree_util.tree_leaves(variables)}
   assert dtypes == {jnp.dtype(jnp.float32)}
-  outputs = jax.jit(functools.partial(module.apply, train=False))(
-      variables, images)
+  outputs = jax.eval_shape(functools.partial(module.apply, train=False),
+                           variables, _images(75))
   assert outputs.logits.dtype == outputs.aux_logits.dtype == jnp.float32
 
 
@@ -265,7 +282,7 @@ def test_xception_aux_block_moves_the_tower():
 
 
 def test_summarize_small_model():
-  module = models.build('inception_v3', aux_head=True,
+  module = models.build('xception', aux_head=True,
                         width_multiplier=SMALL_WIDTH)
   result = models.summarize(module, image_size=75, batch_size=2)
   variables = _abstract_init(module, _images(75))
@@ -276,7 +293,7 @@ def test_summarize_small_model():
   assert result['aux_params'] == _count(variables['params']['aux_tower'])
   assert result['output_shapes'] == {'logits': (2, 2), 'aux_logits': (2, 2)}
   assert result['forward_flops'] > 0
-  text = models.format_summary(result, 'inception_v3')
+  text = models.format_summary(result, 'xception')
   assert f'{result["total_params"]:,}' in text
 
 
