@@ -3,6 +3,7 @@ r"""Times one jitted train step of ours, optionally interleaved with Keras'.
 Usage (from the repo root):
   python benchmarks/train_step.py --config=configs/xception.py --batch_size=8 \
       --steps=5 [--compare_keras] [--dtype=float32|bfloat16] \
+      [--depthwise=layers|shifted|lax] \
       [--variant=keras|config] [--config.<field>=<value> ...]
 
 Ours is the real `ankle_jax.train.train_step` (on-device augmentation and
@@ -25,9 +26,11 @@ recipe: `model.stateless_call` + softmax cross entropy + `keras.optimizers.Adam`
 `stateless_apply`, in one `jax.jit` with the state donated. The two steps are
 timed alternately (ours, Keras, ours, ...), so background load hits both alike.
 
-FLOPs per step come from XLA's cost analysis of each compiled step. The script
-also measures the machine's f32 matmul peak (2048x2048 @ 2048x2048) and
-reports achieved GFLOP/s as a fraction of it.
+FLOPs per step come from XLA's cost analysis of each compiled step (all ops,
+elementwise included). The script also measures the machine's matmul peak
+(CPU: 2048x2048 f32; GPU: 8192x8192 in the compute dtype) and reports achieved
+GFLOP/s as a fraction of it; on known GPUs also MFU against the nominal dense
+peak (SPEC_PEAK_TFLOPS). --batch_size defaults to the config's (the paper's).
 
 The last line printed is one JSON object.
 """
@@ -63,7 +66,8 @@ from ankle_jax import train  # pylint: disable=g-import-not-at-top
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training config file, e.g. configs/xception.py.',
     lock_config=False)
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images per step.')
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', None, 'Images per step (default: the config\'s batch_size).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (median reported).')
 _WARMUP = flags.DEFINE_integer('warmup', 2,
                                'Untimed steps after compilation, per side.')
@@ -76,7 +80,8 @@ _VARIANT = flags.DEFINE_enum(
     'Which of our variants to time (default: keras with --compare_keras).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None,
                                    'Override config.image_size.')
-_MATMUL_N = flags.DEFINE_integer('matmul_n', 2048, 'Matmul-peak side.')
+_MATMUL_N = flags.DEFINE_integer(
+    'matmul_n', None, 'Matmul-peak side (default 2048 on CPU, 8192 else).')
 _DEPTHWISE = flags.DEFINE_enum(
     'depthwise', 'layers', ['layers', 'shifted', 'lax'],
     'Depthwise conv used by our models while tracing: layers = whatever '
@@ -121,10 +126,21 @@ def flops_of(compiled) -> float:
       'nan')
 
 
-def matmul_peak_gflops(n: int, repeats: int = 10) -> float:
-  """f32 GFLOP/s of an n x n @ n x n matmul (median of `repeats`)."""
-  a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
+# Nominal dense peak TFLOP/s by device kind and compute dtype (for MFU on
+# GPUs; f32 is what XLA's default precision gives there: TF32 tensor cores).
+SPEC_PEAK_TFLOPS = {
+    'NVIDIA H100 80GB HBM3': {'bfloat16': 989.0, 'float32': 494.0},
+    'NVIDIA H100': {'bfloat16': 989.0, 'float32': 494.0},
+    'NVIDIA H200': {'bfloat16': 989.0, 'float32': 494.0},
+    'NVIDIA A100-SXM4-80GB': {'bfloat16': 312.0, 'float32': 156.0},
+    'NVIDIA A100-SXM4-40GB': {'bfloat16': 312.0, 'float32': 156.0},
+}
+
+
+def matmul_peak_gflops(n: int, dtype=jnp.float32, repeats: int = 10) -> float:
+  """GFLOP/s of an n x n @ n x n matmul in `dtype` (median of `repeats`)."""
+  a = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(2), (n, n), dtype)
   matmul = jax.jit(jnp.matmul)
   jax.block_until_ready(matmul(a, b))
   ms = statistics.median(time_call(lambda: matmul(a, b))
@@ -249,11 +265,13 @@ def main(argv):
     config.dtype = _DTYPE.value
   if _IMAGE_SIZE.value:
     config.image_size = _IMAGE_SIZE.value
-  config.batch_size = _BATCH_SIZE.value
+  if _BATCH_SIZE.value:
+    config.batch_size = _BATCH_SIZE.value
+  batch_size = config.batch_size
   variant = _VARIANT.value or ('keras' if _COMPARE_KERAS.value else 'config')
   if variant == 'keras':
     keras_variant(config)
-  batch = random_batch(_BATCH_SIZE.value, config.image_size)
+  batch = random_batch(batch_size, config.image_size)
 
   t0 = time.perf_counter()
   ours = OursStep(config, batch, _DEPTHWISE.value)
@@ -276,7 +294,13 @@ def main(argv):
     print(json.dumps({k: round(v[-1], 1) for k, v in times.items()}),
           flush=True)
 
-  peak = matmul_peak_gflops(_MATMUL_N.value)
+  on_cpu = jax.default_backend() == 'cpu'
+  matmul_n = _MATMUL_N.value or (2048 if on_cpu else 8192)
+  # On CPU the f32 peak is the yardstick (bf16 has no faster path there).
+  matmul_dtype = 'float32' if on_cpu else config.dtype
+  peak = matmul_peak_gflops(matmul_n, jnp.dtype(matmul_dtype))
+  device_kind = jax.devices()[0].device_kind
+  spec_tflops = SPEC_PEAK_TFLOPS.get(device_kind, {}).get(config.dtype)
   step_ms = statistics.median(times['ours'])
   gflops = ours.flops / (step_ms * 1e-3) / 1e9
   result = {
@@ -290,18 +314,21 @@ def main(argv):
       'dropout_rate': float(config.model.dropout_rate),
       'dtype': config.dtype,
       'image_size': config.image_size,
-      'batch_size': _BATCH_SIZE.value,
+      'batch_size': batch_size,
       'steps': _STEPS.value,
       'step_ms': round(step_ms, 1),
       'step_ms_all': [round(t, 1) for t in times['ours']],
-      'images_per_sec': round(_BATCH_SIZE.value / (step_ms * 1e-3), 2),
+      'images_per_sec': round(batch_size / (step_ms * 1e-3), 2),
       'flops_per_step': ours.flops,
       'gflops_per_sec': round(gflops, 1),
       'matmul_peak_gflops_per_sec': round(peak, 1),
+      'matmul_peak_shape_dtype': f'{matmul_n}x{matmul_n} {matmul_dtype}',
       'fraction_of_matmul_peak': round(gflops / peak, 3),
+      'spec_peak_tflops': spec_tflops,
+      'mfu': round(gflops / (spec_tflops * 1e3), 4) if spec_tflops else None,
       'compile_s': round(compile_s, 1),
       'backend': jax.default_backend(),
-      'device': jax.devices()[0].device_kind,
+      'device': device_kind,
       'num_devices': jax.device_count(),
       'cpu_count': os.cpu_count(),
       'machine': platform.machine(),
@@ -314,7 +341,7 @@ def main(argv):
     result.update({
         'keras_step_ms': round(keras_ms, 1),
         'keras_step_ms_all': [round(t, 1) for t in times['keras']],
-        'keras_images_per_sec': round(_BATCH_SIZE.value / (keras_ms * 1e-3),
+        'keras_images_per_sec': round(batch_size / (keras_ms * 1e-3),
                                       2),
         'keras_flops_per_step': keras_flops,
         'keras_gflops_per_sec': round(

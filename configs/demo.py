@@ -32,12 +32,18 @@ def get_config():
   config.data.synthetic.num_normal = 150
   config.data.synthetic.num_fracture = 150
   config.data.synthetic.seed = 0
+  # Every view of a fracture case shows the fracture with p=0.9 (generator default 0.6, under
+  # which a perfect single-view classifier reaches only ~69% of 3-view fracture cases by
+  # majority vote). Smaller source images make generation and building faster.
+  config.data.synthetic.fracture_view_prob = 0.9
+  config.data.synthetic.min_size = 300
+  config.data.synthetic.max_size = 400
 
   config.batch_size = 16
   config.eval_batch_size = 24
-  config.learning_rate = 1e-3  # Far above the paper's 6e-6: minutes, not 2000 epochs.
+  config.learning_rate = 3e-3  # Far above the paper's 6e-6: minutes, not 2000 epochs.
   config.l2_alpha = 1e-3
-  config.num_train_steps = 600
+  config.num_train_steps = 800
   config.log_every_steps = 20
   config.eval_every_steps = 100
   config.checkpoint_every_steps = 100

@@ -317,10 +317,33 @@ def _read_pillow(path: pathlib.Path) -> tuple[np.ndarray, RadiographInfo]:
   return image, info
 
 
+class _BoundedFile(io.FileIO):
+  """A file whose read(n) never asks for more than what is left in it.
+
+  CPython's read(n) allocates n bytes before reading, so a corrupt element length (a flipped bit
+  turns an undefined length 0xFFFFFFFF into a 4 GB one, in a 30 kB file) would otherwise reserve
+  gigabytes. pydicom reads deferred elements (Pixel Data) from this same open file.
+  """
+
+  def __init__(self, path):
+    super().__init__(path, "rb")
+    self._size = os.fstat(self.fileno()).st_size
+
+  def read(self, size=-1):
+    if size is None or size < 0:
+      return super().read()
+    return super().read(min(size, max(0, self._size - self.tell())))
+
+
 def _read_dicom(path: pathlib.Path, image_size: int) -> tuple[np.ndarray, RadiographInfo]:
   """Reads a DICOM file into float32 [H, W] in [0, 1], bone bright (steps 1-6 of the module doc)."""
+  with _BoundedFile(path) as fp:
+    return _read_dicom_from(path, fp, image_size)
+
+
+def _read_dicom_from(path: pathlib.Path, fp, image_size: int) -> tuple[np.ndarray, RadiographInfo]:
   try:
-    ds = pydicom.dcmread(path, defer_size="256 KB")
+    ds = pydicom.dcmread(fp, defer_size="256 KB")
   except pydicom.errors.InvalidDicomError as e:
     raise DicomReadError(path, f"not a DICOM, PNG or JPEG file ({e})") from None
   except Exception as e:  # Truncated or corrupt headers raise various errors.

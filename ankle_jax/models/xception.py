@@ -108,12 +108,15 @@ class Model(nn.Module):
   aux_block: int = 3
   num_middle_blocks: int = 8
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> layers.ModelOutputs:
+  def __post_init__(self):
     if not 1 <= self.aux_block <= self.num_middle_blocks:
       raise ValueError(
           f'xception.Model: aux_block={self.aux_block} must be in '
           f'[1, {self.num_middle_blocks}] (1-based middle-flow block).')
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> layers.ModelOutputs:
     w = functools.partial(layers.scale_width,
                           width_multiplier=self.width_multiplier)
     conv = functools.partial(layers.ConvBN, use_bias=False, dtype=self.dtype)
