@@ -7,7 +7,8 @@ Examples:
   python launch.py --config=configs/xception_dropaux.py --workdir=runs/x --summary_only
 
 Running again on the same --workdir resumes from its latest checkpoint. The config is
-validated before any heavy work (model name, image size, the dataset's presence).
+validated before any heavy work (model name, image size, the dataset's presence), and the model
+summary (parameters, forward FLOPs from XLA's cost analysis, output shapes) is printed first.
 """
 
 import sys
@@ -56,8 +57,8 @@ def main(argv):
     print(f"error: invalid config: {e}", file=sys.stderr)
     return EXIT_CONFIG_ERROR
 
+  print_summary(config)
   if FLAGS.summary_only:
-    print_summary(config)
     return 0
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")

@@ -42,6 +42,8 @@ import numpy as np
 import optax
 
 from ankle_jax import checkpoint
+from ankle_jax import metrics as metrics_lib
+from ankle_jax import voting
 from ankle_jax import writers
 from ankle_jax.data import augment
 
@@ -487,8 +489,9 @@ def evaluate(p_eval_step, state: TrainState, batches: Iterator[Mapping[str, Any]
              mesh: Mesh) -> dict[str, float]:
   """val_loss, val_accuracy, val_auc and val_case_accuracy over `batches`.
 
-  Case level: hard vote per view, case = fracture when more than half of its views
-  vote fracture (ties -> normal, like numpy's round-half-even of the mean vote).
+  Votes and the case level are those of the evaluation command (ankle_jax.voting): a view
+  votes fracture when p(fracture) >= 0.5; a case is the majority of its views' votes, ties
+  (2-view cases) going to fracture.
   """
   probs, losses, labels, case_ids = [], [], [], []
   for batch in batches:
@@ -501,31 +504,18 @@ def evaluate(p_eval_step, state: TrainState, batches: Iterator[Mapping[str, Any]
       case_ids.append(np.asarray(batch["case_id"])[mask])
   if not probs:
     return {}
-  probs = np.concatenate(probs)
+  fracture_probs = np.concatenate(probs)[:, -1]
   labels = np.concatenate(labels)
-  votes = np.argmax(probs, axis=-1)
+  view_metrics = metrics_lib.classification_metrics(
+      labels, voting.image_votes(fracture_probs), fracture_probs)
   metrics = {"val_loss": float(np.mean(np.concatenate(losses))),
-             "val_accuracy": float(np.mean(votes == labels)),
-             "val_auc": _roc_auc(labels, probs[:, -1])}
+             "val_accuracy": view_metrics["accuracy"],
+             "val_auc": view_metrics["roc_auc"]}
   if case_ids:
-    metrics["val_case_accuracy"] = _case_accuracy(np.concatenate(case_ids), votes, labels)
+    cases = voting.index_cases(np.concatenate(case_ids), labels)
+    case_votes = voting.case_hard_votes(voting.image_votes(fracture_probs), cases)
+    metrics["val_case_accuracy"] = float(np.mean(case_votes == cases.labels_c))
   return metrics
-
-
-def _roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-  if len(np.unique(labels)) < 2:
-    return float("nan")
-  from sklearn.metrics import roc_auc_score  # pylint: disable=g-import-not-at-top
-  return float(roc_auc_score(labels, scores))
-
-
-def _case_accuracy(case_ids: np.ndarray, votes: np.ndarray, labels: np.ndarray) -> float:
-  correct = []
-  for case in np.unique(case_ids):
-    rows = case_ids == case
-    case_vote = int(np.round(np.mean(votes[rows])))
-    correct.append(case_vote == int(labels[rows][0]))
-  return float(np.mean(correct))
 
 
 # ----------------------------------------------------------------------------

@@ -83,10 +83,12 @@ _IMAGE_SIZE = flags.DEFINE_integer('image_size', None,
 _MATMUL_N = flags.DEFINE_integer(
     'matmul_n', None, 'Matmul-peak side (default 2048 on CPU, 8192 else).')
 _DEPTHWISE = flags.DEFINE_enum(
-    'depthwise', 'layers', ['layers', 'shifted', 'lax'],
-    'Depthwise conv used by our models while tracing: layers = whatever '
-    'ankle_jax.models.layers.depthwise_conv2d does; shifted = '
-    'ankle_jax.models.depthwise.depthwise_conv2d; lax = grouped conv.')
+    'depthwise', 'layers', ['layers', 'shifted', 'lax', 'fast'],
+    'Convolutions used by our models while tracing (benchmark-only switch): '
+    'layers = whatever ankle_jax.models.layers does; shifted = '
+    'layers.depthwise_conv2d -> ankle_jax.models.depthwise.depthwise_conv2d; '
+    'lax = grouped lax conv; fast = shifted AND every flax nn.Conv through '
+    'ankle_jax.models.depthwise.conv_general_dilated (1x1 convs as matmuls).')
 
 # config.model.name -> keras.applications constructor name.
 KERAS_MODELS = {
@@ -169,10 +171,26 @@ def depthwise_impl(name: str):
     layers.depthwise_conv2d = (
         lambda x, k, strides=(1, 1), padding='SAME': depthwise.
         grouped_conv_reference(x, k, strides=strides, padding=padding))
+  from flax.linen import linear  # pylint: disable=g-import-not-at-top
+  original_lax = linear.lax
+  if name == 'fast':
+    layers.depthwise_conv2d = (
+        lambda x, k, strides=(1, 1), padding='SAME': depthwise.
+        depthwise_conv2d(x, k, strides=strides, padding=padding))
+
+    class _LaxWithFastConv:
+      """jax.lax, except conv_general_dilated (flax nn.Conv's default)."""
+      conv_general_dilated = staticmethod(depthwise.conv_general_dilated)
+
+      def __getattr__(self, attr):
+        return getattr(jax.lax, attr)
+
+    linear.lax = _LaxWithFastConv()
   try:
     yield
   finally:
     layers.depthwise_conv2d = original
+    linear.lax = original_lax
 
 
 class OursStep:

@@ -36,6 +36,7 @@ def get_config():
   # which a perfect single-view classifier reaches only ~69% of 3-view fracture cases by
   # majority vote). Smaller source images make generation and building faster.
   config.data.synthetic.fracture_view_prob = 0.9
+  config.data.synthetic.fracture_conspicuity = 2.5
   config.data.synthetic.min_size = 300
   config.data.synthetic.max_size = 400
 

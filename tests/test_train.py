@@ -71,7 +71,7 @@ def make_records(num, seed=0, size=IMAGE_SIZE, views=1):
   rng = np.random.default_rng(seed)
   records = []
   for i in range(num):
-    label = i % 2
+    label = (i // views) % 2  # One label per case.
     image = rng.uniform(0.0, 0.4, size=(size, size, 1))
     if label:
       r, c = rng.integers(0, size - 6, size=2)

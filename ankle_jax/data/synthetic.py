@@ -14,7 +14,22 @@ Files are 12-bit CR images, MONOCHROME1 or MONOCHROME2, some RLE-compressed, 300
 A fracture is a thin lucent line across the distal fibula or tibia with a small offset of the
 distal fragment. It is drawn in a random non-empty subset of a fracture case's views (each view
 with probability `fracture_view_prob`), so some views of fracture cases look normal: one view alone
-does not decide the case and three-view voting helps. Distinctive, fake patient identifiers
+does not decide the case and three-view voting helps.
+
+Difficulty. Two arguments of `generate_studies` set how hard the task is:
+  * `fracture_conspicuity` (default 1.0) scales the fracture against the anatomy. The line width
+    and the fragment offset are drawn as fractions of the case's fibula width (the thinnest bone,
+    which sets the scale of the detail to find), then multiplied by the conspicuity; the line's
+    contrast (the fraction of bone density it removes, `depth`) becomes 1 - (1 - depth)**c, so it
+    stays in (0, 1). At 1.0 the line is ~6-10% and the offset ~5-13% of the fibula width: about
+    1-2 px wide and 1-2.5 px offset on a 300 px training image (the paper's resolution), a detail
+    that has to be learned. Training at a lower resolution needs a proportionally larger value
+    (configs/demo.py: 128 px with 2.5) for the line to survive the down-sampling; 0 removes the
+    fracture entirely (labels then carry no signal, a useful negative control).
+  * `fracture_view_prob` (default 0.6): the probability that each view of a fracture case shows
+    the fracture (at least one always does). With 0.6, a perfect one-view classifier labels only
+    ~69% of 3-view fracture cases correctly by majority vote (2 of 3 must show it), so the
+    case-level accuracy depends on this as much as on the model. Distinctive, fake patient identifiers
 (PatientName, PatientID, birth date, accession number, UIDs) are written into every file and the
 case folder names contain the fake PatientID, as real exports often do, so tests can check that
 none of them reach the built dataset.
@@ -75,6 +90,7 @@ def generate_studies(
     max_size: int = 900,
     views_probs: Sequence[float] = (0.15, 0.25, 0.6),
     fracture_view_prob: float = 0.6,
+    fracture_conspicuity: float = 1.0,
     rle_fraction: float = 0.3,
     monochrome1_fraction: float = 0.5,
 ) -> list[SyntheticCase]:
@@ -90,12 +106,21 @@ def generate_studies(
     views_probs: probabilities of 1, 2 and 3 views per case.
     fracture_view_prob: probability that a view of a fracture case shows the fracture (at least one
       view always does).
+    fracture_conspicuity: scale of the fracture relative to the anatomy (line width, fragment
+      offset and, as 1 - (1 - depth)**c, line contrast; see the module docstring); >= 0,
+      1.0 = the default difficulty for 300 px training, larger = easier, 0 = no visible fracture.
     rle_fraction: fraction of files written RLE Lossless compressed.
     monochrome1_fraction: fraction of files stored MONOCHROME1 (inverted grey scale).
 
   Returns:
     The generated cases, also written to `<out_dir>/synthetic_manifest.json`.
   """
+  if not 0.0 <= fracture_view_prob <= 1.0:
+    raise ValueError(f"generate_studies: fracture_view_prob must be in [0, 1], "
+                     f"got {fracture_view_prob}")
+  if fracture_conspicuity < 0:
+    raise ValueError(f"generate_studies: fracture_conspicuity must be >= 0, "
+                     f"got {fracture_conspicuity}")
   out_dir = pathlib.Path(out_dir)
   rng = np.random.default_rng(seed)
   labels = ["normal"] * num_normal + ["fracture"] * num_fracture
@@ -106,7 +131,8 @@ def generate_studies(
     case_rng = np.random.default_rng([seed, int(index), 7])
     cases.append(_write_case(out_dir, label, number, seed, case_rng, min_size=min_size,
                              max_size=max_size, views_probs=views_probs,
-                             fracture_view_prob=fracture_view_prob, rle_fraction=rle_fraction,
+                             fracture_view_prob=fracture_view_prob,
+                             fracture_conspicuity=fracture_conspicuity, rle_fraction=rle_fraction,
                              monochrome1_fraction=monochrome1_fraction))
   manifest = [dataclasses.asdict(c) for c in cases]
   (out_dir / "synthetic_manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -114,7 +140,8 @@ def generate_studies(
 
 
 def _write_case(out_dir, label, number, seed, rng, *, min_size, max_size, views_probs,
-                fracture_view_prob, rle_fraction, monochrome1_fraction) -> SyntheticCase:
+                fracture_view_prob, fracture_conspicuity, rle_fraction,
+                monochrome1_fraction) -> SyntheticCase:
   num_views = int(rng.choice([1, 2, 3], p=np.asarray(views_probs) / np.sum(views_probs)))
   views = list(_VIEWS[:num_views]) if num_views < 3 else list(_VIEWS)
   if num_views < 3:
@@ -130,7 +157,8 @@ def _write_case(out_dir, label, number, seed, rng, *, min_size, max_size, views_
   case_dir = out_dir / folder
   case_dir.mkdir(parents=True, exist_ok=True)
   anatomy = _sample_anatomy(rng)
-  fracture = _sample_fracture(rng) if label == "fracture" else None
+  fracture = (_sample_fracture(rng, anatomy, fracture_conspicuity) if label == "fracture"
+              else None)
   files = []
   for k, (view, show) in enumerate(zip(views, visible)):
     size = (int(rng.integers(min_size, max_size + 1)), int(rng.integers(min_size, max_size + 1)))
@@ -171,15 +199,21 @@ def _sample_anatomy(rng) -> dict[str, float]:
   }
 
 
-def _sample_fracture(rng) -> dict[str, float]:
-  """A thin oblique lucent line across the distal fibula or tibia, with a small offset."""
+def _sample_fracture(rng, anatomy, conspicuity: float) -> dict[str, float]:
+  """A thin oblique lucent line across the distal fibula or tibia, with a small offset.
+
+  Width and offset are fractions of the image side (like the anatomy), drawn relative to the
+  case's fibula width and scaled by `conspicuity`; depth is the fraction of bone density removed
+  along the line, 1 - (1 - d)**conspicuity for a base contrast d in [0.45, 0.7].
+  """
+  fibula = anatomy["fibula_width"]  # 0.05-0.07 of the image side
   return {
       "bone": float(rng.random() < 0.6),  # 1 = fibula, 0 = tibia
       "y": rng.uniform(0.45, 0.62),  # height along the leg
       "angle": rng.uniform(-0.6, 0.6),  # radians from horizontal
-      "width": rng.uniform(0.0035, 0.006),  # line thickness, fraction of the image side
-      "depth": rng.uniform(0.45, 0.7),  # fraction of bone density removed along the line
-      "offset": rng.uniform(0.003, 0.008),  # lateral shift of the distal fragment
+      "width": conspicuity * fibula * rng.uniform(0.06, 0.10),  # line FWHM
+      "depth": 1.0 - (1.0 - rng.uniform(0.45, 0.7))**conspicuity,
+      "offset": conspicuity * fibula * rng.uniform(0.05, 0.13),  # shift of the distal fragment
   }
 
 
@@ -219,7 +253,7 @@ def _render_view(rng, size, anatomy, view, fracture) -> np.ndarray:
       fib_u = np.where(distal, fib_u + shift, fib_u)
     else:
       tib_u = np.where(distal, tib_u + shift, tib_u)
-    line = fracture["depth"] * np.exp(-0.5 * (dist / (fracture["width"] / 2.355))**2)
+    line = fracture["depth"] * np.exp(-0.5 * (dist / (fracture["width"] / 2.355 + 1e-9))**2)
   tibia = _tube(tib_u, tib_w, a["cortex"]) * bone_len
   fibula = _tube(fib_u, fib_w, a["cortex"] * 1.3) * (v > 0.05) * (v < a["talus_y"] + 0.04)
   if fracture is not None:
@@ -296,10 +330,16 @@ def main(argv=None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--min_size", type=int, default=300)
   parser.add_argument("--max_size", type=int, default=900)
+  parser.add_argument("--fracture_view_prob", type=float, default=0.6,
+                      help="probability that a view of a fracture case shows it")
+  parser.add_argument("--fracture_conspicuity", type=float, default=1.0,
+                      help="fracture size/contrast relative to the anatomy (1 = 300 px default)")
   args = parser.parse_args(argv)
   cases = generate_studies(args.out_dir, num_normal=args.num_normal,
                            num_fracture=args.num_fracture, seed=args.seed,
-                           min_size=args.min_size, max_size=args.max_size)
+                           min_size=args.min_size, max_size=args.max_size,
+                           fracture_view_prob=args.fracture_view_prob,
+                           fracture_conspicuity=args.fracture_conspicuity)
   views = sum(len(c.files) for c in cases)
   print(json.dumps({"out_dir": str(args.out_dir), "cases": len(cases), "views": views}))
 

@@ -340,7 +340,7 @@ def conv_general_dilated(
   For NHWC/HWIO 2-D convolutions without dilation:
     * depthwise (feature_group_count == C, kernel [kh, kw, 1, C]) ->
       `depthwise_conv2d`;
-    * 1x1 (kernel [1, 1, C, F], one group, no explicit padding) ->
+    * 1x1 (kernel [1, 1, C, F], one group, no explicit non-zero padding) ->
       `pointwise_conv2d`;
   anything else goes to `lax.conv_general_dilated` unchanged. Use it as
   `flax.linen.Conv(..., conv_general_dilated=conv_general_dilated)`: the
@@ -358,9 +358,10 @@ def conv_general_dilated(
         and lhs.dtype == rhs.dtype):
       return depthwise_conv2d(lhs, rhs, strides=window_strides,
                               padding=padding)
-    if (feature_group_count == 1 and rhs.shape[:2] == (1, 1)
-        and isinstance(padding, str)
-        and padding.upper() in ('SAME', 'VALID')):
+    no_padding = (padding.upper() in ('SAME', 'VALID')
+                  if isinstance(padding, str)
+                  else all(tuple(p) == (0, 0) for p in padding))
+    if feature_group_count == 1 and rhs.shape[:2] == (1, 1) and no_padding:
       return pointwise_conv2d(lhs, rhs, strides=window_strides,
                               precision=precision,
                               preferred_element_type=preferred_element_type)

@@ -173,3 +173,54 @@ def test_reference_helper_is_lax_grouped_conv():
       depthwise.grouped_conv_reference(x, kernel, strides=(2, 2),
                                        padding='SAME'),
       _reference(x, kernel, (2, 2), 'SAME'), rtol=1e-6, atol=1e-6)
+
+
+# conv_general_dilated: the drop-in used by flax nn.Conv (1x1 convs as matmuls,
+# depthwise as above, anything else lax unchanged).
+@pytest.mark.parametrize(
+    'features,kernel_size,strides,groups,padding',
+    [(5, (1, 1), (1, 1), 1, 'SAME'),
+     (5, (1, 1), (2, 2), 1, 'VALID'),
+     (5, (1, 1), (2, 1), 1, ((0, 0), (0, 0))),
+     (4, (3, 3), (2, 2), 4, 'SAME'),
+     (5, (3, 3), (1, 1), 1, 'SAME'),   # Falls back to lax.
+     (5, (1, 1), (1, 1), 1, ((1, 0), (0, 1)))])  # Padded 1x1: lax.
+def test_flax_conv_with_fast_conv_general_dilated(features, kernel_size,
+                                                  strides, groups, padding):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x, _ = _inputs((7, 6), channels=4)
+  kwargs = dict(features=features, kernel_size=kernel_size, strides=strides,
+                feature_group_count=groups, padding=padding)
+  plain = nn.Conv(**kwargs)
+  fast = nn.Conv(**kwargs,
+                 conv_general_dilated=depthwise.conv_general_dilated)
+  variables = plain.init(jax.random.key(1), x)
+  assert jax.tree.structure(fast.init(jax.random.key(1), x)) == (
+      jax.tree.structure(variables))
+
+  @jax.jit
+  def both(variables, x):
+    out = []
+    for module in (plain, fast):
+      loss = lambda v, x, m=module: jnp.sum(jnp.sin(m.apply(v, x)))
+      out.append((module.apply(variables, x),
+                  jax.grad(loss, argnums=(0, 1))(variables, x)))
+    return out
+
+  (y_ref, g_ref), (y, g) = both(variables, x)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_is_a_matmul_and_checks_its_kernel():
+  x, _ = _inputs((6, 5), channels=3)
+  kernel = jax.random.normal(jax.random.key(3), (1, 1, 3, 4))
+  hlo = jax.jit(jax.grad(
+      lambda x, k: jnp.sum(depthwise.pointwise_conv2d(
+          x, k, strides=(2, 2)) ** 2), argnums=(0, 1))).lower(
+              x, kernel).as_text()
+  assert 'convolution' not in hlo and 'dot_general' in hlo
+  with pytest.raises(ValueError, match=r'\[1, 1, C, F\]'):
+    depthwise.pointwise_conv2d(x, jnp.zeros((3, 3, 3, 4)))
