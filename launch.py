@@ -57,11 +57,19 @@ def main(argv):
     print(f"error: invalid config: {e}", file=sys.stderr)
     return EXIT_CONFIG_ERROR
 
+  if not FLAGS.summary_only:
+    if not FLAGS.workdir:
+      raise app.UsageError("--workdir is required")
+    from ankle_jax import writers  # pylint: disable=g-import-not-at-top
+    try:
+      writers.ensure_writable_dir(FLAGS.workdir)
+    except writers.WorkdirNotWritableError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return EXIT_CONFIG_ERROR
+
   print_summary(config)
   if FLAGS.summary_only:
     return 0
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required")
 
   if config.distributed:
     jax.distributed.initialize()
@@ -77,6 +85,10 @@ def main(argv):
   try:
     summary = train.train_and_evaluate(config, FLAGS.workdir)
   except train.NonFiniteLossError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_TRAINING_ERROR
+  except OSError as e:  # Disk full, run directory not writable (names the path).
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     return EXIT_TRAINING_ERROR

@@ -13,13 +13,26 @@ Layout under a run's workdir:
 
 Saves are synchronous, so a checkpoint on disk is always complete; a state with a
 non-finite loss is never handed to `save_latest` (train.py checks first).
+
+Faults:
+  * A save interrupted by a crash or SIGKILL leaves an orbax temporary directory
+    (`<step>.orbax-checkpoint-tmp-<time>`), which is never read as a step and is removed when
+    the run restarts.
+  * An unreadable checkpoint (truncated or garbled files) is skipped with a warning, and the
+    next older step is restored instead; in a training run the unreadable step directories
+    are moved to `checkpoints/unreadable/` so they are not picked up again.
+  * A save that fails (disk full, directory not writable) raises `CheckpointWriteError`
+    naming the directory and the step.
 """
 
 import base64
 import json
 import os
-from typing import Any, Mapping, Optional
+import shutil
+import time
+from typing import Any, Callable, Mapping, Optional
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -29,6 +42,15 @@ from etils import epath
 LATEST_DIR = "checkpoints/latest"
 BEST_DIR = "checkpoints/best"
 CONFIG_FILE = "config.json"
+UNREADABLE_DIR = "checkpoints/unreadable"
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, directory not writable...)."""
+
+
+class CheckpointReadError(ValueError):
+  """No checkpoint of a directory could be read back."""
 
 # best_metric -> 'max' or 'min'.
 METRIC_MODES = {
@@ -45,9 +67,10 @@ def _absolute(path: epath.PathLike) -> epath.Path:
 
 
 def _options(max_to_keep: int, read_only: bool = False) -> ocp.CheckpointManagerOptions:
+  # cleanup_tmp_directories: remove the unfinished saves of a killed run on restart.
   return ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=False)
+      enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
 
 
 def _latest_manager(workdir: epath.PathLike, keep: int = 3,
@@ -94,6 +117,41 @@ def decode_iterator_state(encoded: Mapping[str, Any]) -> Any:
   raise ValueError(f"unknown data iterator state kind {kind!r} in checkpoint")
 
 
+def _describe(error: BaseException) -> str:
+  """A one-line reason: the exception type and the first line of its message."""
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _restore_newest_readable(manager: ocp.CheckpointManager, directory: epath.Path,
+                             restore_fn: Callable[[int], Any]) -> tuple[Any, int, list[int]]:
+  """Restores the newest step that reads back, warning about each newer unreadable one.
+
+  Returns:
+    (restore_fn(step), step, unreadable_steps) with unreadable_steps newer than step.
+
+  Raises:
+    FileNotFoundError: there is no checkpoint in `directory`.
+    CheckpointReadError: no step could be read.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint under {directory}")
+  unreadable = []
+  for step in steps:
+    try:
+      return restore_fn(step), step, unreadable
+    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore/json errors)
+      unreadable.append(step)
+      older = [s for s in steps if s < step]
+      logging.warning(
+          "Checkpoint %s is unreadable (%s); %s", directory / str(step), _describe(e),
+          f"falling back to step {older[0]}." if older else "no older checkpoint left.")
+  raise CheckpointReadError(
+      f"no readable checkpoint under {directory}: steps {steps} all failed to restore "
+      "(truncated or garbled files?); see the warnings above.")
+
+
 def _numpy_restore_args(metadata_tree: Any) -> Any:
   return jax.tree.map(
       lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata_tree)
@@ -116,17 +174,31 @@ class RunCheckpoints:
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
 
+  def _save(self, manager: ocp.CheckpointManager, step: int, args: Any) -> None:
+    """Saves synchronously, replacing an existing `step`; failures -> CheckpointWriteError.
+
+    A step can already exist when a killed run is replayed from an older checkpoint
+    (e.g. killed between the best and the latest save of one step); the replay computes
+    the same values, so the old save is replaced.
+    """
+    step = int(step)
+    try:
+      if step in manager.all_steps():
+        manager.delete(step)
+      manager.save(step, args=args, force=True)
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  (orbax wraps OSErrors variously)
+      raise CheckpointWriteError(
+          f"could not write the checkpoint of step {step} to {manager.directory}: "
+          f"{_describe(e)}. Is the disk full or the directory not writable?") from e
+
   def save_latest(self, step: int, state_tree: Any, data_iter_state: Any,
                   loop_state: Mapping[str, Any]) -> None:
     """Saves the full train state, the data iterator state and the loop state."""
-    self.latest.save(
-        int(step),
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(state_tree),
-            data_iter=ocp.args.JsonSave(encode_iterator_state(data_iter_state)),
-            loop=ocp.args.JsonSave(dict(loop_state))),
-        force=True)
-    self.latest.wait_until_finished()
+    self._save(self.latest, step, ocp.args.Composite(
+        state=ocp.args.PyTreeSave(state_tree),
+        data_iter=ocp.args.JsonSave(encode_iterator_state(data_iter_state)),
+        loop=ocp.args.JsonSave(dict(loop_state))))
 
   def restore_latest(self, target_state_tree: Any) -> tuple[Any, Any, dict[str, Any]]:
     """Restores (state_tree, data_iter_state, loop_state) of the latest checkpoint.
@@ -135,31 +207,43 @@ class RunCheckpoints:
       target_state_tree: a pytree of jax arrays with the expected structure, shapes
         and shardings (a freshly created state).
     """
-    step = self.latest.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint under {self.workdir / LATEST_DIR}")
     restore_args = ocp.checkpoint_utils.construct_restore_args(target_state_tree)
-    restored = self.latest.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=target_state_tree, restore_args=restore_args),
-            data_iter=ocp.args.JsonRestore(),
-            loop=ocp.args.JsonRestore()))
-    return (restored["state"], decode_iterator_state(restored["data_iter"]),
-            dict(restored["loop"]))
+
+    def restore(step):
+      restored = self.latest.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.PyTreeRestore(
+                  item=target_state_tree, restore_args=restore_args),
+              data_iter=ocp.args.JsonRestore(),
+              loop=ocp.args.JsonRestore()))
+      return (restored["state"], decode_iterator_state(restored["data_iter"]),
+              dict(restored["loop"]))
+
+    directory = _absolute(self.workdir) / LATEST_DIR
+    result, _, unreadable = _restore_newest_readable(self.latest, directory, restore)
+    if unreadable and jax.process_index() == 0:
+      self._move_aside(unreadable)
+    return result
+
+  def _move_aside(self, steps: list[int]) -> None:
+    """Moves unreadable step directories out of the manager's sight (kept for inspection)."""
+    target = _absolute(self.workdir) / UNREADABLE_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      source = _absolute(self.workdir) / LATEST_DIR / str(step)
+      destination = target / f"{step}-{int(time.time())}"
+      shutil.move(os.fspath(source), os.fspath(destination))
+      logging.warning("Moved the unreadable checkpoint %s to %s.", source, destination)
+    self.latest.reload()
 
   def save_best(self, step: int, variables: Any, metrics: Mapping[str, float]) -> None:
     """Replaces the best checkpoint by `variables` ({'params', 'batch_stats'})."""
     meta = {"step": int(step), "best_metric": self.best_metric,
             "metrics": {k: float(v) for k, v in metrics.items()}}
-    self.best.save(
-        int(step),
-        args=ocp.args.Composite(
-            variables=ocp.args.PyTreeSave(variables),
-            meta=ocp.args.JsonSave(meta)),
-        force=True)
-    self.best.wait_until_finished()
+    self._save(self.best, step, ocp.args.Composite(
+        variables=ocp.args.PyTreeSave(variables),
+        meta=ocp.args.JsonSave(meta)))
     # max_to_keep=1 keeps the newest save, which is the best by construction
     # (train.py only calls save_best on an improvement).
 
@@ -189,19 +273,25 @@ def restore_variables(workdir: epath.PathLike,
     item = "state"
   else:
     raise ValueError(f"which={which!r}; expected 'best' or 'latest'")
-  step = manager.latest_step()
-  if step is None:
+  directory = workdir / (BEST_DIR if which == "best" else LATEST_DIR)
+  if manager.latest_step() is None:
     raise FileNotFoundError(
-        f"no {which!r} checkpoint under {workdir / (BEST_DIR if which == 'best' else LATEST_DIR)}"
+        f"no {which!r} checkpoint under {directory}"
         " (train first: python launch.py --config=... --workdir=...)")
-  metadata = manager.item_metadata(step)[item]
-  metadata_tree = getattr(metadata, "tree", metadata)
-  restored = manager.restore(
-      step,
-      args=ocp.args.Composite(**{
-          item: ocp.args.PyTreeRestore(
-              restore_args=_numpy_restore_args(metadata_tree))}))[item]
-  manager.close()
+
+  def restore(step):
+    metadata = manager.item_metadata(step)[item]
+    metadata_tree = getattr(metadata, "tree", metadata)
+    return manager.restore(
+        step,
+        args=ocp.args.Composite(**{
+            item: ocp.args.PyTreeRestore(
+                restore_args=_numpy_restore_args(metadata_tree))}))[item]
+
+  try:
+    restored, step, _ = _restore_newest_readable(manager, directory, restore)
+  finally:
+    manager.close()
   variables = {"params": restored["params"],
                "batch_stats": restored.get("batch_stats", {})}
   return variables, int(step)

@@ -606,10 +606,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Raises:
     NonFiniteLossError: the loss became NaN/inf; the latest checkpoint on disk is the
       last one saved before that step.
+    writers.WorkdirNotWritableError: workdir cannot be created or written (checked first).
+    checkpoint.CheckpointWriteError: a checkpoint could not be saved (e.g. disk full).
   """
   validate_config(config)
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = writers.ensure_writable_dir(epath.Path(workdir))
   is_chief = jax.process_index() == 0
   mesh = create_mesh(devices)
   check_batch_divisible(config.batch_size, mesh, "batch_size")

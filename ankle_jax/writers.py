@@ -7,6 +7,7 @@ de-identified pixels; case ids reaching training are salted hashes.
 
 import json
 import math
+import os
 from typing import Any, Mapping, Optional, Sequence
 
 import ml_collections
@@ -16,6 +17,39 @@ from etils import epath
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+PROBE_BYTES = 4096  # One page: a full disk refuses it.
+
+
+class WorkdirNotWritableError(OSError):
+  """The run directory cannot be created or written."""
+
+
+def ensure_writable_dir(path: epath.PathLike) -> epath.Path:
+  """Creates `path` if needed and checks that a file can be written and synced there.
+
+  Called before any heavy work, so that a read-only location, a file in the way or a
+  full disk fail at once with the path named, not later from inside orbax or TensorBoard.
+
+  Raises:
+    WorkdirNotWritableError: naming the directory and the reason.
+  """
+  path = epath.Path(path)
+  probe = path / f".write_probe_{os.getpid()}"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+      with open(os.fspath(probe), "wb") as f:
+        f.write(b"\0" * PROBE_BYTES)
+        f.flush()
+        os.fsync(f.fileno())
+    finally:
+      if probe.exists():
+        probe.unlink()
+  except OSError as e:
+    raise WorkdirNotWritableError(
+        e.errno, f"cannot write to the run directory {path}: {e.strerror or e} "
+        "(choose another --workdir, or free some space)") from e
+  return path
 
 
 def _jsonable(value: Any) -> Any:

@@ -21,7 +21,8 @@
 #
 # Knobs (environment): GPU_CONFIGS, GPU_DTYPES, GPU_STEPS (timed steps, 10),
 # GPU_BUDGET_S (stop starting runs after this many seconds, 500),
-# GPU_PER_RUN_S (timeout per run, 150), GPU_DEPTHWISE (1 = micro-benchmark).
+# GPU_PER_RUN_S (timeout per run, 150), GPU_DEPTHWISE (1 = micro-benchmark),
+# GPU_CONV (fast | layers: --depthwise of train_step.py, default fast).
 
 set -u
 START=$(date +%s)
@@ -45,6 +46,10 @@ DTYPES=${GPU_DTYPES:-"bfloat16 float32"}
 STEPS=${GPU_STEPS:-10}
 BUDGET_S=${GPU_BUDGET_S:-500}
 PER_RUN_S=${GPU_PER_RUN_S:-150}
+# Convolutions our models trace (train_step.py --depthwise): 'fast' = the fast
+# depthwise + 1x1-as-matmul paths whether or not layers.py uses them yet;
+# 'layers' = whatever layers.py does.
+CONV=${GPU_CONV:-fast}
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -70,7 +75,7 @@ run() {  # run <config> <dtype> [extra flags...]
   echo "== $cfg $dtype $* (t=$(elapsed)s)" | tee -a "$LOG"
   timeout "$PER_RUN_S" python3 benchmarks/train_step.py \
       --config="configs/$cfg.py" --dtype="$dtype" --steps="$STEPS" \
-      --warmup=3 "$@" 2>>"$LOG" | tee -a "$LOG" | tail -n 1 \
+      --warmup=3 --depthwise="$CONV" "$@" 2>>"$LOG" | tee -a "$LOG" | tail -n 1 \
       | grep '^{' >> "$RESULTS" || echo "failed: $cfg $dtype $*" | tee -a "$LOG"
 }
 

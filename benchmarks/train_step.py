@@ -366,6 +366,10 @@ def main(argv):
             keras_flops / (keras_ms * 1e-3) / 1e9, 1),
         'keras_compile_s': round(keras_compile_s, 1),
         'ratio_vs_keras': round(keras_ms / step_ms, 3),
+        # Median of the per-round ratios (each round times both back to
+        # back): robust to load that drifts over the run.
+        'ratio_vs_keras_paired_median': round(statistics.median(
+            k / o for k, o in zip(times['keras'], times['ours'])), 3),
     })
   print(json.dumps(result))
 

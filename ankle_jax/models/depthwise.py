@@ -15,10 +15,11 @@ a per-channel weight vector:
 The forward is one fused elementwise loop. Its gradients are supplied by a
 `jax.custom_vjp`, so that no grouped convolution appears anywhere:
 
-* d/dkernel: one variadic reduction that reads the input and the output
-  gradient once and produces all kh*kw per-channel sums together (reduced over
-  batch and output rows, then over output columns), instead of kh*kw separate
-  reductions that each re-read both tensors.
+* d/dkernel: variadic reductions that read the input and the output gradient
+  once and produce all kh*kw per-channel sums together (reduced over batch and
+  output rows, then over output columns), instead of kh*kw separate reductions
+  that each re-read both tensors; the batch is cut into up to 4 chunks so that
+  the (single-threaded) reductions run in parallel.
 * d/dx: the transposed convolution, itself a shifted-slice sum: the output
   gradient is dilated by the stride (interior zeros), padded and correlated
   with the spatially flipped kernel.
@@ -179,22 +180,35 @@ def _depthwise_fwd(x, kernel, strides, pads):
   return _depthwise(x, kernel, strides, pads), (x, kernel)
 
 
+# Batch chunks of the kernel-gradient reduction (see _kernel_grad).
+_KERNEL_GRAD_BATCH_CHUNKS = 4
+
+
 def _kernel_grad(x, g, kernel_shape, kernel_dtype, strides, pads):
   """d loss / d kernel: [kh, kw, 1, C] per-channel sums of tap(x) * g."""
   kh, kw = kernel_shape[:2]
   out_hw = g.shape[1:3]
   xp = _pad_spatial(x, ((*pads[0], 0), (*pads[1], 0)))
-  g32 = g.astype(jnp.float32)
-  products = tuple(
-      _tap(xp, i, j, out_hw, strides).astype(jnp.float32) * g32
-      for i in range(kh) for j in range(kw))
-  zeros = tuple(jnp.zeros((), jnp.float32) for _ in products)
-  # One variadic reduction over (batch, output rows): reads x and g once and
-  # keeps the contiguous (OW, C) rows as accumulators; XLA:CPU vectorizes
-  # this well, unlike kh*kw separate full reductions to [C].
-  partial_sums = lax.reduce(
-      products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)),
-      (0, 1))
+  batch = x.shape[0]
+  num_chunks = min(_KERNEL_GRAD_BATCH_CHUNKS, batch)
+  bounds = [round(k * batch / num_chunks) for k in range(num_chunks + 1)]
+  partial_sums = None
+  for lo, hi in zip(bounds[:-1], bounds[1:]):
+    # One variadic reduction per batch chunk, over (batch, output rows): it
+    # reads x and g once and keeps the contiguous (OW, C) rows as
+    # accumulators. The chunks are independent, so XLA:CPU runs them on
+    # different threads (one reduction fusion is single-threaded).
+    g32 = g[lo:hi].astype(jnp.float32)
+    xp_chunk = xp[lo:hi]
+    products = tuple(
+        _tap(xp_chunk, i, j, out_hw, strides).astype(jnp.float32) * g32
+        for i in range(kh) for j in range(kw))
+    zeros = tuple(jnp.zeros((), jnp.float32) for _ in products)
+    chunk_sums = lax.reduce(
+        products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)),
+        (0, 1))
+    partial_sums = chunk_sums if partial_sums is None else tuple(
+        u + v for u, v in zip(partial_sums, chunk_sums))
   sums = jnp.stack([p.sum(axis=0) for p in partial_sums])  # [kh*kw, C]
   return sums.reshape(kernel_shape).astype(kernel_dtype)
 

@@ -4,6 +4,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 import pydicom
 
 from ankle_jax.data import dicom
@@ -63,3 +64,40 @@ def test_deterministic_and_command(tmp_path):
   assert other
   a0 = dicom.load_radiograph(tmp_path / "a" / files_a[0], 64)
   assert np.isfinite(a0).all()
+
+
+def _stored_pixels(root, case):
+  return [pydicom.dcmread(root / case.folder / name).pixel_array.astype(np.int32)
+          for name in case.files]
+
+
+def test_difficulty_knobs(tmp_path):
+  """fracture_conspicuity scales the fracture (0 = none) and only touches fracture views;
+  fracture_view_prob sets how many views of a fracture case show it."""
+  kwargs = dict(num_normal=0, num_fracture=4, seed=2, views_probs=(0, 0, 1), max_size=350,
+                fracture_view_prob=0.5)
+  runs = {c: synthetic.generate_studies(tmp_path / str(c), fracture_conspicuity=c, **kwargs)
+          for c in (0.0, 1.0, 3.0)}
+  change = {1.0: 0, 3.0: 0}
+  for k, case in enumerate(runs[0.0]):
+    pixels = {c: _stored_pixels(tmp_path / str(c), runs[c][k]) for c in runs}
+    assert runs[1.0][k].fracture_visible == case.fracture_visible
+    for view, visible in enumerate(case.fracture_visible):
+      for c in change:
+        diff = np.abs(pixels[c][view] - pixels[0.0][view])
+        if not visible:  # identical random stream: a hidden fracture leaves no trace
+          np.testing.assert_array_equal(diff, 0)
+        else:
+          assert (diff > 0).any(), "a visible fracture must change the image"
+          if c == 1.0:  # subtle: a thin line over a small part of the image
+            assert (diff > 0.05 * 4095).mean() < 0.02
+          change[c] += diff.sum()
+  assert 0 < change[1.0] < change[3.0], change
+
+  all_views = synthetic.generate_studies(tmp_path / "p1", **{**kwargs, "fracture_view_prob": 1.0})
+  one_view = synthetic.generate_studies(tmp_path / "p0", **{**kwargs, "fracture_view_prob": 0.0})
+  assert all(all(c.fracture_visible) for c in all_views)
+  assert all(sum(c.fracture_visible) == 1 for c in one_view)
+  for bad in (dict(fracture_view_prob=1.5), dict(fracture_conspicuity=-1.0)):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      synthetic.generate_studies(tmp_path / "bad", **{**kwargs, **bad})
