@@ -56,7 +56,7 @@ class PreActBottleneck(nn.Module):
     strides = (self.stride, self.stride)
     preact = nn.relu(bn(name='preact_bn')(x))
     if self.projection:
-      shortcut = nn.Conv(4 * self.filters, (1, 1), strides=strides,
+      shortcut = layers.Conv(4 * self.filters, (1, 1), strides=strides,
                          padding='VALID', use_bias=True, dtype=self.dtype,
                          name='shortcut_conv')(preact)
     else:
@@ -64,7 +64,7 @@ class PreActBottleneck(nn.Module):
     y = conv_bn(self.filters, (1, 1), name='conv1')(preact, train)
     y = conv_bn(self.filters, (3, 3), strides=strides,
                 padding=((1, 1), (1, 1)), name='conv2')(y, train)
-    y = nn.Conv(4 * self.filters, (1, 1), use_bias=True, dtype=self.dtype,
+    y = layers.Conv(4 * self.filters, (1, 1), use_bias=True, dtype=self.dtype,
                 name='conv3')(y)
     return shortcut + y
 
@@ -114,7 +114,7 @@ class Model(nn.Module):
 
     # Conv 1 (with bias, no BN: the first unit pre-activates) and Max pool 1.
     stem_padding = ((3, 3), (3, 3)) if keras_stem else 'VALID'
-    x = stage('conv1', nn.Conv(w(64), (7, 7), strides=(2, 2),
+    x = stage('conv1', layers.Conv(w(64), (7, 7), strides=(2, 2),
                                padding=stem_padding, use_bias=True,
                                dtype=self.dtype, name='conv1')(x))
     if keras_stem:  # ZeroPadding2D(1) then a VALID max pool, as Keras.
