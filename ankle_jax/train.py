@@ -628,7 +628,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   train_iter = pipeline.make_train_loader(
       train_source, global_batch_size=config.batch_size, image_size=config.image_size,
-      seed=config.seed, shuffle=True,
+      seed=config.seed, shuffle=True, worker_count=config.data.worker_count,
       sample_weights_by_label=config.data.get("sample_weights_by_label"))
   ckpts = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints,
                                     best_metric=config.best_metric)

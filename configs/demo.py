@@ -9,10 +9,11 @@ sources, ~720 views) are generated into runs/demo/data/studies and built into
 runs/demo/data/tfds (validation and test: 20 normal + 20 fracture 3-view cases each); then a
 quarter-width Xception drop/aux trains 400 steps at 128 px, evaluating on validation every 50
 steps (case-level majority vote included) and keeping the best checkpoint by validation case
-accuracy. Measured on the shared 2-core CPU (load 3-6, with the fast depthwise/1x1 convolutions
-of ankle_jax/models/depthwise.py): 5.6 minutes in all (generation 18 s, build 13 s, training with
-compilation and validation 294 s), best step 250, 97.5% case accuracy (hard vote) and 96.7% view
-accuracy on the synthetic test split. Under a load of ~9 the same command took 8.3 minutes.
+accuracy. Measured on the shared 2-core CPU (load 1.5-3.6): 3 min 47 s in all (start-up 5 s,
+generation 12 s, build 8 s, training with compilation and 8 validations ~200 s), best
+validation step 250, then `python -m ankle_jax.evaluate` (10 s): 97.5% case accuracy (hard vote)
+and 96.7% view accuracy on the synthetic test split. Under a load of ~9 (others' jobs) the same
+400 steps took 8.3 minutes in all.
 
 Difficulty. The generator's default fracture (`fracture_conspicuity=1.0`) is sized for 300 px
 training: ~1-2 px wide there, it nearly vanishes at 128 px. The demo trains at 128 px, so it
