@@ -141,6 +141,33 @@ def test_loss_falls_on_a_fixed_batch():
   assert float(metrics["aux_ce"]) > 0.0
 
 
+@pytest.mark.slow
+def test_bfloat16_trains_with_float32_params_stats_and_loss():
+  """config.dtype='bfloat16': a real (tiny) Xception computes in bf16 and learns a fixed batch,
+  while params, BatchNorm statistics, optimizer state and the loss stay float32."""
+  config = tiny_config(dtype="bfloat16", learning_rate=1e-2, image_size=75)
+  model = train.create_model(config)
+  state = train.create_train_state(config, model, jax.random.PRNGKey(0), 75)
+  step = jitted_train_step(config)
+  batch = jax.tree.map(jnp.asarray, fixed_batch(num=8))
+  batch["image"] = jax.image.resize(batch["image"], (8, 75, 75, 1), "bilinear")
+  losses = []
+  for _ in range(12):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert metrics["loss"].dtype == jnp.float32
+  for tree in (state.params, state.batch_stats, state.opt_state):
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves(tree) if hasattr(leaf, "dtype")
+              and jnp.issubdtype(leaf.dtype, jnp.floating)}
+    assert dtypes == {jnp.dtype(jnp.float32)}, dtypes
+  assert all(np.isfinite(losses)), losses
+  assert min(losses[-3:]) < 0.8 * losses[0], losses
+  # The forward really runs in bf16: the model's activations are bf16.
+  _, inter = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         batch["image"], train=False, mutable=["intermediates"])
+  assert {x.dtype for x in jax.tree.leaves(inter)} == {jnp.dtype(jnp.bfloat16)}
+
+
 def test_eval_uses_running_statistics():
   config = tiny_config()
   model = TinyNet(bn_momentum=0.8)
