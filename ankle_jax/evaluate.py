@@ -528,8 +528,9 @@ def write_report(path, results, protocols, operating_points, *, run_names,
                    f'{fmt("specificity")} |')
     lines.append('')
   else:
-    lines += ['No validation split: no honest protocol and no operating '
-              'points.', '']
+    lines += ['No separate validation split to choose on (none was built, or the '
+              'reported split is the validation split itself): no honest protocol and '
+              'no operating points.', '']
   with open(path, 'w') as f:
     f.write('\n'.join(lines))
 

@@ -12,7 +12,20 @@ train 1,365 images (158 fractured) and validation 341 (39 fractured), no test sp
 separately delivered test set, build it with a splits.csv in its manual dir (case,split) into
 another data dir and pass `--data_dir=DIR --split=test` to ankle_jax.evaluate.
 
-Recipe: MEASURED_PLACEHOLDER
+Recipe (chosen on the validation split only): Xception drop/aux (dropout 0.5, aux tower after
+middle-flow block 3) at width 0.25 (a quarter of the paper's channels), 128 px; class-weighted
+cross-entropy (fracture x7.6; train is 1 : 7.6); Adam 1e-3 with 100 warmup steps and cosine decay
+to 0 over 1,100 steps of 32 (~26 epochs); left-right flips, rotation +-10 deg, brightness +-0.1,
+contrast x[0.8, 1.2]; validation every 100 steps, the best validation ROC AUC kept in
+checkpoints/best.
+
+Measured on the shared 2-core CPU (2026-11-27, load ~2-2.4): 13 min 4 s for the launch command
+(startup, compilation, 1,100 steps, 11 validations, checkpoints), 9 s for the evaluation.
+Validation ROC AUC 0.878 [95% CI 0.81, 0.93] (341 images, 39 fractured; best step 900; the last
+step, 1,100, has 0.875). Tried on validation (same recipe otherwise):
+  balanced sampling (1.0, 7.6) instead of class weights: 0.847 at 400 steps, 0.871 at 1,100
+    steps (14 min 15 s); class weights: 0.865 at 400 steps (5 min 15 s), 0.878 at 1,100.
+The differences are within the noise of 39 fractured validation images.
 """
 
 import ml_collections
@@ -21,7 +34,7 @@ from configs import default
 
 
 def get_config():
-  """FracAtlas CPU recipe (Xception drop/aux, width 0.25, 128 px, balanced sampling)."""
+  """FracAtlas CPU recipe (Xception drop/aux, width 0.25, 128 px, class-weighted CE)."""
   config = default.get_config()
   config.model.name = "xception"
   config.model.aux_head = True
@@ -35,9 +48,10 @@ def get_config():
   config.data.dataset_config = "fracatlas"
   config.data.train_split = "train"
   config.data.eval_split = "validation"
-  # Balanced sampling: fractured and normal images drawn equally often (train is 1 : 7.6).
-  config.data.sample_weights_by_label = [1.0, 7.6]
-  config.class_weights = None
+  # Class-weighted cross-entropy (train is 1 : 7.6). Balanced sampling instead,
+  # sample_weights_by_label=(1.0, 7.6) with class_weights=None, gave 0.871 (see docstring).
+  config.data.sample_weights_by_label = None
+  config.class_weights = (1.0, 7.6)
 
   config.batch_size = 32
   config.eval_batch_size = 32
@@ -56,7 +70,7 @@ def get_config():
   config.augment.contrast_lower = 0.8
   config.augment.contrast_upper = 1.2
 
-  config.num_train_steps = 1500
+  config.num_train_steps = 1100
   config.log_every_steps = 50
   config.eval_every_steps = 100
   config.checkpoint_every_steps = 500

@@ -2,7 +2,7 @@
 
 NOT RUN: this session had no device time left, so nothing below has been measured on a GPU; the
 schedule and its length are estimates, not results. The recipe is the CPU recipe
-(configs/fracatlas_cpu.py: balanced sampling, warmup + cosine Adam, flips/rotation/brightness/
+(configs/fracatlas_cpu.py: class-weighted loss, warmup + cosine Adam, flips/rotation/brightness/
 contrast, checkpoint chosen on validation ROC AUC) at the paper's size: width 1.0, 300 px.
 
 Commands (from the repository root, on the GPU machine; ../shared/fracatlas_leg holds FracAtlas's
