@@ -1,3 +1,3 @@
 """ankle_jax: the Kitamura et al. (2019) ankle-fracture CNN ensemble in JAX/Flax."""
 
-__version__ = "0.1.0"
+__version__ = '0.1.0'

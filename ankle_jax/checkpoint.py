@@ -1,4 +1,5 @@
-"""Orbax checkpoints of a training run: the latest N, the best one, and exact resume.
+"""Orbax checkpoints of a training run: the latest N, the best one, and exact
+resume.
 
 Layout under a run's workdir:
   config.json                      the full run config (written by `writers`).
@@ -11,38 +12,40 @@ Layout under a run's workdir:
       variables  {'params', 'batch_stats'};
       meta       JSON {'step', 'metrics'}.
 
-Saves are synchronous, so a checkpoint on disk is always complete; a state with a
-non-finite loss is never handed to `save_latest` (train.py checks first).
+Saves are synchronous, so a checkpoint on disk is always complete; a state with
+a non-finite loss is never handed to `save_latest` (train.py checks first).
 
 Faults:
   * A save interrupted by a crash or SIGKILL leaves an orbax temporary directory
-    (`<step>.orbax-checkpoint-tmp-<time>`), which is never read as a step and is removed when
-    the run restarts.
-  * An unreadable checkpoint (truncated or garbled files) is skipped with a warning, and the
-    next older step is restored instead; in a training run the unreadable step directories
-    are moved to `checkpoints/unreadable/` so they are not picked up again.
-  * A save that fails (disk full, directory not writable) raises `CheckpointWriteError`
-    naming the directory and the step.
+    (`<step>.orbax-checkpoint-tmp-<time>`), which is never read as a step and is
+    removed when the run restarts.
+  * An unreadable checkpoint (truncated or garbled files) is skipped with a
+    warning, and the next older step is restored instead; in a training run the
+    unreadable step directories are moved to `checkpoints/unreadable/` so they
+    are not picked up again.
+  * A save that fails (disk full, directory not writable) raises
+    `CheckpointWriteError` naming the directory and the step.
 """
 
 import base64
+from collections.abc import Callable, Mapping
 import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 
-LATEST_DIR = "checkpoints/latest"
-BEST_DIR = "checkpoints/best"
-CONFIG_FILE = "config.json"
-UNREADABLE_DIR = "checkpoints/unreadable"
+LATEST_DIR = 'checkpoints/latest'
+BEST_DIR = 'checkpoints/best'
+CONFIG_FILE = 'config.json'
+UNREADABLE_DIR = 'checkpoints/unreadable'
 
 
 class CheckpointWriteError(OSError):
@@ -52,12 +55,13 @@ class CheckpointWriteError(OSError):
 class CheckpointReadError(ValueError):
   """No checkpoint of a directory could be read back."""
 
+
 # best_metric -> 'max' or 'min'.
 METRIC_MODES = {
-    "val_accuracy": "max",
-    "val_case_accuracy": "max",
-    "val_auc": "max",
-    "val_loss": "min",
+    'val_accuracy': 'max',
+    'val_case_accuracy': 'max',
+    'val_auc': 'max',
+    'val_loss': 'min',
 }
 
 
@@ -66,55 +70,69 @@ def _absolute(path: epath.PathLike) -> epath.Path:
   return epath.Path(os.path.abspath(os.fspath(path)))
 
 
-def _options(max_to_keep: int, read_only: bool = False) -> ocp.CheckpointManagerOptions:
-  # cleanup_tmp_directories: remove the unfinished saves of a killed run on restart.
+def _options(
+    max_to_keep: int, read_only: bool = False
+) -> ocp.CheckpointManagerOptions:
+  # cleanup_tmp_directories: remove the unfinished saves of a killed run on
+  # restart.
   return ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
+      max_to_keep=max_to_keep,
+      create=not read_only,
+      read_only=read_only,
+      enable_async_checkpointing=False,
+      cleanup_tmp_directories=not read_only,
+  )
 
 
-def _latest_manager(workdir: epath.PathLike, keep: int = 3,
-                    read_only: bool = False) -> ocp.CheckpointManager:
+def _latest_manager(
+    workdir: epath.PathLike, keep: int = 3, read_only: bool = False
+) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       _absolute(workdir) / LATEST_DIR,
       options=_options(keep, read_only),
       item_handlers={
-          "state": ocp.PyTreeCheckpointHandler(),
-          "data_iter": ocp.JsonCheckpointHandler(),
-          "loop": ocp.JsonCheckpointHandler(),
-      })
+          'state': ocp.PyTreeCheckpointHandler(),
+          'data_iter': ocp.JsonCheckpointHandler(),
+          'loop': ocp.JsonCheckpointHandler(),
+      },
+  )
 
 
-def _best_manager(workdir: epath.PathLike,
-                  read_only: bool = False) -> ocp.CheckpointManager:
+def _best_manager(
+    workdir: epath.PathLike, read_only: bool = False
+) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       _absolute(workdir) / BEST_DIR,
       options=_options(1, read_only),
       item_handlers={
-          "variables": ocp.PyTreeCheckpointHandler(),
-          "meta": ocp.JsonCheckpointHandler(),
-      })
+          'variables': ocp.PyTreeCheckpointHandler(),
+          'meta': ocp.JsonCheckpointHandler(),
+      },
+  )
 
 
 def encode_iterator_state(state: Any) -> dict[str, Any]:
   """Makes a grain iterator state (bytes or a JSON-able dict) storable as JSON."""
   if state is None:
-    return {"kind": "none"}
+    return {'kind': 'none'}
   if isinstance(state, (bytes, bytearray)):
-    return {"kind": "bytes", "value": base64.b64encode(bytes(state)).decode("ascii")}
-  return {"kind": "json", "value": json.loads(json.dumps(state))}
+    return {
+        'kind': 'bytes',
+        'value': base64.b64encode(bytes(state)).decode('ascii'),
+    }
+  return {'kind': 'json', 'value': json.loads(json.dumps(state))}
 
 
 def decode_iterator_state(encoded: Mapping[str, Any]) -> Any:
   """Inverse of `encode_iterator_state`."""
-  kind = encoded.get("kind")
-  if kind == "none":
+  kind = encoded.get('kind')
+  if kind == 'none':
     return None
-  if kind == "bytes":
-    return base64.b64decode(encoded["value"])
-  if kind == "json":
-    return encoded["value"]
-  raise ValueError(f"unknown data iterator state kind {kind!r} in checkpoint")
+  if kind == 'bytes':
+    return base64.b64decode(encoded['value'])
+  if kind == 'json':
+    return encoded['value']
+  raise ValueError(f'unknown data iterator state kind {kind!r} in checkpoint')
 
 
 def _describe(error: BaseException) -> str:
@@ -123,12 +141,17 @@ def _describe(error: BaseException) -> str:
   return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def _restore_newest_readable(manager: ocp.CheckpointManager, directory: epath.Path,
-                             restore_fn: Callable[[int], Any]) -> tuple[Any, int, list[int]]:
-  """Restores the newest step that reads back, warning about each newer unreadable one.
+def _restore_newest_readable(
+    manager: ocp.CheckpointManager,
+    directory: epath.Path,
+    restore_fn: Callable[[int], Any],
+) -> tuple[Any, int, list[int]]:
+  """Restores the newest step that reads back, warning about each newer
+  unreadable one.
 
   Returns:
-    (restore_fn(step), step, unreadable_steps) with unreadable_steps newer than step.
+    (restore_fn(step), step, unreadable_steps) with unreadable_steps newer than
+    step.
 
   Raises:
     FileNotFoundError: there is no checkpoint in `directory`.
@@ -136,7 +159,7 @@ def _restore_newest_readable(manager: ocp.CheckpointManager, directory: epath.Pa
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
-    raise FileNotFoundError(f"no checkpoint under {directory}")
+    raise FileNotFoundError(f'no checkpoint under {directory}')
   unreadable = []
   for step in steps:
     try:
@@ -145,41 +168,55 @@ def _restore_newest_readable(manager: ocp.CheckpointManager, directory: epath.Pa
       unreadable.append(step)
       older = [s for s in steps if s < step]
       logging.warning(
-          "Checkpoint %s is unreadable (%s); %s", directory / str(step), _describe(e),
-          f"falling back to step {older[0]}." if older else "no older checkpoint left.")
+          'Checkpoint %s is unreadable (%s); %s',
+          directory / str(step),
+          _describe(e),
+          f'falling back to step {older[0]}.'
+          if older
+          else 'no older checkpoint left.',
+      )
   raise CheckpointReadError(
-      f"no readable checkpoint under {directory}: steps {steps} all failed to restore "
-      "(truncated or garbled files?); see the warnings above.")
+      f'no readable checkpoint under {directory}: steps {steps} all failed to restore '
+      '(truncated or garbled files?); see the warnings above.'
+  )
 
 
 def _numpy_restore_args(metadata_tree: Any) -> Any:
   return jax.tree.map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata_tree)
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata_tree
+  )
 
 
 class RunCheckpoints:
   """The latest-N and best checkpoint managers of one training run."""
 
-  def __init__(self, workdir: epath.PathLike, *, keep: int = 3,
-               best_metric: str = "val_accuracy"):
+  def __init__(
+      self,
+      workdir: epath.PathLike,
+      *,
+      keep: int = 3,
+      best_metric: str = 'val_accuracy',
+  ):
     if best_metric not in METRIC_MODES:
       raise ValueError(
-          f"config.best_metric={best_metric!r}; expected one of {sorted(METRIC_MODES)}")
+          f'config.best_metric={best_metric!r}; expected one of {sorted(METRIC_MODES)}'
+      )
     self.workdir = epath.Path(workdir)
     self.best_metric = best_metric
     self.best_mode = METRIC_MODES[best_metric]
     self.latest = _latest_manager(self.workdir, keep=keep)
     self.best = _best_manager(self.workdir)
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
   def _save(self, manager: ocp.CheckpointManager, step: int, args: Any) -> None:
-    """Saves synchronously, replacing an existing `step`; failures -> CheckpointWriteError.
+    """Saves synchronously, replacing an existing `step`; failures ->
+    CheckpointWriteError.
 
-    A step can already exist when a killed run is replayed from an older checkpoint
-    (e.g. killed between the best and the latest save of one step); the replay computes
-    the same values, so the old save is replaced.
+    A step can already exist when a killed run is replayed from an older
+    checkpoint (e.g. killed between the best and the latest save of one step);
+    the replay computes the same values, so the old save is replaced.
     """
     step = int(step)
     try:
@@ -189,39 +226,63 @@ class RunCheckpoints:
       manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except  (orbax wraps OSErrors variously)
       raise CheckpointWriteError(
-          f"could not write the checkpoint of step {step} to {manager.directory}: "
-          f"{_describe(e)}. Is the disk full or the directory not writable?") from e
+          f'could not write the checkpoint of step {step} to {manager.directory}: '
+          f'{_describe(e)}. Is the disk full or the directory not writable?'
+      ) from e
 
-  def save_latest(self, step: int, state_tree: Any, data_iter_state: Any,
-                  loop_state: Mapping[str, Any]) -> None:
+  def save_latest(
+      self,
+      step: int,
+      state_tree: Any,
+      data_iter_state: Any,
+      loop_state: Mapping[str, Any],
+  ) -> None:
     """Saves the full train state, the data iterator state and the loop state."""
-    self._save(self.latest, step, ocp.args.Composite(
-        state=ocp.args.PyTreeSave(state_tree),
-        data_iter=ocp.args.JsonSave(encode_iterator_state(data_iter_state)),
-        loop=ocp.args.JsonSave(dict(loop_state))))
+    self._save(
+        self.latest,
+        step,
+        ocp.args.Composite(
+            state=ocp.args.PyTreeSave(state_tree),
+            data_iter=ocp.args.JsonSave(encode_iterator_state(data_iter_state)),
+            loop=ocp.args.JsonSave(dict(loop_state)),
+        ),
+    )
 
-  def restore_latest(self, target_state_tree: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """Restores (state_tree, data_iter_state, loop_state) of the latest checkpoint.
+  def restore_latest(
+      self, target_state_tree: Any
+  ) -> tuple[Any, Any, dict[str, Any]]:
+    """Restores (state_tree, data_iter_state, loop_state) of the latest
+    checkpoint.
 
     Args:
-      target_state_tree: a pytree of jax arrays with the expected structure, shapes
-        and shardings (a freshly created state).
+      target_state_tree: a pytree of jax arrays with the expected structure,
+        shapes and shardings (a freshly created state).
     """
-    restore_args = ocp.checkpoint_utils.construct_restore_args(target_state_tree)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(
+        target_state_tree
+    )
 
     def restore(step):
       restored = self.latest.restore(
           step,
           args=ocp.args.Composite(
               state=ocp.args.PyTreeRestore(
-                  item=target_state_tree, restore_args=restore_args),
+                  item=target_state_tree, restore_args=restore_args
+              ),
               data_iter=ocp.args.JsonRestore(),
-              loop=ocp.args.JsonRestore()))
-      return (restored["state"], decode_iterator_state(restored["data_iter"]),
-              dict(restored["loop"]))
+              loop=ocp.args.JsonRestore(),
+          ),
+      )
+      return (
+          restored['state'],
+          decode_iterator_state(restored['data_iter']),
+          dict(restored['loop']),
+      )
 
     directory = _absolute(self.workdir) / LATEST_DIR
-    result, _, unreadable = _restore_newest_readable(self.latest, directory, restore)
+    result, _, unreadable = _restore_newest_readable(
+        self.latest, directory, restore
+    )
     if unreadable and jax.process_index() == 0:
       self._move_aside(unreadable)
     return result
@@ -232,18 +293,30 @@ class RunCheckpoints:
     target.mkdir(parents=True, exist_ok=True)
     for step in steps:
       source = _absolute(self.workdir) / LATEST_DIR / str(step)
-      destination = target / f"{step}-{int(time.time())}"
+      destination = target / f'{step}-{int(time.time())}'
       shutil.move(os.fspath(source), os.fspath(destination))
-      logging.warning("Moved the unreadable checkpoint %s to %s.", source, destination)
+      logging.warning(
+          'Moved the unreadable checkpoint %s to %s.', source, destination
+      )
     self.latest.reload()
 
-  def save_best(self, step: int, variables: Any, metrics: Mapping[str, float]) -> None:
+  def save_best(
+      self, step: int, variables: Any, metrics: Mapping[str, float]
+  ) -> None:
     """Replaces the best checkpoint by `variables` ({'params', 'batch_stats'})."""
-    meta = {"step": int(step), "best_metric": self.best_metric,
-            "metrics": {k: float(v) for k, v in metrics.items()}}
-    self._save(self.best, step, ocp.args.Composite(
-        variables=ocp.args.PyTreeSave(variables),
-        meta=ocp.args.JsonSave(meta)))
+    meta = {
+        'step': int(step),
+        'best_metric': self.best_metric,
+        'metrics': {k: float(v) for k, v in metrics.items()},
+    }
+    self._save(
+        self.best,
+        step,
+        ocp.args.Composite(
+            variables=ocp.args.PyTreeSave(variables),
+            meta=ocp.args.JsonSave(meta),
+        ),
+    )
     # max_to_keep=1 keeps the newest save, which is the best by construction
     # (train.py only calls save_best on an improvement).
 
@@ -252,8 +325,9 @@ class RunCheckpoints:
     self.best.close()
 
 
-def restore_variables(workdir: epath.PathLike,
-                      which: str = "best") -> tuple[dict[str, Any], int]:
+def restore_variables(
+    workdir: epath.PathLike, which: str = 'best'
+) -> tuple[dict[str, Any], int]:
   """Loads a run's model variables for evaluation.
 
   Args:
@@ -261,39 +335,47 @@ def restore_variables(workdir: epath.PathLike,
     which: 'best' (best validation checkpoint) or 'latest' (last saved step).
 
   Returns:
-    (variables, step): variables = {'params', 'batch_stats'} as numpy arrays, and the
-    training step at which they were saved.
+    (variables, step): variables = {'params', 'batch_stats'} as numpy arrays,
+    and the training step at which they were saved.
   """
   workdir = epath.Path(workdir)
-  if which == "best":
+  if which == 'best':
     manager = _best_manager(workdir, read_only=True)
-    item = "variables"
-  elif which == "latest":
+    item = 'variables'
+  elif which == 'latest':
     manager = _latest_manager(workdir, read_only=True)
-    item = "state"
+    item = 'state'
   else:
     raise ValueError(f"which={which!r}; expected 'best' or 'latest'")
-  directory = workdir / (BEST_DIR if which == "best" else LATEST_DIR)
+  directory = workdir / (BEST_DIR if which == 'best' else LATEST_DIR)
   if manager.latest_step() is None:
     raise FileNotFoundError(
-        f"no {which!r} checkpoint under {directory}"
-        " (train first: python launch.py --config=... --workdir=...)")
+        f'no {which!r} checkpoint under {directory}'
+        ' (train first: python launch.py --config=... --workdir=...)'
+    )
 
   def restore(step):
     metadata = manager.item_metadata(step)[item]
-    metadata_tree = getattr(metadata, "tree", metadata)
+    metadata_tree = getattr(metadata, 'tree', metadata)
     return manager.restore(
         step,
-        args=ocp.args.Composite(**{
-            item: ocp.args.PyTreeRestore(
-                restore_args=_numpy_restore_args(metadata_tree))}))[item]
+        args=ocp.args.Composite(
+            **{
+                item: ocp.args.PyTreeRestore(
+                    restore_args=_numpy_restore_args(metadata_tree)
+                )
+            }
+        ),
+    )[item]
 
   try:
     restored, step, _ = _restore_newest_readable(manager, directory, restore)
   finally:
     manager.close()
-  variables = {"params": restored["params"],
-               "batch_stats": restored.get("batch_stats", {})}
+  variables = {
+      'params': restored['params'],
+      'batch_stats': restored.get('batch_stats', {}),
+  }
   return variables, int(step)
 
 
@@ -301,5 +383,7 @@ def load_run_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
   """Reads a run's config.json back into a ConfigDict."""
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
-    raise FileNotFoundError(f"{path} not found: is {workdir} a training run directory?")
+    raise FileNotFoundError(
+        f'{path} not found: is {workdir} a training run directory?'
+    )
   return ml_collections.ConfigDict(json.loads(path.read_text()))

@@ -14,14 +14,20 @@ where it is defined.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
-from typing import Mapping
 
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-METRIC_NAMES = ('accuracy', 'sensitivity', 'specificity', 'ppv', 'npv',
-                'roc_auc')
+METRIC_NAMES = (
+    'accuracy',
+    'sensitivity',
+    'specificity',
+    'ppv',
+    'npv',
+    'roc_auc',
+)
 
 
 def _as_arrays(labels, preds, scores=None):
@@ -33,7 +39,8 @@ def _as_arrays(labels, preds, scores=None):
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if scores.shape != labels.shape:
       raise ValueError(
-          f'labels {labels.shape} and scores {scores.shape} differ.')
+          f'labels {labels.shape} and scores {scores.shape} differ.'
+      )
   return labels, preds, scores
 
 
@@ -53,13 +60,17 @@ def classification_metrics(labels, preds, scores) -> dict[str, float]:
   out = {
       'accuracy': sk_metrics.accuracy_score(labels, preds),
       'sensitivity': sk_metrics.recall_score(
-          labels, preds, pos_label=1, zero_division=nan),
+          labels, preds, pos_label=1, zero_division=nan
+      ),
       'specificity': sk_metrics.recall_score(
-          labels, preds, pos_label=0, zero_division=nan),
+          labels, preds, pos_label=0, zero_division=nan
+      ),
       'ppv': sk_metrics.precision_score(
-          labels, preds, pos_label=1, zero_division=nan),
+          labels, preds, pos_label=1, zero_division=nan
+      ),
       'npv': sk_metrics.precision_score(
-          labels, preds, pos_label=0, zero_division=nan),
+          labels, preds, pos_label=0, zero_division=nan
+      ),
   }
   if np.unique(labels).size == 2:
     out['roc_auc'] = sk_metrics.roc_auc_score(labels, scores)
@@ -73,8 +84,9 @@ def _safe_divide(num, den):
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def weighted_metrics(weights_bn: np.ndarray, labels, preds,
-                     scores) -> dict[str, np.ndarray]:
+def weighted_metrics(
+    weights_bn: np.ndarray, labels, preds, scores
+) -> dict[str, np.ndarray]:
   """The six metrics under many weightings of the items at once.
 
   Args:
@@ -112,8 +124,9 @@ def weighted_metrics(weights_bn: np.ndarray, labels, preds,
   return out
 
 
-def bootstrap_weights(clusters: np.ndarray, *, num_resamples: int,
-                      seed: int) -> np.ndarray:
+def bootstrap_weights(
+    clusters: np.ndarray, *, num_resamples: int, seed: int
+) -> np.ndarray:
   """Case-level bootstrap weights of the items.
 
   Args:
@@ -132,15 +145,23 @@ def bootstrap_weights(clusters: np.ndarray, *, num_resamples: int,
   rng = np.random.default_rng(seed)
   draws_bc = rng.integers(0, num_clusters, size=(num_resamples, num_clusters))
   offsets = np.arange(num_resamples)[:, None] * num_clusters
-  counts_bc = np.bincount((draws_bc + offsets).ravel(),
-                          minlength=num_resamples * num_clusters)
+  counts_bc = np.bincount(
+      (draws_bc + offsets).ravel(), minlength=num_resamples * num_clusters
+  )
   counts_bc = counts_bc.reshape(num_resamples, num_clusters).astype(np.float64)
   return counts_bc[:, clusters]
 
 
-def bootstrap_ci(labels, preds, scores, clusters=None, *,
-                 num_resamples: int = 2000, seed: int = 0,
-                 confidence: float = 0.95) -> dict[str, tuple[float, float]]:
+def bootstrap_ci(
+    labels,
+    preds,
+    scores,
+    clusters=None,
+    *,
+    num_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, tuple[float, float]]:
   """Percentile bootstrap CIs of the six metrics, resampling cases.
 
   Args:
@@ -156,8 +177,9 @@ def bootstrap_ci(labels, preds, scores, clusters=None, *,
   labels, preds, scores = _as_arrays(labels, preds, scores)
   if clusters is None:
     clusters = np.arange(labels.size)
-  weights_bn = bootstrap_weights(clusters, num_resamples=num_resamples,
-                                 seed=seed)
+  weights_bn = bootstrap_weights(
+      clusters, num_resamples=num_resamples, seed=seed
+  )
   values = weighted_metrics(weights_bn, labels, preds, scores)
   alpha = (1.0 - confidence) / 2.0
   out = {}
@@ -179,14 +201,21 @@ class BinaryEvaluator:
     num_resamples: bootstrap resamples (2000 by default).
     seed: bootstrap seed.
   """
+
   num_resamples: int = 2000
   seed: int = 0
 
   def __call__(self, labels, preds, scores, clusters=None):
     """Returns ({metric: value}, {metric: (lo, hi)})."""
     point = classification_metrics(labels, preds, scores)
-    ci = bootstrap_ci(labels, preds, scores, clusters,
-                      num_resamples=self.num_resamples, seed=self.seed)
+    ci = bootstrap_ci(
+        labels,
+        preds,
+        scores,
+        clusters,
+        num_resamples=self.num_resamples,
+        seed=self.seed,
+    )
     return point, ci
 
 
@@ -197,29 +226,39 @@ def youden_threshold(labels, scores) -> float:
   Decisions are `score >= threshold`. Among equal J, the highest threshold.
   """
   labels, _, scores = _as_arrays(labels, labels, scores)
-  fpr, tpr, thresholds = sk_metrics.roc_curve(labels, scores,
-                                              drop_intermediate=False)
+  fpr, tpr, thresholds = sk_metrics.roc_curve(
+      labels, scores, drop_intermediate=False
+  )
   finite = np.isfinite(thresholds)
   j = np.where(finite, tpr - fpr, -np.inf)
   return float(thresholds[int(np.argmax(j))])
 
 
-def sensitivity_threshold(labels, scores, min_sensitivity: float = 0.9
-                          ) -> float:
+def sensitivity_threshold(
+    labels, scores, min_sensitivity: float = 0.9
+) -> float:
   """Highest threshold whose sensitivity is >= min_sensitivity.
 
   The highest such threshold gives the best specificity at that sensitivity.
   Decisions are `score >= threshold`.
   """
   labels, _, scores = _as_arrays(labels, labels, scores)
-  _, tpr, thresholds = sk_metrics.roc_curve(labels, scores,
-                                            drop_intermediate=False)
+  _, tpr, thresholds = sk_metrics.roc_curve(
+      labels, scores, drop_intermediate=False
+  )
   ok = np.isfinite(thresholds) & (tpr >= min_sensitivity - 1e-12)
   return float(thresholds[ok].max())
 
 
-def operating_point(labels, scores, threshold: float, clusters=None, *,
-                    num_resamples: int = 2000, seed: int = 0) -> dict:
+def operating_point(
+    labels,
+    scores,
+    threshold: float,
+    clusters=None,
+    *,
+    num_resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
   """Sensitivity and specificity at a fixed threshold, with bootstrap CIs.
 
   Returns:
@@ -228,12 +267,15 @@ def operating_point(labels, scores, threshold: float, clusters=None, *,
   labels, _, scores = _as_arrays(labels, labels, scores)
   preds = scores >= threshold
   point = classification_metrics(labels, preds, scores)
-  ci = bootstrap_ci(labels, preds, scores, clusters,
-                    num_resamples=num_resamples, seed=seed)
+  ci = bootstrap_ci(
+      labels, preds, scores, clusters, num_resamples=num_resamples, seed=seed
+  )
   names = ('sensitivity', 'specificity')
-  return {'threshold': float(threshold),
-          **{n: point[n] for n in names},
-          'ci95': {n: list(ci[n]) for n in names}}
+  return {
+      'threshold': float(threshold),
+      **{n: point[n] for n in names},
+      'ci95': {n: list(ci[n]) for n in names},
+  }
 
 
 OPERATING_POINTS: Mapping[str, str] = {
@@ -250,4 +292,5 @@ def choose_threshold(name: str, labels, scores) -> float:
     return sensitivity_threshold(labels, scores, 0.9)
   raise ValueError(
       f'Unknown operating point {name!r}; expected one of '
-      f'{list(OPERATING_POINTS)}.')
+      f'{list(OPERATING_POINTS)}.'
+  )

@@ -22,7 +22,7 @@ exactly (rows * panel_size) high and (views * panel_size) wide, RGB.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -36,9 +36,12 @@ PANEL_SIZE = 300
 
 def _apply_with_head_hook(module, variables, images_bhwc, hook):
   """module.apply in eval mode, with hook(features) replacing the head input."""
+
   def interceptor(next_fun, args, kwargs, context):
-    if (isinstance(context.module, layers.ClassifierHead)
-        and context.method_name == '__call__'):
+    if (
+        isinstance(context.module, layers.ClassifierHead)
+        and context.method_name == '__call__'
+    ):
       return next_fun(hook(args[0]), *args[1:], **kwargs)
     return next_fun(*args, **kwargs)
 
@@ -56,12 +59,15 @@ def head_feature_shape(module, variables, images_bhwc) -> tuple[int, ...]:
 
   jax.eval_shape(
       lambda v, x: _apply_with_head_hook(module, v, x, hook).logits,
-      variables, images_bhwc)
+      variables,
+      images_bhwc,
+  )
   if len(shapes) != 1:
     raise ValueError(
         f'Expected exactly one layers.ClassifierHead call in '
         f'{type(module).__name__}, saw {len(shapes)}; Grad-CAM needs the main '
-        'head to be a ClassifierHead.')
+        'head to be a ClassifierHead.'
+    )
   return tuple(shapes[0])
 
 
@@ -84,12 +90,14 @@ def make_grad_cam(module) -> Callable:
         captured.append(features)
         return features + eps.astype(features.dtype)
 
-      logits = _apply_with_head_hook(module, variables, images_bhwc,
-                                     hook).logits.astype(jnp.float32)
+      logits = _apply_with_head_hook(
+          module, variables, images_bhwc, hook
+      ).logits.astype(jnp.float32)
       return (logits[:, 1] - logits[:, 0]).sum(), (captured[0], logits)
 
     grads, (features, logits) = jax.grad(evidence, has_aux=True)(
-        jnp.zeros(shape, jnp.float32))
+        jnp.zeros(shape, jnp.float32)
+    )
     features = features.astype(jnp.float32)
     weights_bc = grads.mean(axis=(1, 2))
     cam = jax.nn.relu(jnp.einsum('bhwc,bc->bhw', features, weights_bc))
@@ -101,20 +109,24 @@ def make_grad_cam(module) -> Callable:
   return jax.jit(grad_cam)
 
 
-def occlusion_positions(image_size: int, patch: int, stride: int
-                        ) -> list[tuple[int, int]]:
+def occlusion_positions(
+    image_size: int, patch: int, stride: int
+) -> list[tuple[int, int]]:
   """Top-left corners of the patches; the last row/column touch the edge."""
   if not 0 < patch <= image_size or stride <= 0:
-    raise ValueError(f'Bad occlusion patch={patch} stride={stride} for '
-                     f'image_size={image_size}.')
+    raise ValueError(
+        f'Bad occlusion patch={patch} stride={stride} for '
+        f'image_size={image_size}.'
+    )
   starts = list(range(0, image_size - patch + 1, stride))
   if starts[-1] != image_size - patch:
     starts.append(image_size - patch)
   return [(r, c) for r in starts for c in starts]
 
 
-def make_occlusion(module, *, patch: int, stride: int, batch_size: int = 32
-                   ) -> Callable:
+def make_occlusion(
+    module, *, patch: int, stride: int, batch_size: int = 32
+) -> Callable:
   """An occlusion-map function of `module`.
 
   Returns:
@@ -135,17 +147,17 @@ def make_occlusion(module, *, patch: int, stride: int, batch_size: int = 32
     base = float(probs(variables, image_hw1[None])[0])
     drops = []
     for start in range(0, len(positions), batch_size):
-      chunk = positions[start:start + batch_size]
+      chunk = positions[start : start + batch_size]
       batch = np.repeat(image_hw1[None], batch_size, axis=0)
       for i, (r, c) in enumerate(chunk):
-        batch[i, r:r + patch, c:c + patch] = 0.0
-      drops.append(base - np.asarray(probs(variables, batch))[:len(chunk)])
+        batch[i, r : r + patch, c : c + patch] = 0.0
+      drops.append(base - np.asarray(probs(variables, batch))[: len(chunk)])
     drops = np.concatenate(drops)
     heat = np.zeros(image_hw1.shape[:2], np.float64)
     count = np.zeros_like(heat)
     for d, (r, c) in zip(drops, positions):
-      heat[r:r + patch, c:c + patch] += d
-      count[r:r + patch, c:c + patch] += 1
+      heat[r : r + patch, c : c + patch] += d
+      count[r : r + patch, c : c + patch] += 1
     return (heat / np.maximum(count, 1)).astype(np.float32)
 
   return occlusion
@@ -154,12 +166,18 @@ def make_occlusion(module, *, patch: int, stride: int, batch_size: int = 32
 def resize_map(heat_hw: np.ndarray, size: int) -> np.ndarray:
   """Bilinear resize of a 2-D map to size x size."""
   heat_hw = np.asarray(heat_hw, np.float32)
-  return np.asarray(jax.image.resize(jnp.asarray(heat_hw), (size, size),
-                                     'bilinear'))
+  return np.asarray(
+      jax.image.resize(jnp.asarray(heat_hw), (size, size), 'bilinear')
+  )
 
 
-def overlay(image_hw: np.ndarray, heat_hw: np.ndarray, *, alpha: float = 0.45,
-            signed: bool = False) -> np.ndarray:
+def overlay(
+    image_hw: np.ndarray,
+    heat_hw: np.ndarray,
+    *,
+    alpha: float = 0.45,
+    signed: bool = False,
+) -> np.ndarray:
   """A heat map over a grey radiograph.
 
   Args:
@@ -173,6 +191,7 @@ def overlay(image_hw: np.ndarray, heat_hw: np.ndarray, *, alpha: float = 0.45,
     uint8 RGB [S, S, 3].
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   image = np.clip(np.asarray(image_hw, np.float32), 0, 1)
   heat = np.asarray(heat_hw, np.float32)
   if heat.shape != image.shape:
@@ -189,9 +208,11 @@ def overlay(image_hw: np.ndarray, heat_hw: np.ndarray, *, alpha: float = 0.45,
   return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
-def save_heatmap_png(path: str, rows: Sequence[Sequence[np.ndarray]],
-                     captions: Sequence[Sequence[str]] | None = None) -> tuple[
-                         int, int]:
+def save_heatmap_png(
+    path: str,
+    rows: Sequence[Sequence[np.ndarray]],
+    captions: Sequence[Sequence[str]] | None = None,
+) -> tuple[int, int]:
   """Writes a grid of equal-size RGB panels as one PNG.
 
   Args:
@@ -204,6 +225,7 @@ def save_heatmap_png(path: str, rows: Sequence[Sequence[np.ndarray]],
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
+
   grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
   img = Image.fromarray(grid, mode='RGB')
   if captions is not None:

@@ -29,10 +29,10 @@ Conventions (the paper's, made explicit):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import itertools
 import math
-from typing import Sequence
 
 import numpy as np
 
@@ -51,6 +51,7 @@ class CaseIndex:
     labels_c: int [cases], the label of each case.
     views_per_case_c: int [cases], how many views each case has.
   """
+
   case_index_v: np.ndarray
   case_ids_c: np.ndarray
   labels_c: np.ndarray
@@ -65,7 +66,9 @@ class CaseIndex:
     return len(self.case_index_v)
 
 
-def index_cases(case_ids_v: Sequence[str], labels_v: Sequence[int]) -> CaseIndex:
+def index_cases(
+    case_ids_v: Sequence[str], labels_v: Sequence[int]
+) -> CaseIndex:
   """Groups views into cases.
 
   Args:
@@ -83,7 +86,8 @@ def index_cases(case_ids_v: Sequence[str], labels_v: Sequence[int]) -> CaseIndex
   if case_ids_v.shape != labels_v.shape or case_ids_v.ndim != 1:
     raise ValueError(
         f'case_ids_v and labels_v must be 1-D of equal length, got '
-        f'{case_ids_v.shape} and {labels_v.shape}.')
+        f'{case_ids_v.shape} and {labels_v.shape}.'
+    )
   case_ids_c, case_index_v = np.unique(case_ids_v, return_inverse=True)
   num_cases = len(case_ids_c)
   views_per_case_c = np.bincount(case_index_v, minlength=num_cases)
@@ -93,10 +97,14 @@ def index_cases(case_ids_v: Sequence[str], labels_v: Sequence[int]) -> CaseIndex
   if mixed.any():
     raise ValueError(
         f'The views of case(s) {list(case_ids_c[mixed][:5])} disagree on the '
-        'label; a case has one label.')
-  return CaseIndex(case_index_v=case_index_v.astype(np.int64),
-                   case_ids_c=case_ids_c, labels_c=labels_c,
-                   views_per_case_c=views_per_case_c)
+        'label; a case has one label.'
+    )
+  return CaseIndex(
+      case_index_v=case_index_v.astype(np.int64),
+      case_ids_c=case_ids_c,
+      labels_c=labels_c,
+      views_per_case_c=views_per_case_c,
+  )
 
 
 def image_votes(probs: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
@@ -130,15 +138,17 @@ def case_soft_probs(probs_xv: np.ndarray, cases: CaseIndex) -> np.ndarray:
   return case_means(probs_xv, cases)
 
 
-def ensemble_hard_votes(probs_rv: np.ndarray,
-                        members: Sequence[int]) -> np.ndarray:
+def ensemble_hard_votes(
+    probs_rv: np.ndarray, members: Sequence[int]
+) -> np.ndarray:
   """Per-view majority of the members' votes (ties to fracture). bool [views]."""
   member_votes_mv = image_votes(np.asarray(probs_rv)[list(members)])
   return member_votes_mv.mean(axis=0) >= 0.5
 
 
-def ensemble_soft_probs(probs_rv: np.ndarray,
-                        members: Sequence[int]) -> np.ndarray:
+def ensemble_soft_probs(
+    probs_rv: np.ndarray, members: Sequence[int]
+) -> np.ndarray:
   """Per-view mean of the members' probabilities. float [views]."""
   return np.asarray(probs_rv, dtype=np.float64)[list(members)].mean(axis=0)
 
@@ -153,14 +163,21 @@ class Decisions:
     scores: float [n] soft scores (mean probability), for ROC AUC.
     clusters: int [n] the case of each item, for the case-level bootstrap.
   """
+
   labels: np.ndarray
   preds: np.ndarray
   scores: np.ndarray
   clusters: np.ndarray
 
 
-def decide(probs_rv: np.ndarray, labels_v: np.ndarray, cases: CaseIndex,
-           members: Sequence[int], level: str, voting: str) -> Decisions:
+def decide(
+    probs_rv: np.ndarray,
+    labels_v: np.ndarray,
+    cases: CaseIndex,
+    members: Sequence[int],
+    level: str,
+    voting: str,
+) -> Decisions:
   """Decisions of an ensemble (1 member = a single model) on one split.
 
   Args:
@@ -182,17 +199,28 @@ def decide(probs_rv: np.ndarray, labels_v: np.ndarray, cases: CaseIndex,
     raise ValueError('An ensemble needs at least one member.')
   soft_v = ensemble_soft_probs(probs_rv, members)
   if level == 'image':
-    preds = (ensemble_hard_votes(probs_rv, members) if voting == 'hard'
-             else image_votes(soft_v))
-    return Decisions(labels=np.asarray(labels_v, dtype=np.int64), preds=preds,
-                     scores=soft_v, clusters=cases.case_index_v)
+    preds = (
+        ensemble_hard_votes(probs_rv, members)
+        if voting == 'hard'
+        else image_votes(soft_v)
+    )
+    return Decisions(
+        labels=np.asarray(labels_v, dtype=np.int64),
+        preds=preds,
+        scores=soft_v,
+        clusters=cases.case_index_v,
+    )
   soft_c = case_soft_probs(soft_v, cases)
   if voting == 'hard':
     preds = case_hard_votes(ensemble_hard_votes(probs_rv, members), cases)
   else:
     preds = image_votes(soft_c)
-  return Decisions(labels=cases.labels_c, preds=preds, scores=soft_c,
-                   clusters=np.arange(cases.num_cases))
+  return Decisions(
+      labels=cases.labels_c,
+      preds=preds,
+      scores=soft_c,
+      clusters=np.arange(cases.num_cases),
+  )
 
 
 def num_odd_subsets(num_runs: int) -> int:
@@ -200,8 +228,9 @@ def num_odd_subsets(num_runs: int) -> int:
   return 2 ** (num_runs - 1) if num_runs > 0 else 0
 
 
-def odd_subsets(num_runs: int, max_subsets: int | None = None,
-                seed: int = 0) -> list[tuple[int, ...]]:
+def odd_subsets(
+    num_runs: int, max_subsets: int | None = None, seed: int = 0
+) -> list[tuple[int, ...]]:
   """Every odd-size subset of range(num_runs), or a capped, seeded selection.
 
   Subsets are ordered by size, then lexicographically. With a cap smaller than
@@ -221,15 +250,19 @@ def odd_subsets(num_runs: int, max_subsets: int | None = None,
     raise ValueError(f'Need at least one run, got {num_runs}.')
   total = num_odd_subsets(num_runs)
   if max_subsets is None or max_subsets >= total:
-    return [c for k in range(1, num_runs + 1, 2)
-            for c in itertools.combinations(range(num_runs), k)]
+    return [
+        c
+        for k in range(1, num_runs + 1, 2)
+        for c in itertools.combinations(range(num_runs), k)
+    ]
   largest = num_runs if num_runs % 2 else num_runs - 1
   required = [(i,) for i in range(num_runs)] + [tuple(range(largest))]
   required = list(dict.fromkeys(required))
   if max_subsets < len(required):
     raise ValueError(
         f'max_subsets={max_subsets} is too small for {num_runs} runs: it must '
-        f'be at least {len(required)} (every single run and the full ensemble).')
+        f'be at least {len(required)} (every single run and the full ensemble).'
+    )
   chosen = set(required)
   rng = np.random.default_rng(seed)
   sizes = np.arange(3, num_runs + 1, 2)
@@ -240,6 +273,7 @@ def odd_subsets(num_runs: int, max_subsets: int | None = None,
   weights /= weights.sum()
   while len(chosen) < max_subsets:
     size = int(rng.choice(sizes, p=weights))
-    chosen.add(tuple(sorted(rng.choice(num_runs, size=size, replace=False)
-                            .tolist())))
+    chosen.add(
+        tuple(sorted(rng.choice(num_runs, size=size, replace=False).tolist()))
+    )
   return sorted(chosen, key=lambda c: (len(c), c))

@@ -9,11 +9,11 @@ of Xception at 300x300 (paper variant, SAME stem), batch 8:
 * `ours`     : ankle_jax.models.depthwise.depthwise_conv2d (shifted slices with
                a custom VJP).
 
-Each variant is jitted; `fwd` times y = f(x, k), `fwd_bwd` times y and its
-VJP (dx, dk) for a given output cotangent, as a network's train step needs. Variants are
-interleaved round by round and the median is reported, so that background load
-hits all of them alike. A weighted total over Xception's 34 depthwise layers
-(26 of them in the middle/exit flow at 19x19x728) is reported too.
+Each variant is jitted; `fwd` times y = f(x, k), `fwd_bwd` times y and its VJP
+(dx, dk) for a given output cotangent, as a network's train step needs. Variants
+are interleaved round by round and the median is reported, so that background
+load hits all of them alike. A weighted total over Xception's 34 depthwise
+layers (26 of them in the middle/exit flow at 19x19x728) is reported too.
 
 Usage:
   python benchmarks/depthwise.py [--batch_size=8] [--repeats=5] \
@@ -61,10 +61,17 @@ def shifted_autodiff(x, kernel, *, strides=(1, 1), padding='SAME'):
   y = None
   for i in range(kh):
     for j in range(kw):
-      tap = lax.slice(xp, (0, i, j, 0),
-                      (xp.shape[0], i + (oh - 1) * strides[0] + 1,
-                       j + (ow - 1) * strides[1] + 1, xp.shape[3]),
-                      (1, strides[0], strides[1], 1))
+      tap = lax.slice(
+          xp,
+          (0, i, j, 0),
+          (
+              xp.shape[0],
+              i + (oh - 1) * strides[0] + 1,
+              j + (ow - 1) * strides[1] + 1,
+              xp.shape[3],
+          ),
+          (1, strides[0], strides[1], 1),
+      )
       term = tap * kernel[i, j, 0]
       y = term if y is None else y + term
   return y
@@ -120,8 +127,10 @@ def bench_shape(shape_bhwc, dtype, variants, repeats):
   for _ in range(repeats):
     for k, fn in fns.items():
       times[k].append(_time_once(fn, x, kernel, cot))
-  return {f'{name}_{kind}_ms': round(statistics.median(t), 3)
-          for (name, kind), t in times.items()}
+  return {
+      f'{name}_{kind}_ms': round(statistics.median(t), 3)
+      for (name, kind), t in times.items()
+  }
 
 
 def main():
@@ -129,27 +138,33 @@ def main():
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--variants', default='lax,autodiff,ours')
-  parser.add_argument('--dtype', default='float32',
-                      choices=('float32', 'bfloat16'))
   parser.add_argument(
-      '--shapes', default='',
-      help='comma-separated HxWxC to restrict to, e.g. 19x19x728')
+      '--dtype', default='float32', choices=('float32', 'bfloat16')
+  )
+  parser.add_argument(
+      '--shapes',
+      default='',
+      help='comma-separated HxWxC to restrict to, e.g. 19x19x728',
+  )
   args = parser.parse_args()
   variants = args.variants.split(',')
   for v in variants:
     if v not in VARIANTS:
       raise SystemExit(f'--variants: unknown {v!r}; valid: {list(VARIANTS)}')
   dtype = jnp.dtype(args.dtype)
-  wanted = {tuple(int(d) for d in s.split('x'))
-            for s in args.shapes.split(',') if s}
-  layers = [(s, n) for s, n in XCEPTION_300_SAME_LAYERS
-            if not wanted or s in wanted]
+  wanted = {
+      tuple(int(d) for d in s.split('x')) for s in args.shapes.split(',') if s
+  }
+  layers = [
+      (s, n) for s, n in XCEPTION_300_SAME_LAYERS if not wanted or s in wanted
+  ]
 
   rows, totals = [], {}
   for (h, w, c), count in layers:
     row = {'shape_bhwc': [args.batch_size, h, w, c], 'layers': count}
-    row.update(bench_shape((args.batch_size, h, w, c), dtype, variants,
-                           args.repeats))
+    row.update(
+        bench_shape((args.batch_size, h, w, c), dtype, variants, args.repeats)
+    )
     print(json.dumps(row), flush=True)
     rows.append(row)
     for k, v in row.items():
@@ -169,7 +184,8 @@ def main():
   if 'lax' in variants and 'ours' in variants:
     summary['speedup_vs_lax'] = {
         kind: round(totals[f'lax_{kind}_ms'] / totals[f'ours_{kind}_ms'], 2)
-        for kind in ('fwd', 'fwd_bwd')}
+        for kind in ('fwd', 'fwd_bwd')
+    }
   print(json.dumps(summary))
 
 

@@ -37,6 +37,7 @@ The last line printed is one JSON object.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import contextlib
 import datetime
 import json
@@ -46,7 +47,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 
@@ -61,34 +62,52 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))  # For `configs` and `ankle_jax`.
 
-from ankle_jax import train  # pylint: disable=g-import-not-at-top
+from ankle_jax import train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Training config file, e.g. configs/xception.py.',
-    lock_config=False)
+    'config',
+    None,
+    'Training config file, e.g. configs/xception.py.',
+    lock_config=False,
+)
 _BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', None, 'Images per step (default: the config\'s batch_size).')
+    'batch_size', None, "Images per step (default: the config's batch_size)."
+)
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (median reported).')
-_WARMUP = flags.DEFINE_integer('warmup', 2,
-                               'Untimed steps after compilation, per side.')
+_WARMUP = flags.DEFINE_integer(
+    'warmup', 2, 'Untimed steps after compilation, per side.'
+)
 _COMPARE_KERAS = flags.DEFINE_bool(
-    'compare_keras', False, 'Also time the keras.applications equivalent.')
-_DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'],
-                           'Computation dtype (default: the config\'s).')
+    'compare_keras', False, 'Also time the keras.applications equivalent.'
+)
+_DTYPE = flags.DEFINE_enum(
+    'dtype',
+    None,
+    ['float32', 'bfloat16'],
+    "Computation dtype (default: the config's).",
+)
 _VARIANT = flags.DEFINE_enum(
-    'variant', None, ['keras', 'config'],
-    'Which of our variants to time (default: keras with --compare_keras).')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', None,
-                                   'Override config.image_size.')
+    'variant',
+    None,
+    ['keras', 'config'],
+    'Which of our variants to time (default: keras with --compare_keras).',
+)
+_IMAGE_SIZE = flags.DEFINE_integer(
+    'image_size', None, 'Override config.image_size.'
+)
 _MATMUL_N = flags.DEFINE_integer(
-    'matmul_n', None, 'Matmul-peak side (default 2048 on CPU, 8192 else).')
+    'matmul_n', None, 'Matmul-peak side (default 2048 on CPU, 8192 else).'
+)
 _DEPTHWISE = flags.DEFINE_enum(
-    'depthwise', 'layers', ['layers', 'shifted', 'lax', 'fast'],
+    'depthwise',
+    'layers',
+    ['layers', 'shifted', 'lax', 'fast'],
     'Convolutions used by our models while tracing (benchmark-only switch): '
     'layers = whatever ankle_jax.models.layers does; shifted = '
     'layers.depthwise_conv2d -> ankle_jax.models.depthwise.depthwise_conv2d; '
     'lax = grouped lax conv; fast = shifted AND every flax nn.Conv through '
-    'ankle_jax.models.depthwise.conv_general_dilated (1x1 convs as matmuls).')
+    'ankle_jax.models.depthwise.conv_general_dilated (1x1 convs as matmuls).',
+)
 
 # config.model.name -> keras.applications constructor name.
 KERAS_MODELS = {
@@ -102,8 +121,9 @@ def keras_variant(config) -> None:
   """Rewrites config.model in place to keras.applications' architecture."""
   config.model.aux_head = False
   config.model.dropout_rate = 0.0
-  kwargs = dict(config.model.kwargs.to_dict()) if config.model.get(
-      'kwargs') else {}
+  kwargs = (
+      dict(config.model.kwargs.to_dict()) if config.model.get('kwargs') else {}
+  )
   if config.model.name == 'xception':
     kwargs['valid_stem'] = True
   elif config.model.name == 'resnet101_v2':
@@ -122,15 +142,17 @@ def time_call(fn: Callable[[], Any]) -> float:
 def flops_of(computation) -> float:
   """XLA's estimate of the FLOPs of one call of a lowered or compiled function.
 
-  On GPU the compiled estimate leaves out convolutions that run as cuDNN custom calls (about
-  90% of the work here), so `flops_per_step` on a GPU comes from the lowered (backend-neutral)
-  HLO; on CPU it is the compiled estimate, the figure the Keras comparison is stated in.
+  On GPU the compiled estimate leaves out convolutions that run as cuDNN custom
+  calls (about 90% of the work here), so `flops_per_step` on a GPU comes from
+  the lowered (backend-neutral) HLO; on CPU it is the compiled estimate, the
+  figure the Keras comparison is stated in.
   """
   analysis = computation.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # Older JAX: one dict per device.
     analysis = analysis[0]
-  return float(analysis.get('flops', float('nan'))) if analysis else float(
-      'nan')
+  return (
+      float(analysis.get('flops', float('nan'))) if analysis else float('nan')
+  )
 
 
 # Nominal dense peak TFLOP/s by device kind and compute dtype (for MFU on
@@ -150,8 +172,9 @@ def matmul_peak_gflops(n: int, dtype=jnp.float32, repeats: int = 10) -> float:
   b = jax.random.normal(jax.random.key(2), (n, n), dtype)
   matmul = jax.jit(jnp.matmul)
   jax.block_until_ready(matmul(a, b))
-  ms = statistics.median(time_call(lambda: matmul(a, b))
-                         for _ in range(repeats))
+  ms = statistics.median(
+      time_call(lambda: matmul(a, b)) for _ in range(repeats)
+  )
   return 2 * n**3 / (ms * 1e-3) / 1e9
 
 
@@ -167,24 +190,36 @@ def depthwise_impl(name: str):
   """Temporarily swaps layers.depthwise_conv2d (benchmark-only knob)."""
   from ankle_jax.models import depthwise  # pylint: disable=g-import-not-at-top
   from ankle_jax.models import layers  # pylint: disable=g-import-not-at-top
+
   original = layers.depthwise_conv2d
   if name == 'shifted':
-    layers.depthwise_conv2d = (
-        lambda x, k, strides=(1, 1), padding='SAME': depthwise.
-        depthwise_conv2d(x, k, strides=strides, padding=padding))
+    layers.depthwise_conv2d = lambda x, k, strides=(
+        1,
+        1,
+    ), padding='SAME': depthwise.depthwise_conv2d(
+        x, k, strides=strides, padding=padding
+    )
   elif name == 'lax':
-    layers.depthwise_conv2d = (
-        lambda x, k, strides=(1, 1), padding='SAME': depthwise.
-        grouped_conv_reference(x, k, strides=strides, padding=padding))
+    layers.depthwise_conv2d = lambda x, k, strides=(
+        1,
+        1,
+    ), padding='SAME': depthwise.grouped_conv_reference(
+        x, k, strides=strides, padding=padding
+    )
   from flax.linen import linear  # pylint: disable=g-import-not-at-top
+
   original_lax = linear.lax
   if name == 'fast':
-    layers.depthwise_conv2d = (
-        lambda x, k, strides=(1, 1), padding='SAME': depthwise.
-        depthwise_conv2d(x, k, strides=strides, padding=padding))
+    layers.depthwise_conv2d = lambda x, k, strides=(
+        1,
+        1,
+    ), padding='SAME': depthwise.depthwise_conv2d(
+        x, k, strides=strides, padding=padding
+    )
 
     class _LaxWithFastConv:
       """jax.lax, except conv_general_dilated (flax nn.Conv's default)."""
+
       conv_general_dilated = staticmethod(depthwise.conv_general_dilated)
 
       def __getattr__(self, attr):
@@ -210,15 +245,24 @@ class OursStep:
     model = train.create_model(config)
     lr_fn = train.create_learning_rate_fn(config, 1000)
     self.state = train.create_train_state(
-        config, model, jax.random.key_data(jax.random.key(config.seed)),
-        config.image_size, learning_rate_fn=lr_fn)
+        config,
+        model,
+        jax.random.key_data(jax.random.key(config.seed)),
+        config.image_size,
+        learning_rate_fn=lr_fn,
+    )
     p_train_step, _, _ = train.compile_steps(
-        mesh, lr_fn, train.AugmentSettings.from_config(config.augment),
-        train.loss_settings(config))
+        mesh,
+        lr_fn,
+        train.AugmentSettings.from_config(config.augment),
+        train.loss_settings(config),
+    )
     self.batch = train.shard_batch(batch, mesh)
     lowered = p_train_step.lower(self.state, self.batch)
     self.compiled = lowered.compile()
-    self.flops = flops_of(self.compiled if jax.default_backend() == 'cpu' else lowered)
+    self.flops = flops_of(
+        self.compiled if jax.default_backend() == 'cpu' else lowered
+    )
 
   def __call__(self):
     self.state, metrics = self.compiled(self.state, self.batch)
@@ -228,21 +272,35 @@ class OursStep:
 class KerasStep:
   """keras.applications model + Adam, a jitted stateless step (Keras recipe)."""
 
-  def __init__(self, model_name: str, image_size: int, dtype: str, batch,
-               learning_rate: float):
+  def __init__(
+      self,
+      model_name: str,
+      image_size: int,
+      dtype: str,
+      batch,
+      learning_rate: float,
+  ):
     import keras  # pylint: disable=g-import-not-at-top
+
     if keras.backend.backend() != 'jax':
-      raise RuntimeError('benchmarks/train_step.py: set KERAS_BACKEND=jax '
-                         'before anything imports keras')
+      raise RuntimeError(
+          'benchmarks/train_step.py: set KERAS_BACKEND=jax '
+          'before anything imports keras'
+      )
     if model_name not in KERAS_MODELS:
-      raise ValueError(f'--compare_keras: no keras.applications model for '
-                       f'{model_name!r}; known: {sorted(KERAS_MODELS)}')
+      raise ValueError(
+          f'--compare_keras: no keras.applications model for '
+          f'{model_name!r}; known: {sorted(KERAS_MODELS)}'
+      )
     if dtype == 'bfloat16':
       keras.config.set_dtype_policy('mixed_bfloat16')
     constructor = getattr(keras.applications, KERAS_MODELS[model_name])
-    self.model = constructor(weights=None, input_shape=(image_size,
-                                                        image_size, 1),
-                             classes=2, classifier_activation=None)
+    self.model = constructor(
+        weights=None,
+        input_shape=(image_size, image_size, 1),
+        classes=2,
+        classifier_activation=None,
+    )
     keras.config.set_dtype_policy('float32')
     self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     self.optimizer.build(self.model.trainable_variables)
@@ -250,7 +308,8 @@ class KerasStep:
 
     def loss_fn(trainable, non_trainable, images, labels):
       logits, non_trainable = model.stateless_call(
-          trainable, non_trainable, images, training=True)
+          trainable, non_trainable, images, training=True
+      )
       logits = logits.astype(jnp.float32)
       log_probs = jax.nn.log_softmax(logits)
       ce = -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], 1))
@@ -258,21 +317,27 @@ class KerasStep:
 
     def step(state, images, labels):
       trainable, non_trainable, opt_vars = state
-      (loss, non_trainable), grads = jax.value_and_grad(
-          loss_fn, has_aux=True)(trainable, non_trainable, images, labels)
-      trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads,
-                                                      trainable)
+      (loss, non_trainable), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          trainable, non_trainable, images, labels
+      )
+      trainable, opt_vars = optimizer.stateless_apply(
+          opt_vars, grads, trainable
+      )
       return (trainable, non_trainable, opt_vars), loss
 
-    self.state = ([v.value for v in model.trainable_variables],
-                  [v.value for v in model.non_trainable_variables],
-                  [v.value for v in optimizer.variables])
+    self.state = (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in optimizer.variables],
+    )
     self.images = jnp.asarray(batch['image'])
     self.labels = jnp.asarray(batch['label'])
     jitted = jax.jit(step, donate_argnums=(0,))
     lowered = jitted.lower(self.state, self.images, self.labels)
     self.compiled = lowered.compile()
-    self.flops = flops_of(self.compiled if jax.default_backend() == 'cpu' else lowered)
+    self.flops = flops_of(
+        self.compiled if jax.default_backend() == 'cpu' else lowered
+    )
 
   def __call__(self):
     self.state, loss = self.compiled(self.state, self.images, self.labels)
@@ -303,8 +368,13 @@ def main(argv):
   keras_compile_s = None
   if _COMPARE_KERAS.value:
     t0 = time.perf_counter()
-    sides['keras'] = KerasStep(config.model.name, config.image_size,
-                               config.dtype, batch, config.learning_rate)
+    sides['keras'] = KerasStep(
+        config.model.name,
+        config.image_size,
+        config.dtype,
+        batch,
+        config.learning_rate,
+    )
     keras_compile_s = time.perf_counter() - t0
 
   for step_fn in sides.values():
@@ -314,8 +384,9 @@ def main(argv):
   for _ in range(_STEPS.value):
     for name, step_fn in sides.items():  # Interleaved.
       times[name].append(time_call(step_fn))
-    print(json.dumps({k: round(v[-1], 1) for k, v in times.items()}),
-          flush=True)
+    print(
+        json.dumps({k: round(v[-1], 1) for k, v in times.items()}), flush=True
+    )
 
   on_cpu = jax.default_backend() == 'cpu'
   matmul_n = _MATMUL_N.value or (2048 if on_cpu else 8192)
@@ -331,8 +402,9 @@ def main(argv):
       'config_file': config_flags.get_config_filename(flags.FLAGS['config']),
       'variant': variant,
       'depthwise': _DEPTHWISE.value,
-      'model_kwargs': config.model.kwargs.to_dict() if hasattr(
-          config.model.kwargs, 'to_dict') else dict(config.model.kwargs),
+      'model_kwargs': config.model.kwargs.to_dict()
+      if hasattr(config.model.kwargs, 'to_dict')
+      else dict(config.model.kwargs),
       'aux_head': bool(config.model.aux_head),
       'dropout_rate': float(config.model.dropout_rate),
       'dtype': config.dtype,
@@ -361,21 +433,27 @@ def main(argv):
   if 'keras' in sides:
     keras_ms = statistics.median(times['keras'])
     keras_flops = sides['keras'].flops
-    result.update({
-        'keras_step_ms': round(keras_ms, 1),
-        'keras_step_ms_all': [round(t, 1) for t in times['keras']],
-        'keras_images_per_sec': round(batch_size / (keras_ms * 1e-3),
-                                      2),
-        'keras_flops_per_step': keras_flops,
-        'keras_gflops_per_sec': round(
-            keras_flops / (keras_ms * 1e-3) / 1e9, 1),
-        'keras_compile_s': round(keras_compile_s, 1),
-        'ratio_vs_keras': round(keras_ms / step_ms, 3),
-        # Median of the per-round ratios (each round times both back to
-        # back): robust to load that drifts over the run.
-        'ratio_vs_keras_paired_median': round(statistics.median(
-            k / o for k, o in zip(times['keras'], times['ours'])), 3),
-    })
+    result.update(
+        {
+            'keras_step_ms': round(keras_ms, 1),
+            'keras_step_ms_all': [round(t, 1) for t in times['keras']],
+            'keras_images_per_sec': round(batch_size / (keras_ms * 1e-3), 2),
+            'keras_flops_per_step': keras_flops,
+            'keras_gflops_per_sec': round(
+                keras_flops / (keras_ms * 1e-3) / 1e9, 1
+            ),
+            'keras_compile_s': round(keras_compile_s, 1),
+            'ratio_vs_keras': round(keras_ms / step_ms, 3),
+            # Median of the per-round ratios (each round times both back to
+            # back): robust to load that drifts over the run.
+            'ratio_vs_keras_paired_median': round(
+                statistics.median(
+                    k / o for k, o in zip(times['keras'], times['ours'])
+                ),
+                3,
+            ),
+        }
+    )
   print(json.dumps(result))
 
 

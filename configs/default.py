@@ -1,21 +1,25 @@
 """Shared defaults of every training config (SPEC sections 2 and 5).
 
-Not a run on its own: the model configs (inception_v3.py, resnet.py, resnet_dropaux.py,
-xception.py, xception_dropaux.py, demo.py) start from `get_config()` here. Any field can be
-overridden on the command line, for example:
+Not a run on its own: the model configs (inception_v3.py, resnet.py,
+resnet_dropaux.py, xception.py, xception_dropaux.py, demo.py) start from
+`get_config()` here. Any field can be overridden on the command line, for
+example:
 
   python launch.py --config=configs/xception_dropaux.py --workdir=runs/xda \
       --config.learning_rate=5e-6 --config.data.manual_dir=/path/to/dicom_root
 
 Sources of the defaults:
-  * Adam (0.9, 0.999, 1e-8), constant learning rate, 2000 epochs, no early stopping, the
-    augmentation actually used (brightness +-0.3, contrast x[0.7, 1.3], random up-down and
-    left-right flips, no rotation), L2 on fully connected weights only: the authors' public
-    TensorFlow code (SPEC sec. 2).
-  * l2_alpha = 0.7: the midpoint of the paper's "L2 decay rate between 0.4 and 1.0".
-  * aux_loss_weight = 0.4: the lower end of the paper's "auxiliary decay between 0.4 and
-    0.9", which is also the auxiliary-loss weight of the reference TF-slim Inception V3.
-  * dropout 0.5 (paper: "the dropout rate was kept at 0.5") in the drop/aux configs.
+  * Adam (0.9, 0.999, 1e-8), constant learning rate, 2000 epochs, no early
+    stopping, the augmentation actually used (brightness +-0.3, contrast x[0.7,
+    1.3], random up-down and left-right flips, no rotation), L2 on fully
+    connected weights only: the authors' public TensorFlow code (SPEC sec. 2).
+  * l2_alpha = 0.7: the midpoint of the paper's "L2 decay rate between 0.4 and
+    1.0".
+  * aux_loss_weight = 0.4: the lower end of the paper's "auxiliary decay between
+    0.4 and 0.9", which is also the auxiliary-loss weight of the reference
+    TF-slim Inception V3.
+  * dropout 0.5 (paper: "the dropout rate was kept at 0.5") in the drop/aux
+    configs.
 """
 
 import ml_collections
@@ -27,31 +31,37 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model (ankle_jax.models.build).
   config.model = ml_collections.ConfigDict()
-  config.model.name = "xception"  # 'inception_v3' | 'resnet101_v2' | 'xception'.
+  # 'inception_v3' | 'resnet101_v2' | 'xception'.
+  config.model.name = 'xception'
   config.model.aux_head = False
   config.model.dropout_rate = 0.0
   config.model.width_multiplier = 1.0
-  config.model.kwargs = ml_collections.ConfigDict()  # Family-specific build() kwargs.
+  # Family-specific build() kwargs.
+  config.model.kwargs = ml_collections.ConfigDict()
   config.num_classes = 2
   config.image_size = 300  # Paper: 300x300x1.
-  config.dtype = "float32"  # Computation dtype: 'float32' | 'bfloat16'.
+  config.dtype = 'float32'  # Computation dtype: 'float32' | 'bfloat16'.
 
   # Data (the TFDS builder radiograph_studies; SPEC sec. 4).
   config.data = ml_collections.ConfigDict()
-  config.data.manual_dir = ""  # DICOM root: normal/<case>/*.dcm, fracture/<case>/*.dcm.
-  config.data.data_dir = "data/tfds"  # Where the dataset is built ('' = <workdir>/data/tfds).
-  config.data.dataset_config = "dicom_cases"
-  config.data.train_split = "train"
-  config.data.eval_split = "validation"
-  # None, or [w_normal, w_fracture]: draw training views with replacement, with probability
-  # proportional to their label's weight (balanced sampling; pipeline.make_train_loader).
+  # DICOM root: normal/<case>/*.dcm, fracture/<case>/*.dcm.
+  config.data.manual_dir = ''
+  # Where the dataset is built ('' = <workdir>/data/tfds).
+  config.data.data_dir = 'data/tfds'
+  config.data.dataset_config = 'dicom_cases'
+  config.data.train_split = 'train'
+  config.data.eval_split = 'validation'
+  # None, or [w_normal, w_fracture]: draw training views with replacement, with
+  # probability proportional to their label's weight (balanced sampling;
+  # pipeline.make_train_loader).
   config.data.sample_weights_by_label = None
-  # grain worker processes decoding training batches (0 = in the training process). The host
-  # loader gives ~150 images/s per core at 300 px: plenty on CPU, too little for a GPU step
-  # (an H100 trains Xception drop/aux at ~750 images/s in bf16), so set it to the host's cores.
+  # grain worker processes decoding training batches (0 = in the training
+  # process). The host loader gives ~150 images/s per core at 300 px: plenty on
+  # CPU, too little for a GPU step (an H100 trains Xception drop/aux at ~750
+  # images/s in bf16), so set it to the host's cores.
   config.data.worker_count = 0
-  # Synthetic studies (configs/demo.py): generated into <workdir>/data/studies and built when
-  # the dataset is missing and data.manual_dir is empty.
+  # Synthetic studies (configs/demo.py): generated into <workdir>/data/studies
+  # and built when the dataset is missing and data.manual_dir is empty.
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.enabled = False
   config.data.synthetic.num_normal = 150
@@ -61,24 +71,26 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimization (SPEC sec. 2).
   config.batch_size = 20  # Global batch, divisible by the number of devices.
   config.eval_batch_size = 24  # Eval batches are padded to this size.
-  config.optimizer = "adam"
+  config.optimizer = 'adam'
   config.learning_rate = 6e-6
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8
-  config.lr_schedule = "constant"  # 'constant' | 'cosine' | 'warmup_cosine'.
+  config.lr_schedule = 'constant'  # 'constant' | 'cosine' | 'warmup_cosine'.
   config.warmup_steps = 0  # For 'warmup_cosine'.
   config.grad_clip_norm = 0.0  # 0 = no clipping (the authors clipped nothing).
 
   # Loss: CE + l2_alpha * sum(W^2)/2 over l2_scope + aux_loss_weight * CE_aux.
   config.l2_alpha = 0.7
-  config.l2_scope = "dense"  # 'dense' (2-D kernels, as the authors) | 'all' (every kernel).
+  # 'dense' (2-D kernels, as the authors) | 'all' (every kernel).
+  config.l2_scope = 'dense'
   config.aux_loss_weight = 0.4
   config.class_weights = None  # None or [w_normal, w_fracture].
 
   # Augmentation on device (train images only), then per-image standardization.
   config.augment = ml_collections.ConfigDict()
-  config.augment.rotation_degrees = 0.0  # Paper lists rotation; authors' code had none.
+  # Paper lists rotation; authors' code had none.
+  config.augment.rotation_degrees = 0.0
   config.augment.flip_lr = True
   config.augment.flip_ud = True
   config.augment.brightness_delta = 0.3
@@ -92,9 +104,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
-  config.best_metric = "val_accuracy"  # 'val_accuracy' | 'val_case_accuracy' | 'val_auc' | 'val_loss'.
-  config.early_stopping_patience = 0  # Evaluations without val_loss improvement; 0 = off.
-  config.image_summary_every_steps = 1000  # Grid of augmented images in TensorBoard; 0 = off.
+  # 'val_accuracy' | 'val_case_accuracy' | 'val_auc' | 'val_loss'.
+  config.best_metric = 'val_accuracy'
+  # Evaluations without val_loss improvement; 0 = off.
+  config.early_stopping_patience = 0
+  # Grid of augmented images in TensorBoard; 0 = off.
+  config.image_summary_every_steps = 1000
   config.progress_bar = True
 
   # Devices and reproducibility.

@@ -1,30 +1,39 @@
-"""FracAtlas leg radiographs on 2 CPU cores: a small Xception drop/aux from scratch (issue 8).
+"""FracAtlas leg radiographs on 2 CPU cores: a small Xception drop/aux from
+scratch (issue 8).
 
-Commands (from the repository root; ../shared/fracatlas_leg holds FracAtlas's own layout):
-  python -m ankle_jax.data.build --config=fracatlas --manual_dir=../shared/fracatlas_leg \
+Commands (from the repository root; ../shared/fracatlas_leg holds FracAtlas's
+own layout):
+  python -m ankle_jax.data.build --config=fracatlas \
+      --manual_dir=../shared/fracatlas_leg \
       --data_dir=runs/fracatlas_data
-  python launch.py --config=configs/fracatlas_cpu.py --workdir=runs/fracatlas_cpu
+  python launch.py --config=configs/fracatlas_cpu.py \
+      --workdir=runs/fracatlas_cpu
   python -m ankle_jax.evaluate --runs=runs/fracatlas_cpu --split=validation \
       --out=runs/fracatlas_cpu/eval
 
-The build (~20 s on 2 cores) makes the default fracatlas splits: hash-based and stratified,
-train 1,365 images (158 fractured) and validation 341 (39 fractured), no test split. To score a
-separately delivered test set, build it with a splits.csv in its manual dir (case,split) into
-another data dir and pass `--data_dir=DIR --split=test` to ankle_jax.evaluate.
+The build (~20 s on 2 cores) makes the default fracatlas splits: hash-based and
+stratified, train 1,365 images (158 fractured) and validation 341 (39
+fractured), no test split. To score a separately delivered test set, build it
+with a splits.csv in its manual dir (case,split) into another data dir and pass
+`--data_dir=DIR --split=test` to ankle_jax.evaluate.
 
-Recipe (chosen on the validation split only): Xception drop/aux (dropout 0.5, aux tower after
-middle-flow block 3) at width 0.25 (a quarter of the paper's channels), 128 px; class-weighted
-cross-entropy (fracture x7.6; train is 1 : 7.6); Adam 1e-3 with 100 warmup steps and cosine decay
-to 0 over 1,100 steps of 32 (~26 epochs); left-right flips, rotation +-10 deg, brightness +-0.1,
-contrast x[0.8, 1.2]; validation every 100 steps, the best validation ROC AUC kept in
+Recipe (chosen on the validation split only): Xception drop/aux (dropout 0.5,
+aux tower after middle-flow block 3) at width 0.25 (a quarter of the paper's
+channels), 128 px; class-weighted cross-entropy (fracture x7.6; train is 1 :
+7.6); Adam 1e-3 with 100 warmup steps and cosine decay to 0 over 1,100 steps of
+32 (~26 epochs); left-right flips, rotation +-10 deg, brightness +-0.1, contrast
+x[0.8, 1.2]; validation every 100 steps, the best validation ROC AUC kept in
 checkpoints/best.
 
-Measured on the shared 2-core CPU (2026-11-27, load ~2-2.4): 13 min 4 s for the launch command
-(startup, compilation, 1,100 steps, 11 validations, checkpoints), 9 s for the evaluation.
-Validation ROC AUC 0.878 [95% CI 0.81, 0.93] (341 images, 39 fractured; best step 900; the last
-step, 1,100, has 0.875). Tried on validation (same recipe otherwise):
-  balanced sampling (1.0, 7.6) instead of class weights: 0.847 at 400 steps, 0.871 at 1,100
-    steps (14 min 15 s); class weights: 0.865 at 400 steps (5 min 15 s), 0.878 at 1,100.
+Measured on the shared 2-core CPU (2026-11-27, load ~2-2.4): 13 min 4 s for the
+launch command (startup, compilation, 1,100 steps, 11 validations, checkpoints),
+9 s for the evaluation. Validation ROC AUC 0.878 [95% CI 0.81, 0.93] (341
+images, 39 fractured; best step 900; the last step, 1,100, has 0.875). Tried on
+validation (same recipe otherwise):
+  balanced sampling (1.0, 7.6) instead of class weights: 0.847 at 400 steps,
+  0.871 at 1,100
+    steps (14 min 15 s); class weights: 0.865 at 400 steps (5 min 15 s), 0.878
+    at 1,100.
 The differences are within the noise of 39 fractured validation images.
 """
 
@@ -36,33 +45,37 @@ from configs import default
 def get_config():
   """FracAtlas CPU recipe (Xception drop/aux, width 0.25, 128 px, class-weighted CE)."""
   config = default.get_config()
-  config.model.name = "xception"
+  config.model.name = 'xception'
   config.model.aux_head = True
   config.model.dropout_rate = 0.5
   config.model.width_multiplier = 0.25
-  config.model.kwargs = ml_collections.ConfigDict({"valid_stem": False, "aux_block": 3})
+  config.model.kwargs = ml_collections.ConfigDict(
+      {'valid_stem': False, 'aux_block': 3}
+  )
   config.image_size = 128
 
-  config.data.manual_dir = "../shared/fracatlas_leg"
-  config.data.data_dir = "runs/fracatlas_data"
-  config.data.dataset_config = "fracatlas"
-  config.data.train_split = "train"
-  config.data.eval_split = "validation"
+  config.data.manual_dir = '../shared/fracatlas_leg'
+  config.data.data_dir = 'runs/fracatlas_data'
+  config.data.dataset_config = 'fracatlas'
+  config.data.train_split = 'train'
+  config.data.eval_split = 'validation'
   # Class-weighted cross-entropy (train is 1 : 7.6). Balanced sampling instead,
-  # sample_weights_by_label=(1.0, 7.6) with class_weights=None, gave 0.871 (see docstring).
+  # sample_weights_by_label=(1.0, 7.6) with class_weights=None, gave 0.871 (see
+  # docstring).
   config.data.sample_weights_by_label = None
   config.class_weights = (1.0, 7.6)
 
   config.batch_size = 32
   config.eval_batch_size = 32
   config.learning_rate = 1e-3
-  config.lr_schedule = "warmup_cosine"
+  config.lr_schedule = 'warmup_cosine'
   config.warmup_steps = 100
   config.l2_alpha = 1e-3
-  config.l2_scope = "dense"
+  config.l2_scope = 'dense'
   config.aux_loss_weight = 0.4
 
-  # Leg radiographs come in both left-right orientations; up-down flips are not realistic.
+  # Leg radiographs come in both left-right orientations; up-down flips are not
+  # realistic.
   config.augment.flip_lr = True
   config.augment.flip_ud = False
   config.augment.rotation_degrees = 10.0
@@ -76,7 +89,8 @@ def get_config():
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 1
   config.image_summary_every_steps = 0
-  config.best_metric = "val_auc"  # The checkpoint is chosen on validation ROC AUC only.
+  # The checkpoint is chosen on validation ROC AUC only.
+  config.best_metric = 'val_auc'
   config.early_stopping_patience = 0
   config.seed = 0
   return config

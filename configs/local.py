@@ -13,11 +13,11 @@ from configs import default
 def get_config():
   """Tiny Xception drop/aux config."""
   config = default.get_config()
-  config.model.name = "xception"
+  config.model.name = 'xception'
   config.model.aux_head = True
   config.model.dropout_rate = 0.5
   config.model.width_multiplier = 0.0625
-  config.model.kwargs = ml_collections.ConfigDict({"aux_block": 3})
+  config.model.kwargs = ml_collections.ConfigDict({'aux_block': 3})
   config.image_size = 80
   config.batch_size = 4
   config.eval_batch_size = 4

@@ -1,10 +1,13 @@
-"""ResNet-101 v2 with dropout 0.5 and the auxiliary tower on the first conv4 unit ("drop/aux").
+"""ResNet-101 v2 with dropout 0.5 and the auxiliary tower on the first conv4
+unit ("drop/aux").
 
 Run:
-  python launch.py --config=configs/resnet_dropaux.py --workdir=runs/resnet_dropaux \
+  python launch.py --config=configs/resnet_dropaux.py \
+      --workdir=runs/resnet_dropaux \
       --config.data.manual_dir=/path/to/dicom_root
 
-Faithful to the authors' code (SPEC sec. 2): batch 12, Adam at a constant ~6e-6, 2000 epochs.
+Faithful to the authors' code (SPEC sec. 2): batch 12, Adam at a constant ~6e-6,
+2000 epochs.
 """
 
 from configs import resnet

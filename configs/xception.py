@@ -4,8 +4,8 @@ Run:
   python launch.py --config=configs/xception.py --workdir=runs/xception \
       --config.data.manual_dir=/path/to/dicom_root
 
-Faithful to the authors' code (SPEC sec. 2): batch 20, Adam at a constant 6e-6 (the authors
-used 4e-6 or 6e-6), 2000 epochs.
+Faithful to the authors' code (SPEC sec. 2): batch 20, Adam at a constant 6e-6
+(the authors used 4e-6 or 6e-6), 2000 epochs.
 """
 
 import ml_collections
@@ -16,10 +16,10 @@ from configs import default
 def get_config():
   """Xception config."""
   config = default.get_config()
-  config.model.name = "xception"
+  config.model.name = 'xception'
   config.model.aux_head = False
   config.model.dropout_rate = 0.0
-  config.model.kwargs = ml_collections.ConfigDict({"valid_stem": False})
+  config.model.kwargs = ml_collections.ConfigDict({'valid_stem': False})
   config.batch_size = 20
   config.eval_batch_size = 20
   config.learning_rate = 6e-6

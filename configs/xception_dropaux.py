@@ -1,12 +1,15 @@
-"""Xception with dropout 0.5 and the auxiliary tower after middle-flow block 3 ("drop/aux").
+"""Xception with dropout 0.5 and the auxiliary tower after middle-flow block 3
+("drop/aux").
 
 Run:
-  python launch.py --config=configs/xception_dropaux.py --workdir=runs/xception_dropaux \
+  python launch.py --config=configs/xception_dropaux.py \
+      --workdir=runs/xception_dropaux \
       --config.data.manual_dir=/path/to/dicom_root
 
-Faithful to SPEC sec. 2: batch 20, Adam at a constant 6e-6 (4e-6 also used), 2000 epochs. The
-paper places the aux tower at the third middle-flow iteration (aux_block=3); the authors' code
-used the fourth (--config.model.kwargs.aux_block=4).
+Faithful to SPEC sec. 2: batch 20, Adam at a constant 6e-6 (4e-6 also used),
+2000 epochs. The paper places the aux tower at the third middle-flow iteration
+(aux_block=3); the authors' code used the fourth
+(--config.model.kwargs.aux_block=4).
 """
 
 import ml_collections
@@ -19,5 +22,7 @@ def get_config():
   config = xception.get_config()
   config.model.aux_head = True
   config.model.dropout_rate = 0.5
-  config.model.kwargs = ml_collections.ConfigDict({"valid_stem": False, "aux_block": 3})
+  config.model.kwargs = ml_collections.ConfigDict(
+      {'valid_stem': False, 'aux_block': 3}
+  )
   return config

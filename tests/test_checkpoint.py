@@ -12,64 +12,88 @@ from ankle_jax import checkpoint
 
 
 def _state_tree(value):
-  return {"step": jnp.asarray(value, jnp.int32),
-          "params": {"dense": {"kernel": jnp.full((3, 2), float(value))}},
-          "batch_stats": {"bn": {"mean": jnp.arange(2.0) + value}},
-          "opt_state": ({"mu": jnp.zeros(3)}, jnp.asarray(value)),
-          "rng": jax.random.PRNGKey(value)}
+  return {
+      'step': jnp.asarray(value, jnp.int32),
+      'params': {'dense': {'kernel': jnp.full((3, 2), float(value))}},
+      'batch_stats': {'bn': {'mean': jnp.arange(2.0) + value}},
+      'opt_state': ({'mu': jnp.zeros(3)}, jnp.asarray(value)),
+      'rng': jax.random.PRNGKey(value),
+  }
 
 
-@pytest.mark.parametrize("iter_state", [b'{"next_index": 7}', {"next_index": 7}, None])
+@pytest.mark.parametrize(
+    'iter_state', [b'{"next_index": 7}', {'next_index': 7}, None]
+)
 def test_iterator_state_round_trips(iter_state):
   encoded = checkpoint.encode_iterator_state(iter_state)
-  assert checkpoint.decode_iterator_state(json.loads(json.dumps(encoded))) == iter_state
+  assert (
+      checkpoint.decode_iterator_state(json.loads(json.dumps(encoded)))
+      == iter_state
+  )
 
 
 def test_latest_keeps_n_and_restores_everything(tmp_path):
-  ckpts = checkpoint.RunCheckpoints(tmp_path, keep=2, best_metric="val_loss")
+  ckpts = checkpoint.RunCheckpoints(tmp_path, keep=2, best_metric='val_loss')
   for step in (1, 2, 3):
-    ckpts.save_latest(step, _state_tree(step), {"next_index": step}, {"best_step": step})
+    ckpts.save_latest(
+        step, _state_tree(step), {'next_index': step}, {'best_step': step}
+    )
   assert ckpts.latest.all_steps() == [2, 3]
   tree, iter_state, loop = ckpts.restore_latest(_state_tree(0))
   jax.tree.map(np.testing.assert_array_equal, tree, _state_tree(3))
-  assert iter_state == {"next_index": 3}
-  assert loop == {"best_step": 3}
+  assert iter_state == {'next_index': 3}
+  assert loop == {'best_step': 3}
   ckpts.close()
-  variables, step = checkpoint.restore_variables(tmp_path, "latest")
+  variables, step = checkpoint.restore_variables(tmp_path, 'latest')
   assert step == 3
-  np.testing.assert_array_equal(variables["params"]["dense"]["kernel"], np.full((3, 2), 3.0))
-  assert isinstance(variables["batch_stats"]["bn"]["mean"], np.ndarray)
+  np.testing.assert_array_equal(
+      variables['params']['dense']['kernel'], np.full((3, 2), 3.0)
+  )
+  assert isinstance(variables['batch_stats']['bn']['mean'], np.ndarray)
 
 
 def test_best_keeps_one_and_restore_variables_reads_it(tmp_path):
-  ckpts = checkpoint.RunCheckpoints(tmp_path, keep=3, best_metric="val_accuracy")
-  assert ckpts.best_mode == "max"
+  ckpts = checkpoint.RunCheckpoints(
+      tmp_path, keep=3, best_metric='val_accuracy'
+  )
+  assert ckpts.best_mode == 'max'
   for step in (5, 9):
     tree = _state_tree(step)
-    ckpts.save_best(step, {"params": tree["params"], "batch_stats": tree["batch_stats"]},
-                    {"val_accuracy": step / 10})
+    ckpts.save_best(
+        step,
+        {'params': tree['params'], 'batch_stats': tree['batch_stats']},
+        {'val_accuracy': step / 10},
+    )
   ckpts.close()
   assert ckpts.best.all_steps() == [9]
-  variables, step = checkpoint.restore_variables(tmp_path, "best")
+  variables, step = checkpoint.restore_variables(tmp_path, 'best')
   assert step == 9
-  np.testing.assert_array_equal(variables["batch_stats"]["bn"]["mean"], [9.0, 10.0])
+  np.testing.assert_array_equal(
+      variables['batch_stats']['bn']['mean'], [9.0, 10.0]
+  )
 
 
 def test_missing_checkpoints_and_config_are_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="no 'best' checkpoint"):
-    checkpoint.restore_variables(tmp_path, "best")
-  with pytest.raises(ValueError, match="which="):
-    checkpoint.restore_variables(tmp_path, "first")
-  with pytest.raises(FileNotFoundError, match="config.json"):
+    checkpoint.restore_variables(tmp_path, 'best')
+  with pytest.raises(ValueError, match='which='):
+    checkpoint.restore_variables(tmp_path, 'first')
+  with pytest.raises(FileNotFoundError, match='config.json'):
     checkpoint.load_run_config(tmp_path)
-  with pytest.raises(ValueError, match="best_metric"):
-    checkpoint.RunCheckpoints(tmp_path, best_metric="val_f1")
+  with pytest.raises(ValueError, match='best_metric'):
+    checkpoint.RunCheckpoints(tmp_path, best_metric='val_f1')
 
 
 def test_load_run_config_reads_config_json(tmp_path):
   from ankle_jax import writers  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict({"model": {"name": "xception", "kwargs": {"aux_block": 3}},
-                                      "image_size": 128, "class_weights": None})
+
+  config = ml_collections.ConfigDict(
+      {
+          'model': {'name': 'xception', 'kwargs': {'aux_block': 3}},
+          'image_size': 128,
+          'class_weights': None,
+      }
+  )
   writers.write_config(tmp_path, config)
   loaded = checkpoint.load_run_config(tmp_path)
   assert loaded.model.kwargs.aux_block == 3
@@ -79,7 +103,11 @@ def test_load_run_config_reads_config_json(tmp_path):
 
 def test_relative_workdir_is_accepted(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  ckpts = checkpoint.RunCheckpoints("runs/relative", keep=1)
-  ckpts.save_best(4, {"params": {"w": jnp.ones(2)}, "batch_stats": {}}, {"val_accuracy": 1.0})
+  ckpts = checkpoint.RunCheckpoints('runs/relative', keep=1)
+  ckpts.save_best(
+      4,
+      {'params': {'w': jnp.ones(2)}, 'batch_stats': {}},
+      {'val_accuracy': 1.0},
+  )
   ckpts.close()
-  assert checkpoint.restore_variables("runs/relative", "best")[1] == 4
+  assert checkpoint.restore_variables('runs/relative', 'best')[1] == 4

@@ -1,5 +1,7 @@
-"""The README demo (configs/demo.py): its generator settings reach the generator, and the
-synthetic fracture it asks for is visible at the demo's training resolution (a cheap check that
+"""The README demo (configs/demo.py): its generator settings reach the
+generator, and the
+synthetic fracture it asks for is visible at the demo's training resolution (a
+cheap check that
 the demo's difficulty is set for its image size, without training)."""
 
 import importlib
@@ -22,16 +24,18 @@ pytestmark = pytest.mark.slow
 
 
 def _demo_config():
-  return importlib.import_module("configs.demo").get_config()
+  return importlib.import_module('configs.demo').get_config()
 
 
 def test_demo_config_is_valid_and_its_synthetic_fields_are_generator_arguments():
   config = _demo_config()
   train.validate_config(config)
   assert config.data.synthetic.enabled and not config.data.manual_dir
-  assert config.best_metric == "val_case_accuracy"  # checkpoint chosen on validation
+  assert (
+      config.best_metric == 'val_case_accuracy'
+  )  # checkpoint chosen on validation
   arguments = inspect.signature(synthetic.generate_studies).parameters
-  fields = set(config.data.synthetic.to_dict()) - {"enabled"}
+  fields = set(config.data.synthetic.to_dict()) - {'enabled'}
   assert fields <= set(arguments), fields - set(arguments)
   # Not the easy extreme: some views of fracture cases must look normal.
   assert config.data.synthetic.fracture_view_prob < 1.0
@@ -50,19 +54,36 @@ def _max_change(root_a, cases_a, root_b, cases_b, image_size):
 
 
 def test_demo_fracture_survives_its_resolution_and_default_is_fainter(tmp_path):
-  """The demo's fracture changes every fracture view at config.image_size clearly; the
+  """The demo's fracture changes every fracture view at config.image_size
+  clearly; the
   default conspicuity (meant for 300 px) changes it less at that size."""
   config = _demo_config()
   syn = config.data.synthetic
-  kwargs = dict(num_normal=0, num_fracture=4, seed=11, views_probs=(0, 0, 1),
-                min_size=syn.min_size, max_size=syn.max_size, fracture_view_prob=1.0)
-  runs = {c: synthetic.generate_studies(tmp_path / str(c), fracture_conspicuity=c, **kwargs)
-          for c in (0.0, 1.0, syn.fracture_conspicuity)}
-  base = (tmp_path / "0.0", runs[0.0])
-  demo = _max_change(*base, tmp_path / str(syn.fracture_conspicuity),
-                     runs[syn.fracture_conspicuity], config.image_size)
-  default = _max_change(*base, tmp_path / "1.0", runs[1.0], config.image_size)
+  kwargs = dict(
+      num_normal=0,
+      num_fracture=4,
+      seed=11,
+      views_probs=(0, 0, 1),
+      min_size=syn.min_size,
+      max_size=syn.max_size,
+      fracture_view_prob=1.0,
+  )
+  runs = {
+      c: synthetic.generate_studies(
+          tmp_path / str(c), fracture_conspicuity=c, **kwargs
+      )
+      for c in (0.0, 1.0, syn.fracture_conspicuity)
+  }
+  base = (tmp_path / '0.0', runs[0.0])
+  demo = _max_change(
+      *base,
+      tmp_path / str(syn.fracture_conspicuity),
+      runs[syn.fracture_conspicuity],
+      config.image_size,
+  )
+  default = _max_change(*base, tmp_path / '1.0', runs[1.0], config.image_size)
   assert len(demo) == 12
-  # Visible at the demo resolution (image range [0, 1]); the default (1.0) gets ~0.1-0.26 here.
+  # Visible at the demo resolution (image range [0, 1]); the default (1.0) gets
+  # ~0.1-0.26 here.
   assert demo.min() > 0.18, demo
   assert np.median(default) < np.median(demo), (default, demo)

@@ -9,6 +9,7 @@ import csv
 import glob
 import json
 import os
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -27,6 +28,7 @@ from ankle_jax.models import layers
 
 class TinyNet(nn.Module):
   """A stand-in with the models' calling convention."""
+
   features: int = 4
 
   @nn.compact
@@ -34,19 +36,27 @@ class TinyNet(nn.Module):
     x = nn.Conv(self.features, (3, 3), strides=(2, 2))(x)
     x = nn.BatchNorm(use_running_average=not train)(x)
     x = nn.relu(x)
-    return layers.ModelOutputs(layers.ClassifierHead(num_classes=2)(x, train),
-                               None)
+    return layers.ModelOutputs(
+        layers.ClassifierHead(num_classes=2)(x, train), None
+    )
 
 
 def tiny_config(name='tiny', image_size=32, features=4):
   config = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict(
-      {'name': name, 'aux_head': False, 'dropout_rate': 0.0,
-       'width_multiplier': 1.0, 'kwargs': {'features': features}})
+      {
+          'name': name,
+          'aux_head': False,
+          'dropout_rate': 0.0,
+          'width_multiplier': 1.0,
+          'kwargs': {'features': features},
+      }
+  )
   config.image_size = image_size
   config.dtype = 'float32'
   config.data = ml_collections.ConfigDict(
-      {'data_dir': '', 'dataset_config': 'dicom_cases'})
+      {'data_dir': '', 'dataset_config': 'dicom_cases'}
+  )
   config.best_metric = 'val_accuracy'
   return config
 
@@ -61,14 +71,16 @@ def make_fake_run(workdir, seed, **config_kwargs):
   os.makedirs(workdir, exist_ok=True)
   writers.write_config(workdir, config)
   module = tiny_create_model(config)
-  variables = module.init(jax.random.key(seed),
-                          jnp.zeros((1, config.image_size,
-                                     config.image_size, 1)))
+  variables = module.init(
+      jax.random.key(seed),
+      jnp.zeros((1, config.image_size, config.image_size, 1)),
+  )
   # Non-trivial BatchNorm statistics, so that restoring them matters.
   variables = jax.tree.map(np.array, variables)
   variables['batch_stats']['BatchNorm_0']['mean'] += 0.1 * seed
   variables['params']['ClassifierHead_0']['dense']['bias'] += np.array(
-      [0.0, 0.05 * seed], np.float32)
+      [0.0, 0.05 * seed], np.float32
+  )
   ckpt = checkpoint.RunCheckpoints(workdir)
   ckpt.save_best(7, variables, {'val_accuracy': 0.5})
   ckpt.close()
@@ -89,8 +101,12 @@ def fake_split(split, num_cases, seed, two_view_every=4):
       img = rng.uniform(0, 0.5, (64, 64, 1)).astype(np.float32)
       img[16:40, 16:40] += 0.4 * label * rng.uniform(0.5, 1.0)
       images.append(img)
-  return (np.array(case_ids, object), np.array(view_index, np.int32),
-          np.array(labels, np.int32), np.stack(images))
+  return (
+      np.array(case_ids, object),
+      np.array(view_index, np.int32),
+      np.array(labels, np.int32),
+      np.stack(images),
+  )
 
 
 def fake_batches_fn(splits, batch_size=8):
@@ -102,21 +118,26 @@ def fake_batches_fn(splits, batch_size=8):
     case_ids, view_index, labels, images = splits[split]
 
     def batches_for(image_size):
-      resized = np.asarray(jax.image.resize(
-          images, (len(images), image_size, image_size, 1), 'linear'))
+      resized = np.asarray(
+          jax.image.resize(
+              images, (len(images), image_size, image_size, 1), 'linear'
+          )
+      )
       for start in range(0, len(labels), batch_size):
         sl = slice(start, start + batch_size)
         n = len(labels[sl])
         pad = batch_size - n
         yield {
-            'image': np.concatenate([resized[sl],
-                                     np.zeros((pad,) + resized.shape[1:],
-                                              np.float32)]),
+            'image': np.concatenate(
+                [resized[sl], np.zeros((pad,) + resized.shape[1:], np.float32)]
+            ),
             'label': np.concatenate([labels[sl], np.zeros(pad, np.int32)]),
-            'case_id': np.concatenate([case_ids[sl],
-                                       np.array([''] * pad, object)]),
-            'view_index': np.concatenate([view_index[sl],
-                                          np.zeros(pad, np.int32)]),
+            'case_id': np.concatenate(
+                [case_ids[sl], np.array([''] * pad, object)]
+            ),
+            'view_index': np.concatenate(
+                [view_index[sl], np.zeros(pad, np.int32)]
+            ),
             'mask': np.arange(batch_size) < n,
         }
 
@@ -135,12 +156,17 @@ def test_vmapped_apply_over_stacked_runs_equals_python_loop():
     v['batch_stats']['BatchNorm_0']['var'] += seed
     variables_list.append(v)
   probs_rb = evaluate.make_forward(module)(
-      evaluate.stack_variables(variables_list), images)
+      evaluate.stack_variables(variables_list), images
+  )
   from ankle_jax.data import augment
+
   std_images = augment.standardize_per_image(images)
-  expected = np.stack([
-      jax.nn.softmax(module.apply(v, std_images, train=False).logits)[:, 1]
-      for v in variables_list])
+  expected = np.stack(
+      [
+          jax.nn.softmax(module.apply(v, std_images, train=False).logits)[:, 1]
+          for v in variables_list
+      ]
+  )
   assert probs_rb.shape == (3, 5)
   np.testing.assert_allclose(probs_rb, expected, rtol=1e-5, atol=1e-6)
   # The runs really differ, so the test can fail.
@@ -148,8 +174,12 @@ def test_vmapped_apply_over_stacked_runs_equals_python_loop():
 
 
 def test_group_runs_by_architecture_and_shape():
-  configs = [tiny_config(), tiny_config(image_size=48), tiny_config(),
-             tiny_config(features=8)]
+  configs = [
+      tiny_config(),
+      tiny_config(image_size=48),
+      tiny_config(),
+      tiny_config(features=8),
+  ]
   configs[2].model.dropout_rate = 0.5  # dropout does not split a group
   groups = evaluate.group_runs(configs)
   assert sorted(groups.values()) == [[0, 2], [1], [3]]
@@ -162,7 +192,10 @@ def test_stack_variables_rejects_different_trees():
 
 def test_unique_run_names():
   assert evaluate.unique_run_names(['/x/a/', '/y/a', '/z/b']) == [
-      'a', 'a~2', 'b']
+      'a',
+      'a~2',
+      'b',
+  ]
 
 
 # ------------------------------------------------- fake runs end to end
@@ -174,19 +207,30 @@ def fake_evaluation(tmp_path_factory):
       make_fake_run(str(root / 'run_b'), 1),
       make_fake_run(str(root / 'run_c'), 2, image_size=48),  # its own group
   ]
-  splits = {'test': fake_split('test', 13, 0),
-            'validation': fake_split('validation', 11, 1)}
+  splits = {
+      'test': fake_split('test', 13, 0),
+      'validation': fake_split('validation', 11, 1),
+  }
   out_dir = str(root / 'out')
   mp = pytest.MonkeyPatch()
   mp.setattr(evaluate, 'create_model', tiny_create_model)
   try:
     out = evaluate.evaluate_runs(
-        run_dirs, split='test', out_dir=out_dir, num_bootstrap=300, seed=3,
-        batches_fn=fake_batches_fn(splits))
+        run_dirs,
+        split='test',
+        out_dir=out_dir,
+        num_bootstrap=300,
+        seed=3,
+        batches_fn=fake_batches_fn(splits),
+    )
   finally:
     mp.undo()
-  return {'out_dir': out_dir, 'out': out, 'splits': splits,
-          'run_dirs': run_dirs}
+  return {
+      'out_dir': out_dir,
+      'out': out,
+      'splits': splits,
+      'run_dirs': run_dirs,
+  }
 
 
 def _read_csv(path):
@@ -198,21 +242,33 @@ def _read_csv(path):
 
 def test_outputs_exist(fake_evaluation):
   out_dir = fake_evaluation['out_dir']
-  for name in ('predictions.csv', 'results.json', 'summary.json', 'report.md',
-               'roc.png', 'confusion.png'):
+  for name in (
+      'predictions.csv',
+      'results.json',
+      'summary.json',
+      'report.md',
+      'roc.png',
+      'confusion.png',
+  ):
     assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
   assert glob.glob(os.path.join(out_dir, 'events.out.tfevents.*'))
-  report = open(os.path.join(out_dir, 'report.md')).read()
-  for text in ('Paper protocol', 'Honest protocol', 'Operating points',
-               'run_a', 'ROC AUC', 'ties'):
+  report = pathlib.Path(os.path.join(out_dir, 'report.md')).read_text()
+  for text in (
+      'Paper protocol',
+      'Honest protocol',
+      'Operating points',
+      'run_a',
+      'ROC AUC',
+      'ties',
+  ):
     assert text in report, text
 
 
 def test_predictions_csv_rows_and_columns(fake_evaluation):
   header, rows = _read_csv(
-      os.path.join(fake_evaluation['out_dir'], 'predictions.csv'))
-  assert header[:5] == ['run', 'case_id', 'view_index', 'label',
-                        'probability']
+      os.path.join(fake_evaluation['out_dir'], 'predictions.csv')
+  )
+  assert header[:5] == ['run', 'case_id', 'view_index', 'label', 'probability']
   assert header == list(evaluate.PREDICTION_COLUMNS)
   splits = fake_evaluation['splits']
   num_views = sum(len(s[2]) for s in splits.values())
@@ -223,22 +279,28 @@ def test_predictions_csv_rows_and_columns(fake_evaluation):
   test_rows = [r for r in rows if r[0] == 'run_a' and r[5] == 'test']
   case_ids, view_index, labels, _ = splits['test']
   assert [(r[1], int(r[2]), int(r[3])) for r in test_rows] == list(
-      zip(case_ids, view_index.tolist(), labels.tolist()))
+      zip(case_ids, view_index.tolist(), labels.tolist())
+  )
 
 
 def test_predictions_match_a_direct_forward(fake_evaluation):
   """The grouped, vmapped, batched forward gives each run's own outputs."""
   _, rows = _read_csv(
-      os.path.join(fake_evaluation['out_dir'], 'predictions.csv'))
+      os.path.join(fake_evaluation['out_dir'], 'predictions.csv')
+  )
   from ankle_jax.data import augment
+
   _, _, _, images = fake_evaluation['splits']['test']
   for run_dir, size in zip(fake_evaluation['run_dirs'], (32, 32, 48)):
     name = os.path.basename(run_dir)
     config = checkpoint.load_run_config(run_dir)
     variables, _ = checkpoint.restore_variables(run_dir)
     x = jax.image.resize(images, (len(images), size, size, 1), 'linear')
-    logits = tiny_create_model(config).apply(
-        variables, augment.standardize_per_image(x), train=False).logits
+    logits = (
+        tiny_create_model(config)
+        .apply(variables, augment.standardize_per_image(x), train=False)
+        .logits
+    )
     expected = np.asarray(jax.nn.softmax(logits)[:, 1])
     got = [float(r[4]) for r in rows if r[0] == name and r[5] == 'test']
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
@@ -262,8 +324,7 @@ def _load_predictions(out_dir):
   return out
 
 
-def _independent_decisions(runs, case_ids, labels, probs, members, level,
-                           vote):
+def _independent_decisions(runs, case_ids, labels, probs, members, level, vote):
   """Re-derives an entry's (labels, preds, scores, clusters) by hand."""
   idx = [runs.index(m) for m in members]
   soft_v = probs[idx].mean(0)
@@ -282,8 +343,12 @@ def _independent_decisions(runs, case_ids, labels, probs, members, level,
       pred_c.append(2 * hard_v[in_case].sum() >= in_case.sum())
     else:
       pred_c.append(score_c[-1] >= 0.5)
-  return (np.array(lab_c), np.array(pred_c), np.array(score_c),
-          np.arange(len(cases)))
+  return (
+      np.array(lab_c),
+      np.array(pred_c),
+      np.array(score_c),
+      np.arange(len(cases)),
+  )
 
 
 def check_results_recomputable(out_dir, num_bootstrap, seed):
@@ -292,21 +357,30 @@ def check_results_recomputable(out_dir, num_bootstrap, seed):
   pooled = 'validation+test'
   if 'validation' in by_split:
     v, t = by_split['validation'], by_split['test']
-    by_split[pooled] = (v[0], v[1] + t[1], np.concatenate([v[2], t[2]]),
-                        np.concatenate([v[3], t[3]], axis=1))
-  results = json.load(open(os.path.join(out_dir, 'results.json')))
+    by_split[pooled] = (
+        v[0],
+        v[1] + t[1],
+        np.concatenate([v[2], t[2]]),
+        np.concatenate([v[3], t[3]], axis=1),
+    )
+  results = json.loads(
+      pathlib.Path(os.path.join(out_dir, 'results.json')).read_text()
+  )
   assert results
   for e in results:
     assert set(e) == {'members', 'level', 'voting', 'split', 'metrics', 'ci95'}
     assert set(e['metrics']) == set(metrics.METRIC_NAMES)
     runs, case_ids, labels, probs = by_split[e['split']]
     y, pred, score, clusters = _independent_decisions(
-        runs, case_ids, labels, probs, e['members'], e['level'], e['voting'])
-    tn, fp, fn, tp = sk.confusion_matrix(y, pred.astype(int),
-                                         labels=[0, 1]).ravel()
+        runs, case_ids, labels, probs, e['members'], e['level'], e['voting']
+    )
+    tn, fp, fn, tp = sk.confusion_matrix(
+        y, pred.astype(int), labels=[0, 1]
+    ).ravel()
     expected = {
         'accuracy': sk.accuracy_score(y, pred.astype(int)),
-        'sensitivity': tp / (tp + fn), 'specificity': tn / (tn + fp),
+        'sensitivity': tp / (tp + fn),
+        'specificity': tn / (tn + fp),
         'ppv': tp / (tp + fp) if tp + fp else None,
         'npv': tn / (tn + fn) if tn + fn else None,
         'roc_auc': sk.roc_auc_score(y, score),
@@ -316,8 +390,9 @@ def check_results_recomputable(out_dir, num_bootstrap, seed):
         assert e['metrics'][k] is None, (e, k)
       else:
         assert e['metrics'][k] == pytest.approx(value, abs=1e-9), (e, k)
-    ci = metrics.bootstrap_ci(y, pred, score, clusters,
-                              num_resamples=num_bootstrap, seed=seed)
+    ci = metrics.bootstrap_ci(
+        y, pred, score, clusters, num_resamples=num_bootstrap, seed=seed
+    )
     for k in metrics.METRIC_NAMES:
       if e['ci95'][k][0] is not None:
         np.testing.assert_allclose(e['ci95'][k], ci[k], atol=1e-9)
@@ -328,22 +403,30 @@ def test_results_recomputable_from_predictions_csv(fake_evaluation):
   results = check_results_recomputable(fake_evaluation['out_dir'], 300, 3)
   # 3 runs -> 4 subsets x 2 levels x 2 votings x 3 splits.
   assert len(results) == 4 * 2 * 2 * 3
-  assert {e['split'] for e in results} == {'test', 'validation',
-                                           'validation+test'}
+  assert {e['split'] for e in results} == {
+      'test',
+      'validation',
+      'validation+test',
+  }
 
 
 def test_protocols_and_operating_points(fake_evaluation):
   out_dir = fake_evaluation['out_dir']
-  results = json.load(open(os.path.join(out_dir, 'results.json')))
-  summary = json.load(open(os.path.join(out_dir, 'summary.json')))
+  results = json.loads(
+      pathlib.Path(os.path.join(out_dir, 'results.json')).read_text()
+  )
+  summary = json.loads(
+      pathlib.Path(os.path.join(out_dir, 'summary.json')).read_text()
+  )
   honest = summary['protocols']['honest']['case_hard']
   paper = summary['protocols']['paper']['case_hard']
   assert honest['chosen_on'] == 'validation' and honest['reported_on'] == 'test'
   assert paper['chosen_on'] == paper['reported_on'] == 'validation+test'
 
   def acc(split, members):
-    return evaluate.find_entry(results, members, split, 'case',
-                               'hard')['metrics']['accuracy']
+    return evaluate.find_entry(results, members, split, 'case', 'hard')[
+        'metrics'
+    ]['accuracy']
 
   subsets = {tuple(e['members']) for e in results}
   best_val = max(acc('validation', list(s)) for s in subsets)
@@ -357,27 +440,34 @@ def test_protocols_and_operating_points(fake_evaluation):
   assert {op['name'] for op in ops} == {'youden', 'sens90'}
   by_split = _load_predictions(out_dir)
   for op in ops:
-    yv, _, sv, _ = _independent_decisions(*by_split['validation'],
-                                          op['members'], op['level'], 'soft')
-    yt, _, st, _ = _independent_decisions(*by_split['test'], op['members'],
-                                          op['level'], 'soft')
+    yv, _, sv, _ = _independent_decisions(
+        *by_split['validation'], op['members'], op['level'], 'soft'
+    )
+    yt, _, st, _ = _independent_decisions(
+        *by_split['test'], op['members'], op['level'], 'soft'
+    )
     if op['name'] == 'sens90':
       assert ((sv >= op['threshold']) & (yv == 1)).sum() >= 0.9 * yv.sum()
     pred = st >= op['threshold']
     assert op['sensitivity'] == pytest.approx(
-        sk.recall_score(yt, pred, zero_division=np.nan), nan_ok=True)
+        sk.recall_score(yt, pred, zero_division=np.nan), nan_ok=True
+    )
     assert op['specificity'] == pytest.approx(
         sk.recall_score(yt, pred, pos_label=0, zero_division=np.nan),
-        nan_ok=True)
+        nan_ok=True,
+    )
 
 
 def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
   monkeypatch.setattr(evaluate, 'create_model', tiny_create_model)
   run_dir = make_fake_run(str(tmp_path / 'only'), 0)
   out = evaluate.evaluate_runs(
-      [run_dir], split='test', out_dir=str(tmp_path / 'out'),
-      num_bootstrap=50, batches_fn=fake_batches_fn(
-          {'test': fake_split('test', 6, 0)}))
+      [run_dir],
+      split='test',
+      out_dir=str(tmp_path / 'out'),
+      num_bootstrap=50,
+      batches_fn=fake_batches_fn({'test': fake_split('test', 6, 0)}),
+  )
   assert set(out['summary']['protocols']) == {'paper'}
   assert out['summary']['operating_points'] == []
   assert len(out['results']) == 1 * 2 * 2 * 1
@@ -389,6 +479,7 @@ def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
 def trained(tmp_path_factory):
   """Two tiny runs trained on a built synthetic dataset, and a 2nd dataset."""
   import sys
+
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   if repo not in sys.path:
     sys.path.insert(0, repo)
@@ -401,9 +492,15 @@ def trained(tmp_path_factory):
   data_dirs = []
   for seed in (0, 1):
     manual = root / f'studies{seed}'
-    synthetic.generate_studies(manual, num_normal=42, num_fracture=42,
-                               seed=seed, min_size=96, max_size=128,
-                               views_probs=(0.0, 0.1, 0.9))
+    synthetic.generate_studies(
+        manual,
+        num_normal=42,
+        num_fracture=42,
+        seed=seed,
+        min_size=96,
+        max_size=128,
+        views_probs=(0.0, 0.1, 0.9),
+    )
     data_dir = str(root / f'tfds{seed}')
     build.build_dataset(manual, data_dir, num_workers=1, progress=False)
     data_dirs.append(data_dir)
@@ -425,6 +522,7 @@ def trained(tmp_path_factory):
 
 def _test_case_ids(data_dir, split='test'):
   from ankle_jax.data import pipeline
+
   source = pipeline.load_split(data_dir, split)
   return {pipeline._to_str(source[i]['case_id']) for i in range(len(source))}
 
@@ -432,14 +530,19 @@ def _test_case_ids(data_dir, split='test'):
 def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
   monkeypatch.setattr(evaluate, 'create_model', lambda config: TinyNet())
   out_dir = str(trained['root'] / 'eval')
-  out = evaluate.evaluate_runs(trained['run_dirs'], split='test',
-                               out_dir=out_dir, num_bootstrap=200, seed=1,
-                               checkpoint='best', batch_size=16)
+  out = evaluate.evaluate_runs(
+      trained['run_dirs'],
+      split='test',
+      out_dir=out_dir,
+      num_bootstrap=200,
+      seed=1,
+      checkpoint='best',
+      batch_size=16,
+  )
   results = check_results_recomputable(out_dir, 200, 1)
   assert len(results) == 2 * 2 * 2 * 3  # 2 subsets (the 2 single runs)
   header, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
-  assert header[:5] == ['run', 'case_id', 'view_index', 'label',
-                        'probability']
+  assert header[:5] == ['run', 'case_id', 'view_index', 'label', 'probability']
   test_ids = {r[1] for r in rows if r[5] == 'test'}
   assert test_ids == _test_case_ids(trained['data_dirs'][0])
   assert out['summary']['counts']['test']['cases'] == len(test_ids) > 20
@@ -451,6 +554,7 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
   """The command, in a subprocess, with --data_dir and --dataset_config."""
   import subprocess
   import sys
+
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out_dir = str(tmp_path / 'other')
   code = (
@@ -458,19 +562,35 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
       'from absl import app; import test_evaluate as t;'
       'from ankle_jax import evaluate;'
       'evaluate.create_model = lambda config: t.TinyNet();'
-      'evaluate.define_flags(); app.run(evaluate.main)')
+      'evaluate.define_flags(); app.run(evaluate.main)'
+  )
   proc = subprocess.run(
-      [sys.executable, '-c', code, '--runs=' + ','.join(trained['run_dirs']),
-       '--split=test', f'--out={out_dir}', '--checkpoint=latest',
-       f'--data_dir={trained["data_dirs"][1]}', '--dataset_config=dicom_cases',
-       '--num_bootstrap=100', '--max_subsets=2'],
-      capture_output=True, text=True, cwd=repo, timeout=600)
+      [
+          sys.executable,
+          '-c',
+          code,
+          '--runs=' + ','.join(trained['run_dirs']),
+          '--split=test',
+          f'--out={out_dir}',
+          '--checkpoint=latest',
+          f'--data_dir={trained["data_dirs"][1]}',
+          '--dataset_config=dicom_cases',
+          '--num_bootstrap=100',
+          '--max_subsets=2',
+      ],
+      capture_output=True,
+      text=True,
+      cwd=repo,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '# Evaluation report' in proc.stdout
   _, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
   other = _test_case_ids(trained['data_dirs'][1])
   assert {r[1] for r in rows if r[5] == 'test'} == other
   assert not other & _test_case_ids(trained['data_dirs'][0])
-  summary = json.load(open(os.path.join(out_dir, 'summary.json')))
+  summary = json.loads(
+      pathlib.Path(os.path.join(out_dir, 'summary.json')).read_text()
+  )
   assert summary['checkpoints']['run0'] == {'which': 'latest', 'step': 4}
   check_results_recomputable(out_dir, 100, 0)

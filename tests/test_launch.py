@@ -14,92 +14,158 @@ if str(REPO_ROOT) not in sys.path:
 from ankle_jax import train  # noqa: E402
 
 CONTRACT_FIELDS = (
-    "model.name", "model.aux_head", "model.dropout_rate", "model.width_multiplier",
-    "model.kwargs", "image_size", "dtype", "data.manual_dir", "data.data_dir",
-    "data.dataset_config", "data.train_split", "data.eval_split", "batch_size",
-    "eval_batch_size", "optimizer", "learning_rate", "adam_b1", "adam_b2", "adam_eps",
-    "lr_schedule", "warmup_steps", "l2_alpha", "l2_scope", "aux_loss_weight", "class_weights",
-    "grad_clip_norm", "augment.rotation_degrees", "augment.flip_lr", "augment.flip_ud",
-    "augment.brightness_delta", "augment.contrast_lower", "augment.contrast_upper",
-    "num_epochs", "num_train_steps", "log_every_steps", "eval_every_steps",
-    "checkpoint_every_steps", "keep_checkpoints", "best_metric", "early_stopping_patience",
-    "seed", "distributed")
+    'model.name',
+    'model.aux_head',
+    'model.dropout_rate',
+    'model.width_multiplier',
+    'model.kwargs',
+    'image_size',
+    'dtype',
+    'data.manual_dir',
+    'data.data_dir',
+    'data.dataset_config',
+    'data.train_split',
+    'data.eval_split',
+    'batch_size',
+    'eval_batch_size',
+    'optimizer',
+    'learning_rate',
+    'adam_b1',
+    'adam_b2',
+    'adam_eps',
+    'lr_schedule',
+    'warmup_steps',
+    'l2_alpha',
+    'l2_scope',
+    'aux_loss_weight',
+    'class_weights',
+    'grad_clip_norm',
+    'augment.rotation_degrees',
+    'augment.flip_lr',
+    'augment.flip_ud',
+    'augment.brightness_delta',
+    'augment.contrast_lower',
+    'augment.contrast_upper',
+    'num_epochs',
+    'num_train_steps',
+    'log_every_steps',
+    'eval_every_steps',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+    'best_metric',
+    'early_stopping_patience',
+    'seed',
+    'distributed',
+)
 
 # name -> (model, aux, dropout, batch size, learning rate)
 FAITHFUL = {
-    "inception_v3": ("inception_v3", True, 0.5, 30, 6e-6),
-    "resnet": ("resnet101_v2", False, 0.0, 12, 6e-6),
-    "resnet_dropaux": ("resnet101_v2", True, 0.5, 12, 6e-6),
-    "xception": ("xception", False, 0.0, 20, 6e-6),
-    "xception_dropaux": ("xception", True, 0.5, 20, 6e-6),
+    'inception_v3': ('inception_v3', True, 0.5, 30, 6e-6),
+    'resnet': ('resnet101_v2', False, 0.0, 12, 6e-6),
+    'resnet_dropaux': ('resnet101_v2', True, 0.5, 12, 6e-6),
+    'xception': ('xception', False, 0.0, 20, 6e-6),
+    'xception_dropaux': ('xception', True, 0.5, 20, 6e-6),
 }
 
 
 def _config(name):
-  return importlib.import_module(f"configs.{name}").get_config()
+  return importlib.import_module(f'configs.{name}').get_config()
 
 
 def _get(config, dotted):
-  for part in dotted.split("."):
+  for part in dotted.split('.'):
     config = config[part]
   return config
 
 
-@pytest.mark.parametrize("name", sorted(FAITHFUL) + ["demo", "local"])
+@pytest.mark.parametrize('name', sorted(FAITHFUL) + ['demo', 'local'])
 def test_every_config_has_the_contract_fields_and_validates(name):
   config = _config(name)
   for field in CONTRACT_FIELDS:
     _get(config, field)  # KeyError names a missing field.
   train.validate_config(config)
-  module = importlib.import_module(f"configs.{name}")
-  assert f"--config=configs/{name}.py" in module.__doc__
+  module = importlib.import_module(f'configs.{name}')
+  assert f'--config=configs/{name}.py' in module.__doc__
 
 
-@pytest.mark.parametrize("name", sorted(FAITHFUL))
+@pytest.mark.parametrize('name', sorted(FAITHFUL))
 def test_faithful_hyperparameters(name):
   config = _config(name)
   model, aux, dropout, batch_size, learning_rate = FAITHFUL[name]
-  assert (config.model.name, config.model.aux_head, config.model.dropout_rate) == (
-      model, aux, dropout)
-  assert (config.batch_size, config.learning_rate) == (batch_size, learning_rate)
-  assert (config.optimizer, config.adam_b1, config.adam_b2, config.adam_eps) == (
-      "adam", 0.9, 0.999, 1e-8)
-  assert config.lr_schedule == "constant" and config.num_epochs == 2000
-  assert config.l2_scope == "dense" and 0.4 <= config.l2_alpha <= 1.0
+  assert (
+      config.model.name,
+      config.model.aux_head,
+      config.model.dropout_rate,
+  ) == (model, aux, dropout)
+  assert (config.batch_size, config.learning_rate) == (
+      batch_size,
+      learning_rate,
+  )
+  assert (
+      config.optimizer,
+      config.adam_b1,
+      config.adam_b2,
+      config.adam_eps,
+  ) == ('adam', 0.9, 0.999, 1e-8)
+  assert config.lr_schedule == 'constant' and config.num_epochs == 2000
+  assert config.l2_scope == 'dense' and 0.4 <= config.l2_alpha <= 1.0
   assert 0.4 <= config.aux_loss_weight <= 0.9
   assert config.image_size == 300 and config.early_stopping_patience == 0
-  if name == "xception_dropaux":
+  if name == 'xception_dropaux':
     assert config.model.kwargs.aux_block == 3
 
 
 def _launch(*args, timeout=240):
-  return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO_ROOT,
-                        capture_output=True, text=True, timeout=timeout, check=False)
+  return subprocess.run(
+      [sys.executable, 'launch.py', *args],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+  )
 
 
 def test_launch_rejects_bad_configs_before_heavy_work(tmp_path):
-  result = _launch("--config=configs/local.py", f"--workdir={tmp_path}",
-                   "--config.model.name=vgg16")
+  result = _launch(
+      '--config=configs/local.py',
+      f'--workdir={tmp_path}',
+      '--config.model.name=vgg16',
+  )
   assert result.returncode == 2
-  assert "config.model.name='vgg16'" in result.stderr and "xception" in result.stderr
-  result = _launch("--config=configs/local.py", f"--workdir={tmp_path}",
-                   "--config.image_size=50")
-  assert result.returncode == 2 and "config.image_size=50" in result.stderr
+  assert (
+      "config.model.name='vgg16'" in result.stderr
+      and 'xception' in result.stderr
+  )
+  result = _launch(
+      '--config=configs/local.py',
+      f'--workdir={tmp_path}',
+      '--config.image_size=50',
+  )
+  assert result.returncode == 2 and 'config.image_size=50' in result.stderr
 
 
 def test_launch_names_the_build_command_when_the_dataset_is_missing(tmp_path):
-  result = _launch("--config=configs/local.py", f"--workdir={tmp_path / 'run'}",
-                   f"--config.data.data_dir={tmp_path / 'tfds'}",
-                   "--config.data.manual_dir=/some/dicoms")
+  result = _launch(
+      '--config=configs/local.py',
+      f"--workdir={tmp_path / 'run'}",
+      f"--config.data.data_dir={tmp_path / 'tfds'}",
+      '--config.data.manual_dir=/some/dicoms',
+  )
   assert result.returncode == 2
-  assert (f"python -m ankle_jax.data.build --manual_dir=/some/dicoms "
-          f"--data_dir={tmp_path / 'tfds'}") in result.stderr
-  assert not (tmp_path / "run" / "checkpoints").exists()
+  assert (
+      f'python -m ankle_jax.data.build --manual_dir=/some/dicoms '
+      f"--data_dir={tmp_path / 'tfds'}"
+  ) in result.stderr
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 
 def test_launch_summary_only_prints_params_flops_and_shapes():
-  result = _launch("--config=configs/local.py", "--summary_only",
-                   "--config.learning_rate=5e-6")
+  result = _launch(
+      '--config=configs/local.py',
+      '--summary_only',
+      '--config.learning_rate=5e-6',
+  )
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "params" in result.stdout and "FLOPs" in result.stdout
-  assert "aux_logits: (1, 2)" in result.stdout
+  assert 'params' in result.stdout and 'FLOPs' in result.stdout
+  assert 'aux_logits: (1, 2)' in result.stdout

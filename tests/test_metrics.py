@@ -30,8 +30,9 @@ def test_metrics_equal_sklearn(seed):
   got = metrics.classification_metrics(labels, preds, scores)
   assert set(got) == set(metrics.METRIC_NAMES)
   # The vectorized formulas of the bootstrap, with unit weights, too.
-  got_weighted = metrics.weighted_metrics(np.ones((1, labels.size)), labels,
-                                          preds, scores)
+  got_weighted = metrics.weighted_metrics(
+      np.ones((1, labels.size)), labels, preds, scores
+  )
   for name, value in expected.items():
     assert got[name] == pytest.approx(value, abs=1e-12), name
     assert got_weighted[name][0] == pytest.approx(value, abs=1e-12), name
@@ -42,11 +43,14 @@ def test_weighted_metrics_equal_sklearn_sample_weight():
   w = np.random.default_rng(0).integers(0, 4, labels.size).astype(float)
   got = metrics.weighted_metrics(w[None], labels, preds, scores)
   assert got['roc_auc'][0] == pytest.approx(
-      sk.roc_auc_score(labels, scores, sample_weight=w))
+      sk.roc_auc_score(labels, scores, sample_weight=w)
+  )
   assert got['sensitivity'][0] == pytest.approx(
-      sk.recall_score(labels, preds, sample_weight=w))
+      sk.recall_score(labels, preds, sample_weight=w)
+  )
   assert got['accuracy'][0] == pytest.approx(
-      sk.accuracy_score(labels, preds, sample_weight=w))
+      sk.accuracy_score(labels, preds, sample_weight=w)
+  )
 
 
 def test_undefined_metrics_are_nan():
@@ -64,7 +68,8 @@ def test_bootstrap_weights_resample_whole_cases():
   np.testing.assert_array_equal(w[:, 3], w[:, 4])
   np.testing.assert_array_equal(w[:, [0, 3, 5]].sum(1), 3)
   np.testing.assert_array_equal(
-      w, metrics.bootstrap_weights(clusters, num_resamples=50, seed=0))
+      w, metrics.bootstrap_weights(clusters, num_resamples=50, seed=0)
+  )
 
 
 def test_ci_contains_point_estimate_and_narrows_with_more_cases():
@@ -72,7 +77,8 @@ def test_ci_contains_point_estimate_and_narrows_with_more_cases():
   for n in (80, 800):
     labels, preds, scores = _random_predictions(7, n=n)
     point, ci = metrics.BinaryEvaluator(num_resamples=2000, seed=0)(
-        labels, preds, scores)
+        labels, preds, scores
+    )
     for name in metrics.METRIC_NAMES:
       lo, hi = ci[name]
       assert lo <= point[name] <= hi, (n, name)
@@ -89,18 +95,36 @@ def test_cluster_bootstrap_is_wider_for_correlated_views():
   labels, preds, scores = _random_predictions(3, n=60)
   rep = lambda x: np.repeat(x, 3)
   clusters = np.repeat(np.arange(60), 3)
-  ci_cases = metrics.bootstrap_ci(rep(labels), rep(preds), rep(scores),
-                                  clusters, num_resamples=1000)
-  ci_items = metrics.bootstrap_ci(rep(labels), rep(preds), rep(scores),
-                                  None, num_resamples=1000)
+  ci_cases = metrics.bootstrap_ci(
+      rep(labels), rep(preds), rep(scores), clusters, num_resamples=1000
+  )
+  ci_items = metrics.bootstrap_ci(
+      rep(labels), rep(preds), rep(scores), None, num_resamples=1000
+  )
   width = lambda ci: ci['accuracy'][1] - ci['accuracy'][0]
   assert width(ci_cases) > 1.4 * width(ci_items)
 
 
 def test_operating_points():
   labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1])
-  scores = np.array([.1, .2, .3, .6, .15, .35, .5, .55, .7, .8, .85, .9, .95,
-                     .99])
+  scores = np.array(
+      [
+          0.1,
+          0.2,
+          0.3,
+          0.6,
+          0.15,
+          0.35,
+          0.5,
+          0.55,
+          0.7,
+          0.8,
+          0.85,
+          0.9,
+          0.95,
+          0.99,
+      ]
+  )
   # Youden: J at threshold .5 = 8/10 - 1/4 = .55; at .35 = .9 - .25 = .65;
   # at .7 = .6 - 0 = .6; at .15: 1 - .75 = .25. Best: .35.
   assert metrics.youden_threshold(labels, scores) == pytest.approx(0.35)

@@ -8,8 +8,8 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from ankle_jax import checkpoint
 from ankle_jax import evaluate
@@ -29,8 +29,11 @@ def make_real_runs(root, seeds=(0, 1), image_size=80):
   config = local_config.get_config()
   config.image_size = image_size
   module = train.create_model(config)
-  init = jax.jit(lambda k: module.init(
-      k, jnp.zeros((1, image_size, image_size, 1)), train=False))
+  init = jax.jit(
+      lambda k: module.init(
+          k, jnp.zeros((1, image_size, image_size, 1)), train=False
+      )
+  )
   run_dirs = []
   for seed in seeds:
     workdir = os.path.join(root, f'xda{seed}')
@@ -38,8 +41,11 @@ def make_real_runs(root, seeds=(0, 1), image_size=80):
     config.seed = seed
     writers.write_config(workdir, config)
     ckpt = checkpoint.RunCheckpoints(workdir)
-    ckpt.save_best(3, jax.tree.map(np.asarray, init(jax.random.key(seed))),
-                   {'val_accuracy': 0.5})
+    ckpt.save_best(
+        3,
+        jax.tree.map(np.asarray, init(jax.random.key(seed))),
+        {'val_accuracy': 0.5},
+    )
     ckpt.close()
     run_dirs.append(workdir)
   return run_dirs
@@ -52,7 +58,10 @@ def test_case_files_folder_sorted_and_files(tmp_path):
     (case / name).write_bytes(b'x')
   (tmp_path / 'z.dcm').write_bytes(b'x')
   assert predict.case_files([str(case), str(tmp_path / 'z.dcm')]) == [
-      str(case / 'a.dcm'), str(case / 'b.dcm'), str(tmp_path / 'z.dcm')]
+      str(case / 'a.dcm'),
+      str(case / 'b.dcm'),
+      str(tmp_path / 'z.dcm'),
+  ]
   with pytest.raises(FileNotFoundError):
     predict.case_files([str(tmp_path / 'missing.dcm')])
   (tmp_path / 'empty').mkdir()
@@ -61,24 +70,30 @@ def test_case_files_folder_sorted_and_files(tmp_path):
 
 
 def test_format_predictions_votes_by_hand():
-  probs_rv = np.array([[0.9, 0.2],    # 1 of 2 views: a tie -> fracture
-                       [0.3, 0.1],
-                       [0.8, 0.45]])
-  text = predict.format_predictions(['r0', 'r1', 'r2'], ['v1.dcm', 'v2.dcm'],
-                                    probs_rv)
+  probs_rv = np.array(
+      [[0.9, 0.2], [0.3, 0.1], [0.8, 0.45]]  # 1 of 2 views: a tie -> fracture
+  )
+  text = predict.format_predictions(
+      ['r0', 'r1', 'r2'], ['v1.dcm', 'v2.dcm'], probs_rv
+  )
   lines = text.splitlines()
   assert 'view 1 (v1.dcm): p(fracture)=0.9000 vote=fracture' in lines[1]
-  assert lines[3].startswith('  case: p(fracture)=0.5500 soft vote=fracture '
-                             'hard vote=fracture (1 of 2 views)')
+  assert lines[3].startswith(
+      '  case: p(fracture)=0.5500 soft vote=fracture '
+      'hard vote=fracture (1 of 2 views)'
+  )
   assert 'hard vote=normal (0 of 2 views)' in lines[7]
   # Ensemble: view 1 has 2 of 3 runs voting fracture, view 2 none; mean of
   # view means (0.6667 and 0.25) is 0.4583 -> soft normal; hard: 1 of 2 views
   # -> tie -> fracture.
   assert 'ensemble of 3 runs:' in text
-  assert lines[-3] == ('  view 1: mean p(fracture)=0.6667 soft vote=fracture '
-                       'hard vote=fracture (2 of 3 runs)')
-  assert lines[-1] == ('  case: mean p(fracture)=0.4583 soft vote=normal '
-                       'hard vote=fracture')
+  assert lines[-3] == (
+      '  view 1: mean p(fracture)=0.6667 soft vote=fracture '
+      'hard vote=fracture (2 of 3 runs)'
+  )
+  assert lines[-1] == (
+      '  case: mean p(fracture)=0.4583 soft vote=normal ' 'hard vote=fracture'
+  )
 
 
 @pytest.fixture(scope='module')
@@ -88,13 +103,15 @@ def real_runs(tmp_path_factory):
 
 
 def test_predict_rg3_with_heatmap_writes_png_of_the_right_size(
-    real_runs, shared_dicom_dir, tmp_path, capsys):
+    real_runs, shared_dicom_dir, tmp_path, capsys
+):
   files = sorted(str(p) for p in shared_dicom_dir.glob('wg04_rg3_ankle_*.dcm'))
   assert len(files) >= 3
   files = files[:3]
   out_png = str(tmp_path / 'heat.png')
-  result = predict.run_predict(real_runs, files, heatmap_path=out_png,
-                               occlusion=True, panel_size=120)
+  result = predict.run_predict(
+      real_runs, files, heatmap_path=out_png, occlusion=True, panel_size=120
+  )
   printed = capsys.readouterr().out
   assert 'ensemble of 2 runs' in printed and 'case: ' in printed
   assert result['probs_rv'].shape == (2, 3)
@@ -106,7 +123,7 @@ def test_predict_rg3_with_heatmap_writes_png_of_the_right_size(
     assert img.size == (3 * 120, 2 * 120)
   cam = result['gradcam_vhw']
   assert cam.shape == (3, 120, 120)
-  assert 0.0 <= cam.min() and cam.max() <= 1.0 and cam.max() > 0.5
+  assert cam.min() >= 0.0 and cam.max() <= 1.0 and cam.max() > 0.5
   assert result['occlusion_vhw'].shape == (3, 120, 120)
   assert np.abs(result['occlusion_vhw']).max() > 0
   # The probabilities equal a plain forward of each run.
@@ -115,7 +132,8 @@ def test_predict_rg3_with_heatmap_writes_png_of_the_right_size(
     config = checkpoint.load_run_config(run_dir)
     variables, _ = checkpoint.restore_variables(run_dir)
     probs = evaluate.make_forward(train.create_model(config))(
-        evaluate.stack_variables([variables]), jnp.asarray(images))[0]
+        evaluate.stack_variables([variables]), jnp.asarray(images)
+    )[0]
     np.testing.assert_allclose(result['probs_rv'][r], probs, atol=1e-5)
 
 
@@ -123,19 +141,35 @@ def test_predict_command_line(tmp_path, shared_dicom_dir):
   """The command's flags, with a tiny stand-in model (fast)."""
   sys.path.insert(0, str(REPO_ROOT / 'tests'))
   import test_evaluate  # pylint: disable=g-import-not-at-top
+
   run_dir = test_evaluate.make_fake_run(str(tmp_path / 'tiny'), 0)
   rg3 = str(shared_dicom_dir / 'wg04_rg3_ankle_uncompressed.dcm')
   rle = str(shared_dicom_dir / 'wg04_rg3_ankle_rle.dcm')
   out_png = str(tmp_path / 'heat.png')
-  code = ('import sys; sys.path.insert(0, "tests");'
-          'from absl import app; import test_evaluate as t;'
-          'from ankle_jax import evaluate, predict;'
-          'evaluate.create_model = t.tiny_create_model;'
-          'predict.define_flags(); app.run(predict.main)')
+  code = (
+      'import sys; sys.path.insert(0, "tests");'
+      'from absl import app; import test_evaluate as t;'
+      'from ankle_jax import evaluate, predict;'
+      'evaluate.create_model = t.tiny_create_model;'
+      'predict.define_flags(); app.run(predict.main)'
+  )
   proc = subprocess.run(
-      [sys.executable, '-c', code, f'--runs={run_dir},{run_dir}',
-       f'--heatmap={out_png}', '--occlusion', '--panel_size=100', rg3, rle],
-      capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+      [
+          sys.executable,
+          '-c',
+          code,
+          f'--runs={run_dir},{run_dir}',
+          f'--heatmap={out_png}',
+          '--occlusion',
+          '--panel_size=100',
+          rg3,
+          rle,
+      ],
+      capture_output=True,
+      text=True,
+      cwd=REPO_ROOT,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'view 1 (wg04_rg3_ankle_uncompressed.dcm): p(fracture)=' in proc.stdout
   assert 'run tiny~2:' in proc.stdout and 'ensemble of 2 runs' in proc.stdout
@@ -143,5 +177,9 @@ def test_predict_command_line(tmp_path, shared_dicom_dir):
     assert img.size == (200, 200)  # 2 views; Grad-CAM row + occlusion row
   proc = subprocess.run(
       [sys.executable, '-c', code, f'--runs={run_dir}', '--occlusion', rg3],
-      capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+      capture_output=True,
+      text=True,
+      cwd=REPO_ROOT,
+      timeout=600,
+  )
   assert proc.returncode != 0 and '--occlusion needs --heatmap' in proc.stderr

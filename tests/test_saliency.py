@@ -4,8 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from ankle_jax import models
 from ankle_jax import saliency
@@ -17,14 +17,23 @@ class IdentityNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    return layers.ModelOutputs(layers.ClassifierHead(num_classes=2)(x, train),
-                               None)
+    return layers.ModelOutputs(
+        layers.ClassifierHead(num_classes=2)(x, train), None
+    )
 
 
 def identity_variables(gain=5.0):
   """logit[fracture] - logit[normal] = gain * mean(image)."""
-  return {'params': {'ClassifierHead_0': {'dense': {
-      'kernel': jnp.array([[0.0, gain]]), 'bias': jnp.zeros(2)}}}}
+  return {
+      'params': {
+          'ClassifierHead_0': {
+              'dense': {
+                  'kernel': jnp.array([[0.0, gain]]),
+                  'bias': jnp.zeros(2),
+              }
+          }
+      }
+  }
 
 
 def bright_square_image(size=32):
@@ -35,8 +44,9 @@ def bright_square_image(size=32):
 
 def test_grad_cam_of_identity_net_is_the_positive_image():
   images = jnp.stack([bright_square_image(), -bright_square_image()])
-  cam, logits = saliency.make_grad_cam(IdentityNet())(identity_variables(),
-                                                      images)
+  cam, logits = saliency.make_grad_cam(IdentityNet())(
+      identity_variables(), images
+  )
   assert cam.shape == (2, 32, 32)
   # weights = d(evidence)/dA averaged = gain / (h w) > 0, so
   # cam = relu(A) / max(relu(A)).
@@ -45,9 +55,11 @@ def test_grad_cam_of_identity_net_is_the_positive_image():
   # The second image's bright part is negative: it is the -0.5 background
   # turned to +0.5 that supports fracture.
   assert cam[1, 0, 0] == pytest.approx(1.0) and cam[1, 6, 22] == 0.0
-  np.testing.assert_allclose(logits[:, 1] - logits[:, 0],
-                             5.0 * np.asarray(images).mean(axis=(1, 2, 3)),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      logits[:, 1] - logits[:, 0],
+      5.0 * np.asarray(images).mean(axis=(1, 2, 3)),
+      rtol=1e-5,
+  )
 
 
 class ConvNet(nn.Module):
@@ -55,8 +67,9 @@ class ConvNet(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
     x = nn.relu(nn.Conv(3, (3, 3), strides=(2, 2), name='conv')(x))
-    return layers.ModelOutputs(layers.ClassifierHead(num_classes=2)(x, train),
-                               None)
+    return layers.ModelOutputs(
+        layers.ClassifierHead(num_classes=2)(x, train), None
+    )
 
 
 def test_grad_cam_matches_explicit_gradient_on_a_conv_net():
@@ -84,27 +97,31 @@ def test_grad_cam_reaches_the_last_conv_stage_of_every_family(name):
   variables = jax.eval_shape(module.init, jax.random.key(0), images)
   shape = saliency.head_feature_shape(module, variables, images)
   assert len(shape) == 4 and shape[0] == 2 and shape[1] == shape[2] <= 6
-  cam, logits = jax.eval_shape(saliency.make_grad_cam(module), variables,
-                               images)
+  cam, logits = jax.eval_shape(
+      saliency.make_grad_cam(module), variables, images
+  )
   assert cam.shape == (2, 96, 96) and logits.shape == (2, 2)
 
 
 def test_head_feature_shape_needs_a_classifier_head():
   class NoHead(nn.Module):
+
     @nn.compact
     def __call__(self, x, train=False):
       return layers.ModelOutputs(nn.Dense(2)(x.mean(axis=(1, 2))), None)
 
   x = jnp.zeros((1, 8, 8, 1))
   with pytest.raises(ValueError, match='ClassifierHead'):
-    saliency.head_feature_shape(NoHead(), NoHead().init(jax.random.key(0), x),
-                                x)
+    saliency.head_feature_shape(
+        NoHead(), NoHead().init(jax.random.key(0), x), x
+    )
 
 
 def test_occlusion_finds_the_bright_square():
   image = bright_square_image()
-  occlude = saliency.make_occlusion(IdentityNet(), patch=8, stride=4,
-                                    batch_size=16)
+  occlude = saliency.make_occlusion(
+      IdentityNet(), patch=8, stride=4, batch_size=16
+  )
   heat = occlude(identity_variables(), image)
   assert heat.shape == (32, 32)
   # Occluding the square (set to 0 from 3.0) lowers p(fracture) most;
@@ -131,8 +148,9 @@ def test_overlay_and_png_size(tmp_path):
   assert rgb[15, 15, 0] > rgb[15, 15, 2]
   signed = saliency.overlay(image, heat - 0.5, signed=True)
   path = str(tmp_path / 'h.png')
-  hw = saliency.save_heatmap_png(path, [[rgb, rgb, rgb], [signed] * 3],
-                                 [['a', 'b', 'c'], ['d', 'e', 'f']])
+  hw = saliency.save_heatmap_png(
+      path, [[rgb, rgb, rgb], [signed] * 3], [['a', 'b', 'c'], ['d', 'e', 'f']]
+  )
   assert hw == (100, 150)
   with Image.open(path) as img:
     assert img.size == (150, 100) and img.mode == 'RGB'

@@ -1,7 +1,9 @@
-"""Tests of ankle_jax.train: loss, steps, running statistics, resume, devices, NaN faults.
+"""Tests of ankle_jax.train: loss, steps, running statistics, resume, devices,
+NaN faults.
 
-A tiny model with the ankle_jax.models calling convention keeps these fast; the data are
-in-memory records in the TFDS record format, read through the real ankle_jax.data.pipeline.
+A tiny model with the ankle_jax.models calling convention keeps these fast; the
+data are in-memory records in the TFDS record format, read through the real
+ankle_jax.data.pipeline.
 """
 
 import json
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import types
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -30,26 +32,29 @@ from configs import local as local_config  # noqa: E402
 IMAGE_SIZE = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope='module', autouse=True)
 def compilation_cache(tmp_path_factory):
   """Reuses XLA compilations across the several short runs of this module."""
-  cache_dir = tmp_path_factory.mktemp("jax_cache")
-  previous = (jax.config.jax_compilation_cache_dir,
-              jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  cache_dir = tmp_path_factory.mktemp('jax_cache')
+  previous = (
+      jax.config.jax_compilation_cache_dir,
+      jax.config.jax_persistent_cache_min_compile_time_secs,
+  )
+  jax.config.update('jax_compilation_cache_dir', str(cache_dir))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   yield
-  jax.config.update("jax_compilation_cache_dir", previous[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
+  jax.config.update('jax_compilation_cache_dir', previous[0])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', previous[1])
 
 
 class Outputs(NamedTuple):
   logits: jax.Array
-  aux_logits: Optional[jax.Array]
+  aux_logits: jax.Array | None
 
 
 class TinyNet(nn.Module):
   """conv -> fixed affine (far from N(0,1)) -> BN -> ReLU -> pool -> Dense; optional aux."""
+
   aux_head: bool = False
   dropout_rate: float = 0.0
   bn_momentum: float = 0.8
@@ -58,12 +63,14 @@ class TinyNet(nn.Module):
   def __call__(self, x, train: bool = False):
     x = nn.Conv(8, (3, 3), strides=(2, 2), use_bias=False)(x)
     x = 4.0 * x + 3.0  # Running stats must move far from their init (0, 1).
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(
+        x
+    )
     x = nn.relu(x)
     pooled = jnp.mean(x, axis=(1, 2))
-    aux = nn.Dense(2, name="aux_dense")(pooled) if self.aux_head else None
+    aux = nn.Dense(2, name='aux_dense')(pooled) if self.aux_head else None
     pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
-    return Outputs(nn.Dense(2, name="head")(pooled), aux)
+    return Outputs(nn.Dense(2, name='head')(pooled), aux)
 
 
 def make_records(num, seed=0, size=IMAGE_SIZE, views=1):
@@ -75,18 +82,27 @@ def make_records(num, seed=0, size=IMAGE_SIZE, views=1):
     image = rng.uniform(0.0, 0.4, size=(size, size, 1))
     if label:
       r, c = rng.integers(0, size - 6, size=2)
-      image[r:r + 6, c:c + 6] = 1.0
-    records.append({"image": np.round(image * 65535).astype(np.uint16),
-                    "label": np.int64(label), "case_id": f"case{i // views:03d}".encode(),
-                    "view_index": np.int32(i % views), "num_views": np.int32(views),
-                    "view_position": b"AP"})
+      image[r : r + 6, c : c + 6] = 1.0
+    records.append(
+        {
+            'image': np.round(image * 65535).astype(np.uint16),
+            'label': np.int64(label),
+            'case_id': f'case{i // views:03d}'.encode(),
+            'view_index': np.int32(i % views),
+            'num_views': np.int32(views),
+            'view_position': b'AP',
+        }
+    )
   return records
 
 
 def fixed_batch(num=8, seed=0):
   records = make_records(num, seed)
-  return {"image": np.stack([r["image"] for r in records]).astype(np.float32) / 65535.0,
-          "label": np.array([int(r["label"]) for r in records], np.int32)}
+  return {
+      'image': np.stack([r['image'] for r in records]).astype(np.float32)
+      / 65535.0,
+      'label': np.array([int(r['label']) for r in records], np.int32),
+  }
 
 
 def tiny_config(**overrides):
@@ -109,113 +125,155 @@ def tiny_config(**overrides):
 
 def _validate_stub(monkeypatch):
   # The tiny image size is below the real models' 75 px minimum.
-  monkeypatch.setattr(train, "MIN_IMAGE_SIZE", 8)
+  monkeypatch.setattr(train, 'MIN_IMAGE_SIZE', 8)
 
 
 def run(config, workdir, monkeypatch, aux_head=True, bn_momentum=0.8):
   _validate_stub(monkeypatch)
   sources = (make_records(24, seed=1), make_records(12, seed=2, views=3))
   model = TinyNet(aux_head=aux_head, bn_momentum=bn_momentum)
-  return train.train_and_evaluate(config, str(workdir), model=model, sources=sources)
+  return train.train_and_evaluate(
+      config, str(workdir), model=model, sources=sources
+  )
 
 
 def jitted_train_step(config, state_lr_fn=None):
   lr_fn = state_lr_fn or train.create_learning_rate_fn(config, 100)
-  return jax.jit(lambda s, b: train.train_step(
-      s, b, learning_rate_fn=lr_fn, aug=train.AugmentSettings(),
-      loss_cfg=train.loss_settings(config)))
+  return jax.jit(
+      lambda s, b: train.train_step(
+          s,
+          b,
+          learning_rate_fn=lr_fn,
+          aug=train.AugmentSettings(),
+          loss_cfg=train.loss_settings(config),
+      )
+  )
 
 
 def test_loss_falls_on_a_fixed_batch():
   config = tiny_config(learning_rate=3e-2)
-  state = train.create_train_state(config, TinyNet(aux_head=True), jax.random.PRNGKey(0),
-                                   IMAGE_SIZE)
+  state = train.create_train_state(
+      config, TinyNet(aux_head=True), jax.random.PRNGKey(0), IMAGE_SIZE
+  )
   step = jitted_train_step(config)
   batch = jax.tree.map(jnp.asarray, fixed_batch())
   losses = []
   for _ in range(25):
     state, metrics = step(state, batch)
-    losses.append(float(metrics["loss"]))
+    losses.append(float(metrics['loss']))
   assert losses[-1] < 0.6 * losses[0], losses
   assert int(state.step) == 25
-  assert float(metrics["aux_ce"]) > 0.0
+  assert float(metrics['aux_ce']) > 0.0
 
 
 @pytest.mark.slow
 def test_bfloat16_trains_with_float32_params_stats_and_loss():
-  """config.dtype='bfloat16': a real (tiny) Xception computes in bf16 and learns a fixed batch,
-  while params, BatchNorm statistics, optimizer state and the loss stay float32."""
-  config = tiny_config(dtype="bfloat16", learning_rate=1e-2, image_size=75)
+  """config.dtype='bfloat16': a real (tiny) Xception computes in bf16 and learns
+  a fixed batch,
+  while params, BatchNorm statistics, optimizer state and the loss stay float32.
+  """
+  config = tiny_config(dtype='bfloat16', learning_rate=1e-2, image_size=75)
   model = train.create_model(config)
   state = train.create_train_state(config, model, jax.random.PRNGKey(0), 75)
   step = jitted_train_step(config)
   batch = jax.tree.map(jnp.asarray, fixed_batch(num=8))
-  batch["image"] = jax.image.resize(batch["image"], (8, 75, 75, 1), "bilinear")
+  batch['image'] = jax.image.resize(batch['image'], (8, 75, 75, 1), 'bilinear')
   losses = []
   for _ in range(12):
     state, metrics = step(state, batch)
-    losses.append(float(metrics["loss"]))
-  assert metrics["loss"].dtype == jnp.float32
+    losses.append(float(metrics['loss']))
+  assert metrics['loss'].dtype == jnp.float32
   for tree in (state.params, state.batch_stats, state.opt_state):
-    dtypes = {leaf.dtype for leaf in jax.tree.leaves(tree) if hasattr(leaf, "dtype")
-              and jnp.issubdtype(leaf.dtype, jnp.floating)}
+    dtypes = {
+        leaf.dtype
+        for leaf in jax.tree.leaves(tree)
+        if hasattr(leaf, 'dtype') and jnp.issubdtype(leaf.dtype, jnp.floating)
+    }
     assert dtypes == {jnp.dtype(jnp.float32)}, dtypes
   assert all(np.isfinite(losses)), losses
   assert min(losses[-3:]) < 0.8 * losses[0], losses
   # The forward really runs in bf16: the model's activations are bf16.
-  _, inter = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         batch["image"], train=False, mutable=["intermediates"])
+  _, inter = model.apply(
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      batch['image'],
+      train=False,
+      mutable=['intermediates'],
+  )
   assert {x.dtype for x in jax.tree.leaves(inter)} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_eval_uses_running_statistics():
   config = tiny_config()
   model = TinyNet(bn_momentum=0.8)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0), IMAGE_SIZE)
+  state = train.create_train_state(
+      config, model, jax.random.PRNGKey(0), IMAGE_SIZE
+  )
   init_stats = state.batch_stats
   step = jitted_train_step(config)
   batch = jax.tree.map(jnp.asarray, fixed_batch())
   for _ in range(40):
     state, metrics = step(state, batch)
-  train_accuracy = float(metrics["accuracy"])
+  train_accuracy = float(metrics['accuracy'])
   assert train_accuracy == 1.0
 
   out = train.eval_step(state, batch)
-  eval_accuracy = float(np.mean(np.argmax(out["probs"], -1) == np.asarray(batch["label"])))
+  eval_accuracy = float(
+      np.mean(np.argmax(out['probs'], -1) == np.asarray(batch['label']))
+  )
   assert eval_accuracy >= train_accuracy - 0.125
-  # Train-mode (batch statistics) and eval-mode (running statistics) outputs agree...
+  # Train-mode (batch statistics) and eval-mode (running statistics) outputs
+  # agree...
   train_out, _ = state.apply_fn(
-      {"params": state.params, "batch_stats": state.batch_stats},
-      train.augment.standardize_per_image(batch["image"]), train=True,
-      mutable=["batch_stats"])
-  np.testing.assert_allclose(out["probs"], jax.nn.softmax(train_out.logits), atol=0.1)
-  # ...and eval does not use batch statistics: one example alone gives the same output.
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      train.augment.standardize_per_image(batch['image']),
+      train=True,
+      mutable=['batch_stats'],
+  )
+  np.testing.assert_allclose(
+      out['probs'], jax.nn.softmax(train_out.logits), atol=0.1
+  )
+  # ...and eval does not use batch statistics: one example alone gives the same
+  # output.
   single = {k: v[:1] for k, v in batch.items()}
-  np.testing.assert_allclose(train.eval_step(state, single)["probs"], out["probs"][:1],
-                             atol=1e-5)
-  # The test has teeth: the freshly initialised statistics give other predictions.
-  stale = train.eval_step(state.replace(batch_stats=init_stats), batch)["probs"]
-  assert np.max(np.abs(np.asarray(stale) - np.asarray(out["probs"]))) > 0.2
+  np.testing.assert_allclose(
+      train.eval_step(state, single)['probs'], out['probs'][:1], atol=1e-5
+  )
+  # The test has teeth: the freshly initialised statistics give other
+  # predictions.
+  stale = train.eval_step(state.replace(batch_stats=init_stats), batch)['probs']
+  assert np.max(np.abs(np.asarray(stale) - np.asarray(out['probs']))) > 0.2
 
 
 def test_l2_term_equals_hand_computation():
-  params = {"head": {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)},
-            "conv": {"kernel": jnp.full((3, 3, 1, 2), 2.0)},
-            "aux": {"dense": {"kernel": jnp.full((2, 2), -1.0)}}}
+  params = {
+      'head': {'kernel': jnp.arange(6.0).reshape(3, 2), 'bias': jnp.ones(2)},
+      'conv': {'kernel': jnp.full((3, 3, 1, 2), 2.0)},
+      'aux': {'dense': {'kernel': jnp.full((2, 2), -1.0)}},
+  }
   dense = (np.sum(np.arange(6.0) ** 2) + 4.0) / 2
-  assert float(train.l2_sum(params, "dense")) == pytest.approx(dense)
-  assert float(train.l2_sum(params, "all")) == pytest.approx(dense + 18 * 4.0 / 2)
+  assert float(train.l2_sum(params, 'dense')) == pytest.approx(dense)
+  assert float(train.l2_sum(params, 'all')) == pytest.approx(
+      dense + 18 * 4.0 / 2
+  )
 
   config = tiny_config(l2_alpha=0.37, aux_loss_weight=0.0)
-  state = train.create_train_state(config, TinyNet(aux_head=True), jax.random.PRNGKey(0),
-                                   IMAGE_SIZE)
-  dense_kernels = [np.asarray(state.params["head"]["kernel"]),
-                   np.asarray(state.params["aux_dense"]["kernel"])]
-  expected = 0.37 * sum(np.sum(k.astype(np.float64) ** 2) for k in dense_kernels) / 2
-  _, metrics = jitted_train_step(config)(state, jax.tree.map(jnp.asarray, fixed_batch()))
-  assert float(metrics["l2"]) == pytest.approx(expected, rel=1e-5)
-  assert float(metrics["loss"]) == pytest.approx(
-      float(metrics["ce"]) + float(metrics["l2"]), rel=1e-5)
+  state = train.create_train_state(
+      config, TinyNet(aux_head=True), jax.random.PRNGKey(0), IMAGE_SIZE
+  )
+  dense_kernels = [
+      np.asarray(state.params['head']['kernel']),
+      np.asarray(state.params['aux_dense']['kernel']),
+  ]
+  expected = (
+      0.37 * sum(np.sum(k.astype(np.float64) ** 2) for k in dense_kernels) / 2
+  )
+  _, metrics = jitted_train_step(config)(
+      state, jax.tree.map(jnp.asarray, fixed_batch())
+  )
+  assert float(metrics['l2']) == pytest.approx(expected, rel=1e-5)
+  assert float(metrics['loss']) == pytest.approx(
+      float(metrics['ce']) + float(metrics['l2']), rel=1e-5
+  )
 
 
 def test_class_weighted_cross_entropy():
@@ -224,108 +282,152 @@ def test_class_weighted_cross_entropy():
   log_p = jax.nn.log_softmax(logits)
   per_example = -np.asarray(log_p)[np.arange(3), np.asarray(labels)]
   expected = np.mean(per_example * np.array([1.0, 3.0, 3.0]))
-  assert float(train.cross_entropy(logits, labels, (1.0, 3.0))) == pytest.approx(expected)
-  assert float(train.cross_entropy(logits, labels)) == pytest.approx(per_example.mean())
+  assert float(
+      train.cross_entropy(logits, labels, (1.0, 3.0))
+  ) == pytest.approx(expected)
+  assert float(train.cross_entropy(logits, labels)) == pytest.approx(
+      per_example.mean()
+  )
 
 
-def test_resume_gives_the_same_params_as_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_gives_the_same_params_as_an_uninterrupted_run(
+    tmp_path, monkeypatch
+):
   config = tiny_config(num_train_steps=6)
-  run(config, tmp_path / "straight", monkeypatch)
+  run(config, tmp_path / 'straight', monkeypatch)
 
   config_a = tiny_config(num_train_steps=3)
-  run(config_a, tmp_path / "resumed", monkeypatch)
-  assert checkpoint.restore_variables(tmp_path / "resumed", "latest")[1] == 3
-  summary = run(config, tmp_path / "resumed", monkeypatch)
-  assert summary["final_step"] == 6
+  run(config_a, tmp_path / 'resumed', monkeypatch)
+  assert checkpoint.restore_variables(tmp_path / 'resumed', 'latest')[1] == 3
+  summary = run(config, tmp_path / 'resumed', monkeypatch)
+  assert summary['final_step'] == 6
 
-  straight, step_a = checkpoint.restore_variables(tmp_path / "straight", "latest")
-  resumed, step_b = checkpoint.restore_variables(tmp_path / "resumed", "latest")
+  straight, step_a = checkpoint.restore_variables(
+      tmp_path / 'straight', 'latest'
+  )
+  resumed, step_b = checkpoint.restore_variables(tmp_path / 'resumed', 'latest')
   assert step_a == step_b == 6
   jax.tree.map(np.testing.assert_array_equal, straight, resumed)
-  # The logged sequence matches too (same data order, augmentation and dropout keys).
-  lines = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
-  losses = lambda d: [(r["step"], r.get("train_loss")) for r in lines(d)]
-  assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+  # The logged sequence matches too (same data order, augmentation and dropout
+  # keys).
+  lines = lambda d: [
+      json.loads(l) for l in (d / 'metrics.jsonl').read_text().splitlines()
+  ]
+  losses = lambda d: [(r['step'], r.get('train_loss')) for r in lines(d)]
+  assert losses(tmp_path / 'straight') == losses(tmp_path / 'resumed')
 
 
 def test_run_writes_records_and_best_checkpoint(tmp_path, monkeypatch):
   summary = run(tiny_config(num_train_steps=6), tmp_path, monkeypatch)
-  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  evals = [r for r in records if "val_loss" in r]
-  assert [r["step"] for r in evals] == [3, 6]
-  for key in ("val_accuracy", "val_auc", "val_case_accuracy", "best_step"):
+  records = [
+      json.loads(l)
+      for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  ]
+  evals = [r for r in records if 'val_loss' in r]
+  assert [r['step'] for r in evals] == [3, 6]
+  for key in ('val_accuracy', 'val_auc', 'val_case_accuracy', 'best_step'):
     assert key in evals[-1]
-  assert summary["best_step"] in (3, 6)
-  variables, best_step = checkpoint.restore_variables(tmp_path, "best")
-  assert best_step == summary["best_step"]
-  assert set(variables) == {"params", "batch_stats"}
+  assert summary['best_step'] in (3, 6)
+  variables, best_step = checkpoint.restore_variables(tmp_path, 'best')
+  assert best_step == summary['best_step']
+  assert set(variables) == {'params', 'batch_stats'}
   config = checkpoint.load_run_config(tmp_path)
-  assert config.model.name == "xception" and config.image_size == IMAGE_SIZE
-  assert json.loads((tmp_path / "summary.json").read_text())["final_step"] == 6
+  assert config.model.name == 'xception' and config.image_size == IMAGE_SIZE
+  assert json.loads((tmp_path / 'summary.json').read_text())['final_step'] == 6
 
 
 def test_early_stopping_stops_on_a_val_loss_plateau(tmp_path, monkeypatch):
-  # Learning rate 0 and frozen BN statistics: val_loss never improves after the first eval.
-  config = tiny_config(num_train_steps=30, eval_every_steps=2, checkpoint_every_steps=10,
-                       learning_rate=0.0, early_stopping_patience=2)
+  # Learning rate 0 and frozen BN statistics: val_loss never improves after the
+  # first eval.
+  config = tiny_config(
+      num_train_steps=30,
+      eval_every_steps=2,
+      checkpoint_every_steps=10,
+      learning_rate=0.0,
+      early_stopping_patience=2,
+  )
   summary = run(config, tmp_path, monkeypatch, bn_momentum=1.0)
-  assert summary["stopped_early"]
-  assert summary["final_step"] == 6  # Best at 2, no improvement at 4 and 6.
-  assert summary["best_val_loss_step"] == 2
+  assert summary['stopped_early']
+  assert summary['final_step'] == 6  # Best at 2, no improvement at 4 and 6.
+  assert summary['best_val_loss_step'] == 2
 
 
-def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-  config = tiny_config(num_train_steps=12, learning_rate=1e35, checkpoint_every_steps=1,
-                       log_every_steps=4, eval_every_steps=100)
-  with pytest.raises(train.NonFiniteLossError, match=r"at step \d+") as excinfo:
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
+  config = tiny_config(
+      num_train_steps=12,
+      learning_rate=1e35,
+      checkpoint_every_steps=1,
+      log_every_steps=4,
+      eval_every_steps=100,
+  )
+  with pytest.raises(train.NonFiniteLossError, match=r'at step \d+') as excinfo:
     run(config, tmp_path, monkeypatch)
-  bad_step = int(str(excinfo.value).split("at step ")[1].split(";")[0])
-  variables, step = checkpoint.restore_variables(tmp_path, "latest")
+  bad_step = int(str(excinfo.value).split('at step ')[1].split(';')[0])
+  variables, step = checkpoint.restore_variables(tmp_path, 'latest')
   assert step < bad_step
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error():
-  train.check_batch_divisible(3, train.create_mesh(jax.devices()[:1]), "batch_size")
-  two_devices = types.SimpleNamespace(devices=np.zeros(2))  # Only .devices.size is read.
-  with pytest.raises(ValueError, match=r"config.eval_batch_size=3 is not divisible by the 2"):
-    train.check_batch_divisible(3, two_devices, "eval_batch_size")
+  train.check_batch_divisible(
+      3, train.create_mesh(jax.devices()[:1]), 'batch_size'
+  )
+  two_devices = types.SimpleNamespace(
+      devices=np.zeros(2)
+  )  # Only .devices.size is read.
+  with pytest.raises(
+      ValueError, match=r'config.eval_batch_size=3 is not divisible by the 2'
+  ):
+    train.check_batch_divisible(3, two_devices, 'eval_batch_size')
 
 
 TWO_DEVICES_SCRIPT = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
-    import jax, jax.numpy as jnp, numpy as np
-    assert jax.device_count() == 2, jax.devices()
-    import test_train as t
-    from ankle_jax import train
-    config = t.tiny_config(l2_alpha=0.01)
-    aug = train.AugmentSettings(flip_lr=True, brightness_delta=0.3, contrast_range=(0.7, 1.3))
-    lr_fn = train.create_learning_rate_fn(config, 10)
-    batch = t.fixed_batch(8)
-    results = []
-    for devices in (jax.devices()[:1], jax.devices()):
-      mesh = train.create_mesh(devices)
-      state = train.create_train_state(config, t.TinyNet(aux_head=True, dropout_rate=0.5),
-                                       jax.random.PRNGKey(0), t.IMAGE_SIZE, 10, lr_fn)
-      state = jax.device_put(state, train.replicated(mesh))
-      p_train, p_eval, _ = train.compile_steps(mesh, lr_fn, aug, train.loss_settings(config))
+    import sys sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+    import jax, jax.numpy as jnp, numpy as np assert jax.device_count() == 2,
+    jax.devices() import test_train as t from ankle_jax import train config =
+    t.tiny_config(l2_alpha=0.01) aug = train.AugmentSettings(flip_lr=True,
+    brightness_delta=0.3, contrast_range=(0.7, 1.3)) lr_fn =
+    train.create_learning_rate_fn(config, 10) batch = t.fixed_batch(8) results =
+    [] for devices in (jax.devices()[:1], jax.devices()):
+      mesh = train.create_mesh(devices) state = train.create_train_state(config,
+      t.TinyNet(aux_head=True, dropout_rate=0.5),
+                                       jax.random.PRNGKey(0), t.IMAGE_SIZE, 10,
+                                       lr_fn)
+      state = jax.device_put(state, train.replicated(mesh)) p_train, p_eval, _ =
+      train.compile_steps(mesh, lr_fn, aug, train.loss_settings(config))
       for _ in range(4):
         sharded = train.shard_batch(batch, mesh)
         assert len(sharded['image'].sharding.device_set) == len(devices)
         state, metrics = p_train(state, sharded)
       probs = p_eval(state, train.shard_batch(batch, mesh))['probs']
-      results.append(jax.device_get((state.params, state.batch_stats, metrics, probs)))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+      results.append(jax.device_get((state.params, state.batch_stats, metrics,
+      probs)))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+      atol=1e-5),
                  results[0], results[1])
     print('TWO_DEVICES_OK')
 """)
 
 
 def test_two_devices_match_one():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  script = TWO_DEVICES_SCRIPT.format(repo=str(REPO_ROOT), tests=str(REPO_ROOT / "tests"))
-  result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
-  assert "TWO_DEVICES_OK" in result.stdout, result.stdout[-2000:] + result.stderr[-4000:]
+  env = dict(
+      os.environ,
+      XLA_FLAGS='--xla_force_host_platform_device_count=2',
+      JAX_PLATFORMS='cpu',
+  )
+  script = TWO_DEVICES_SCRIPT.format(
+      repo=str(REPO_ROOT), tests=str(REPO_ROOT / 'tests')
+  )
+  result = subprocess.run(
+      [sys.executable, '-c', script],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
+  assert 'TWO_DEVICES_OK' in result.stdout, (
+      result.stdout[-2000:] + result.stderr[-4000:]
+  )

@@ -13,7 +13,8 @@ def _cases(case_ids, labels):
 def test_image_votes_threshold_and_exact_half_is_fracture():
   np.testing.assert_array_equal(
       voting.image_votes(np.array([0.0, 0.49, 0.5, 0.51, 1.0])),
-      [False, False, True, True, True])
+      [False, False, True, True, True],
+  )
 
 
 def test_index_cases_sorts_and_counts_views():
@@ -33,8 +34,9 @@ def test_case_hard_majority_three_views():
   # Case a: 2 of 3 fracture -> fracture. Case b: 1 of 3 -> normal.
   cases = _cases(['a'] * 3 + ['b'] * 3, [1] * 3 + [0] * 3)
   votes = np.array([1, 0, 1, 0, 0, 1], bool)
-  np.testing.assert_array_equal(voting.case_hard_votes(votes, cases),
-                                [True, False])
+  np.testing.assert_array_equal(
+      voting.case_hard_votes(votes, cases), [True, False]
+  )
 
 
 def test_case_hard_tie_in_two_view_case_goes_to_fracture():
@@ -42,8 +44,9 @@ def test_case_hard_tie_in_two_view_case_goes_to_fracture():
   # Case b has 2 views, 0 fracture votes -> normal. Case c, 1 view, 1 vote.
   cases = _cases(['a', 'a', 'b', 'b', 'c'], [1, 1, 0, 0, 1])
   votes = np.array([0, 1, 0, 0, 1], bool)
-  np.testing.assert_array_equal(voting.case_hard_votes(votes, cases),
-                                [True, False, True])
+  np.testing.assert_array_equal(
+      voting.case_hard_votes(votes, cases), [True, False, True]
+  )
 
 
 def test_case_soft_is_mean_probability():
@@ -52,42 +55,54 @@ def test_case_soft_is_mean_probability():
   np.testing.assert_allclose(voting.case_soft_probs(probs, cases), [0.4, 0.4])
   # Soft and hard can disagree: case b has 1 of 3 votes but mean 0.4.
   probs2 = np.array([0.45, 0.6, 0.9, 0.3, 0.3])
-  np.testing.assert_allclose(voting.case_soft_probs(probs2, cases), [0.525, 0.5])
+  np.testing.assert_allclose(
+      voting.case_soft_probs(probs2, cases), [0.525, 0.5]
+  )
   np.testing.assert_array_equal(
-      voting.case_hard_votes(voting.image_votes(probs2), cases), [True, False])
+      voting.case_hard_votes(voting.image_votes(probs2), cases), [True, False]
+  )
 
 
 def test_ensemble_one_of_one_is_the_model_itself():
   probs_rv = np.array([[0.2, 0.7, 0.5]])
-  np.testing.assert_array_equal(voting.ensemble_hard_votes(probs_rv, [0]),
-                                [False, True, True])
-  np.testing.assert_allclose(voting.ensemble_soft_probs(probs_rv, [0]),
-                             probs_rv[0])
+  np.testing.assert_array_equal(
+      voting.ensemble_hard_votes(probs_rv, [0]), [False, True, True]
+  )
+  np.testing.assert_allclose(
+      voting.ensemble_soft_probs(probs_rv, [0]), probs_rv[0]
+  )
 
 
 def test_ensemble_three_of_five_hard_and_soft():
-  probs_rv = np.array([
-      [0.9, 0.1, 0.6, 0.0],
-      [0.2, 0.3, 0.4, 0.0],  # not a member
-      [0.8, 0.6, 0.4, 0.0],
-      [0.9, 0.9, 0.9, 0.0],  # not a member
-      [0.1, 0.7, 0.45, 0.0],
-  ])
+  probs_rv = np.array(
+      [
+          [0.9, 0.1, 0.6, 0.0],
+          [0.2, 0.3, 0.4, 0.0],  # not a member
+          [0.8, 0.6, 0.4, 0.0],
+          [0.9, 0.9, 0.9, 0.0],  # not a member
+          [0.1, 0.7, 0.45, 0.0],
+      ]
+  )
   members = (0, 2, 4)
   # Votes of members per view: [1,1,0], [0,1,1], [1,0,0], [0,0,0].
-  np.testing.assert_array_equal(voting.ensemble_hard_votes(probs_rv, members),
-                                [True, True, False, False])
-  np.testing.assert_allclose(voting.ensemble_soft_probs(probs_rv, members),
-                             [0.6, 1.4 / 3, 1.45 / 3, 0.0])
+  np.testing.assert_array_equal(
+      voting.ensemble_hard_votes(probs_rv, members), [True, True, False, False]
+  )
+  np.testing.assert_allclose(
+      voting.ensemble_soft_probs(probs_rv, members),
+      [0.6, 1.4 / 3, 1.45 / 3, 0.0],
+  )
 
 
 def test_decide_case_hard_votes_members_first_then_views():
   # Two runs x two 3-view cases.
-  probs_rv = np.array([
-      [0.9, 0.9, 0.1, 0.4, 0.4, 0.4],
-      [0.9, 0.1, 0.1, 0.6, 0.6, 0.4],
-      [0.1, 0.9, 0.1, 0.6, 0.6, 0.4],
-  ])
+  probs_rv = np.array(
+      [
+          [0.9, 0.9, 0.1, 0.4, 0.4, 0.4],
+          [0.9, 0.1, 0.1, 0.6, 0.6, 0.4],
+          [0.1, 0.9, 0.1, 0.6, 0.6, 0.4],
+      ]
+  )
   labels_v = np.array([1, 1, 1, 0, 0, 0])
   cases = _cases(['a'] * 3 + ['b'] * 3, labels_v)
   d = voting.decide(probs_rv, labels_v, cases, (0, 1, 2), 'case', 'hard')
@@ -96,12 +111,14 @@ def test_decide_case_hard_votes_members_first_then_views():
   np.testing.assert_array_equal(d.labels, [1, 0])
   np.testing.assert_array_equal(d.clusters, [0, 1])
   # Scores are soft: mean over members and views.
-  np.testing.assert_allclose(d.scores, [probs_rv[:, :3].mean(),
-                                        probs_rv[:, 3:].mean()])
+  np.testing.assert_allclose(
+      d.scores, [probs_rv[:, :3].mean(), probs_rv[:, 3:].mean()]
+  )
   d_soft = voting.decide(probs_rv, labels_v, cases, (0, 1, 2), 'case', 'soft')
-  np.testing.assert_array_equal(d_soft.preds,
-                                [probs_rv[:, :3].mean() >= 0.5,
-                                 probs_rv[:, 3:].mean() >= 0.5])
+  np.testing.assert_array_equal(
+      d_soft.preds,
+      [probs_rv[:, :3].mean() >= 0.5, probs_rv[:, 3:].mean() >= 0.5],
+  )
   d_img = voting.decide(probs_rv, labels_v, cases, (1,), 'image', 'hard')
   np.testing.assert_array_equal(d_img.preds, probs_rv[1] >= 0.5)
   np.testing.assert_array_equal(d_img.clusters, [0, 0, 0, 1, 1, 1])
@@ -115,8 +132,9 @@ def test_decide_rejects_bad_level_and_voting():
     voting.decide(np.zeros((1, 1)), [0], cases, (0,), 'case', 'weighted')
 
 
-@pytest.mark.parametrize('num_runs,expected', [(1, 1), (2, 2), (3, 4), (4, 8),
-                                               (5, 16)])
+@pytest.mark.parametrize(
+    'num_runs,expected', [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16)]
+)
 def test_subset_counts(num_runs, expected):
   subsets = voting.odd_subsets(num_runs)
   assert len(subsets) == expected == voting.num_odd_subsets(num_runs)

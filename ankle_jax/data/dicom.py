@@ -1,35 +1,48 @@
 """Reading one radiograph (DICOM, PNG or JPEG) into a fixed-size [0, 1] image.
 
-`load_radiograph` is the one entry point of the data pipeline for pixels. Steps for a DICOM view:
+`load_radiograph` is the one entry point of the data pipeline for pixels. Steps
+for a DICOM view:
 
-1. Header checks, before any pixel memory is allocated: a Pixel Data element, an image SOP class,
-   a single frame, 1 or 3 samples per pixel, sane Bits Allocated / Bits Stored, a declared size of
-   at most `MAX_MEGAPIXELS`, and (for native transfer syntaxes) a Pixel Data length that matches
-   Rows x Columns.
-2. Decoding with pydicom and its pixel-data plugins (pylibjpeg: JPEG baseline/extended/lossless,
-   JPEG-LS, JPEG 2000; RLE). Before decoding, a JPEG / JPEG-LS / JPEG 2000 codestream must declare
-   the same size as Rows x Columns (the plugins allocate from the codestream header). Lossy JPEG
-   2000 is decoded at a reduced resolution level (Pillow's OpenJPEG) when the reduced image keeps
-   at least `J2K_REDUCE_MIN_OVERSAMPLING` x image_size on its shorter side; lossless encodings are
-   always decoded in full, so that they give identical arrays.
-3. RGB-stored images are converted to luminance (ITU-R BT.601 weights), with a warning.
+1. Header checks, before any pixel memory is allocated: a Pixel Data element, an
+  image SOP class,
+   a single frame, 1 or 3 samples per pixel, sane Bits Allocated / Bits Stored,
+   a declared size of at most `MAX_MEGAPIXELS`, and (for native transfer
+   syntaxes) a Pixel Data length that matches Rows x Columns.
+2. Decoding with pydicom and its pixel-data plugins (pylibjpeg: JPEG
+  baseline/extended/lossless,
+   JPEG-LS, JPEG 2000; RLE). Before decoding, a JPEG / JPEG-LS / JPEG 2000
+   codestream must declare the same size as Rows x Columns (the plugins allocate
+   from the codestream header). Lossy JPEG 2000 is decoded at a reduced
+   resolution level (Pillow's OpenJPEG) when the reduced image keeps at least
+   `J2K_REDUCE_MIN_OVERSAMPLING` x image_size on its shorter side; lossless
+   encodings are always decoded in full, so that they give identical arrays.
+3. RGB-stored images are converted to luminance (ITU-R BT.601 weights), with a
+  warning.
 4. The modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence).
-5. Scaling to [0, 1] by the Bits Stored range (as the paper does): the full stored range, mapped
+5. Scaling to [0, 1] by the Bits Stored range (as the paper does): the full
+  stored range, mapped
    through the modality LUT, becomes [0, 1].
-6. MONOCHROME1 -> bone bright: the image is inverted exactly once when the Photometric
-   Interpretation is MONOCHROME1 *or* the Presentation LUT Shape is INVERSE (in DX objects both say
-   the same thing, so a MONOCHROME1 image with PLUT INVERSE is inverted once, not twice).
-7. Constant borders (rows/columns at the edges whose values are all equal) are cropped.
-8. The image is shrunk by integer block averaging (the same factor on both axes), zero-padded
-   (centred) to a square, so the anatomy keeps its aspect ratio, then resized with SciPy to
-   image_size x image_size, anti-aliased when shrinking, and clipped to [0, 1]. Padding after the
-   block averaging keeps memory bounded by the image itself, whatever its aspect ratio.
+6. MONOCHROME1 -> bone bright: the image is inverted exactly once when the
+  Photometric
+   Interpretation is MONOCHROME1 *or* the Presentation LUT Shape is INVERSE (in
+   DX objects both say the same thing, so a MONOCHROME1 image with PLUT INVERSE
+   is inverted once, not twice).
+7. Constant borders (rows/columns at the edges whose values are all equal) are
+  cropped.
+8. The image is shrunk by integer block averaging (the same factor on both
+  axes), zero-padded
+   (centred) to a square, so the anatomy keeps its aspect ratio, then resized
+   with SciPy to image_size x image_size, anti-aliased when shrinking, and
+   clipped to [0, 1]. Padding after the block averaging keeps memory bounded by
+   the image itself, whatever its aspect ratio.
 
-PNG and JPEG files (MURA, FracAtlas) go through the same steps 3 and 5-8 with Pillow decoding:
-8-bit images are scaled by 255, 16-bit by 65535. Truncated JPEGs are read with Pillow's
-`ImageFile.LOAD_TRUNCATED_IMAGES` and flagged in `RadiographInfo.truncated`.
+PNG and JPEG files (MURA, FracAtlas) go through the same steps 3 and 5-8 with
+Pillow decoding: 8-bit images are scaled by 255, 16-bit by 65535. Truncated
+JPEGs are read with Pillow's `ImageFile.LOAD_TRUNCATED_IMAGES` and flagged in
+`RadiographInfo.truncated`.
 
-Every failure raises `DicomReadError`, whose message names the file and the reason.
+Every failure raises `DicomReadError`, whose message names the file and the
+reason.
 """
 
 from __future__ import annotations
@@ -38,39 +51,43 @@ import io
 import os
 import pathlib
 import stat
-import warnings
 from typing import NamedTuple
+import warnings
 
 import numpy as np
+from PIL import Image
+from PIL import ImageFile
 import pydicom
 import pydicom.errors
 import pydicom.pixels
 import scipy.ndimage
-from PIL import Image
-from PIL import ImageFile
 
-# Refuse images whose declared size exceeds this many megapixels (before allocating memory).
-# The largest detector plates are about 43 x 43 cm at 0.1 mm pixels, i.e. ~18.5 MP; 64 MP leaves
-# ample room while bounding a single decode to ~256 MB of float32.
+# Refuse images whose declared size exceeds this many megapixels (before
+# allocating memory). The largest detector plates are about 43 x 43 cm at 0.1 mm
+# pixels, i.e. ~18.5 MP; 64 MP leaves ample room while bounding a single decode
+# to ~256 MB of float32.
 MAX_MEGAPIXELS = 64.0
 
 # Files larger than this are refused without being read.
 MAX_FILE_BYTES = 1 << 30
 
-# Rows/columns whose values spread less than this (on the [0, 1] scale) count as constant when
-# cropping borders; 1% tolerates the noise of lossy (near-lossless) encodings.
+# Rows/columns whose values spread less than this (on the [0, 1] scale) count as
+# constant when cropping borders; 1% tolerates the noise of lossy
+# (near-lossless) encodings.
 BORDER_TOLERANCE = 1e-2
 
-# Lossy JPEG 2000 transfer syntaxes, which may be decoded at a reduced resolution level when the
-# reduced image still has >= J2K_REDUCE_MIN_OVERSAMPLING x the output size on its shorter side
-# (about 6x faster for a 1760 x 1760 CR at 300 px). Lossless ones never are: lossless encodings of
-# one image must give identical arrays.
+# Lossy JPEG 2000 transfer syntaxes, which may be decoded at a reduced
+# resolution level when the reduced image still has >=
+# J2K_REDUCE_MIN_OVERSAMPLING x the output size on its shorter side (about 6x
+# faster for a 1760 x 1760 CR at 300 px). Lossless ones never are: lossless
+# encodings of one image must give identical arrays.
 J2K_REDUCED_TRANSFER_SYNTAXES = frozenset(
-    {pydicom.uid.JPEG2000, pydicom.uid.JPEG2000MC, pydicom.uid.HTJ2K})
+    {pydicom.uid.JPEG2000, pydicom.uid.JPEG2000MC, pydicom.uid.HTJ2K}
+)
 J2K_REDUCE_MIN_OVERSAMPLING = 2
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+_JPEG_MAGIC = b'\xff\xd8\xff'
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -80,19 +97,21 @@ class DicomReadError(Exception):
   def __init__(self, path: os.PathLike | str, reason: str):
     self.path = str(path)
     self.reason = reason
-    super().__init__(f"{self.path}: {reason}")
+    super().__init__(f'{self.path}: {reason}')
 
 
 class RadiographInfo(NamedTuple):
   """What `load_radiograph_with_info` learnt about a file besides its pixels.
 
   Attributes:
-    view_position: DICOM ViewPosition (e.g. 'AP', 'LL'), '' when absent or not DICOM.
+    view_position: DICOM ViewPosition (e.g. 'AP', 'LL'), '' when absent or not
+      DICOM.
     source_format: 'dicom', 'png' or 'jpeg'.
     truncated: True for a truncated JPEG/PNG that Pillow could still read.
     converted_from_rgb: True when a colour image was converted to luminance.
     original_shape: (rows, columns) as stored.
   """
+
   view_position: str
   source_format: str
   truncated: bool
@@ -100,8 +119,11 @@ class RadiographInfo(NamedTuple):
   original_shape: tuple[int, int]
 
 
-def load_radiograph(path: os.PathLike | str, image_size: int = 300) -> np.ndarray:
-  """Loads a radiograph as float32 [image_size, image_size, 1] in [0, 1], bone bright.
+def load_radiograph(
+    path: os.PathLike | str, image_size: int = 300
+) -> np.ndarray:
+  """Loads a radiograph as float32 [image_size, image_size, 1] in [0, 1], bone
+  bright.
 
   Args:
     path: a DICOM, PNG or JPEG file.
@@ -111,7 +133,8 @@ def load_radiograph(path: os.PathLike | str, image_size: int = 300) -> np.ndarra
     float32 array of shape (image_size, image_size, 1) with values in [0, 1].
 
   Raises:
-    DicomReadError: naming the file and the reason, for any file that cannot be read.
+    DicomReadError: naming the file and the reason, for any file that cannot be
+      read.
   """
   image, _ = load_radiograph_with_info(path, image_size)
   return image
@@ -125,44 +148,59 @@ def load_radiograph_with_info(
   try:
     file_stat = path.stat()
   except OSError as e:
-    raise DicomReadError(path, f"cannot open file ({e.strerror})") from None
-  if not stat.S_ISREG(file_stat.st_mode):  # a FIFO or device would block or never end
-    raise DicomReadError(path, "not a regular file")
+    raise DicomReadError(path, f'cannot open file ({e.strerror})') from None
+  if not stat.S_ISREG(
+      file_stat.st_mode
+  ):  # a FIFO or device would block or never end
+    raise DicomReadError(path, 'not a regular file')
   size = file_stat.st_size
   if size > MAX_FILE_BYTES:
-    raise DicomReadError(path, f"file is {size} bytes, more than the {MAX_FILE_BYTES} byte limit")
+    raise DicomReadError(
+        path, f'file is {size} bytes, more than the {MAX_FILE_BYTES} byte limit'
+    )
   try:
-    with open(path, "rb") as f:
+    with open(path, 'rb') as f:
       head = f.read(132)
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
       image_hw, info = _read_pillow(path)
     else:
       image_hw, info = _read_dicom(path, image_size)
     if not np.isfinite(image_hw).all():
-      raise DicomReadError(path, "pixel values are not finite after the modality LUT")
+      raise DicomReadError(
+          path, 'pixel values are not finite after the modality LUT'
+      )
     image_hw = crop_constant_borders(image_hw)
     image = _square_and_resize(image_hw, image_size)
   except DicomReadError:
     raise
   except MemoryError:
-    raise DicomReadError(path, "out of memory while reading the image") from None
+    raise DicomReadError(
+        path, 'out of memory while reading the image'
+    ) from None
   except BaseException as e:  # pylint: disable=broad-except
-    # A hostile file can trip any library below us; the contract is one exception class. Rust
-    # decoder plugins (pylibjpeg-rle) panic with pyo3's PanicException, a BaseException.
+    # A hostile file can trip any library below us; the contract is one
+    # exception class. Rust decoder plugins (pylibjpeg-rle) panic with pyo3's
+    # PanicException, a BaseException.
     if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
       raise
-    raise DicomReadError(path, f"unreadable file ({type(e).__name__}: {e})") from None
+    raise DicomReadError(
+        path, f'unreadable file ({type(e).__name__}: {e})'
+    ) from None
   return image[..., None], info
 
 
-def crop_constant_borders(image_hw: np.ndarray, tolerance: float = BORDER_TOLERANCE) -> np.ndarray:
+def crop_constant_borders(
+    image_hw: np.ndarray, tolerance: float = BORDER_TOLERANCE
+) -> np.ndarray:
   """Removes edge rows/columns whose values are all equal (within `tolerance`).
 
-  Only contiguous runs at the four edges are removed; a constant image is returned unchanged.
+  Only contiguous runs at the four edges are removed; a constant image is
+  returned unchanged.
 
   Args:
     image_hw: float [H, W] image.
-    tolerance: the largest max-min spread of a row/column that still counts as constant.
+    tolerance: the largest max-min spread of a row/column that still counts as
+      constant.
 
   Returns:
     A view [h, w] of `image_hw`, h <= H, w <= W.
@@ -186,16 +224,18 @@ def pad_to_square(image_hw: np.ndarray) -> np.ndarray:
   side = max(h, w)
   out = np.zeros((side, side), image_hw.dtype)
   top, left = (side - h) // 2, (side - w) // 2
-  out[top:top + h, left:left + w] = image_hw
+  out[top : top + h, left : left + w] = image_hw
   return out
 
 
 def resize_image(img_hw: np.ndarray, size: int) -> np.ndarray:
-  """Resizes [H, W] to float32 [size, size] with SciPy, anti-aliased when shrinking, clipped to [0, 1].
+  """Resizes [H, W] to float32 [size, size] with SciPy, anti-aliased when
+  shrinking, clipped to [0, 1].
 
-  Shrinking first averages integer blocks (exact box anti-aliasing, cheap on 2k x 2k images), then
-  Gaussian-prefilters for the remaining fractional factor and interpolates linearly
-  (`scipy.ndimage.zoom`, order 1). Enlarging interpolates linearly.
+  Shrinking first averages integer blocks (exact box anti-aliasing, cheap on 2k
+  x 2k images), then Gaussian-prefilters for the remaining fractional factor and
+  interpolates linearly (`scipy.ndimage.zoom`, order 1). Enlarging interpolates
+  linearly.
 
   Args:
     img_hw: [H, W] image with values in [0, 1].
@@ -206,37 +246,50 @@ def resize_image(img_hw: np.ndarray, size: int) -> np.ndarray:
   """
   img = np.asarray(img_hw, np.float32)
   if img.ndim != 2:
-    raise ValueError(f"resize_image expects a 2-D [H, W] image, got shape {img.shape}")
+    raise ValueError(
+        f'resize_image expects a 2-D [H, W] image, got shape {img.shape}'
+    )
   if img.shape == (size, size):
     return np.clip(img, 0.0, 1.0)
   # Integer block averaging per axis.
   fh, fw = max(1, img.shape[0] // size), max(1, img.shape[1] // size)
   if fh > 1 or fw > 1:
     h, w = (img.shape[0] // fh) * fh, (img.shape[1] // fw) * fw
-    img = img[:h, :w].reshape(h // fh, fh, w // fw, fw).mean(axis=(1, 3), dtype=np.float32)
+    img = (
+        img[:h, :w]
+        .reshape(h // fh, fh, w // fw, fw)
+        .mean(axis=(1, 3), dtype=np.float32)
+    )
   zoom = (size / img.shape[0], size / img.shape[1])
   sigma = [max(0.0, (1.0 / z - 1.0) / 2.0) if z < 1.0 else 0.0 for z in zoom]
   if any(s > 0 for s in sigma):
-    img = scipy.ndimage.gaussian_filter(img, sigma, mode="nearest")
-  out = scipy.ndimage.zoom(img, zoom, order=1, mode="nearest", grid_mode=True)
+    img = scipy.ndimage.gaussian_filter(img, sigma, mode='nearest')
+  out = scipy.ndimage.zoom(img, zoom, order=1, mode='nearest', grid_mode=True)
   if out.shape != (size, size):  # zoom rounds the output shape; fix off-by-one.
     out = _fit(out, size)
   return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def _square_and_resize(image_hw: np.ndarray, size: int) -> np.ndarray:
-  """Steps 8: block-mean shrink, zero-pad (centred) to a square, resize; -> float32 [size, size].
+  """Steps 8: block-mean shrink, zero-pad (centred) to a square, resize; ->
+  float32 [size, size].
 
-  The integer block averaging of `resize_image` happens *before* padding (same factor on both
-  axes, so the aspect ratio is kept), so the padded square is never materialised at full
-  resolution: a 20000 x 1 image must not become a 20000 x 20000 float32 array (1.6 GB).
+  The integer block averaging of `resize_image` happens *before* padding (same
+  factor on both axes, so the aspect ratio is kept), so the padded square is
+  never materialised at full
+  resolution: a 20000 x 1 image must not become a 20000 x 20000 float32 array
+    (1.6 GB).
   """
   img = np.asarray(image_hw, np.float32)
   factor = max(1, max(img.shape) // size)
   fh, fw = min(factor, img.shape[0]), min(factor, img.shape[1])
   if fh > 1 or fw > 1:
     h, w = (img.shape[0] // fh) * fh, (img.shape[1] // fw) * fw
-    img = img[:h, :w].reshape(h // fh, fh, w // fw, fw).mean(axis=(1, 3), dtype=np.float32)
+    img = (
+        img[:h, :w]
+        .reshape(h // fh, fh, w // fw, fw)
+        .mean(axis=(1, 3), dtype=np.float32)
+    )
   return resize_image(pad_to_square(img), size)
 
 
@@ -245,30 +298,34 @@ def _fit(img: np.ndarray, size: int) -> np.ndarray:
   h, w = min(size, img.shape[0]), min(size, img.shape[1])
   out[:h, :w] = img[:h, :w]
   if h < size:
-    out[h:, :w] = img[h - 1:h, :w]
+    out[h:, :w] = img[h - 1 : h, :w]
   if w < size:
-    out[:, w:] = out[:, w - 1:w]
+    out[:, w:] = out[:, w - 1 : w]
   return out
 
 
 def _check_megapixels(path, rows: int, cols: int) -> None:
   if rows <= 0 or cols <= 0:
-    raise DicomReadError(path, f"declared image size {rows} x {cols} is empty")
+    raise DicomReadError(path, f'declared image size {rows} x {cols} is empty')
   if rows * cols > MAX_MEGAPIXELS * 1e6:
     raise DicomReadError(
-        path, f"declared image size {rows} x {cols} ({rows * cols / 1e6:.0f} MP) exceeds the "
-        f"{MAX_MEGAPIXELS:g} MP limit (MAX_MEGAPIXELS)")
+        path,
+        f'declared image size {rows} x {cols} ({rows * cols / 1e6:.0f} MP) exceeds the '
+        f'{MAX_MEGAPIXELS:g} MP limit (MAX_MEGAPIXELS)',
+    )
 
 
 def _to_luminance(path, rgb: np.ndarray, warn: bool = True) -> np.ndarray:
   if warn:
-    warnings.warn(f"{path}: colour (RGB) radiograph converted to luminance", stacklevel=3)
+    warnings.warn(
+        f'{path}: colour (RGB) radiograph converted to luminance', stacklevel=3
+    )
   return rgb[..., :3].astype(np.float32) @ _LUMA_WEIGHTS
 
 
 def _read_pillow(path: pathlib.Path) -> tuple[np.ndarray, RadiographInfo]:
   """Reads PNG/JPEG with Pillow into float32 [H, W] in [0, 1]."""
-  fmt = "png" if path.read_bytes()[:8] == _PNG_MAGIC else "jpeg"
+  fmt = 'png' if path.read_bytes()[:8] == _PNG_MAGIC else 'jpeg'
   truncated = False
   try:
     with Image.open(path) as im:
@@ -277,7 +334,7 @@ def _read_pillow(path: pathlib.Path) -> tuple[np.ndarray, RadiographInfo]:
       try:
         im.load()
       except OSError as e:
-        if "truncated" not in str(e).lower():
+        if 'truncated' not in str(e).lower():
           raise
         truncated = True
     if truncated:
@@ -291,42 +348,51 @@ def _read_pillow(path: pathlib.Path) -> tuple[np.ndarray, RadiographInfo]:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
     else:
       with Image.open(path) as im:
-        if im.mode == "P":
-          im = im.convert("RGB")
+        if im.mode == 'P':
+          im = im.convert('RGB')
         arr, mode = np.asarray(im), im.mode
   except DicomReadError:
     raise
   except Exception as e:  # Pillow raises many types for broken files.
-    raise DicomReadError(path, f"cannot decode {fmt.upper()} image ({type(e).__name__}: {e})"
-                         ) from None
+    raise DicomReadError(
+        path, f'cannot decode {fmt.upper()} image ({type(e).__name__}: {e})'
+    ) from None
   rgb = False
   if arr.ndim == 3:
     channels = arr[..., :3]
     rgb = channels.shape[-1] == 3 and not (
         np.array_equal(channels[..., 0], channels[..., 1])
-        and np.array_equal(channels[..., 0], channels[..., 2]))
-    arr = _to_luminance(path, arr, warn=rgb) if channels.shape[-1] == 3 else arr[..., 0]
-  if mode in ("I;16", "I;16B", "I;16L", "I"):
+        and np.array_equal(channels[..., 0], channels[..., 2])
+    )
+    arr = (
+        _to_luminance(path, arr, warn=rgb)
+        if channels.shape[-1] == 3
+        else arr[..., 0]
+    )
+  if mode in ('I;16', 'I;16B', 'I;16L', 'I'):
     scale = 65535.0
-  elif mode == "F":
+  elif mode == 'F':
     scale = max(1.0, float(np.max(arr)))
   else:
     scale = 255.0
   image = np.clip(arr.astype(np.float32) / scale, 0.0, 1.0)
-  info = RadiographInfo("", fmt, truncated, rgb, (int(image.shape[0]), int(image.shape[1])))
+  info = RadiographInfo(
+      '', fmt, truncated, rgb, (int(image.shape[0]), int(image.shape[1]))
+  )
   return image, info
 
 
 class _BoundedFile(io.FileIO):
   """A file whose read(n) never asks for more than what is left in it.
 
-  CPython's read(n) allocates n bytes before reading, so a corrupt element length (a flipped bit
-  turns an undefined length 0xFFFFFFFF into a 4 GB one, in a 30 kB file) would otherwise reserve
-  gigabytes. pydicom reads deferred elements (Pixel Data) from this same open file.
+  CPython's read(n) allocates n bytes before reading, so a corrupt element
+  length (a flipped bit turns an undefined length 0xFFFFFFFF into a 4 GB one, in
+  a 30 kB file) would otherwise reserve gigabytes. pydicom reads deferred
+  elements (Pixel Data) from this same open file.
   """
 
   def __init__(self, path):
-    super().__init__(path, "rb")
+    super().__init__(path, 'rb')
     self._size = os.fstat(self.fileno()).st_size
 
   def read(self, size=-1):
@@ -335,19 +401,25 @@ class _BoundedFile(io.FileIO):
     return super().read(min(size, max(0, self._size - self.tell())))
 
 
-def _read_dicom(path: pathlib.Path, image_size: int) -> tuple[np.ndarray, RadiographInfo]:
+def _read_dicom(
+    path: pathlib.Path, image_size: int
+) -> tuple[np.ndarray, RadiographInfo]:
   """Reads a DICOM file into float32 [H, W] in [0, 1], bone bright (steps 1-6 of the module doc)."""
   with _BoundedFile(path) as fp:
     return _read_dicom_from(path, fp, image_size)
 
 
-def _read_dicom_from(path: pathlib.Path, fp, image_size: int) -> tuple[np.ndarray, RadiographInfo]:
+def _read_dicom_from(
+    path: pathlib.Path, fp, image_size: int
+) -> tuple[np.ndarray, RadiographInfo]:
   try:
-    ds = pydicom.dcmread(fp, defer_size="256 KB")
+    ds = pydicom.dcmread(fp, defer_size='256 KB')
   except pydicom.errors.InvalidDicomError as e:
-    raise DicomReadError(path, f"not a DICOM, PNG or JPEG file ({e})") from None
+    raise DicomReadError(path, f'not a DICOM, PNG or JPEG file ({e})') from None
   except Exception as e:  # Truncated or corrupt headers raise various errors.
-    raise DicomReadError(path, f"unreadable DICOM header ({type(e).__name__}: {e})") from None
+    raise DicomReadError(
+        path, f'unreadable DICOM header ({type(e).__name__}: {e})'
+    ) from None
   _check_dicom_header(path, ds)
   try:
     stored = _decode_j2k_reduced(ds, image_size)
@@ -356,20 +428,31 @@ def _read_dicom_from(path: pathlib.Path, fp, image_size: int) -> tuple[np.ndarra
   except BaseException as e:  # pylint: disable=broad-except  (Rust plugins panic: BaseException)
     if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
       raise
-    file_meta = getattr(ds, "file_meta", None)
-    tsyntax = file_meta.get("TransferSyntaxUID", None) if file_meta is not None else None
-    name = getattr(tsyntax, "name", str(tsyntax))
+    file_meta = getattr(ds, 'file_meta', None)
+    tsyntax = (
+        file_meta.get('TransferSyntaxUID', None)
+        if file_meta is not None
+        else None
+    )
+    name = getattr(tsyntax, 'name', str(tsyntax))
     raise DicomReadError(
-        path, f"pixel data could not be decoded (transfer syntax {name}; "
-        f"{type(e).__name__}: {e})") from None
+        path,
+        f'pixel data could not be decoded (transfer syntax {name}; '
+        f'{type(e).__name__}: {e})',
+    ) from None
   rows, cols = int(ds.Rows), int(ds.Columns)
-  samples = int(ds.get("SamplesPerPixel", 1))
+  samples = int(ds.get('SamplesPerPixel', 1))
   expected = (rows, cols, 3) if samples == 3 else (rows, cols)
-  if stored.shape != expected and stored.shape != _reduced_shape(ds, image_size):
-    raise DicomReadError(path, f"decoded pixel array has shape {stored.shape}, "
-                         f"expected {expected} from Rows/Columns/SamplesPerPixel")
+  if stored.shape != expected and stored.shape != _reduced_shape(
+      ds, image_size
+  ):
+    raise DicomReadError(
+        path,
+        f'decoded pixel array has shape {stored.shape}, '
+        f'expected {expected} from Rows/Columns/SamplesPerPixel',
+    )
   rgb = samples == 3
-  photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+  photometric = str(ds.get('PhotometricInterpretation', 'MONOCHROME2')).upper()
   if rgb:
     image = _to_luminance(path, stored)
     bits = int(ds.BitsStored)
@@ -377,26 +460,36 @@ def _read_dicom_from(path: pathlib.Path, fp, image_size: int) -> tuple[np.ndarra
     invert = False
   else:
     image = _modality_scaled(ds, stored)
-    plut = str(ds.get("PresentationLUTShape", "")).upper()
-    invert = photometric == "MONOCHROME1" or plut == "INVERSE"
+    plut = str(ds.get('PresentationLUTShape', '')).upper()
+    invert = photometric == 'MONOCHROME1' or plut == 'INVERSE'
   image = np.clip(image, 0.0, 1.0)
   if invert:
     image = 1.0 - image
   info = RadiographInfo(
-      str(ds.get("ViewPosition", "") or ""), "dicom", False, rgb, (rows, cols))
+      str(ds.get('ViewPosition', '') or ''), 'dicom', False, rgb, (rows, cols)
+  )
   return image.astype(np.float32, copy=False), info
 
 
 def _j2k_reduce_level(ds, image_size: int) -> int:
-  """Resolution levels to drop when decoding `ds` (0 = full resolution; see `_decode_j2k_reduced`).
+  """Resolution levels to drop when decoding `ds` (0 = full resolution; see
+  `_decode_j2k_reduced`).
 
-  Only lossy JPEG 2000 qualifies: lossless encodings of one image must give identical arrays, and
-  a reduced decode of a lossless codestream would differ from the other lossless encodings.
+  Only lossy JPEG 2000 qualifies: lossless encodings of one image must give
+  identical arrays, and a reduced decode of a lossless codestream would differ
+  from the other lossless encodings.
   """
-  tsyntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+  tsyntax = (
+      ds.file_meta.get('TransferSyntaxUID', None)
+      if hasattr(ds, 'file_meta')
+      else None
+  )
   if tsyntax not in J2K_REDUCED_TRANSFER_SYNTAXES:
     return 0
-  if int(ds.get("SamplesPerPixel", 1)) != 1 or int(ds.get("PixelRepresentation", 0)) != 0:
+  if (
+      int(ds.get('SamplesPerPixel', 1)) != 1
+      or int(ds.get('PixelRepresentation', 0)) != 0
+  ):
     return 0
   short_side = min(int(ds.Rows), int(ds.Columns))
   level = 0
@@ -413,82 +506,103 @@ def _reduced_shape(ds, image_size: int) -> tuple[int, int] | None:
 
 
 def _decode_j2k_reduced(ds, image_size: int) -> np.ndarray | None:
-  """Fast path: a lossy JPEG 2000 frame decoded at a reduced resolution level (Pillow, OpenJPEG).
+  """Fast path: a lossy JPEG 2000 frame decoded at a reduced resolution level
+  (Pillow, OpenJPEG).
 
-  JPEG 2000 stores a wavelet pyramid, so decoding the low-pass band of level r costs a fraction of
-  the full decode and gives an image 2**r times smaller per side, anti-aliased by the wavelet's
-  low-pass filter. Used only where the reduced image keeps >= `J2K_REDUCE_MIN_OVERSAMPLING` times
-  the output size on its shorter side, so the final resize still shrinks it.
+  JPEG 2000 stores a wavelet pyramid, so decoding the low-pass band of level r
+  costs a fraction of the full decode and gives an image 2**r times smaller per
+  side, anti-aliased by the wavelet's low-pass filter. Used only where the
+  reduced image keeps >= `J2K_REDUCE_MIN_OVERSAMPLING` times the output size on
+  its shorter side, so the final resize still shrinks it.
 
   Returns:
-    The stored values as uint16 [ceil(Rows / 2**r), ceil(Columns / 2**r)], or None when the fast
-    path does not apply or fails (the caller then decodes at full resolution with pydicom).
+    The stored values as uint16 [ceil(Rows / 2**r), ceil(Columns / 2**r)], or
+    None when the fast path does not apply or fails (the caller then decodes at
+    full resolution with pydicom).
   """
   level = _j2k_reduce_level(ds, image_size)
   if level == 0:
     return None
   try:
-    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
-    start = frame.find(b"\xff\x4f\xff\x51")  # SOC + SIZ
-    if start < 0 or len(frame) < start + 43 or int.from_bytes(frame[start + 40:start + 42],
-                                                               "big") != 1:
+    frame = next(
+        pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)
+    )
+    start = frame.find(b'\xff\x4f\xff\x51')  # SOC + SIZ
+    if (
+        start < 0
+        or len(frame) < start + 43
+        or int.from_bytes(frame[start + 40 : start + 42], 'big') != 1
+    ):
       return None
     ssiz = frame[start + 42]
     precision, signed = (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
     if signed or precision > 16:
       return None
-    with Image.open(io.BytesIO(frame), formats=["JPEG2000"]) as im:
+    with Image.open(io.BytesIO(frame), formats=['JPEG2000']) as im:
       im.reduce = level
       im.load()
-      if im.mode != "I;16":
+      if im.mode != 'I;16':
         return None
       arr = np.asarray(im)
   except Exception:  # pylint: disable=broad-except  (fall back to the full decode)
     return None
   if arr.shape != _reduced_shape(ds, image_size):
     return None
-  # Pillow left-aligns samples of fewer than 16 bits; the low-pass band may overshoot the stored
-  # range slightly, which the Bits Stored scaling and clipping then handle like any other value.
+  # Pillow left-aligns samples of fewer than 16 bits; the low-pass band may
+  # overshoot the stored range slightly, which the Bits Stored scaling and
+  # clipping then handle like any other value.
   return (arr >> (16 - precision)).astype(np.uint16, copy=False)
 
 
 def _check_dicom_header(path, ds) -> None:
   """Step 1: refuses non-image, multi-frame, oversized or inconsistent files before decoding."""
-  if "PixelData" not in ds:
-    for other in ("FloatPixelData", "DoubleFloatPixelData"):
+  if 'PixelData' not in ds:
+    for other in ('FloatPixelData', 'DoubleFloatPixelData'):
       if other in ds:
-        raise DicomReadError(path, f"{other} (floating-point pixels) is not supported")
-    sop = ds.get("SOPClassUID", None)
-    what = f" (SOP class {getattr(sop, 'name', sop)})" if sop else ""
-    raise DicomReadError(path, f"no Pixel Data element{what}")
-  sop = ds.get("SOPClassUID", None)
-  if sop is not None and "Image" not in getattr(sop, "name", "Image"):
+        raise DicomReadError(
+            path, f'{other} (floating-point pixels) is not supported'
+        )
+    sop = ds.get('SOPClassUID', None)
+    what = f" (SOP class {getattr(sop, 'name', sop)})" if sop else ''
+    raise DicomReadError(path, f'no Pixel Data element{what}')
+  sop = ds.get('SOPClassUID', None)
+  if sop is not None and 'Image' not in getattr(sop, 'name', 'Image'):
     raise DicomReadError(path, f"SOP class '{sop.name}' is not an image")
-  for keyword in ("Rows", "Columns", "BitsAllocated"):
-    if ds.get(keyword, None) in (None, ""):
-      raise DicomReadError(path, f"missing required attribute {keyword}")
+  for keyword in ('Rows', 'Columns', 'BitsAllocated'):
+    if ds.get(keyword, None) in (None, ''):
+      raise DicomReadError(path, f'missing required attribute {keyword}')
   rows, cols = int(ds.Rows), int(ds.Columns)
   _check_megapixels(path, rows, cols)
-  frames = ds.get("NumberOfFrames", 1)
+  frames = ds.get('NumberOfFrames', 1)
   try:
     frames = int(frames or 1)
   except (TypeError, ValueError):
-    raise DicomReadError(path, f"invalid NumberOfFrames {frames!r}") from None
+    raise DicomReadError(path, f'invalid NumberOfFrames {frames!r}') from None
   if frames != 1:
-    raise DicomReadError(path, f"multi-frame image ({frames} frames); one view per file expected")
-  samples = int(ds.get("SamplesPerPixel", 1))
+    raise DicomReadError(
+        path, f'multi-frame image ({frames} frames); one view per file expected'
+    )
+  samples = int(ds.get('SamplesPerPixel', 1))
   if samples not in (1, 3):
-    raise DicomReadError(path, f"SamplesPerPixel {samples} not supported (expected 1 or 3)")
+    raise DicomReadError(
+        path, f'SamplesPerPixel {samples} not supported (expected 1 or 3)'
+    )
   allocated = int(ds.BitsAllocated)
-  stored = int(ds.get("BitsStored", allocated) or allocated)
+  stored = int(ds.get('BitsStored', allocated) or allocated)
   if allocated not in (8, 16, 32):
-    raise DicomReadError(path, f"BitsAllocated {allocated} not supported (expected 8, 16 or 32)")
+    raise DicomReadError(
+        path, f'BitsAllocated {allocated} not supported (expected 8, 16 or 32)'
+    )
   if not 1 <= stored <= allocated:
     raise DicomReadError(
-        path, f"BitsStored {stored} is inconsistent with BitsAllocated {allocated}")
-  high_bit = ds.get("HighBit", None)
+        path,
+        f'BitsStored {stored} is inconsistent with BitsAllocated {allocated}',
+    )
+  high_bit = ds.get('HighBit', None)
   if high_bit is not None and int(high_bit) >= allocated:
-    raise DicomReadError(path, f"HighBit {int(high_bit)} >= BitsAllocated {allocated}")
+    raise DicomReadError(
+        path, f'HighBit {int(high_bit)} >= BitsAllocated {allocated}'
+    )
   _check_rescale(path, ds)
   tsyntax = _transfer_syntax(path, ds)
   if tsyntax is not None and tsyntax.is_compressed:
@@ -497,41 +611,59 @@ def _check_dicom_header(path, ds) -> None:
     except NotImplementedError:
       decoder = None
     if decoder is None or not decoder.is_available:
-      raise DicomReadError(path, f"no decoder available for transfer syntax {tsyntax.name}")
+      raise DicomReadError(
+          path, f'no decoder available for transfer syntax {tsyntax.name}'
+      )
     _check_codestream_size(path, ds, tsyntax, rows, cols)
   else:
     expected = rows * cols * samples * allocated // 8
     actual = _pixel_data_length(ds)
     if actual < expected:
       raise DicomReadError(
-          path, f"Pixel Data holds {actual} bytes but Rows x Columns x SamplesPerPixel x "
-          f"BitsAllocated ({rows} x {cols} x {samples} x {allocated}) needs {expected} "
-          "(Rows/Columns mismatch or truncated file)")
+          path,
+          f'Pixel Data holds {actual} bytes but Rows x Columns x SamplesPerPixel x '
+          f'BitsAllocated ({rows} x {cols} x {samples} x {allocated}) needs {expected} '
+          '(Rows/Columns mismatch or truncated file)',
+      )
 
 
 def _transfer_syntax(path, ds) -> pydicom.uid.UID | None:
   """The file's Transfer Syntax UID (None when there is no file meta), refusing unknown ones."""
-  file_meta = getattr(ds, "file_meta", None)
-  value = file_meta.get("TransferSyntaxUID", None) if file_meta is not None else None
+  file_meta = getattr(ds, 'file_meta', None)
+  value = (
+      file_meta.get('TransferSyntaxUID', None)
+      if file_meta is not None
+      else None
+  )
   if value is None:
     return None
   tsyntax = pydicom.uid.UID(str(value))
-  if not tsyntax.is_valid or not tsyntax.is_transfer_syntax or tsyntax.is_private:
-    raise DicomReadError(path, f"unknown transfer syntax UID {str(value)[:64]!r}")
+  if (
+      not tsyntax.is_valid
+      or not tsyntax.is_transfer_syntax
+      or tsyntax.is_private
+  ):
+    raise DicomReadError(
+        path, f'unknown transfer syntax UID {str(value)[:64]!r}'
+    )
   return tsyntax
 
 
 def _check_rescale(path, ds) -> None:
   """Refuses a Rescale Slope/Intercept that is not a finite number (slope also non-zero)."""
-  for keyword in ("RescaleSlope", "RescaleIntercept"):
-    if keyword not in ds or ds.get(keyword, None) in (None, ""):
+  for keyword in ('RescaleSlope', 'RescaleIntercept'):
+    if keyword not in ds or ds.get(keyword, None) in (None, ''):
       continue
     try:
       value = float(ds.get(keyword))
     except (TypeError, ValueError):
-      raise DicomReadError(path, f"{keyword} {ds.get(keyword)!r} is not a number") from None
-    if not np.isfinite(value) or (keyword == "RescaleSlope" and value == 0.0):
-      raise DicomReadError(path, f"{keyword} {value!r} is not a finite (non-zero) number")
+      raise DicomReadError(
+          path, f'{keyword} {ds.get(keyword)!r} is not a number'
+      ) from None
+    if not np.isfinite(value) or (keyword == 'RescaleSlope' and value == 0.0):
+      raise DicomReadError(
+          path, f'{keyword} {value!r} is not a finite (non-zero) number'
+      )
 
 
 # JPEG start-of-frame markers (SOF0-3, 5-7, 9-11, 13-15) and JPEG-LS SOF55.
@@ -540,55 +672,73 @@ _JPEG_STANDALONE_MARKERS = frozenset(range(0xD0, 0xDA)) | {0x01}
 
 
 def _check_codestream_size(path, ds, tsyntax, rows: int, cols: int) -> None:
-  """Refuses a JPEG / JPEG-LS / JPEG 2000 codestream whose own image size differs from Rows x Columns.
+  """Refuses a JPEG / JPEG-LS / JPEG 2000 codestream whose own image size
+  differs from Rows x Columns.
 
-  The decoder plugins allocate their output from the codestream header, not from the DICOM one,
-  so without this check a few flipped bytes could make them allocate gigabytes.
+  The decoder plugins allocate their output from the codestream header, not from
+  the DICOM one, so without this check a few flipped bytes could make them
+  allocate gigabytes.
   """
   fragment = _first_fragment(path, ds)
   if tsyntax in pydicom.uid.JPEG2000TransferSyntaxes:
     size = _j2k_size(fragment)
-    kind = "JPEG 2000"
-  elif tsyntax in pydicom.uid.JPEGTransferSyntaxes or tsyntax in pydicom.uid.JPEGLSTransferSyntaxes:
+    kind = 'JPEG 2000'
+  elif (
+      tsyntax in pydicom.uid.JPEGTransferSyntaxes
+      or tsyntax in pydicom.uid.JPEGLSTransferSyntaxes
+  ):
     size = _jpeg_size(fragment)
-    kind = "JPEG"
+    kind = 'JPEG'
   else:
     return
   if size is None:
-    raise DicomReadError(path, f"no {kind} image header found in the first Pixel Data fragment")
+    raise DicomReadError(
+        path, f'no {kind} image header found in the first Pixel Data fragment'
+    )
   if size != (rows, cols):
     raise DicomReadError(
-        path, f"{kind} codestream is {size[0]} x {size[1]} but Rows x Columns is {rows} x {cols} "
-        "(Rows/Columns mismatch)")
+        path,
+        f'{kind} codestream is {size[0]} x {size[1]} but Rows x Columns is {rows} x {cols} '
+        '(Rows/Columns mismatch)',
+    )
 
 
 def _first_fragment(path, ds, max_bytes: int = 1 << 16) -> bytes:
   """The first bytes (at most `max_bytes`) of the first fragment of encapsulated Pixel Data."""
   data = ds.PixelData
   offset = 0
-  for item in range(2):  # Item 0 is the Basic Offset Table, item 1 the first fragment.
-    if len(data) < offset + 8 or data[offset:offset + 4] != b"\xfe\xff\x00\xe0":
-      raise DicomReadError(path, "encapsulated Pixel Data is malformed (item tag expected)")
-    length = int.from_bytes(data[offset + 4:offset + 8], "little")
+  for item in range(
+      2
+  ):  # Item 0 is the Basic Offset Table, item 1 the first fragment.
+    if (
+        len(data) < offset + 8
+        or data[offset : offset + 4] != b'\xfe\xff\x00\xe0'
+    ):
+      raise DicomReadError(
+          path, 'encapsulated Pixel Data is malformed (item tag expected)'
+      )
+    length = int.from_bytes(data[offset + 4 : offset + 8], 'little')
     if item == 1:
-      return bytes(data[offset + 8:offset + 8 + min(length, max_bytes)])
+      return bytes(data[offset + 8 : offset + 8 + min(length, max_bytes)])
     offset += 8 + length
-  raise AssertionError("unreachable")
+  raise AssertionError('unreachable')
 
 
 def _j2k_size(stream: bytes) -> tuple[int, int] | None:
   """(rows, columns) from a JPEG 2000 codestream's SIZ marker (optionally inside a JP2 box)."""
-  start = stream.find(b"\xff\x4f\xff\x51")
+  start = stream.find(b'\xff\x4f\xff\x51')
   if start < 0 or len(stream) < start + 24:
     return None
-  xsiz, ysiz, x0, y0 = (int.from_bytes(stream[start + 8 + 4 * k:start + 12 + 4 * k], "big")
-                        for k in range(4))
+  xsiz, ysiz, x0, y0 = (
+      int.from_bytes(stream[start + 8 + 4 * k : start + 12 + 4 * k], 'big')
+      for k in range(4)
+  )
   return ysiz - y0, xsiz - x0
 
 
 def _jpeg_size(stream: bytes) -> tuple[int, int] | None:
   """(rows, columns) from the first start-of-frame marker of a JPEG or JPEG-LS stream."""
-  if stream[:2] != b"\xff\xd8":
+  if stream[:2] != b'\xff\xd8':
     return None
   pos = 2
   while pos + 4 <= len(stream):
@@ -601,12 +751,14 @@ def _jpeg_size(stream: bytes) -> tuple[int, int] | None:
     if marker in _JPEG_STANDALONE_MARKERS:
       pos += 2
       continue
-    length = int.from_bytes(stream[pos + 2:pos + 4], "big")
+    length = int.from_bytes(stream[pos + 2 : pos + 4], 'big')
     if marker in _JPEG_SOF_MARKERS:
       if pos + 9 > len(stream):
         return None
-      return (int.from_bytes(stream[pos + 5:pos + 7], "big"),
-              int.from_bytes(stream[pos + 7:pos + 9], "big"))
+      return (
+          int.from_bytes(stream[pos + 5 : pos + 7], 'big'),
+          int.from_bytes(stream[pos + 7 : pos + 9], 'big'),
+      )
     if marker == 0xDA or length < 2:  # scan data before any frame header
       return None
     pos += 2 + length
@@ -615,27 +767,34 @@ def _jpeg_size(stream: bytes) -> tuple[int, int] | None:
 
 def _pixel_data_length(ds) -> int:
   """Length of Pixel Data in bytes, without loading it when its reading was deferred."""
-  elem = ds.get_item("PixelData")
-  value = getattr(elem, "value", None)
+  elem = ds.get_item('PixelData')
+  value = getattr(elem, 'value', None)
   if value is None:
-    return int(getattr(elem, "length", 0) or 0)
+    return int(getattr(elem, 'length', 0) or 0)
   return len(value)
 
 
 def _modality_scaled(ds, stored: np.ndarray) -> np.ndarray:
   """Modality LUT, then scaling so the Bits Stored range maps to [0, 1] (step 4-5)."""
-  bits = int(ds.get("BitsStored", ds.BitsAllocated) or ds.BitsAllocated)
-  signed = int(ds.get("PixelRepresentation", 0)) == 1
-  lo, hi = (-(2**(bits - 1)), 2**(bits - 1) - 1) if signed else (0, 2**bits - 1)
-  has_lut = "ModalityLUTSequence" in ds
+  bits = int(ds.get('BitsStored', ds.BitsAllocated) or ds.BitsAllocated)
+  signed = int(ds.get('PixelRepresentation', 0)) == 1
+  lo, hi = (
+      (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+  )
+  has_lut = 'ModalityLUTSequence' in ds
   if has_lut and bits <= 16:
     range_values = np.arange(lo, hi + 1, dtype=np.int64)
   else:
     range_values = np.array([lo, hi], np.int64)
-  range_out = np.asarray(pydicom.pixels.apply_modality_lut(range_values, ds), np.float64)
+  range_out = np.asarray(
+      pydicom.pixels.apply_modality_lut(range_values, ds), np.float64
+  )
   out_lo, out_hi = float(range_out.min()), float(range_out.max())
-  values = pydicom.pixels.apply_modality_lut(stored, ds) if (
-      has_lut or "RescaleSlope" in ds or "RescaleIntercept" in ds) else stored
+  values = (
+      pydicom.pixels.apply_modality_lut(stored, ds)
+      if (has_lut or 'RescaleSlope' in ds or 'RescaleIntercept' in ds)
+      else stored
+  )
   values = np.asarray(values, np.float32)
   if out_hi <= out_lo:
     return np.zeros(values.shape, np.float32)

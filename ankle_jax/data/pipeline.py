@@ -1,19 +1,24 @@
-"""Input pipelines over the built `radiograph_studies` dataset: tfds.data_source + grain.
+"""Input pipelines over the built `radiograph_studies` dataset: tfds.data_source
++ grain.
 
-Training: `make_train_loader` shuffles (per epoch), repeats, optionally resamples by per-label
-weights (balanced sampling), converts and batches on the host; the returned grain iterator's
-`get_state()` / `set_state()` give an exact resume. Images are float32 in [0, 1], not standardized
-and not augmented (that happens on device in the train step).
+Training: `make_train_loader` shuffles (per epoch), repeats, optionally
+resamples by per-label weights (balanced sampling), converts and batches on the
+host; the returned grain iterator's `get_state()` / `set_state()` give an exact
+resume. Images are float32 in [0, 1], not standardized and not augmented (that
+happens on device in the train step).
 
-Evaluation: `iterate_eval_batches` walks a split ordered by (case_id, view_index), so all views of a
-case are adjacent, and pads the last batch (mask False) to a fixed batch size.
+Evaluation: `iterate_eval_batches` walks a split ordered by (case_id,
+view_index), so all views of a case are adjacent, and pads the last batch (mask
+False) to a fixed batch size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
+import contextlib
 import os
 import pathlib
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -22,42 +27,54 @@ import tensorflow_datasets as tfds
 from ankle_jax.data import dicom
 from ankle_jax.data import radiograph_studies  # noqa: F401  (registers the builder)
 
-DATASET_NAME = "radiograph_studies"
+DATASET_NAME = 'radiograph_studies'
 
 
 class DatasetNotBuiltError(FileNotFoundError):
   """The requested dataset/split is not in data_dir."""
 
 
-def load_split(data_dir: os.PathLike | str, split: str, dataset_config: str = "dicom_cases"):
+def load_split(
+    data_dir: os.PathLike | str, split: str, dataset_config: str = 'dicom_cases'
+):
   """Returns the random-access data source (ArrayRecord) of one split.
 
   Args:
     data_dir: the TFDS data directory the dataset was built into.
-    split: 'train', 'validation' or 'test' (TFDS slicing such as 'train[:10]' works too).
+    split: 'train', 'validation' or 'test' (TFDS slicing such as 'train[:10]'
+      works too).
     dataset_config: builder config name.
 
   Returns:
-    A sequence-like source: `len(source)` views, `source[i]` a dict of numpy values.
+    A sequence-like source: `len(source)` views, `source[i]` a dict of numpy
+      values.
 
   Raises:
     DatasetNotBuiltError: with the command that builds it, when it is missing.
   """
   root = pathlib.Path(data_dir) / DATASET_NAME / dataset_config
-  infos = sorted(root.glob("*/dataset_info.json"))
-  build_cmd = (f"python -m ankle_jax.data.build --manual_dir=DIR --data_dir={data_dir} "
-               f"--config={dataset_config}")
+  infos = sorted(root.glob('*/dataset_info.json'))
+  build_cmd = (
+      f'python -m ankle_jax.data.build --manual_dir=DIR --data_dir={data_dir} '
+      f'--config={dataset_config}'
+  )
   if not infos:
     raise DatasetNotBuiltError(
-        f"dataset {DATASET_NAME}/{dataset_config} not found in {data_dir}; build it with:\n  "
-        f"{build_cmd}")
-  base_split = split.split("[")[0]
-  if not list(infos[-1].parent.glob(f"{DATASET_NAME}-{base_split}.array_record*")):
+        f'dataset {DATASET_NAME}/{dataset_config} not found in {data_dir}; build it with:\n  '
+        f'{build_cmd}'
+    )
+  base_split = split.split('[')[0]
+  if not list(
+      infos[-1].parent.glob(f'{DATASET_NAME}-{base_split}.array_record*')
+  ):
     raise DatasetNotBuiltError(
         f"split '{base_split}' of {DATASET_NAME}/{dataset_config} in {data_dir} is missing or "
-        "empty (or was not built as ArrayRecord); (re)build with:\n  " + build_cmd)
-  # Read features/splits from the directory itself (not from the registered builder's defaults),
-  # so datasets built with non-default options (e.g. image_size) read back as written.
+        'empty (or was not built as ArrayRecord); (re)build with:\n  '
+        + build_cmd
+    )
+  # Read features/splits from the directory itself (not from the registered
+  # builder's defaults), so datasets built with non-default options (e.g.
+  # image_size) read back as written.
   builder = tfds.builder_from_directory(os.fspath(infos[-1].parent))
   return builder.as_data_source(split=split)
 
@@ -69,18 +86,21 @@ def split_size(source) -> int:
 
 def _metadata(source) -> list[dict[str, Any]]:
   """label/case_id/view_index of every record (one pass; cached on the source object)."""
-  cached = getattr(source, "_ankle_jax_metadata", None)
+  cached = getattr(source, '_ankle_jax_metadata', None)
   if cached is not None:
     return cached
   rows = []
   for i in range(len(source)):
     ex = source[i]
-    rows.append({"label": int(ex["label"]), "case_id": _to_str(ex["case_id"]),
-                 "view_index": int(ex["view_index"])})
-  try:
-    source._ankle_jax_metadata = rows  # pylint: disable=protected-access
-  except AttributeError:
-    pass
+    rows.append(
+        {
+            'label': int(ex['label']),
+            'case_id': _to_str(ex['case_id']),
+            'view_index': int(ex['view_index']),
+        }
+    )
+  with contextlib.suppress(AttributeError):
+    source._ankle_jax_metadata = rows
   return rows
 
 
@@ -103,15 +123,19 @@ class _ToTrainExample(grain.transforms.Map):
     self.image_size = image_size
 
   def map(self, element):
-    return {"image": _to_image(element["image"], self.image_size),
-            "label": np.int32(element["label"])}
+    return {
+        'image': _to_image(element['image'], self.image_size),
+        'label': np.int32(element['label']),
+    }
 
 
 class _WeightedIndices(grain.MapDataset):
-  """Index i -> a record index drawn with per-record probabilities, epoch by epoch.
+  """Index i -> a record index drawn with per-record probabilities, epoch by
+  epoch.
 
   Epoch e (records [e*n, (e+1)*n)) draws n indices with replacement from
-  numpy.random.default_rng([seed, e]); deterministic and random-access, so resumable.
+  numpy.random.default_rng([seed, e]); deterministic and random-access, so
+  resumable.
   """
 
   def __init__(self, probs: np.ndarray, seed: int, num_epochs: int | None):
@@ -130,7 +154,9 @@ class _WeightedIndices(grain.MapDataset):
       if len(self._cache) > 2:
         self._cache.clear()
       rng = np.random.default_rng([self._seed, epoch])
-      self._cache[epoch] = rng.choice(self._n, size=self._n, replace=True, p=self._probs)
+      self._cache[epoch] = rng.choice(
+          self._n, size=self._n, replace=True, p=self._probs
+      )
     return self._cache[epoch]
 
   def __getitem__(self, index):
@@ -139,7 +165,7 @@ class _WeightedIndices(grain.MapDataset):
     return int(self._epoch(index // self._n)[index % self._n])
 
   def __str__(self):
-    return "_WeightedIndices"
+    return '_WeightedIndices'
 
 
 def make_train_loader(
@@ -151,36 +177,46 @@ def make_train_loader(
     shuffle: bool = True,
     num_epochs: int | None = None,
     worker_count: int = 0,
-    sample_weights_by_label: Sequence[float] | Mapping[int, float] | None = None,
+    sample_weights_by_label: (
+        Sequence[float] | Mapping[int, float] | None
+    ) = None,
 ):
   """A resumable grain iterator of training batches.
 
   Args:
     source: a data source from `load_split`.
-    global_batch_size: views per batch (the remainder of the last epoch is dropped).
-    image_size: output side; records are resized on the host when it differs from the stored size.
+    global_batch_size: views per batch (the remainder of the last epoch is
+      dropped).
+    image_size: output side; records are resized on the host when it differs
+      from the stored size.
     seed: shuffling/sampling seed.
     shuffle: shuffle (a new permutation every epoch).
     num_epochs: None repeats forever.
     worker_count: grain worker processes (0 = in this process).
-    sample_weights_by_label: optional weight per label ([w_normal, w_fracture] or {label: w});
-      records are then drawn with replacement with probability proportional to their label's
-      weight (e.g. [1, 7.7] for balanced sampling on FracAtlas); `shuffle` is implied.
+    sample_weights_by_label: optional weight per label ([w_normal, w_fracture]
+      or {label: w}); records are then drawn with replacement with probability
+      proportional to their label's weight (e.g. [1, 7.7] for balanced sampling
+      on FracAtlas); `shuffle` is implied.
 
   Returns:
-    A grain DatasetIterator yielding {'image': float32 [B, S, S, 1], 'label': int32 [B]}, with
-    `get_state()` / `set_state(state)` for an exact resume.
+    A grain DatasetIterator yielding {'image': float32 [B, S, S, 1], 'label':
+    int32 [B]}, with `get_state()` / `set_state(state)` for an exact resume.
   """
   if len(source) == 0:
-    raise ValueError("make_train_loader: the source is empty")
+    raise ValueError('make_train_loader: the source is empty')
   if sample_weights_by_label is not None:
-    weights = dict(enumerate(sample_weights_by_label)) if not isinstance(
-        sample_weights_by_label, Mapping) else dict(sample_weights_by_label)
-    labels = np.array([m["label"] for m in _metadata(source)])
+    weights = (
+        dict(enumerate(sample_weights_by_label))
+        if not isinstance(sample_weights_by_label, Mapping)
+        else dict(sample_weights_by_label)
+    )
+    labels = np.array([m['label'] for m in _metadata(source)])
     probs = np.array([float(weights.get(int(l), 0.0)) for l in labels])
     if probs.sum() <= 0:
-      raise ValueError(f"sample_weights_by_label {sample_weights_by_label} gives zero weight "
-                       "to every record")
+      raise ValueError(
+          f'sample_weights_by_label {sample_weights_by_label} gives zero weight '
+          'to every record'
+      )
     indices = _WeightedIndices(probs / probs.sum(), seed, num_epochs)
     ds = indices.map(lambda i: source[i])
   else:
@@ -190,20 +226,30 @@ def make_train_loader(
     ds = ds.repeat(num_epochs)
   ds = ds.map(_ToTrainExample(image_size))
   ds = ds.batch(global_batch_size, drop_remainder=True)
-  iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  iter_ds = ds.to_iter_dataset(
+      grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+  )
   if worker_count > 0:
-    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    iter_ds = iter_ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=worker_count)
+    )
   return iter(iter_ds)
 
 
 def eval_order(source) -> list[int]:
   """Record indices ordered by (case_id, view_index)."""
   meta = _metadata(source)
-  return sorted(range(len(meta)), key=lambda i: (meta[i]["case_id"], meta[i]["view_index"]))
+  return sorted(
+      range(len(meta)),
+      key=lambda i: (meta[i]['case_id'], meta[i]['view_index']),
+  )
 
 
-def iterate_eval_batches(source, *, batch_size: int, image_size: int) -> Iterator[dict]:
-  """Yields every view once, ordered by (case_id, view_index), in fixed-size padded batches.
+def iterate_eval_batches(
+    source, *, batch_size: int, image_size: int
+) -> Iterator[dict]:
+  """Yields every view once, ordered by (case_id, view_index), in fixed-size
+  padded batches.
 
   Args:
     source: a data source from `load_split`.
@@ -211,25 +257,26 @@ def iterate_eval_batches(source, *, batch_size: int, image_size: int) -> Iterato
     image_size: output side.
 
   Yields:
-    {'image': float32 [B, S, S, 1], 'label': int32 [B], 'case_id': object [B] of str,
-     'view_index': int32 [B], 'mask': bool [B]} (padding rows: mask False, image 0, label 0,
-     case_id '', view_index -1).
+    {'image': float32 [B, S, S, 1], 'label': int32 [B], 'case_id': object [B] of
+    str,
+     'view_index': int32 [B], 'mask': bool [B]} (padding rows: mask False, image
+     0, label 0, case_id '', view_index -1).
   """
   order = eval_order(source)
   for start in range(0, len(order), batch_size):
-    rows = order[start:start + batch_size]
+    rows = order[start : start + batch_size]
     batch = {
-        "image": np.zeros((batch_size, image_size, image_size, 1), np.float32),
-        "label": np.zeros((batch_size,), np.int32),
-        "case_id": np.full((batch_size,), "", dtype=object),
-        "view_index": np.full((batch_size,), -1, np.int32),
-        "mask": np.zeros((batch_size,), bool),
+        'image': np.zeros((batch_size, image_size, image_size, 1), np.float32),
+        'label': np.zeros((batch_size,), np.int32),
+        'case_id': np.full((batch_size,), '', dtype=object),
+        'view_index': np.full((batch_size,), -1, np.int32),
+        'mask': np.zeros((batch_size,), bool),
     }
     for j, i in enumerate(rows):
       ex = source[i]
-      batch["image"][j] = _to_image(ex["image"], image_size)
-      batch["label"][j] = int(ex["label"])
-      batch["case_id"][j] = _to_str(ex["case_id"])
-      batch["view_index"][j] = int(ex["view_index"])
-      batch["mask"][j] = True
+      batch['image'][j] = _to_image(ex['image'], image_size)
+      batch['label'][j] = int(ex['label'])
+      batch['case_id'][j] = _to_str(ex['case_id'])
+      batch['view_index'][j] = int(ex['view_index'])
+      batch['mask'][j] = True
     yield batch

@@ -11,7 +11,7 @@ Calling convention (every family):
 images_bhwc: float32 [B, H, W, 1], H, W >= 75. Logits are float32 [B, classes].
 """
 
-from typing import Any, Union
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -39,10 +39,16 @@ FAMILY_KWARGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def build(name: str, *, num_classes: int = 2, aux_head: bool = False,
-          dropout_rate: float = 0.0, width_multiplier: float = 1.0,
-          dtype: Union[str, Any] = jnp.float32,
-          **family_kwargs) -> nn.Module:
+def build(
+    name: str,
+    *,
+    num_classes: int = 2,
+    aux_head: bool = False,
+    dropout_rate: float = 0.0,
+    width_multiplier: float = 1.0,
+    dtype: str | Any = jnp.float32,
+    **family_kwargs,
+) -> nn.Module:
   """Builds model `name` (one of MODEL_NAMES) as a linen Module.
 
   Args:
@@ -66,29 +72,45 @@ def build(name: str, *, num_classes: int = 2, aux_head: bool = False,
   if name not in MODEL_REGISTRY:
     raise ValueError(
         f'ankle_jax.models.build: unknown model name {name!r}; valid names: '
-        f'{", ".join(MODEL_NAMES)}.')
+        f'{", ".join(MODEL_NAMES)}.'
+    )
   unknown = sorted(set(family_kwargs) - set(FAMILY_KWARGS[name]))
   if unknown:
     valid = ', '.join(FAMILY_KWARGS[name]) or '(none)'
     raise ValueError(
         f'ankle_jax.models.build: unknown keyword argument(s) {unknown} for '
-        f'model {name!r}; valid family kwargs: {valid}.')
+        f'model {name!r}; valid family kwargs: {valid}.'
+    )
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(
         f'ankle_jax.models.build: dropout_rate={dropout_rate} must be in '
-        '[0, 1).')
+        '[0, 1).'
+    )
   if width_multiplier <= 0:
     raise ValueError(
         f'ankle_jax.models.build: width_multiplier={width_multiplier} must be '
-        'positive.')
+        'positive.'
+    )
   return MODEL_REGISTRY[name](
-      num_classes=num_classes, aux_head=aux_head, dropout_rate=dropout_rate,
-      width_multiplier=width_multiplier, dtype=jnp.dtype(dtype),
-      **family_kwargs)
+      num_classes=num_classes,
+      aux_head=aux_head,
+      dropout_rate=dropout_rate,
+      width_multiplier=width_multiplier,
+      dtype=jnp.dtype(dtype),
+      **family_kwargs,
+  )
 
 
 __all__ = [
-    'FAMILY_KWARGS', 'MODEL_NAMES', 'MODEL_REGISTRY', 'ModelOutputs', 'build',
-    'format_summary', 'inception_v3', 'layers', 'resnet_v2', 'summarize',
+    'FAMILY_KWARGS',
+    'MODEL_NAMES',
+    'MODEL_REGISTRY',
+    'ModelOutputs',
+    'build',
+    'format_summary',
+    'inception_v3',
+    'layers',
+    'resnet_v2',
+    'summarize',
     'xception',
 ]

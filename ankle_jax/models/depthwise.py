@@ -43,17 +43,21 @@ convolutions here and everything else to lax unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import functools
-from typing import Sequence, Union
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 
-PaddingLike = Union[str, Sequence[tuple[int, int]]]
+PaddingLike = str | Sequence[tuple[int, int]]
 
-__all__ = ['conv_general_dilated', 'depthwise_conv2d', 'grouped_conv_reference',
-           'pointwise_conv2d']
+__all__ = [
+    'conv_general_dilated',
+    'depthwise_conv2d',
+    'grouped_conv_reference',
+    'pointwise_conv2d',
+]
 
 
 def grouped_conv_reference(
@@ -80,8 +84,9 @@ def grouped_conv_reference(
       x,
       kernel,
       window_strides=tuple(strides),
-      padding=padding if isinstance(padding, str) else tuple(
-          tuple(p) for p in padding),
+      padding=padding
+      if isinstance(padding, str)
+      else tuple(tuple(p) for p in padding),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
       feature_group_count=x.shape[-1],
   )
@@ -102,7 +107,8 @@ def _explicit_pads(
   if len(pads) != 2:
     raise ValueError(
         'depthwise_conv2d: padding must be "SAME", "VALID" or two '
-        f'(low, high) pairs, got {padding!r}')
+        f'(low, high) pairs, got {padding!r}'
+    )
   return pads  # pytype: disable=bad-return-type
 
 
@@ -110,8 +116,13 @@ def _out_size(size: int, k: int, s: int, lo: int, hi: int) -> int:
   return (size + lo + hi - k) // s + 1
 
 
-def _tap(xp: jax.Array, i: int, j: int, out_hw: tuple[int, int],
-         strides: tuple[int, int]) -> jax.Array:
+def _tap(
+    xp: jax.Array,
+    i: int,
+    j: int,
+    out_hw: tuple[int, int],
+    strides: tuple[int, int],
+) -> jax.Array:
   """The strided window of xp that kernel tap (i, j) multiplies.
 
   Args:
@@ -133,16 +144,21 @@ def _tap(xp: jax.Array, i: int, j: int, out_hw: tuple[int, int],
   )
 
 
-def _shifted_sum(xp: jax.Array, kernel_f32: jax.Array,
-                 out_hw: tuple[int, int], strides: tuple[int, int],
-                 out_dtype) -> jax.Array:
+def _shifted_sum(
+    xp: jax.Array,
+    kernel_f32: jax.Array,
+    out_hw: tuple[int, int],
+    strides: tuple[int, int],
+    out_dtype,
+) -> jax.Array:
   """sum_{i,j} tap(xp, i, j) * kernel[i, j, 0], accumulated in float32."""
   kh, kw = kernel_f32.shape[:2]
   acc = None
   for i in range(kh):
     for j in range(kw):
       term = _tap(xp, i, j, out_hw, strides).astype(jnp.float32) * (
-          kernel_f32[i, j, 0])
+          kernel_f32[i, j, 0]
+      )
       acc = term if acc is None else acc + term
   return acc.astype(out_dtype)
 
@@ -156,24 +172,29 @@ def _pad_spatial(x: jax.Array, pads) -> jax.Array:
 def _check(x: jax.Array, kernel: jax.Array) -> None:
   if x.ndim != 4:
     raise ValueError(
-        f'depthwise_conv2d: x must be NHWC [B, H, W, C], got shape {x.shape}')
+        f'depthwise_conv2d: x must be NHWC [B, H, W, C], got shape {x.shape}'
+    )
   channels = x.shape[-1]
   if kernel.ndim != 4 or kernel.shape[2] != 1 or kernel.shape[3] != channels:
     raise ValueError(
         'depthwise_conv2d: kernel must be [kh, kw, 1, C] with C = '
         f'x.shape[-1] = {channels} (channel multiplier 1), got '
-        f'{kernel.shape}')
+        f'{kernel.shape}'
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _depthwise(x, kernel, strides, pads):
   kh, kw = kernel.shape[:2]
-  out_hw = (_out_size(x.shape[1], kh, strides[0], *pads[0]),
-            _out_size(x.shape[2], kw, strides[1], *pads[1]))
+  out_hw = (
+      _out_size(x.shape[1], kh, strides[0], *pads[0]),
+      _out_size(x.shape[2], kw, strides[1], *pads[1]),
+  )
   xp = _pad_spatial(x, ((*pads[0], 0), (*pads[1], 0)))
   out_dtype = jnp.result_type(x.dtype, kernel.dtype)
-  return _shifted_sum(xp, kernel.astype(jnp.float32), out_hw, strides,
-                      out_dtype)
+  return _shifted_sum(
+      xp, kernel.astype(jnp.float32), out_hw, strides, out_dtype
+  )
 
 
 def _depthwise_fwd(x, kernel, strides, pads):
@@ -202,13 +223,18 @@ def _kernel_grad(x, g, kernel_shape, kernel_dtype, strides, pads):
     xp_chunk = xp[lo:hi]
     products = tuple(
         _tap(xp_chunk, i, j, out_hw, strides).astype(jnp.float32) * g32
-        for i in range(kh) for j in range(kw))
+        for i in range(kh)
+        for j in range(kw)
+    )
     zeros = tuple(jnp.zeros((), jnp.float32) for _ in products)
     chunk_sums = lax.reduce(
-        products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)),
-        (0, 1))
-    partial_sums = chunk_sums if partial_sums is None else tuple(
-        u + v for u, v in zip(partial_sums, chunk_sums))
+        products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 1)
+    )
+    partial_sums = (
+        chunk_sums
+        if partial_sums is None
+        else tuple(u + v for u, v in zip(partial_sums, chunk_sums))
+    )
   sums = jnp.stack([p.sum(axis=0) for p in partial_sums])  # [kh*kw, C]
   return sums.reshape(kernel_shape).astype(kernel_dtype)
 
@@ -277,7 +303,8 @@ def depthwise_conv2d(
   strides = tuple(int(s) for s in strides)
   if len(strides) != 2 or min(strides) < 1:
     raise ValueError(
-        f'depthwise_conv2d: strides must be two positive ints, got {strides}')
+        f'depthwise_conv2d: strides must be two positive ints, got {strides}'
+    )
   pads = _explicit_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
   return _depthwise(x, kernel, strides, pads)
 
@@ -308,17 +335,25 @@ def pointwise_conv2d(
   Returns:
     [B, ceil(H / sh), ceil(W / sw), F].
   """
-  if kernel.ndim != 4 or kernel.shape[:2] != (1, 1) or (
-      kernel.shape[2] != x.shape[-1]):
+  if (
+      kernel.ndim != 4
+      or kernel.shape[:2] != (1, 1)
+      or (kernel.shape[2] != x.shape[-1])
+  ):
     raise ValueError(
         'pointwise_conv2d: kernel must be [1, 1, C, F] with C = x.shape[-1] '
-        f'= {x.shape[-1]}, got {kernel.shape}')
+        f'= {x.shape[-1]}, got {kernel.shape}'
+    )
   sh, sw = (int(s) for s in strides)
   if (sh, sw) != (1, 1):
     x = x[:, ::sh, ::sw, :]
   return lax.dot_general(
-      x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=precision,
-      preferred_element_type=preferred_element_type)
+      x,
+      kernel[0, 0],
+      (((3,), (0,)), ((), ())),
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+  )
 
 
 def _is_nhwc_hwio(lhs_shape, rhs_shape, dimension_numbers) -> bool:
@@ -326,8 +361,8 @@ def _is_nhwc_hwio(lhs_shape, rhs_shape, dimension_numbers) -> bool:
     return False
   try:
     return lax.conv_dimension_numbers(
-        lhs_shape, rhs_shape, dimension_numbers) == lax.conv_dimension_numbers(
-            lhs_shape, rhs_shape, _NHWC_HWIO)
+        lhs_shape, rhs_shape, dimension_numbers
+    ) == lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC_HWIO)
   except (TypeError, ValueError):
     return False
 
@@ -362,26 +397,44 @@ def conv_general_dilated(
   """
   simple = (
       _is_nhwc_hwio(lhs.shape, rhs.shape, dimension_numbers)
-      and _all_ones(lhs_dilation) and _all_ones(rhs_dilation)
-      and batch_group_count == 1)
+      and _all_ones(lhs_dilation)
+      and _all_ones(rhs_dilation)
+      and batch_group_count == 1
+  )
   if simple:
     channels = lhs.shape[-1]
-    if (feature_group_count == channels and rhs.shape[2] == 1
-        and rhs.shape[3] == channels and channels > 1
+    if (
+        feature_group_count == channels
+        and rhs.shape[2] == 1
+        and rhs.shape[3] == channels
+        and channels > 1
         and preferred_element_type is None
-        and lhs.dtype == rhs.dtype):
-      return depthwise_conv2d(lhs, rhs, strides=window_strides,
-                              padding=padding)
-    no_padding = (padding.upper() in ('SAME', 'VALID')
-                  if isinstance(padding, str)
-                  else all(tuple(p) == (0, 0) for p in padding))
+        and lhs.dtype == rhs.dtype
+    ):
+      return depthwise_conv2d(lhs, rhs, strides=window_strides, padding=padding)
+    no_padding = (
+        padding.upper() in ('SAME', 'VALID')
+        if isinstance(padding, str)
+        else all(tuple(p) == (0, 0) for p in padding)
+    )
     if feature_group_count == 1 and rhs.shape[:2] == (1, 1) and no_padding:
-      return pointwise_conv2d(lhs, rhs, strides=window_strides,
-                              precision=precision,
-                              preferred_element_type=preferred_element_type)
+      return pointwise_conv2d(
+          lhs,
+          rhs,
+          strides=window_strides,
+          precision=precision,
+          preferred_element_type=preferred_element_type,
+      )
   return lax.conv_general_dilated(
-      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count,
-      batch_group_count=batch_group_count, precision=precision,
-      preferred_element_type=preferred_element_type)
+      batch_group_count=batch_group_count,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+  )

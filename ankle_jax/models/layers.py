@@ -12,25 +12,29 @@ Conventions (all modules here):
 
 from collections.abc import Sequence
 import functools
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
 from ankle_jax.models import depthwise
 
 Dtype = Any
-Padding = Union[str, Sequence[tuple[int, int]]]
+Padding = str | Sequence[tuple[int, int]]
 
 # Keras BatchNormalization defaults (momentum 0.99, epsilon 1e-3).
 KERAS_BN_MOMENTUM = 0.99
 KERAS_BN_EPSILON = 1e-3
 
-# Every convolution of the models. XLA:CPU runs the gradients of grouped (depthwise) and 1x1
-# `lax.conv_general_dilated` calls ~10x below the equivalent slice sums / matmuls, so those two
-# cases go through ankle_jax.models.depthwise; all other convolutions reach lax unchanged.
+# Every convolution of the models. XLA:CPU runs the gradients of grouped
+# (depthwise) and 1x1 `lax.conv_general_dilated` calls ~10x below the equivalent
+# slice sums / matmuls, so those two cases go through
+# ankle_jax.models.depthwise; all other convolutions reach lax unchanged.
 # Parameter names and shapes are those of nn.Conv.
-Conv = functools.partial(nn.Conv, conv_general_dilated=depthwise.conv_general_dilated)
+Conv = functools.partial(
+    nn.Conv, conv_general_dilated=depthwise.conv_general_dilated
+)
 
 
 class ModelOutputs(NamedTuple):
@@ -41,8 +45,9 @@ class ModelOutputs(NamedTuple):
     aux_logits: float32 [batch, num_classes] from the auxiliary tower, or None
       when the model was built with aux_head=False.
   """
+
   logits: jax.Array
-  aux_logits: Optional[jax.Array]
+  aux_logits: jax.Array | None
 
 
 def scale_width(channels: int, width_multiplier: float) -> int:
@@ -50,14 +55,17 @@ def scale_width(channels: int, width_multiplier: float) -> int:
   return max(1, int(round(channels * width_multiplier)))
 
 
-def depthwise_conv2d(x: jax.Array, kernel: jax.Array,
-                     strides: tuple[int, int] = (1, 1),
-                     padding: Padding = 'SAME') -> jax.Array:
+def depthwise_conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: tuple[int, int] = (1, 1),
+    padding: Padding = 'SAME',
+) -> jax.Array:
   """Depthwise 2-D convolution (channel multiplier 1), a pure function.
 
-  This is the only place the depthwise convolution is computed: a shifted-slice sum with a
-  custom VJP (ankle_jax.models.depthwise), equal to lax's grouped convolution in values and
-  gradients but fast forward and backward under XLA.
+  This is the only place the depthwise convolution is computed: a shifted-slice
+  sum with a custom VJP (ankle_jax.models.depthwise), equal to lax's grouped
+  convolution in values and gradients but fast forward and backward under XLA.
 
   Args:
     x: [B, H, W, C] input.
@@ -72,7 +80,8 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array,
   if kernel.shape[-2:] != (1, channels):
     raise ValueError(
         f'depthwise_conv2d: kernel shape {kernel.shape} does not match input '
-        f'channels {channels}; expected [kh, kw, 1, {channels}].')
+        f'channels {channels}; expected [kh, kw, 1, {channels}].'
+    )
   return depthwise.depthwise_conv2d(x, kernel, strides=strides, padding=padding)
 
 
@@ -91,6 +100,7 @@ class ConvBN(nn.Module):
     momentum: BN running-average momentum (Keras convention, 0.99).
     dtype: computation dtype.
   """
+
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   strides: tuple[int, int] = (1, 1)
@@ -104,12 +114,23 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = Conv(self.features, self.kernel_size, strides=self.strides,
-                padding=self.padding, use_bias=self.use_bias,
-                dtype=self.dtype, name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                     epsilon=self.epsilon, use_scale=self.use_scale,
-                     dtype=self.dtype, name='bn')(x)
+    x = Conv(
+        self.features,
+        self.kernel_size,
+        strides=self.strides,
+        padding=self.padding,
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        name='conv',
+    )(x)
+    x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=self.momentum,
+        epsilon=self.epsilon,
+        use_scale=self.use_scale,
+        dtype=self.dtype,
+        name='bn',
+    )(x)
     return nn.relu(x) if self.relu else x
 
 
@@ -119,6 +140,7 @@ class SeparableConv(nn.Module):
   Params: 'depthwise_kernel' [kh, kw, 1, C_in] and 'pointwise/kernel'
   [1, 1, C_in, features].
   """
+
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   strides: tuple[int, int] = (1, 1)
@@ -128,12 +150,25 @@ class SeparableConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     channels = x.shape[-1]
-    kernel = self.param('depthwise_kernel', nn.initializers.lecun_normal(),
-                        (*self.kernel_size, 1, channels), jnp.float32)
-    x = depthwise_conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                         self.strides, self.padding)
-    return Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                   name='pointwise')(x)
+    kernel = self.param(
+        'depthwise_kernel',
+        nn.initializers.lecun_normal(),
+        (*self.kernel_size, 1, channels),
+        jnp.float32,
+    )
+    x = depthwise_conv2d(
+        x.astype(self.dtype),
+        kernel.astype(self.dtype),
+        self.strides,
+        self.padding,
+    )
+    return Conv(
+        self.features,
+        (1, 1),
+        use_bias=False,
+        dtype=self.dtype,
+        name='pointwise',
+    )(x)
 
 
 class AuxTower(nn.Module):
@@ -147,6 +182,7 @@ class AuxTower(nn.Module):
 
   Returns float32 logits [batch, num_classes].
   """
+
   num_classes: int
   conv_features: int = 128
   hidden_features: int = 700
@@ -157,7 +193,8 @@ class AuxTower(nn.Module):
     window = (min(5, x.shape[1]), min(5, x.shape[2]))
     x = nn.avg_pool(x, window, strides=(3, 3), padding='VALID')
     x = ConvBN(self.conv_features, (1, 1), dtype=self.dtype, name='conv')(
-        x, train)
+        x, train
+    )
     x = x.reshape((x.shape[0], -1))
     x = nn.Dense(self.hidden_features, dtype=self.dtype, name='dense1')(x)
     x = nn.relu(x)
@@ -172,6 +209,7 @@ class ClassifierHead(nn.Module):
   Grad-CAM intercepts this module's __call__ input, so every family feeds it
   the final feature map. Returns float32 logits [B, num_classes].
   """
+
   num_classes: int
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32

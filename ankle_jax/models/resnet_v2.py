@@ -22,7 +22,7 @@ conv1, max_pool1, conv2, conv3, conv4, conv5 (after the final BN + ReLU).
 """
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,6 +41,7 @@ class PreActBottleneck(nn.Module):
   conv of the preact (with bias) in the first unit of a stage, else the
   identity subsampled by `stride` (Keras' MaxPooling2D(1, stride)).
   """
+
   filters: int
   stride: int = 1
   projection: bool = False
@@ -48,24 +49,41 @@ class PreActBottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    bn = functools.partial(nn.BatchNorm, use_running_average=not train,
-                           momentum=layers.KERAS_BN_MOMENTUM,
-                           epsilon=BN_EPSILON, dtype=self.dtype)
-    conv_bn = functools.partial(layers.ConvBN, use_bias=False,
-                                epsilon=BN_EPSILON, dtype=self.dtype)
+    bn = functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=layers.KERAS_BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=self.dtype,
+    )
+    conv_bn = functools.partial(
+        layers.ConvBN, use_bias=False, epsilon=BN_EPSILON, dtype=self.dtype
+    )
     strides = (self.stride, self.stride)
     preact = nn.relu(bn(name='preact_bn')(x))
     if self.projection:
-      shortcut = layers.Conv(4 * self.filters, (1, 1), strides=strides,
-                         padding='VALID', use_bias=True, dtype=self.dtype,
-                         name='shortcut_conv')(preact)
+      shortcut = layers.Conv(
+          4 * self.filters,
+          (1, 1),
+          strides=strides,
+          padding='VALID',
+          use_bias=True,
+          dtype=self.dtype,
+          name='shortcut_conv',
+      )(preact)
     else:
-      shortcut = x[:, ::self.stride, ::self.stride, :]
+      shortcut = x[:, :: self.stride, :: self.stride, :]
     y = conv_bn(self.filters, (1, 1), name='conv1')(preact, train)
-    y = conv_bn(self.filters, (3, 3), strides=strides,
-                padding=((1, 1), (1, 1)), name='conv2')(y, train)
-    y = layers.Conv(4 * self.filters, (1, 1), use_bias=True, dtype=self.dtype,
-                name='conv3')(y)
+    y = conv_bn(
+        self.filters,
+        (3, 3),
+        strides=strides,
+        padding=((1, 1), (1, 1)),
+        name='conv2',
+    )(y, train)
+    y = layers.Conv(
+        4 * self.filters, (1, 1), use_bias=True, dtype=self.dtype, name='conv3'
+    )(y)
     return shortcut + y
 
 
@@ -85,13 +103,14 @@ class Model(nn.Module):
       exactly when stride_in_first_unit is False.
     stage_sizes: units per stage conv2..conv5 ((3, 4, 23, 3) = ResNet-101).
   """
+
   num_classes: int = 2
   aux_head: bool = False
   dropout_rate: float = 0.0
   width_multiplier: float = 1.0
   dtype: Any = jnp.float32
   stride_in_first_unit: bool = True
-  keras_stem: Optional[bool] = None
+  keras_stem: bool | None = None
   stage_sizes: tuple[int, ...] = (3, 4, 23, 3)
 
   def _unit_stride(self, stage: int, unit: int) -> int:
@@ -103,10 +122,14 @@ class Model(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> layers.ModelOutputs:
-    w = functools.partial(layers.scale_width,
-                          width_multiplier=self.width_multiplier)
-    keras_stem = (not self.stride_in_first_unit if self.keras_stem is None
-                  else self.keras_stem)
+    w = functools.partial(
+        layers.scale_width, width_multiplier=self.width_multiplier
+    )
+    keras_stem = (
+        not self.stride_in_first_unit
+        if self.keras_stem is None
+        else self.keras_stem
+    )
 
     def stage(name, y):
       self.sow('intermediates', f'{name}_output', y)
@@ -114,9 +137,18 @@ class Model(nn.Module):
 
     # Conv 1 (with bias, no BN: the first unit pre-activates) and Max pool 1.
     stem_padding = ((3, 3), (3, 3)) if keras_stem else 'VALID'
-    x = stage('conv1', layers.Conv(w(64), (7, 7), strides=(2, 2),
-                               padding=stem_padding, use_bias=True,
-                               dtype=self.dtype, name='conv1')(x))
+    x = stage(
+        'conv1',
+        layers.Conv(
+            w(64),
+            (7, 7),
+            strides=(2, 2),
+            padding=stem_padding,
+            use_bias=True,
+            dtype=self.dtype,
+            name='conv1',
+        )(x),
+    )
     if keras_stem:  # ZeroPadding2D(1) then a VALID max pool, as Keras.
       x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
@@ -128,22 +160,35 @@ class Model(nn.Module):
     for s, num_units in enumerate(self.stage_sizes):
       filters = w(64 * 2**s)
       for u in range(num_units):
-        x = PreActBottleneck(filters, stride=self._unit_stride(s, u),
-                             projection=(u == 0), dtype=self.dtype,
-                             name=f'conv{s + 2}_block{u + 1}')(x, train)
+        x = PreActBottleneck(
+            filters,
+            stride=self._unit_stride(s, u),
+            projection=(u == 0),
+            dtype=self.dtype,
+            name=f'conv{s + 2}_block{u + 1}',
+        )(x, train)
         if self.aux_head and s == 2 and u == 0:
           aux_logits = layers.AuxTower(
-              self.num_classes, conv_features=w(128), hidden_features=w(700),
-              dtype=self.dtype, name='aux_tower')(x, train)
+              self.num_classes,
+              conv_features=w(128),
+              hidden_features=w(700),
+              dtype=self.dtype,
+              name='aux_tower',
+          )(x, train)
       if s < len(self.stage_sizes) - 1:
         x = stage(f'conv{s + 2}', x)
 
-    x = nn.BatchNorm(use_running_average=not train,
-                     momentum=layers.KERAS_BN_MOMENTUM, epsilon=BN_EPSILON,
-                     dtype=self.dtype, name='post_bn')(x)
+    x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=layers.KERAS_BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=self.dtype,
+        name='post_bn',
+    )(x)
     x = stage(f'conv{len(self.stage_sizes) + 1}', nn.relu(x))
-    logits = layers.ClassifierHead(self.num_classes, self.dropout_rate,
-                                   dtype=self.dtype, name='head')(x, train)
+    logits = layers.ClassifierHead(
+        self.num_classes, self.dropout_rate, dtype=self.dtype, name='head'
+    )(x, train)
     return layers.ModelOutputs(logits, aux_logits)
 
 

@@ -6,7 +6,7 @@ the FLOPs come from XLA's cost analysis of the compiled eval-mode forward pass.
 
 import functools
 import math
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -20,13 +20,16 @@ def count_elements(tree: Any) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def abstract_variables(module: nn.Module, image_size: int,
-                       batch_size: int = 1) -> tuple[Any, jax.ShapeDtypeStruct]:
+def abstract_variables(
+    module: nn.Module, image_size: int, batch_size: int = 1
+) -> tuple[Any, jax.ShapeDtypeStruct]:
   """(variables, images) as ShapeDtypeStructs for [B, S, S, 1] inputs."""
-  images = jax.ShapeDtypeStruct((batch_size, image_size, image_size, 1),
-                                jnp.float32)
-  variables = jax.eval_shape(functools.partial(module.init, train=False),
-                             jax.random.key(0), images)
+  images = jax.ShapeDtypeStruct(
+      (batch_size, image_size, image_size, 1), jnp.float32
+  )
+  variables = jax.eval_shape(
+      functools.partial(module.init, train=False), jax.random.key(0), images
+  )
   return variables, images
 
 
@@ -45,8 +48,13 @@ def forward_flops(module: nn.Module, variables: Any, images: Any) -> float:
   return float(compiled_cost(compiled).get('flops', float('nan')))
 
 
-def summarize(module: nn.Module, image_size: int, batch_size: int = 1, *,
-              compute_flops: bool = True) -> dict[str, Any]:
+def summarize(
+    module: nn.Module,
+    image_size: int,
+    batch_size: int = 1,
+    *,
+    compute_flops: bool = True,
+) -> dict[str, Any]:
   """Summarizes `module` on [batch_size, image_size, image_size, 1] inputs.
 
   Returns a dict with:
@@ -62,10 +70,12 @@ def summarize(module: nn.Module, image_size: int, batch_size: int = 1, *,
   variables, images = abstract_variables(module, image_size, batch_size)
   params = variables['params']
   stats = variables.get('batch_stats', {})
-  outputs = jax.eval_shape(functools.partial(module.apply, train=False),
-                           variables, images)
-  flops: Optional[float] = (forward_flops(module, variables, images)
-                            if compute_flops else None)
+  outputs = jax.eval_shape(
+      functools.partial(module.apply, train=False), variables, images
+  )
+  flops: float | None = (
+      forward_flops(module, variables, images) if compute_flops else None
+  )
   trainable = count_elements(params)
   num_stats = count_elements(stats)
   return {

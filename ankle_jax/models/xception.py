@@ -31,17 +31,20 @@ from ankle_jax.models import layers
 
 class SepConvBN(nn.Module):
   """SeparableConv 3x3 (no bias) -> BatchNorm (Keras epsilon / momentum)."""
+
   features: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = layers.SeparableConv(self.features, dtype=self.dtype,
-                             name='sepconv')(x)
-    return nn.BatchNorm(use_running_average=not train,
-                        momentum=layers.KERAS_BN_MOMENTUM,
-                        epsilon=layers.KERAS_BN_EPSILON, dtype=self.dtype,
-                        name='bn')(x)
+    x = layers.SeparableConv(self.features, dtype=self.dtype, name='sepconv')(x)
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=layers.KERAS_BN_MOMENTUM,
+        epsilon=layers.KERAS_BN_EPSILON,
+        dtype=self.dtype,
+        name='bn',
+    )(x)
 
 
 class DownBlock(nn.Module):
@@ -51,22 +54,28 @@ class DownBlock(nn.Module):
   Returns (pre_pool, output): the map before the pool (a Table 3 "Conv" row)
   and the block output after pooling and the residual add.
   """
+
   features: tuple[int, int]
   pre_relu: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array,
-               train: bool) -> tuple[jax.Array, jax.Array]:
-    residual = layers.ConvBN(self.features[1], (1, 1), strides=(2, 2),
-                             padding='SAME', relu=False, dtype=self.dtype,
-                             name='residual')(x, train)
+  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    residual = layers.ConvBN(
+        self.features[1],
+        (1, 1),
+        strides=(2, 2),
+        padding='SAME',
+        relu=False,
+        dtype=self.dtype,
+        name='residual',
+    )(x, train)
     if self.pre_relu:
       x = nn.relu(x)
-    x = SepConvBN(self.features[0], dtype=self.dtype, name='sepconv1')(
-        x, train)
+    x = SepConvBN(self.features[0], dtype=self.dtype, name='sepconv1')(x, train)
     x = SepConvBN(self.features[1], dtype=self.dtype, name='sepconv2')(
-        nn.relu(x), train)
+        nn.relu(x), train
+    )
     pre_pool = x
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
     return pre_pool, x + residual
@@ -74,6 +83,7 @@ class DownBlock(nn.Module):
 
 class MiddleBlock(nn.Module):
   """Middle-flow block: 3x (ReLU, sep+BN) plus the identity."""
+
   features: int
   dtype: Any = jnp.float32
 
@@ -82,7 +92,8 @@ class MiddleBlock(nn.Module):
     residual = x
     for i in range(3):
       x = SepConvBN(self.features, dtype=self.dtype, name=f'sepconv{i + 1}')(
-          nn.relu(x), train)
+          nn.relu(x), train
+      )
     return x + residual
 
 
@@ -99,6 +110,7 @@ class Model(nn.Module):
     aux_block: 1-based middle-flow block after which the aux tower attaches.
     num_middle_blocks: middle-flow repetitions (8).
   """
+
   num_classes: int = 2
   aux_head: bool = False
   dropout_rate: float = 0.0
@@ -112,13 +124,15 @@ class Model(nn.Module):
     if not 1 <= self.aux_block <= self.num_middle_blocks:
       raise ValueError(
           f'xception.Model: aux_block={self.aux_block} must be in '
-          f'[1, {self.num_middle_blocks}] (1-based middle-flow block).')
+          f'[1, {self.num_middle_blocks}] (1-based middle-flow block).'
+      )
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> layers.ModelOutputs:
-    w = functools.partial(layers.scale_width,
-                          width_multiplier=self.width_multiplier)
+    w = functools.partial(
+        layers.scale_width, width_multiplier=self.width_multiplier
+    )
     conv = functools.partial(layers.ConvBN, use_bias=False, dtype=self.dtype)
     block = functools.partial(DownBlock, dtype=self.dtype)
     stem_padding = 'VALID' if self.valid_stem else 'SAME'
@@ -128,29 +142,45 @@ class Model(nn.Module):
       return y
 
     # Entry flow.
-    x = stage('conv1', conv(w(32), (3, 3), strides=(2, 2),
-                            padding=stem_padding, name='block1_conv1')(
-                                x, train))
-    x = stage('conv2', conv(w(64), (3, 3), padding=stem_padding,
-                            name='block1_conv2')(x, train))
+    x = stage(
+        'conv1',
+        conv(
+            w(32),
+            (3, 3),
+            strides=(2, 2),
+            padding=stem_padding,
+            name='block1_conv1',
+        )(x, train),
+    )
+    x = stage(
+        'conv2',
+        conv(w(64), (3, 3), padding=stem_padding, name='block1_conv2')(
+            x, train
+        ),
+    )
     for name, features, pre_relu, rows in (
         ('block2', (128, 128), False, ('conv3', 'max_pool1')),
         ('block3', (256, 256), True, ('conv4', 'max_pool2')),
-        ('block4', (728, 728), True, ('conv5', 'max_pool3'))):
-      pre_pool, x = block((w(features[0]), w(features[1])), pre_relu=pre_relu,
-                          name=name)(x, train)
+        ('block4', (728, 728), True, ('conv5', 'max_pool3')),
+    ):
+      pre_pool, x = block(
+          (w(features[0]), w(features[1])), pre_relu=pre_relu, name=name
+      )(x, train)
       stage(rows[0], pre_pool)
       stage(rows[1], x)
 
     # Middle flow.
     aux_logits = None
     for i in range(self.num_middle_blocks):
-      x = MiddleBlock(w(728), dtype=self.dtype, name=f'block{i + 5}')(
-          x, train)
+      x = MiddleBlock(w(728), dtype=self.dtype, name=f'block{i + 5}')(x, train)
       if self.aux_head and i + 1 == self.aux_block:
         aux_logits = layers.AuxTower(
-            self.num_classes, conv_features=w(128), hidden_features=w(700),
-            dtype=self.dtype, name='aux_tower')(x, train)
+            self.num_classes,
+            conv_features=w(128),
+            hidden_features=w(700),
+            dtype=self.dtype,
+            name='aux_tower',
+        )(x, train)
     stage('conv6', x)
 
     # Exit flow.
@@ -159,15 +189,22 @@ class Model(nn.Module):
     stage('conv7', pre_pool)
     stage('max_pool4', x)
     last_name = f'block{self.num_middle_blocks + 6}'
-    x = nn.relu(SepConvBN(w(1536), dtype=self.dtype,
-                          name=f'{last_name}_sepconv1')(x, train))
+    x = nn.relu(
+        SepConvBN(w(1536), dtype=self.dtype, name=f'{last_name}_sepconv1')(
+            x, train
+        )
+    )
     stage('conv8', x)
-    x = nn.relu(SepConvBN(w(2048), dtype=self.dtype,
-                          name=f'{last_name}_sepconv2')(x, train))
+    x = nn.relu(
+        SepConvBN(w(2048), dtype=self.dtype, name=f'{last_name}_sepconv2')(
+            x, train
+        )
+    )
     stage('conv9', x)
 
-    logits = layers.ClassifierHead(self.num_classes, self.dropout_rate,
-                                   dtype=self.dtype, name='head')(x, train)
+    logits = layers.ClassifierHead(
+        self.num_classes, self.dropout_rate, dtype=self.dtype, name='head'
+    )(x, train)
     return layers.ModelOutputs(logits, aux_logits)
 
 

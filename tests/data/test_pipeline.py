@@ -8,56 +8,96 @@ from ankle_jax.data import pipeline
 from ankle_jax.data import synthetic
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  manual = tmp_path_factory.mktemp("manual")
-  synthetic.generate_studies(manual, num_normal=14, num_fracture=10, seed=2,
-                             views_probs=(0.2, 0.2, 0.6), max_size=360)
-  out = tmp_path_factory.mktemp("data")
-  build.build_dataset(manual, out, num_workers=1, progress=False, num_validation_per_label=3,
-                      num_test_per_label=2, min_eval_views=2)
+  manual = tmp_path_factory.mktemp('manual')
+  synthetic.generate_studies(
+      manual,
+      num_normal=14,
+      num_fracture=10,
+      seed=2,
+      views_probs=(0.2, 0.2, 0.6),
+      max_size=360,
+  )
+  out = tmp_path_factory.mktemp('data')
+  build.build_dataset(
+      manual,
+      out,
+      num_workers=1,
+      progress=False,
+      num_validation_per_label=3,
+      num_test_per_label=2,
+      min_eval_views=2,
+  )
   return out
 
 
 def test_load_split_missing_names_the_build_command(tmp_path, data_dir):
-  with pytest.raises(pipeline.DatasetNotBuiltError, match="python -m ankle_jax.data.build"):
-    pipeline.load_split(tmp_path, "train")
-  with pytest.raises(pipeline.DatasetNotBuiltError, match="mura"):
-    pipeline.load_split(data_dir, "train", "mura")
-  source = pipeline.load_split(data_dir, "train")
+  with pytest.raises(
+      pipeline.DatasetNotBuiltError, match='python -m ankle_jax.data.build'
+  ):
+    pipeline.load_split(tmp_path, 'train')
+  with pytest.raises(pipeline.DatasetNotBuiltError, match='mura'):
+    pipeline.load_split(data_dir, 'train', 'mura')
+  source = pipeline.load_split(data_dir, 'train')
   assert pipeline.split_size(source) == len(source) > 0
 
 
 def test_train_batches_shapes_and_epoch_coverage(data_dir):
-  source = pipeline.load_split(data_dir, "train")
+  source = pipeline.load_split(data_dir, 'train')
   n = len(source)
-  loader = pipeline.make_train_loader(source, global_batch_size=4, image_size=96, seed=0)
+  loader = pipeline.make_train_loader(
+      source, global_batch_size=4, image_size=96, seed=0
+  )
   batch = next(loader)
-  assert batch["image"].shape == (4, 96, 96, 1) and batch["image"].dtype == np.float32
-  assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
-  assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
-  assert batch["image"].std() > 0.05
-  one_epoch = list(pipeline.make_train_loader(source, global_batch_size=1, image_size=32, seed=3,
-                                              num_epochs=1))
+  assert (
+      batch['image'].shape == (4, 96, 96, 1)
+      and batch['image'].dtype == np.float32
+  )
+  assert batch['label'].shape == (4,) and batch['label'].dtype == np.int32
+  assert batch['image'].min() >= 0.0 and batch['image'].max() <= 1.0
+  assert batch['image'].std() > 0.05
+  one_epoch = list(
+      pipeline.make_train_loader(
+          source, global_batch_size=1, image_size=32, seed=3, num_epochs=1
+      )
+  )
   assert len(one_epoch) == n
-  labels = sorted(int(b["label"][0]) for b in one_epoch)
-  assert labels == sorted(int(source[i]["label"]) for i in range(n))
-  dropped = list(pipeline.make_train_loader(source, global_batch_size=5, image_size=32, seed=3,
-                                            num_epochs=1))
+  labels = sorted(int(b['label'][0]) for b in one_epoch)
+  assert labels == sorted(int(source[i]['label']) for i in range(n))
+  dropped = list(
+      pipeline.make_train_loader(
+          source, global_batch_size=5, image_size=32, seed=3, num_epochs=1
+      )
+  )
   assert len(dropped) == n // 5
   # Shuffled, and differently with another seed / in the next epoch.
-  in_order = [int(source[i]["label"]) for i in range(n)]
-  seq = lambda seed: [int(b["label"][0]) for b in pipeline.make_train_loader(
-      source, global_batch_size=1, image_size=32, seed=seed, num_epochs=1)]
-  images = lambda seed: np.stack([b["image"][0] for b in pipeline.make_train_loader(
-      source, global_batch_size=1, image_size=16, seed=seed, num_epochs=1)])
+  in_order = [int(source[i]['label']) for i in range(n)]
+  seq = lambda seed: [
+      int(b['label'][0])
+      for b in pipeline.make_train_loader(
+          source, global_batch_size=1, image_size=32, seed=seed, num_epochs=1
+      )
+  ]
+  images = lambda seed: np.stack(
+      [
+          b['image'][0]
+          for b in pipeline.make_train_loader(
+              source,
+              global_batch_size=1,
+              image_size=16,
+              seed=seed,
+              num_epochs=1,
+          )
+      ]
+  )
   assert not np.array_equal(images(3), images(4))
   assert seq(3) == seq(3)
   del in_order
 
 
 def test_train_loader_resumes_exactly(data_dir):
-  source = pipeline.load_split(data_dir, "train")
+  source = pipeline.load_split(data_dir, 'train')
   kwargs = dict(global_batch_size=3, image_size=48, seed=7)
   loader = pipeline.make_train_loader(source, **kwargs)
   for _ in range(len(source) // 3 + 2):  # cross an epoch boundary
@@ -68,46 +108,62 @@ def test_train_loader_resumes_exactly(data_dir):
   resumed.set_state(state)
   for want in expected:
     got = next(resumed)
-    np.testing.assert_array_equal(got["image"], want["image"])
-    np.testing.assert_array_equal(got["label"], want["label"])
+    np.testing.assert_array_equal(got['image'], want['image'])
+    np.testing.assert_array_equal(got['label'], want['label'])
 
 
 def test_weighted_sampling_balances_labels_and_resumes(data_dir):
-  source = pipeline.load_split(data_dir, "train")
-  labels = np.array([int(source[i]["label"]) for i in range(len(source))])
+  source = pipeline.load_split(data_dir, 'train')
+  labels = np.array([int(source[i]['label']) for i in range(len(source))])
   base_rate = labels.mean()
-  loader = pipeline.make_train_loader(source, global_batch_size=32, image_size=16, seed=1,
-                                      sample_weights_by_label=[1.0, 6.0])
-  rate = np.mean([next(loader)["label"].mean() for _ in range(6)])
+  loader = pipeline.make_train_loader(
+      source,
+      global_batch_size=32,
+      image_size=16,
+      seed=1,
+      sample_weights_by_label=[1.0, 6.0],
+  )
+  rate = np.mean([next(loader)['label'].mean() for _ in range(6)])
   assert rate > base_rate + 0.2
   state = loader.get_state()
   want = next(loader)
-  again = pipeline.make_train_loader(source, global_batch_size=32, image_size=16, seed=1,
-                                     sample_weights_by_label=[1.0, 6.0])
+  again = pipeline.make_train_loader(
+      source,
+      global_batch_size=32,
+      image_size=16,
+      seed=1,
+      sample_weights_by_label=[1.0, 6.0],
+  )
   again.set_state(state)
-  np.testing.assert_array_equal(next(again)["image"], want["image"])
+  np.testing.assert_array_equal(next(again)['image'], want['image'])
 
 
 def test_eval_batches_ordered_grouped_and_padded(data_dir):
-  source = pipeline.load_split(data_dir, "validation")
+  source = pipeline.load_split(data_dir, 'validation')
   n = len(source)
-  batches = list(pipeline.iterate_eval_batches(source, batch_size=4, image_size=64))
+  batches = list(
+      pipeline.iterate_eval_batches(source, batch_size=4, image_size=64)
+  )
   assert len(batches) == -(-n // 4)
   for b in batches:
-    assert b["image"].shape == (4, 64, 64, 1) and b["image"].dtype == np.float32
-    assert b["label"].dtype == np.int32 and b["view_index"].dtype == np.int32
-    assert b["mask"].dtype == bool and b["case_id"].shape == (4,)
-  mask = np.concatenate([b["mask"] for b in batches])
+    assert b['image'].shape == (4, 64, 64, 1) and b['image'].dtype == np.float32
+    assert b['label'].dtype == np.int32 and b['view_index'].dtype == np.int32
+    assert b['mask'].dtype == bool and b['case_id'].shape == (4,)
+  mask = np.concatenate([b['mask'] for b in batches])
   assert mask.sum() == n and mask[:n].all()
-  keys = [(c, v) for b in batches for c, v, m in zip(b["case_id"], b["view_index"], b["mask"])
-          if m]
+  keys = [
+      (c, v)
+      for b in batches
+      for c, v, m in zip(b['case_id'], b['view_index'], b['mask'])
+      if m
+  ]
   assert keys == sorted(keys) and len(set(keys)) == n
   last = batches[-1]
-  assert not last["image"][~last["mask"]].any()
+  assert not last['image'][~last['mask']].any()
   # Each case's views are contiguous and labels agree within a case.
-  labels = [int(l) for b in batches for l, m in zip(b["label"], b["mask"]) if m]
+  labels = [int(l) for b in batches for l, m in zip(b['label'], b['mask']) if m]
   seen, current = set(), None
-  for (case, _), label in zip(keys, labels):
+  for (case, _), _label in zip(keys, labels):
     if case != current:
       assert case not in seen
       seen.add(case)

@@ -24,8 +24,10 @@ KERAS_COUNTS = {
 VARIANTS = {
     'inception_v3': ({}, {}),
     'xception': ({'valid_stem': False}, {'valid_stem': True}),
-    'resnet101_v2': ({'stride_in_first_unit': True},
-                     {'stride_in_first_unit': False}),
+    'resnet101_v2': (
+        {'stride_in_first_unit': True},
+        {'stride_in_first_unit': False},
+    ),
 }
 # Auxiliary tower at 300 px: 1x1 conv (C_in x 128) + BN scale/offset (256) +
 # Dense 3200x700 (+700) + Dense 700x2 (+2) = C_in * 128 + 2_242_358, plus 256
@@ -42,32 +44,49 @@ AUX_BATCH_STATS = 256
 # non-auxiliary row's input; 'auxiliary' is the aux tower's input and
 # 'avg_pool' the ClassifierHead's input.
 TABLE_1 = (
-    ('conv1', (300, 300, 1)), ('conv2', (149, 149, 32)),
-    ('conv3', (147, 147, 32)), ('max_pool1', (147, 147, 64)),
-    ('conv4', (73, 73, 64)), ('conv5', (73, 73, 80)),
-    ('max_pool2', (71, 71, 192)), ('inception1', (35, 35, 192)),
-    ('inception2', (35, 35, 288)), ('inception3', (17, 17, 768)),
-    ('auxiliary', (17, 17, 768)), ('inception5', (17, 17, 768)),
-    ('inception6', (8, 8, 1280)), ('avg_pool', (8, 8, 2048)),
+    ('conv1', (300, 300, 1)),
+    ('conv2', (149, 149, 32)),
+    ('conv3', (147, 147, 32)),
+    ('max_pool1', (147, 147, 64)),
+    ('conv4', (73, 73, 64)),
+    ('conv5', (73, 73, 80)),
+    ('max_pool2', (71, 71, 192)),
+    ('inception1', (35, 35, 192)),
+    ('inception2', (35, 35, 288)),
+    ('inception3', (17, 17, 768)),
+    ('auxiliary', (17, 17, 768)),
+    ('inception5', (17, 17, 768)),
+    ('inception6', (8, 8, 1280)),
+    ('avg_pool', (8, 8, 2048)),
 )
 TABLE_2 = (
-    ('conv1', (300, 300, 1)), ('max_pool1', (147, 147, 64)),
-    ('conv2', (74, 74, 64)), ('conv3', (74, 74, 256)),
-    ('conv4', (37, 37, 512)), ('auxiliary', (19, 19, 1024)),
-    ('conv5', (19, 19, 1024)), ('avg_pool', (10, 10, 2048)),
-)
-TABLE_3 = (
-    ('conv1', (300, 300, 1)), ('conv2', (150, 150, 32)),
-    ('conv3', (150, 150, 64)), ('max_pool1', (150, 150, 128)),
-    ('conv4', (75, 75, 128)), ('max_pool2', (75, 75, 256)),
-    ('conv5', (38, 38, 256)), ('max_pool3', (38, 38, 728)),
-    ('conv6', (19, 19, 728)), ('auxiliary', (19, 19, 728)),
-    ('conv7', (19, 19, 728)), ('max_pool4', (19, 19, 1024)),
-    ('conv8', (10, 10, 1024)), ('conv9', (10, 10, 1536)),
+    ('conv1', (300, 300, 1)),
+    ('max_pool1', (147, 147, 64)),
+    ('conv2', (74, 74, 64)),
+    ('conv3', (74, 74, 256)),
+    ('conv4', (37, 37, 512)),
+    ('auxiliary', (19, 19, 1024)),
+    ('conv5', (19, 19, 1024)),
     ('avg_pool', (10, 10, 2048)),
 )
-TABLES = {'inception_v3': TABLE_1, 'resnet101_v2': TABLE_2,
-          'xception': TABLE_3}
+TABLE_3 = (
+    ('conv1', (300, 300, 1)),
+    ('conv2', (150, 150, 32)),
+    ('conv3', (150, 150, 64)),
+    ('max_pool1', (150, 150, 128)),
+    ('conv4', (75, 75, 128)),
+    ('max_pool2', (75, 75, 256)),
+    ('conv5', (38, 38, 256)),
+    ('max_pool3', (38, 38, 728)),
+    ('conv6', (19, 19, 728)),
+    ('auxiliary', (19, 19, 728)),
+    ('conv7', (19, 19, 728)),
+    ('max_pool4', (19, 19, 1024)),
+    ('conv8', (10, 10, 1024)),
+    ('conv9', (10, 10, 1536)),
+    ('avg_pool', (10, 10, 2048)),
+)
+TABLES = {'inception_v3': TABLE_1, 'resnet101_v2': TABLE_2, 'xception': TABLE_3}
 
 SMALL_WIDTH = 0.125
 
@@ -98,15 +117,15 @@ def _random_variables(module, images, seed: int = 0):
     if name in ('mean', 'bias'):
       return rng.normal(0.0, 0.1, leaf.shape).astype(np.float32)
     fan_in = int(np.prod(leaf.shape[:-1]))
-    return rng.normal(0.0, np.sqrt(2.0 / fan_in), leaf.shape).astype(
-        np.float32)
+    return rng.normal(0.0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
 
   return jax.tree_util.tree_map_with_path(draw, _abstract_init(module, images))
 
 
 def _abstract_init(module, images):
-  return jax.eval_shape(functools.partial(module.init, train=False),
-                        jax.random.key(0), images)
+  return jax.eval_shape(
+      functools.partial(module.init, train=False), jax.random.key(0), images
+  )
 
 
 @pytest.mark.parametrize('layout', ['paper', 'keras'])
@@ -123,12 +142,16 @@ def test_dense_scope_is_the_classifier_only():
   """The L2 'dense' scope (2-D 'kernel' params) is the heads' Dense layers."""
   module = models.build('xception', aux_head=True, width_multiplier=SMALL_WIDTH)
   params = _abstract_init(module, _images(75))['params']
-  dense = [jax.tree_util.keystr(path) for path, leaf
-           in jax.tree_util.tree_leaves_with_path(params)
-           if path[-1].key == 'kernel' and leaf.ndim == 2]
-  assert dense == ["['aux_tower']['dense1']['kernel']",
-                   "['aux_tower']['dense2']['kernel']",
-                   "['head']['dense']['kernel']"]
+  dense = [
+      jax.tree_util.keystr(path)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+      if path[-1].key == 'kernel' and leaf.ndim == 2
+  ]
+  assert dense == [
+      "['aux_tower']['dense1']['kernel']",
+      "['aux_tower']['dense2']['kernel']",
+      "['head']['dense']['kernel']",
+  ]
 
 
 @pytest.mark.parametrize('name', models.MODEL_NAMES)
@@ -139,12 +162,18 @@ def test_aux_tower_adds_documented_head(name):
   aux_params = _count(with_aux['params']['aux_tower'])
   assert aux_params == AUX_PARAMS[name]
   assert 2_300_000 < aux_params < 2_400_000
-  assert (_count(with_aux['params']) - _count(plain['params'])
-          == AUX_PARAMS[name])
-  assert (_count(with_aux['batch_stats']) - _count(plain['batch_stats'])
-          == AUX_BATCH_STATS)
-  outputs = jax.eval_shape(functools.partial(module.apply, train=False),
-                           with_aux, _images(300, batch=3))
+  assert (
+      _count(with_aux['params']) - _count(plain['params']) == AUX_PARAMS[name]
+  )
+  assert (
+      _count(with_aux['batch_stats']) - _count(plain['batch_stats'])
+      == AUX_BATCH_STATS
+  )
+  outputs = jax.eval_shape(
+      functools.partial(module.apply, train=False),
+      with_aux,
+      _images(300, batch=3),
+  )
   assert outputs.logits.shape == (3, 2)
   assert outputs.aux_logits.shape == (3, 2)
   assert outputs.aux_logits.dtype == jnp.float32
@@ -163,15 +192,18 @@ def _stage_shapes(module, images) -> dict[str, tuple[int, ...]]:
     return next_fun(*args, **kwargs)
 
   def run(variables, x):
-    _, state = module.apply(variables, x, train=False,
-                            mutable=['intermediates'])
+    _, state = module.apply(
+        variables, x, train=False, mutable=['intermediates']
+    )
     return state['intermediates']
 
   variables = _abstract_init(module, images)
   with nn.intercept_methods(capture_inputs):
     sown = jax.eval_shape(run, variables, images)
-  shapes = {name.removesuffix('_output'): value[0].shape
-            for name, value in sown.items()}
+  shapes = {
+      name.removesuffix('_output'): value[0].shape
+      for name, value in sown.items()
+  }
   shapes.update(captured)
   return shapes
 
@@ -205,7 +237,8 @@ def test_smallest_input_forward(name):
   variables = _random_variables(module, images)
   assert set(variables) == {'params', 'batch_stats'}
   outputs = jax.jit(functools.partial(module.apply, train=False))(
-      variables, images)
+      variables, images
+  )
   assert isinstance(outputs, layers.ModelOutputs)
   assert outputs.logits.shape == outputs.aux_logits.shape == (2, 2)
   assert np.all(np.isfinite(outputs.logits))
@@ -213,24 +246,32 @@ def test_smallest_input_forward(name):
 
 
 def test_dropout_only_in_train_mode():
-  module = models.build('xception', dropout_rate=0.5,
-                        width_multiplier=SMALL_WIDTH)
+  module = models.build(
+      'xception', dropout_rate=0.5, width_multiplier=SMALL_WIDTH
+  )
   images = jax.random.normal(jax.random.key(1), (4, 75, 75, 1))
   variables = _random_variables(module, images)
   evaluate = jax.jit(functools.partial(module.apply, train=False))
   eval_logits = evaluate(variables, images).logits
   np.testing.assert_array_equal(eval_logits, evaluate(variables, images).logits)
-  no_dropout = models.build('xception', dropout_rate=0.0,
-                            width_multiplier=SMALL_WIDTH)
+  no_dropout = models.build(
+      'xception', dropout_rate=0.0, width_multiplier=SMALL_WIDTH
+  )
   np.testing.assert_allclose(
-      eval_logits, no_dropout.apply(variables, images, train=False).logits,
-      rtol=1e-4)
+      eval_logits,
+      no_dropout.apply(variables, images, train=False).logits,
+      rtol=1e-4,
+  )
 
   @jax.jit
   def train(key):
-    outputs, updates = module.apply(variables, images, train=True,
-                                    rngs={'dropout': key},
-                                    mutable=['batch_stats'])
+    outputs, updates = module.apply(
+        variables,
+        images,
+        train=True,
+        rngs={'dropout': key},
+        mutable=['batch_stats'],
+    )
     return outputs.logits, updates
 
   logits_a, updates = train(jax.random.key(2))
@@ -241,17 +282,23 @@ def test_dropout_only_in_train_mode():
   # Train mode updates the running statistics.
   assert not np.allclose(
       updates['batch_stats']['block1_conv1']['bn']['mean'],
-      variables['batch_stats']['block1_conv1']['bn']['mean'])
+      variables['batch_stats']['block1_conv1']['bn']['mean'],
+  )
 
 
 def test_bfloat16_computation_keeps_float32_variables():
-  module = models.build('resnet101_v2', aux_head=True, dtype='bfloat16',
-                        width_multiplier=SMALL_WIDTH)
+  module = models.build(
+      'resnet101_v2',
+      aux_head=True,
+      dtype='bfloat16',
+      width_multiplier=SMALL_WIDTH,
+  )
   variables = _abstract_init(module, _images(75))
   dtypes = {x.dtype for x in jax.tree_util.tree_leaves(variables)}
   assert dtypes == {jnp.dtype(jnp.float32)}
-  outputs = jax.eval_shape(functools.partial(module.apply, train=False),
-                           variables, _images(75))
+  outputs = jax.eval_shape(
+      functools.partial(module.apply, train=False), variables, _images(75)
+  )
   assert outputs.logits.dtype == outputs.aux_logits.dtype == jnp.float32
 
 
@@ -272,28 +319,33 @@ def test_xception_aux_block_moves_the_tower():
 
   def record(next_fun, args, kwargs, context):
     if context.method_name == '__call__' and isinstance(
-        context.module, (layers.AuxTower, models.xception.MiddleBlock)):
+        context.module, (layers.AuxTower, models.xception.MiddleBlock)
+    ):
       seen.append(type(context.module).__name__)
     return next_fun(*args, **kwargs)
 
   for aux_block in (3, 4):
     seen.clear()
-    module = models.build('xception', aux_head=True, aux_block=aux_block,
-                          width_multiplier=SMALL_WIDTH)
+    module = models.build(
+        'xception',
+        aux_head=True,
+        aux_block=aux_block,
+        width_multiplier=SMALL_WIDTH,
+    )
     with nn.intercept_methods(record):
       _abstract_init(module, _images(75))
     assert seen.index('AuxTower') == aux_block
 
 
 def test_summarize_small_model():
-  module = models.build('xception', aux_head=True,
-                        width_multiplier=SMALL_WIDTH)
+  module = models.build('xception', aux_head=True, width_multiplier=SMALL_WIDTH)
   result = models.summarize(module, image_size=75, batch_size=2)
   variables = _abstract_init(module, _images(75))
   assert result['trainable_params'] == _count(variables['params'])
   assert result['batch_stats'] == _count(variables['batch_stats'])
-  assert result['total_params'] == (result['trainable_params']
-                                    + result['batch_stats'])
+  assert result['total_params'] == (
+      result['trainable_params'] + result['batch_stats']
+  )
   assert result['aux_params'] == _count(variables['params']['aux_tower'])
   assert result['output_shapes'] == {'logits': (2, 2), 'aux_logits': (2, 2)}
   assert result['forward_flops'] > 0
@@ -302,9 +354,11 @@ def test_summarize_small_model():
 
 
 def test_summarize_full_size_counts_without_flops():
-  result = models.summarize(models.build('xception', aux_head=True), 300,
-                            compute_flops=False)
-  assert result['total_params'] == (KERAS_COUNTS['xception'][0]
-                                    + AUX_PARAMS['xception'] + AUX_BATCH_STATS)
+  result = models.summarize(
+      models.build('xception', aux_head=True), 300, compute_flops=False
+  )
+  assert result['total_params'] == (
+      KERAS_COUNTS['xception'][0] + AUX_PARAMS['xception'] + AUX_BATCH_STATS
+  )
   assert result['aux_params'] == AUX_PARAMS['xception']
   assert result['forward_flops'] is None

@@ -7,10 +7,11 @@ variables through an explicit name mapping, and compare eval-mode logits and
 XLA forward FLOPs.
 """
 
+from collections.abc import Callable
 import functools
 import os
 import re
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 
@@ -58,8 +59,11 @@ def _copy_layer(layer, path: Path, params: dict, stats: dict) -> None:
     _put(stats, path + ('var',), w['moving_variance'])
   elif isinstance(layer, keras.layers.SeparableConv2D):
     # Keras depthwise kernel [kh, kw, C, 1] -> ours [kh, kw, 1, C].
-    _put(params, path + ('depthwise_kernel',),
-         w['depthwise_kernel'].transpose(0, 1, 3, 2))
+    _put(
+        params,
+        path + ('depthwise_kernel',),
+        w['depthwise_kernel'].transpose(0, 1, 3, 2),
+    )
     _put(params, path + ('pointwise', 'kernel'), w['pointwise_kernel'])
   elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
     for name, value in w.items():
@@ -71,8 +75,11 @@ def _copy_layer(layer, path: Path, params: dict, stats: dict) -> None:
 def _auto_named(model, prefix: str) -> list:
   """Layers with Keras' auto names `prefix`, `prefix_1`, ... in creation order."""
   pattern = re.compile(rf'^{prefix}(?:_(\d+))?$')
-  found = [(int(m.group(1) or 0), layer) for layer in model.layers
-           if (m := pattern.match(layer.name))]
+  found = [
+      (int(m.group(1) or 0), layer)
+      for layer in model.layers
+      if (m := pattern.match(layer.name))
+  ]
   return [layer for _, layer in sorted(found, key=lambda t: t[0])]
 
 
@@ -81,14 +88,17 @@ def _conv_bn_call_order(module: nn.Module, images) -> list[Path]:
   paths = []
 
   def record(next_fun, args, kwargs, context):
-    if (isinstance(context.module, layers.ConvBN)
-        and context.method_name == '__call__'):
+    if (
+        isinstance(context.module, layers.ConvBN)
+        and context.method_name == '__call__'
+    ):
       paths.append(tuple(context.module.path))
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    jax.eval_shape(functools.partial(module.init, train=False),
-                   jax.random.key(0), images)
+    jax.eval_shape(
+        functools.partial(module.init, train=False), jax.random.key(0), images
+    )
   return paths
 
 
@@ -126,8 +136,9 @@ def map_xception(keras_model, module, images) -> dict[str, Path]:
       mapping[layer.name] = (f'block1_{m[1]}', 'bn' if m[2] else 'conv')
     elif m := re.fullmatch(r'block(\d+)_(sepconv\d)(_bn)?', layer.name):
       block, sub = int(m[1]), m[2]
-      prefix = ((f'block{block}', sub) if block <= 13
-                else (f'block{block}_{sub}',))
+      prefix = (
+          (f'block{block}', sub) if block <= 13 else (f'block{block}_{sub}',)
+      )
       mapping[layer.name] = prefix + ('bn' if m[3] else 'sepconv',)
   return mapping
 
@@ -135,34 +146,45 @@ def map_xception(keras_model, module, images) -> dict[str, Path]:
 def map_resnet101_v2(keras_model, module, images) -> dict[str, Path]:
   """Keras ResNet101V2 layer name -> our module path."""
   del module, images
-  mapping = {'predictions': ('head', 'dense'), 'conv1_conv': ('conv1',),
-             'post_bn': ('post_bn',)}
+  mapping = {
+      'predictions': ('head', 'dense'),
+      'conv1_conv': ('conv1',),
+      'post_bn': ('post_bn',),
+  }
   unit_layers = {
-      'preact_bn': ('preact_bn',), '0_conv': ('shortcut_conv',),
-      '1_conv': ('conv1', 'conv'), '1_bn': ('conv1', 'bn'),
-      '2_conv': ('conv2', 'conv'), '2_bn': ('conv2', 'bn'),
+      'preact_bn': ('preact_bn',),
+      '0_conv': ('shortcut_conv',),
+      '1_conv': ('conv1', 'conv'),
+      '1_bn': ('conv1', 'bn'),
+      '2_conv': ('conv2', 'conv'),
+      '2_bn': ('conv2', 'bn'),
       '3_conv': ('conv3',),
   }
   for layer in keras_model.layers:
-    if m := re.fullmatch(r'(conv\d_block\d+)_(.+)', layer.name):
-      if m[2] in unit_layers:
-        mapping[layer.name] = (m[1],) + unit_layers[m[2]]
+    m = re.fullmatch(r'(conv\d_block\d+)_(.+)', layer.name)
+    if m and m[2] in unit_layers:
+      mapping[layer.name] = (m[1],) + unit_layers[m[2]]
   return mapping
 
 
 FAMILIES: dict[str, dict[str, Any]] = {
-    'inception_v3': dict(keras_fn='InceptionV3', kwargs={},
-                         mapper=map_inception_v3),
-    'xception': dict(keras_fn='Xception', kwargs={'valid_stem': True},
-                     mapper=map_xception),
-    'resnet101_v2': dict(keras_fn='ResNet101V2',
-                         kwargs={'stride_in_first_unit': False},
-                         mapper=map_resnet101_v2),
+    'inception_v3': dict(
+        keras_fn='InceptionV3', kwargs={}, mapper=map_inception_v3
+    ),
+    'xception': dict(
+        keras_fn='Xception', kwargs={'valid_stem': True}, mapper=map_xception
+    ),
+    'resnet101_v2': dict(
+        keras_fn='ResNet101V2',
+        kwargs={'stride_in_first_unit': False},
+        mapper=map_resnet101_v2,
+    ),
 }
 
 
-def keras_to_variables(keras_model, module: nn.Module, images,
-                       mapper: Callable) -> dict[str, Any]:
+def keras_to_variables(
+    keras_model, module: nn.Module, images, mapper: Callable
+) -> dict[str, Any]:
   """Our {'params', 'batch_stats'} holding the Keras model's weights.
 
   Checks that every Keras weight lands somewhere and that the result has
@@ -175,15 +197,21 @@ def keras_to_variables(keras_model, module: nn.Module, images,
       assert layer.name in mapping, f'no mapping for Keras layer {layer.name}'
       _copy_layer(layer, mapping[layer.name], params, stats)
   variables = {'params': params, 'batch_stats': stats}
-  expected = jax.eval_shape(functools.partial(module.init, train=False),
-                            jax.random.key(0), images)
-  assert (jax.tree_util.tree_structure(variables)
-          == jax.tree_util.tree_structure(expected))
+  expected = jax.eval_shape(
+      functools.partial(module.init, train=False), jax.random.key(0), images
+  )
+  assert jax.tree_util.tree_structure(
+      variables
+  ) == jax.tree_util.tree_structure(expected)
   for (path, ours), ref in zip(
       jax.tree_util.tree_leaves_with_path(variables),
-      jax.tree_util.tree_leaves(expected)):
-    assert ours.shape == ref.shape, (jax.tree_util.keystr(path), ours.shape,
-                                     ref.shape)
+      jax.tree_util.tree_leaves(expected),
+  ):
+    assert ours.shape == ref.shape, (
+        jax.tree_util.keystr(path),
+        ours.shape,
+        ref.shape,
+    )
   return variables
 
 
@@ -194,7 +222,8 @@ def randomize_batchnorm(keras_model, rng: np.random.Generator) -> None:
       shape = layer.moving_mean.shape
       layer.moving_mean.assign(rng.normal(0.0, 0.5, shape).astype('float32'))
       layer.moving_variance.assign(
-          rng.uniform(0.5, 2.0, shape).astype('float32'))
+          rng.uniform(0.5, 2.0, shape).astype('float32')
+      )
       layer.beta.assign(rng.normal(0.0, 0.2, shape).astype('float32'))
       if layer.gamma is not None:
         layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype('float32'))
@@ -213,28 +242,40 @@ def oracle_run(family: str) -> dict[str, Any]:
   rng = np.random.default_rng(0)
   keras.utils.set_random_seed(0)
   keras_model = getattr(keras.applications, spec['keras_fn'])(
-      weights=None, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 1), classes=2,
-      classifier_activation=None)
+      weights=None,
+      input_shape=(IMAGE_SIZE, IMAGE_SIZE, 1),
+      classes=2,
+      classifier_activation=None,
+  )
   randomize_batchnorm(keras_model, rng)
   images = rng.normal(size=(1, IMAGE_SIZE, IMAGE_SIZE, 1)).astype('float32')
 
   def keras_forward(trainable, non_trainable, x):
-    logits, _ = keras_model.stateless_call(trainable, non_trainable, x,
-                                           training=False)
+    logits, _ = keras_model.stateless_call(
+        trainable, non_trainable, x, training=False
+    )
     return logits
 
-  keras_args = ([v.value for v in keras_model.trainable_variables],
-                [v.value for v in keras_model.non_trainable_variables], images)
+  keras_args = (
+      [v.value for v in keras_model.trainable_variables],
+      [v.value for v in keras_model.non_trainable_variables],
+      images,
+  )
   keras_exe, keras_cost = _compile(keras_forward, *keras_args)
   keras_logits = np.asarray(keras_exe(*keras_args))
 
   module = models.build(family, **spec['kwargs'])
   variables = keras_to_variables(keras_model, module, images, spec['mapper'])
-  our_exe, our_cost = _compile(functools.partial(module.apply, train=False),
-                               variables, images)
+  our_exe, our_cost = _compile(
+      functools.partial(module.apply, train=False), variables, images
+  )
   our_logits = np.asarray(our_exe(variables, images).logits)
-  return dict(keras_logits=keras_logits, our_logits=our_logits,
-              keras_flops=keras_cost['flops'], our_flops=our_cost['flops'])
+  return dict(
+      keras_logits=keras_logits,
+      our_logits=our_logits,
+      keras_flops=keras_cost['flops'],
+      our_flops=our_cost['flops'],
+  )
 
 
 @pytest.mark.slow
@@ -246,14 +287,17 @@ def test_logits_match_keras(family):
   scale = float(np.abs(keras_logits).max())
   assert scale > 1e-3, f'degenerate Keras logits {keras_logits}'
   print(f'{family}: keras {keras_logits} ours {our_logits}')
-  np.testing.assert_allclose(our_logits, keras_logits, rtol=1e-4,
-                             atol=1e-4 * max(1.0, scale))
+  np.testing.assert_allclose(
+      our_logits, keras_logits, rtol=1e-4, atol=1e-4 * max(1.0, scale)
+  )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('family', list(FAMILIES))
 def test_forward_flops_match_keras(family):
   run = oracle_run(family)
-  print(f'{family}: keras {run["keras_flops"] / 1e9:.3f} GFLOPs, '
-        f'ours {run["our_flops"] / 1e9:.3f} GFLOPs')
+  print(
+      f'{family}: keras {run["keras_flops"] / 1e9:.3f} GFLOPs, '
+      f'ours {run["our_flops"] / 1e9:.3f} GFLOPs'
+  )
   assert run['our_flops'] == pytest.approx(run['keras_flops'], rel=0.03)

@@ -1,12 +1,16 @@
 """The `radiograph_studies` TFDS dataset (importing this registers the builder)."""
 
-from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import BuildError
-from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import Builder
-from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import BuildOptions
-from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import case_id_for
-from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import DEFAULT_SALT
-from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import RadiographStudiesConfig
-from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import REPORT_JSON
-from ankle_jax.data.radiograph_studies.radiograph_studies_dataset_builder import REPORT_MD
+from ankle_jax.data.radiograph_studies import (
+    radiograph_studies_dataset_builder as _builder,
+)
+
+Builder = _builder.Builder
+BuildError = _builder.BuildError
+BuildOptions = _builder.BuildOptions
+RadiographStudiesConfig = _builder.RadiographStudiesConfig
+case_id_for = _builder.case_id_for
+DEFAULT_SALT = _builder.DEFAULT_SALT
+REPORT_JSON = _builder.REPORT_JSON
+REPORT_MD = _builder.REPORT_MD
 
 RadiographStudies = Builder
