@@ -11,8 +11,10 @@ Calling convention (every family):
 images_bhwc: float32 [B, H, W, 1], H, W >= 75. Logits are float32 [B, classes].
 """
 
+from collections.abc import Mapping
 from typing import Any
 
+from absl import logging
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -101,12 +103,57 @@ def build(
   )
 
 
+def from_config(
+    model_config: Mapping[str, Any],
+    *,
+    num_classes: int = 2,
+    dtype: str | Any = jnp.float32,
+) -> nn.Module:
+  """Builds the model a run config describes (its `config.model` block).
+
+  Args:
+    model_config: a mapping (e.g. a ConfigDict) with `name`, `aux_head`,
+      `dropout_rate`, `width_multiplier` and optional `kwargs` (family options).
+    num_classes: classifier outputs.
+    dtype: computation dtype.
+
+  Family options that belong to another family (a config made for Xception,
+  run with `--config.model.name=resnet101_v2`) are dropped with a warning;
+  options of no family raise ValueError, as in `build`.
+  """
+  if hasattr(model_config, 'to_dict'):
+    model_config = model_config.to_dict()
+  name = model_config['name']
+  kwargs = dict(model_config.get('kwargs') or {})
+  other_families = {k for names in FAMILY_KWARGS.values() for k in names}
+  dropped = sorted(
+      k
+      for k in kwargs
+      if k not in FAMILY_KWARGS.get(name, ()) and k in other_families
+  )
+  if dropped and name in FAMILY_KWARGS:
+    logging.warning(
+        'config.model.kwargs %s do not apply to %s; ignored.', dropped, name
+    )
+    kwargs = {k: v for k, v in kwargs.items() if k not in dropped}
+  return build(
+      name,
+      num_classes=num_classes,
+      aux_head=bool(model_config.get('aux_head', False)),
+      dropout_rate=float(model_config.get('dropout_rate', 0.0)),
+      width_multiplier=float(model_config.get('width_multiplier', 1.0)),
+      dtype=dtype,
+      **kwargs,
+  )
+
+
 __all__ = [
     'FAMILY_KWARGS',
     'MODEL_NAMES',
     'MODEL_REGISTRY',
     'ModelOutputs',
     'build',
+    'from_config',
     'format_summary',
     'inception_v3',
     'layers',
