@@ -1,25 +1,33 @@
-r"""Trains one model: python launch.py --config=configs/<model>.py
---workdir=DIR.
+r"""Trains one model: python launch.py --config=configs/<model>.py --workdir=DIR
+
+--config (required) names a config file (configs/*.py); any of its fields can
+be overridden as --config.<field>=<value>, e.g. --config.learning_rate=5e-6 or
+--config.data.manual_dir=/path/to/dicom_root (the fields and their defaults are
+in configs/default.py). --workdir (required unless --summary_only) is the run
+directory: config.json, metrics.jsonl, summary.json, TensorBoard events and
+checkpoints/.
 
 Examples:
   python launch.py --config=configs/demo.py --workdir=runs/demo
   python launch.py --config=configs/xception_dropaux.py --workdir=runs/xda \
       --config.data.manual_dir=/path/to/dicom_root --config.learning_rate=5e-6
-  python launch.py --config=configs/xception_dropaux.py --workdir=runs/x \
-      --summary_only
+  python launch.py --config=configs/xception_dropaux.py --summary_only
 
 Running again on the same --workdir resumes from its latest checkpoint. The
-config is validated before any heavy work (model name, image size, the dataset's
-presence), and the model summary (parameters, forward FLOPs from XLA's cost
-analysis, output shapes) is printed first.
+config, the run directory and the dataset are checked before any heavy work;
+then the model summary (parameters, forward FLOPs from XLA's cost analysis,
+output shapes) is printed, a progress bar runs, and a closing summary says
+where the checkpoints and the TensorBoard logs are. --verbosity=1 shows the
+libraries' logging too.
 """
 
 import sys
+import time
 
-from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from ankle_jax import console
 
 FLAGS = flags.FLAGS
 
@@ -34,89 +42,80 @@ flags.DEFINE_bool(
 config_flags.DEFINE_config_file(
     'config',
     None,
-    'Training configuration file (configs/*.py).',
+    'Training configuration file (configs/*.py); required. Override any field '
+    'with --config.<field>=<value>.',
     lock_config=True,
 )
 
-EXIT_CONFIG_ERROR = 2
 EXIT_TRAINING_ERROR = 1
 
 
-def print_summary(config) -> None:
-  """Prints the model summary of config.model at config.image_size."""
-  from ankle_jax import models  # pylint: disable=g-import-not-at-top
-  from ankle_jax import train  # pylint: disable=g-import-not-at-top
-
-  model = train.create_model(config)
-  summary = models.summarize(model, config.image_size)
-  print(models.format_summary(summary, title=config.model.name))
+def closing_summary(summary, workdir: str, seconds: float) -> str:
+  """The lines printed after training: best checkpoint, where things are."""
+  minutes, secs = divmod(int(round(seconds)), 60)
+  best = summary['best_metric_value']
+  lines = [
+      f'Done in {minutes} min {secs:02d} s: trained to step '
+      f"{summary['final_step']} of {summary['num_train_steps']}"
+      + (' (stopped early).' if summary['stopped_early'] else '.'),
+      f"Best {summary['best_metric']}: "
+      + (
+          f"{best:.4f} at step {summary['best_step']}"
+          if best is not None
+          else 'none yet (no evaluation)'
+      )
+      + f' (checkpoint: {workdir}/checkpoints/best).',
+      f'Latest checkpoint: {workdir}/checkpoints/latest; '
+      f'TensorBoard: tensorboard --logdir={workdir}',
+  ]
+  return '\n'.join(lines)
 
 
 def main(argv):
+  # Imported here so that --help answers at once (these take ~5 s).
+  from ankle_jax import models  # noqa: PLC0415
+  from ankle_jax import sharding  # noqa: PLC0415
+  from ankle_jax import train  # noqa: PLC0415
+  from ankle_jax import writers  # noqa: PLC0415
+  from ankle_jax.data import prepare  # noqa: PLC0415
+
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise console.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = FLAGS.config
   if config is None:
-    raise app.UsageError('--config=configs/<model>.py is required')
-
-  # Imported here so that --help stays fast.
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from ankle_jax import train  # pylint: disable=g-import-not-at-top
-
-  try:
-    train.validate_config(config)
-  except ValueError as e:
-    logging.error('Invalid config: %s', e)
-    print(f'error: invalid config: {e}', file=sys.stderr)
-    return EXIT_CONFIG_ERROR
-
+    raise console.UserError(
+        '--config is required, e.g. --config=configs/demo.py (see --help)'
+    )
+  train.validate_config(config)
+  model = train.build_model(config)
   if not FLAGS.summary_only:
     if not FLAGS.workdir:
-      raise app.UsageError('--workdir is required')
-    from ankle_jax import writers  # pylint: disable=g-import-not-at-top
-
+      raise console.UserError(
+          '--workdir is required: the run directory, e.g. --workdir=runs/demo'
+      )
     try:
       writers.ensure_writable_dir(FLAGS.workdir)
     except writers.WorkdirNotWritableError as e:
-      print(f'error: {e}', file=sys.stderr)
-      return EXIT_CONFIG_ERROR
-
-  print_summary(config)
+      raise console.UserError(str(e)) from e
+    sharding.initialize(config.distributed)
+    try:
+      train.prepare_data(config, FLAGS.workdir)
+    except prepare.DatasetMissingError as e:
+      raise console.UserError(str(e)) from e
+  summary = models.summarize(model, config.image_size)
+  print(models.format_summary(summary, title=config.model.name), flush=True)
   if FLAGS.summary_only:
     return 0
-
-  if config.distributed:
-    jax.distributed.initialize()
-  logging.info(
-      'JAX process %d/%d, devices: %s',
-      jax.process_index(),
-      jax.process_count(),
-      jax.devices(),
-  )
-
+  started = time.time()
   try:
-    train.prepare_dataset(config, FLAGS.workdir)
-  except train.DatasetMissingError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return EXIT_CONFIG_ERROR
-
-  try:
-    summary = train.train_and_evaluate(config, FLAGS.workdir)
-  except train.NonFiniteLossError as e:
-    logging.error('%s', e)
+    summary = train.train_and_evaluate(config, FLAGS.workdir, model=model)
+  except (train.NonFiniteLossError, OSError) as e:  # OSError: disk full...
     print(f'error: {e}', file=sys.stderr)
     return EXIT_TRAINING_ERROR
-  except (
-      OSError
-  ) as e:  # Disk full, run directory not writable (names the path).
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    return EXIT_TRAINING_ERROR
-  logging.info('Done: %s', summary)
+  if sharding.is_chief():
+    print(closing_summary(summary, FLAGS.workdir, time.time() - started))
   return 0
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
-  app.run(main)
+  console.run(main)

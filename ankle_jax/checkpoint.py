@@ -42,9 +42,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ankle_jax import writers
+
 LATEST_DIR = 'checkpoints/latest'
 BEST_DIR = 'checkpoints/best'
-CONFIG_FILE = 'config.json'
 UNREADABLE_DIR = 'checkpoints/unreadable'
 
 
@@ -164,7 +165,7 @@ def _restore_newest_readable(
   for step in steps:
     try:
       return restore_fn(step), step, unreadable
-    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore/json errors)
+    except Exception as e:  # orbax/tensorstore/json errors.
       unreadable.append(step)
       older = [s for s in steps if s < step]
       logging.warning(
@@ -197,10 +198,7 @@ class RunCheckpoints:
       keep: int = 3,
       best_metric: str = 'val_accuracy',
   ):
-    if best_metric not in METRIC_MODES:
-      raise ValueError(
-          f'config.best_metric={best_metric!r}; expected one of {sorted(METRIC_MODES)}'
-      )
+    """best_metric: a key of METRIC_MODES (train.validate_config checks it)."""
     self.workdir = epath.Path(workdir)
     self.best_metric = best_metric
     self.best_mode = METRIC_MODES[best_metric]
@@ -224,7 +222,7 @@ class RunCheckpoints:
         manager.delete(step)
       manager.save(step, args=args, force=True)
       manager.wait_until_finished()
-    except Exception as e:  # pylint: disable=broad-except  (orbax wraps OSErrors variously)
+    except Exception as e:  # orbax wraps OSErrors variously.
       raise CheckpointWriteError(
           f'could not write the checkpoint of step {step} to {manager.directory}: '
           f'{_describe(e)}. Is the disk full or the directory not writable?'
@@ -381,7 +379,7 @@ def restore_variables(
 
 def load_run_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
   """Reads a run's config.json back into a ConfigDict."""
-  path = epath.Path(workdir) / CONFIG_FILE
+  path = epath.Path(workdir) / writers.CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(
         f'{path} not found: is {workdir} a training run directory?'

@@ -4,66 +4,92 @@ loop.
 In the style of Flax's examples/imagenet/train.py. The config is read here (and
 in launch.py) only; everything below `train_and_evaluate` takes plain arguments.
 
-Loss (SPEC sec. 2):
+Loss (docs/paper.md):
   loss = CE(logits, labels; class weights)
-       + l2_alpha * sum(W**2) / 2   over `l2_scope` ('dense': params named 'kernel'
-                                    with ndim == 2, main and aux heads; 'all':
-                                    every 'kernel')
+       + l2_alpha * sum(W**2) / 2   over `l2_scope` ('dense': params named
+                                    'kernel' with ndim == 2, main and aux
+                                    heads; 'all': every 'kernel')
        + aux_loss_weight * CE(aux_logits, labels; class weights)
 CE is the per-example softmax cross-entropy times the weight of the example's
 class, averaged over the batch (tf.losses' SUM_BY_NONZERO_WEIGHTS with positive
 weights).
 
-Data parallelism: a 1-D Mesh over all devices with axis 'data'; every batch is
-sharded on axis 0 and the train state is replicated (NamedSharding). Each
-process reads the same global batch and places only its devices' slices, so the
-data order is the same whatever the number of devices or hosts.
+Devices: ankle_jax.sharding (the state replicated, batches sharded on axis 0).
+The loop (`train_and_evaluate`) carries a `LoopState` (best validation so far,
+early stopping) that is checkpointed with the train state, so a resumed run
+continues exactly where the saved one was.
 """
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 import dataclasses
 import functools
 import math
-import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
-from absl import logging
 from etils import epath
 import flax.linen as nn
 from flax.training import train_state as flax_train_state
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec
 import ml_collections
 import numpy as np
 import optax
 
 from ankle_jax import checkpoint
+from ankle_jax import console
 from ankle_jax import metrics as metrics_lib
+from ankle_jax import models
+from ankle_jax import sharding
 from ankle_jax import voting
 from ankle_jax import writers
 from ankle_jax.data import augment
+from ankle_jax.data import pipeline
+from ankle_jax.data import prepare
 
 MIN_IMAGE_SIZE = 75
-DATASET_NAME = 'radiograph_studies'
-FALLBACK_MODEL_NAMES = ('inception_v3', 'resnet101_v2', 'xception')
+DTYPES = ('float32', 'bfloat16')
+LR_SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
+L2_SCOPES = ('dense', 'all')
+POSITIVE_FIELDS = (
+    'batch_size',
+    'eval_batch_size',
+    'log_every_steps',
+    'eval_every_steps',
+    'checkpoint_every_steps',
+)
+# The fields a researcher varies between runs (TensorBoard's HParams tab),
+# besides every augment.* field and the run's length in steps.
+HPARAM_FIELDS = (
+    'model.name',
+    'model.width_multiplier',
+    'model.aux_head',
+    'model.dropout_rate',
+    'image_size',
+    'dtype',
+    'batch_size',
+    'learning_rate',
+    'lr_schedule',
+    'warmup_steps',
+    'l2_alpha',
+    'class_weights',
+    'data.dataset_config',
+    'data.sample_weights_by_label',
+    'seed',
+)
+# Validation metrics shown on the progress bar.
+BAR_METRICS = ('val_loss', 'val_accuracy', 'val_case_accuracy')
 
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when the training loss becomes NaN or inf."""
 
 
-class DatasetMissingError(FileNotFoundError):
-  """Raised when the prepared TFDS dataset is not under data.data_dir."""
-
-
 class TrainState(flax_train_state.TrainState):
-  """params, opt_state, step (from flax's TrainState) + BatchNorm stats + base
-  RNG.
+  """params, opt_state, step (from flax's TrainState), BatchNorm statistics and
+  the base RNG.
 
   The RNG is a raw uint32[2] key; the key of step s is fold_in(rng, s), so it
   never has to be advanced and resumes exactly.
@@ -75,7 +101,7 @@ class TrainState(flax_train_state.TrainState):
 
 @dataclasses.dataclass(frozen=True)
 class AugmentSettings:
-  """Static augmentation settings (hashable, so it can be a jit static argument)."""
+  """Static augmentation settings (hashable: a jit static argument)."""
 
   rotation_degrees: float = 0.0
   flip_lr: bool = False
@@ -110,56 +136,72 @@ class LossSettings:
   class_weights: tuple[float, ...] | None = None
 
 
-# ----------------------------------------------------------------------------
-# Config -> model, optimizer, state.
-# ----------------------------------------------------------------------------
+def _check_choice(config: ml_collections.ConfigDict, field: str, valid) -> None:
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  if value not in valid:
+    what = 'names' if field == 'model.name' else 'values'
+    raise console.UserError(
+        f'config.{field}={value!r} is unknown; valid {what}: '
+        + ', '.join(valid)
+    )
 
 
-def model_names() -> tuple[str, ...]:
-  try:
-    from ankle_jax import models  # pylint: disable=g-import-not-at-top
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the config before any heavy work (each fact here, once).
 
-    return tuple(models.MODEL_NAMES)
-  except ImportError:
-    return FALLBACK_MODEL_NAMES
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> Any:
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[config.dtype]
-
-
-def create_model(config: ml_collections.ConfigDict) -> nn.Module:
-  """Builds the model described by config.model (via ankle_jax.models.build)."""
-  from ankle_jax import models  # pylint: disable=g-import-not-at-top
-
-  kwargs = config.model.kwargs.to_dict() if config.model.get('kwargs') else {}
-  valid = getattr(models, 'FAMILY_KWARGS', {}).get(config.model.name)
-  if valid is not None:
-    dropped = sorted(set(kwargs) - set(valid))
-    if dropped:
-      logging.warning(
-          'config.model.kwargs %s do not apply to %s; ignored.',
-          dropped,
-          config.model.name,
+  Raises:
+    console.UserError: naming the field, its value and what is valid.
+  """
+  _check_choice(config, 'model.name', models.MODEL_NAMES)
+  _check_choice(config, 'dtype', DTYPES)
+  _check_choice(config, 'optimizer', ('adam',))
+  _check_choice(config, 'lr_schedule', LR_SCHEDULES)
+  _check_choice(config, 'l2_scope', L2_SCOPES)
+  _check_choice(config, 'best_metric', sorted(checkpoint.METRIC_MODES))
+  if config.image_size < MIN_IMAGE_SIZE:
+    raise console.UserError(
+        f'config.image_size={config.image_size} is too small: the models '
+        f'need at least {MIN_IMAGE_SIZE} px'
+    )
+  for field in POSITIVE_FIELDS:
+    if config[field] <= 0:
+      raise console.UserError(
+          f'config.{field}={config[field]} must be positive'
       )
-    kwargs = {k: v for k, v in kwargs.items() if k in valid}
-  return models.build(
-      config.model.name,
-      num_classes=config.get('num_classes', 2),
-      aux_head=config.model.aux_head,
-      dropout_rate=config.model.dropout_rate,
-      width_multiplier=config.model.width_multiplier,
-      dtype=compute_dtype(config),
-      **kwargs,
-  )
+  if config.class_weights is not None and len(config.class_weights) != 2:
+    raise console.UserError(
+        f'config.class_weights={config.class_weights!r}; expected None or '
+        '[w_normal, w_fracture]'
+    )
+  lower, upper = config.augment.contrast_lower, config.augment.contrast_upper
+  if not 0.0 <= lower <= upper:
+    raise console.UserError(
+        f'config.augment.contrast_lower/upper=({lower}, {upper}); expected '
+        '0 <= lower <= upper'
+    )
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise console.UserError(
+        'set config.num_train_steps > 0 or config.num_epochs > 0'
+    )
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """The model of config.model; its family options, dropout and width are
+  checked by `models` (errors become UserError)."""
+  try:
+    return models.from_config(
+        config.model, num_classes=config.num_classes, dtype=config.dtype
+    )
+  except ValueError as e:
+    raise console.UserError(f'config.model: {e}') from e
 
 
 def create_learning_rate_fn(
     config: ml_collections.ConfigDict, num_train_steps: int
 ) -> optax.Schedule:
   """The learning rate as a function of the step ('constant' in the paper)."""
-  if config.lr_schedule == 'constant':
-    return optax.constant_schedule(config.learning_rate)
   if config.lr_schedule == 'cosine':
     return optax.cosine_decay_schedule(
         config.learning_rate, max(1, num_train_steps)
@@ -171,20 +213,13 @@ def create_learning_rate_fn(
         warmup_steps=config.warmup_steps,
         decay_steps=max(config.warmup_steps + 1, num_train_steps),
     )
-  raise ValueError(
-      f'config.lr_schedule={config.lr_schedule!r}; expected '
-      "'constant', 'cosine' or 'warmup_cosine'"
-  )
+  return optax.constant_schedule(config.learning_rate)
 
 
 def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
-  """Adam (b1, b2, eps from config), optionally after global-norm gradient clipping."""
-  if config.optimizer != 'adam':
-    raise ValueError(
-        f"config.optimizer={config.optimizer!r}; only 'adam' is supported"
-    )
+  """Adam (b1, b2, eps from the config), after optional global-norm clipping."""
   adam = optax.adam(
       learning_rate_fn,
       b1=config.adam_b1,
@@ -213,7 +248,7 @@ def create_train_state(
     num_train_steps: int = 1,
     learning_rate_fn: optax.Schedule | None = None,
 ) -> TrainState:
-  """A fresh TrainState: initialized variables, Adam state, step 0 and base RNG.
+  """A fresh TrainState: initialized variables, Adam state, step 0, base RNG.
 
   Args:
     config: the run config (optimizer fields).
@@ -228,11 +263,10 @@ def create_train_state(
   params, batch_stats = initialized(init_key, image_size, model)
   if learning_rate_fn is None:
     learning_rate_fn = create_learning_rate_fn(config, num_train_steps)
-  tx = create_optimizer(config, learning_rate_fn)
   return TrainState.create(
       apply_fn=model.apply,
       params=params,
-      tx=tx,
+      tx=create_optimizer(config, learning_rate_fn),
       batch_stats=batch_stats,
       rng=state_key,
   )
@@ -244,28 +278,21 @@ def loss_settings(config: ml_collections.ConfigDict) -> LossSettings:
       l2_alpha=float(config.l2_alpha),
       l2_scope=config.l2_scope,
       aux_loss_weight=float(config.aux_loss_weight),
-      class_weights=None
-      if class_weights is None
-      else tuple(float(w) for w in class_weights),
+      class_weights=(
+          None
+          if class_weights is None
+          else tuple(float(w) for w in class_weights)
+      ),
   )
-
-
-# ----------------------------------------------------------------------------
-# Loss pieces.
-# ----------------------------------------------------------------------------
 
 
 def l2_sum(params: Any, scope: str = 'dense') -> jax.Array:
   """sum(W**2) / 2 over the kernels in `scope` ('dense': 2-D 'kernel's; 'all')."""
-  if scope not in ('dense', 'all'):
-    raise ValueError(f"l2_scope={scope!r}; expected 'dense' or 'all'")
   total = jnp.zeros((), jnp.float32)
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     last = path[-1]
     name = getattr(last, 'key', getattr(last, 'name', None))
-    if name != 'kernel':
-      continue
-    if scope == 'dense' and leaf.ndim != 2:
+    if name != 'kernel' or (scope == 'dense' and leaf.ndim != 2):
       continue
     total = total + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
   return total / 2.0
@@ -276,8 +303,7 @@ def cross_entropy(
     labels: jax.Array,
     class_weights: Sequence[float] | None = None,
 ) -> jax.Array:
-  """Mean over the batch of the softmax CE times the weight of each example's
-  class.
+  """Mean over the batch of the softmax CE times each example's class weight.
 
   Args:
     logits: [B, C] (any float dtype; computed in float32).
@@ -311,14 +337,9 @@ def preprocess_train_images(
 def step_keys(
     base_rng: jax.Array, step: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-  """(augmentation key, dropout key) of a step: the one place the step RNG is split."""
+  """(augmentation key, dropout key) of a step: the one place they are split."""
   aug_key, dropout_key = jax.random.split(jax.random.fold_in(base_rng, step))
   return aug_key, dropout_key
-
-
-# ----------------------------------------------------------------------------
-# Steps.
-# ----------------------------------------------------------------------------
 
 
 def train_step(
@@ -329,8 +350,7 @@ def train_step(
     aug: AugmentSettings,
     loss_cfg: LossSettings,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a batch {'image': [B,S,S,1] in [0,1], 'label': int
-  [B]}.
+  """One optimizer step on {'image': [B, S, S, 1] in [0, 1], 'label': int [B]}.
 
   Returns the new state and metrics (scalars): loss, ce, aux_ce, l2, accuracy,
   lr.
@@ -375,26 +395,13 @@ def train_step(
   return new_state, metrics
 
 
-def forward_probs(
-    apply_fn: Callable[..., Any],
-    variables: Mapping[str, Any],
-    images_bhwc: jax.Array,
-) -> jax.Array:
-  """Eval-mode class probabilities [B, C] of raw [0,1] images (standardized
-  here).
-
-  Uses the running BatchNorm statistics (train=False, nothing mutable).
-  """
-  outputs = apply_fn(
-      variables, augment.standardize_per_image(images_bhwc), train=False
-  )
-  return jax.nn.softmax(outputs.logits.astype(jnp.float32), axis=-1)
-
-
 def eval_step(
     state: TrainState, batch: Mapping[str, jax.Array]
 ) -> dict[str, jax.Array]:
-  """Per-example eval outputs: 'probs' [B, C] and 'ce' [B] (softmax CE, unweighted)."""
+  """Per-example outputs: 'probs' [B, C] and 'ce' [B] (softmax CE, unweighted).
+
+  Eval mode: the running BatchNorm statistics, nothing mutable.
+  """
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   outputs = state.apply_fn(
       variables, augment.standardize_per_image(batch['image']), train=False
@@ -404,52 +411,12 @@ def eval_step(
   return {'probs': jax.nn.softmax(logits, axis=-1), 'ce': ce}
 
 
-# ----------------------------------------------------------------------------
-# Devices.
-# ----------------------------------------------------------------------------
+class CompiledSteps(NamedTuple):
+  """The jitted steps: the state replicated, batches sharded on the mesh."""
 
-
-def create_mesh(devices: Sequence[Any] | None = None) -> Mesh:
-  """A 1-D mesh with axis 'data' over `devices` (default: all devices)."""
-  devices = list(jax.devices() if devices is None else devices)
-  return Mesh(np.asarray(devices), ('data',))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec())
-
-
-def data_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec('data'))
-
-
-def check_batch_divisible(batch_size: int, mesh: Mesh, field: str) -> None:
-  num_devices = mesh.devices.size
-  if batch_size % num_devices:
-    raise ValueError(
-        f'config.{field}={batch_size} is not divisible by the {num_devices} devices; '
-        f'set --config.{field} to a multiple of {num_devices}'
-    )
-
-
-def shard_batch(
-    batch: Mapping[str, np.ndarray],
-    mesh: Mesh,
-    keys: Sequence[str] = ('image', 'label'),
-) -> dict[str, jax.Array]:
-  """Places the global host batch on the mesh, sharded on axis 0.
-
-  Every process holds the same global batch and transfers only its devices'
-  slices.
-  """
-  sharding = data_sharded(mesh)
-  out = {}
-  for key in keys:
-    value = np.asarray(batch[key])
-    out[key] = jax.make_array_from_callback(
-        value.shape, sharding, lambda index, value=value: value[index]
-    )
-  return out
+  train: Any  # (state, batch) -> (state, metrics); the state is donated.
+  eval: Any  # (state, batch) -> {'probs', 'ce'}.
+  preview: Any  # (state, images) -> the step's augmented, standardized images.
 
 
 def compile_steps(
@@ -457,10 +424,10 @@ def compile_steps(
     learning_rate_fn: optax.Schedule,
     aug: AugmentSettings,
     loss_cfg: LossSettings,
-):
-  """(p_train_step, p_eval_step, p_preview): jitted with state replicated, batch sharded."""
-  repl, data = replicated(mesh), data_sharded(mesh)
-  p_train_step = jax.jit(
+) -> CompiledSteps:
+  """Jits train_step, eval_step and the augmentation preview for `mesh`."""
+  repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  train = jax.jit(
       functools.partial(
           train_step,
           learning_rate_fn=learning_rate_fn,
@@ -471,176 +438,20 @@ def compile_steps(
       out_shardings=(repl, repl),
       donate_argnums=(0,),
   )
-  p_eval_step = jax.jit(
-      eval_step, in_shardings=(repl, data), out_shardings=repl
-  )
 
   def preview(state, images):
     aug_key, _ = step_keys(state.rng, state.step)
     return preprocess_train_images(aug_key, images, aug)
 
-  p_preview = jax.jit(preview, in_shardings=(repl, data), out_shardings=repl)
-  return p_train_step, p_eval_step, p_preview
-
-
-# ----------------------------------------------------------------------------
-# Validation of the config and data preparation.
-# ----------------------------------------------------------------------------
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field when the config cannot work."""
-  names = model_names()
-  if config.model.name not in names:
-    raise ValueError(
-        f'config.model.name={config.model.name!r} is unknown; '
-        f"valid names: {', '.join(names)}"
-    )
-  if config.image_size < MIN_IMAGE_SIZE:
-    raise ValueError(
-        f'config.image_size={config.image_size} is too small: the '
-        f'models need at least {MIN_IMAGE_SIZE} px'
-    )
-  if config.dtype not in ('float32', 'bfloat16'):
-    raise ValueError(
-        f"config.dtype={config.dtype!r}; expected 'float32' or 'bfloat16'"
-    )
-  for field in ('batch_size', 'eval_batch_size'):
-    if config[field] <= 0:
-      raise ValueError(f'config.{field}={config[field]} must be positive')
-  if config.optimizer != 'adam':
-    raise ValueError(
-        f"config.optimizer={config.optimizer!r}; only 'adam' is supported"
-    )
-  if config.lr_schedule not in ('constant', 'cosine', 'warmup_cosine'):
-    raise ValueError(
-        f'config.lr_schedule={config.lr_schedule!r}; expected '
-        "'constant', 'cosine' or 'warmup_cosine'"
-    )
-  if config.l2_scope not in ('dense', 'all'):
-    raise ValueError(
-        f"config.l2_scope={config.l2_scope!r}; expected 'dense' or 'all'"
-    )
-  if config.best_metric not in checkpoint.METRIC_MODES:
-    raise ValueError(
-        f'config.best_metric={config.best_metric!r}; expected one of '
-        f'{sorted(checkpoint.METRIC_MODES)}'
-    )
-  if config.class_weights is not None and len(config.class_weights) != 2:
-    raise ValueError(
-        f'config.class_weights={config.class_weights!r}; expected None '
-        'or [w_normal, w_fracture]'
-    )
-  lower, upper = config.augment.contrast_lower, config.augment.contrast_upper
-  if not 0.0 <= lower <= upper:
-    raise ValueError(
-        f'config.augment.contrast_lower/upper=({lower}, {upper}); '
-        'expected 0 <= lower <= upper'
-    )
-  if config.num_train_steps <= 0 and config.num_epochs <= 0:
-    raise ValueError('set config.num_train_steps > 0 or config.num_epochs > 0')
-  for field in (
-      'log_every_steps',
-      'eval_every_steps',
-      'checkpoint_every_steps',
-  ):
-    if config[field] <= 0:
-      raise ValueError(f'config.{field}={config[field]} must be positive')
-
-
-def resolve_data_dirs(
-    config: ml_collections.ConfigDict, workdir: epath.PathLike
-) -> tuple[epath.Path, epath.Path]:
-  """(data_dir, manual_dir); empty fields mean <workdir>/data/{tfds,studies}."""
-  workdir = epath.Path(workdir)
-  data_dir = epath.Path(config.data.data_dir or (workdir / 'data' / 'tfds'))
-  manual_dir = epath.Path(
-      config.data.manual_dir or (workdir / 'data' / 'studies')
+  return CompiledSteps(
+      train=train,
+      eval=jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl),
+      preview=jax.jit(preview, in_shardings=(repl, data), out_shardings=repl),
   )
-  return data_dir, manual_dir
-
-
-def dataset_exists(data_dir: epath.PathLike, dataset_config: str) -> bool:
-  root = epath.Path(data_dir) / DATASET_NAME / dataset_config
-  return root.exists() and any(root.glob('*/dataset_info.json'))
-
-
-def build_command(
-    manual_dir: epath.PathLike, data_dir: epath.PathLike, dataset_config: str
-) -> str:
-  return (
-      f'python -m ankle_jax.data.build --manual_dir={manual_dir} '
-      f'--data_dir={data_dir} --config={dataset_config}'
-  )
-
-
-def prepare_dataset(
-    config: ml_collections.ConfigDict, workdir: epath.PathLike
-) -> epath.Path:
-  """Makes sure the TFDS dataset exists; returns data_dir.
-
-  With config.data.synthetic.enabled and no data.manual_dir, generates the
-  synthetic studies into <workdir>/data/studies and builds them. Otherwise a
-  missing dataset raises DatasetMissingError with the command that builds it.
-  """
-  data_dir, manual_dir = resolve_data_dirs(config, workdir)
-  dataset_config = config.data.dataset_config
-  if dataset_exists(data_dir, dataset_config):
-    return data_dir
-  synthetic = config.data.get('synthetic')
-  if synthetic is not None and synthetic.enabled and not config.data.manual_dir:
-    if jax.process_index() == 0:
-      _generate_and_build_synthetic(
-          synthetic, manual_dir, data_dir, dataset_config
-      )
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-      multihost_utils.sync_global_devices('prepare_dataset')
-    return data_dir
-  raise DatasetMissingError(
-      f'dataset {DATASET_NAME}/{dataset_config} not found under data_dir={data_dir}. '
-      f"Build it first:\n  {build_command(config.data.manual_dir or 'DIR', data_dir, dataset_config)}\n"
-      'where DIR holds normal/<case>/*.dcm and fracture/<case>/*.dcm '
-      '(or set --config.data.data_dir to where it was built).'
-  )
-
-
-def _generate_and_build_synthetic(
-    synthetic: ml_collections.ConfigDict,
-    manual_dir: epath.Path,
-    data_dir: epath.Path,
-    dataset_config: str,
-) -> None:
-  from ankle_jax.data import synthetic as synthetic_lib  # pylint: disable=g-import-not-at-top
-
-  if not (manual_dir.exists() and any(manual_dir.iterdir())):
-    logging.info('Generating synthetic studies into %s', manual_dir)
-    kwargs = {k: v for k, v in synthetic.to_dict().items() if k != 'enabled'}
-    synthetic_lib.generate_studies(str(manual_dir), **kwargs)
-  logging.info('Building %s/%s into %s', DATASET_NAME, dataset_config, data_dir)
-  command = [
-      sys.executable,
-      '-m',
-      'ankle_jax.data.build',
-      f'--manual_dir={manual_dir}',
-      f'--data_dir={data_dir}',
-      f'--config={dataset_config}',
-  ]
-  result = subprocess.run(command, check=False)
-  if result.returncode != 0:
-    raise RuntimeError(
-        f"building the synthetic dataset failed: {' '.join(command)}"
-    )
-
-
-# ----------------------------------------------------------------------------
-# Evaluation on the host.
-# ----------------------------------------------------------------------------
 
 
 def evaluate(
-    p_eval_step,
+    eval_fn: Any,
     state: TrainState,
     batches: Iterator[Mapping[str, Any]],
     mesh: Mesh,
@@ -653,7 +464,7 @@ def evaluate(
   """
   probs, losses, labels, case_ids = [], [], [], []
   for batch in batches:
-    out = jax.device_get(p_eval_step(state, shard_batch(batch, mesh)))
+    out = jax.device_get(eval_fn(state, sharding.shard_batch(batch, mesh)))
     mask = np.asarray(
         batch.get('mask', np.ones(len(batch['label']), bool)), bool
     )
@@ -666,8 +477,9 @@ def evaluate(
     return {}
   fracture_probs = np.concatenate(probs)[:, -1]
   labels = np.concatenate(labels)
+  votes = voting.image_votes(fracture_probs)
   view_metrics = metrics_lib.classification_metrics(
-      labels, voting.image_votes(fracture_probs), fracture_probs
+      labels, votes, fracture_probs
   )
   metrics = {
       'val_loss': float(np.mean(np.concatenate(losses))),
@@ -676,50 +488,67 @@ def evaluate(
   }
   if case_ids:
     cases = voting.index_cases(np.concatenate(case_ids), labels)
-    case_votes = voting.case_hard_votes(
-        voting.image_votes(fracture_probs), cases
-    )
+    case_votes = voting.case_hard_votes(votes, cases)
     metrics['val_case_accuracy'] = float(np.mean(case_votes == cases.labels_c))
   return metrics
 
 
-# ----------------------------------------------------------------------------
-# The loop.
-# ----------------------------------------------------------------------------
+def prepare_data(
+    config: ml_collections.ConfigDict, workdir: epath.PathLike
+) -> epath.Path:
+  """Makes sure the configured dataset exists; returns its data_dir.
 
+  With config.data.synthetic.enabled and no data.manual_dir, the chief process
+  generates the synthetic studies into <workdir>/data/studies and builds them
+  (in this process), while the others wait.
 
-def _pipeline():
-  from ankle_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-
-  return pipeline
+  Raises:
+    prepare.DatasetMissingError: the dataset is not built, with the command that
+      builds it.
+  """
+  data = config.data
+  data_dir, manual_dir = prepare.resolve_data_dirs(
+      data.data_dir, data.manual_dir, workdir
+  )
+  if not (data.synthetic.enabled and not data.manual_dir):
+    if not prepare.dataset_exists(data_dir, data.dataset_config):
+      raise prepare.missing_dataset_error(
+          data_dir, data.dataset_config, data.manual_dir
+      )
+    return data_dir
+  if sharding.is_chief():
+    studies = {k: v for k, v in data.synthetic.items() if k != 'enabled'}
+    prepare.prepare_dataset(
+        data_dir=data_dir,
+        manual_dir=manual_dir,
+        dataset_config=data.dataset_config,
+        synthetic_studies=studies,
+        progress=config.progress_bar,
+    )
+  sharding.sync_processes('prepare_data')
+  return data_dir
 
 
 def load_sources(
     config: ml_collections.ConfigDict, workdir: epath.PathLike
 ) -> tuple[Any, Any]:
-  """(train_source, eval_source) random-access sources of the configured splits."""
-  data_dir = prepare_dataset(config, workdir)
-  pipeline = _pipeline()
-  train_source = pipeline.load_split(
-      str(data_dir),
-      config.data.train_split,
-      dataset_config=config.data.dataset_config,
+  """(train_source, eval_source): random-access sources of the splits."""
+  data_dir = prepare_data(config, workdir)
+  return tuple(
+      pipeline.load_split(
+          str(data_dir), split, dataset_config=config.data.dataset_config
+      )
+      for split in (config.data.train_split, config.data.eval_split)
   )
-  eval_source = pipeline.load_split(
-      str(data_dir),
-      config.data.eval_split,
-      dataset_config=config.data.dataset_config,
-  )
-  return train_source, eval_source
 
 
 def num_steps_for(
     config: ml_collections.ConfigDict, num_train_examples: int
 ) -> tuple[int, int]:
-  """(num_train_steps, steps_per_epoch); num_train_steps > 0 overrides num_epochs."""
+  """(num_train_steps, steps_per_epoch); num_train_steps > 0 wins."""
   steps_per_epoch = num_train_examples // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(
+    raise console.UserError(
         f'the training split has {num_train_examples} examples, fewer than '
         f'config.batch_size={config.batch_size}'
     )
@@ -728,7 +557,163 @@ def num_steps_for(
   return int(config.num_epochs * steps_per_epoch), steps_per_epoch
 
 
-def _state_tree(state: TrainState) -> dict[str, Any]:
+def hparams_of(
+    config: ml_collections.ConfigDict, num_train_steps: int
+) -> dict[str, Any]:
+  """The hyperparameters shown in TensorBoard's HParams tab."""
+  flat = writers.flatten_config(config)
+  hparams = {k: flat[k] for k in HPARAM_FIELDS if k in flat}
+  hparams.update({k: v for k, v in flat.items() if k.startswith('augment.')})
+  hparams['num_train_steps'] = num_train_steps
+  return hparams
+
+
+@dataclasses.dataclass
+class LoopState:
+  """What the loop carries besides the train state (checkpointed as JSON).
+
+  best_metric_value, best_step: the best checkpoint by config.best_metric.
+  best_val_loss, best_val_loss_step, evals_without_improvement: early stopping.
+  stopped_early: the run ended on config.early_stopping_patience.
+  """
+
+  best_metric_value: float | None = None
+  best_step: int | None = None
+  best_val_loss: float | None = None
+  best_val_loss_step: int | None = None
+  evals_without_improvement: int = 0
+  stopped_early: bool = False
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, record: Mapping[str, Any]) -> 'LoopState':
+    """Reads `to_json`'s dict (the same keys as older checkpoints' dict)."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in record.items() if k in names})
+
+
+def _is_improvement(mode: str, value: float | None, best: float | None) -> bool:
+  if value is None or not math.isfinite(value):
+    return False
+  if best is None:
+    return True
+  return value > best if mode == 'max' else value < best
+
+
+def record_evaluation(
+    loop: LoopState,
+    step: int,
+    val: Mapping[str, float],
+    best_metric: str,
+    patience: int,
+) -> bool:
+  """Updates `loop` with the evaluation at `step`; True for a new best.
+
+  A tie on best_metric counts as better when val_loss improved at this step.
+  Early stopping: `patience` evaluations in a row without a val_loss
+  improvement (0 = off).
+  """
+  val_loss = val.get('val_loss')
+  if _is_improvement('min', val_loss, loop.best_val_loss):
+    loop.best_val_loss, loop.best_val_loss_step = val_loss, step
+    loop.evals_without_improvement = 0
+  else:
+    loop.evals_without_improvement += 1
+  value = val.get(best_metric)
+  tie_break = (
+      value is not None
+      and value == loop.best_metric_value
+      and loop.best_val_loss_step == step
+  )
+  mode = checkpoint.METRIC_MODES[best_metric]
+  is_best = _is_improvement(mode, value, loop.best_metric_value) or tie_break
+  if is_best:
+    loop.best_metric_value, loop.best_step = value, step
+  if patience and loop.evals_without_improvement >= patience:
+    loop.stopped_early = True
+  return is_best
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When the loop logs, evaluates, checkpoints and writes images (steps)."""
+
+  num_train_steps: int
+  steps_per_epoch: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  image_every: int  # 0: never.
+
+  @classmethod
+  def from_config(
+      cls, config: ml_collections.ConfigDict, num_train_examples: int
+  ) -> 'Schedule':
+    num_train_steps, steps_per_epoch = num_steps_for(config, num_train_examples)
+    return cls(
+        num_train_steps=num_train_steps,
+        steps_per_epoch=steps_per_epoch,
+        log_every=config.log_every_steps,
+        eval_every=config.eval_every_steps,
+        checkpoint_every=config.checkpoint_every_steps,
+        image_every=config.get('image_summary_every_steps', 0) or 0,
+    )
+
+  def due(self, step: int, every: int) -> bool:
+    """Every `every` steps, and at the last step."""
+    return step % every == 0 or step == self.num_train_steps
+
+  def any_due(self, step: int) -> bool:
+    return any(
+        self.due(step, every)
+        for every in (self.log_every, self.eval_every, self.checkpoint_every)
+    )
+
+  def images_due(self, step: int) -> bool:
+    return bool(self.image_every) and (
+        step == 1 or step % self.image_every == 0
+    )
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything the loop works with; `state`, `loop` and the log clock change.
+
+  last_log_time, last_log_step: the wall time (s) and step of the last train
+  record, for steps/s and images/s.
+  """
+
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  mesh: Mesh
+  steps: CompiledSteps
+  schedule: Schedule
+  ckpts: checkpoint.RunCheckpoints
+  writer: writers.MetricWriter
+  train_iter: Any
+  eval_source: Any
+  state: TrainState
+  loop: LoopState
+  bar: Any = None
+  last_log_time: float = 0.0
+  last_log_step: int = 0
+
+
+def say(run: Run, message: str) -> None:
+  """Prints a project line on the chief (above the progress bar, if any)."""
+  if not sharding.is_chief():
+    return
+  if run.bar is not None:
+    run.bar.write(message, file=sys.stdout)
+  else:
+    print(message)
+  sys.stdout.flush()
+
+
+def state_tree(state: TrainState) -> dict[str, Any]:
+  """The checkpointed part of the train state."""
   return {
       'step': state.step,
       'params': state.params,
@@ -738,110 +723,168 @@ def _state_tree(state: TrainState) -> dict[str, Any]:
   }
 
 
-def _with_tree(state: TrainState, tree: Mapping[str, Any]) -> TrainState:
-  return state.replace(
-      step=tree['step'],
-      params=tree['params'],
-      batch_stats=tree['batch_stats'],
-      opt_state=tree['opt_state'],
-      rng=tree['rng'],
+def with_tree(state: TrainState, tree: Mapping[str, Any]) -> TrainState:
+  return state.replace(**{key: tree[key] for key in state_tree(state)})
+
+
+def save_latest(run: Run, step: int) -> None:
+  run.ckpts.save_latest(
+      step,
+      state_tree(run.state),
+      run.train_iter.get_state(),
+      run.loop.to_json(),
   )
 
 
-def _first_non_finite(
-    history: Sequence[tuple[int, Mapping[str, Any]]],
-) -> tuple[int, float] | None:
+def restore_latest(run: Run) -> None:
+  """Continues from the latest checkpoint, if any: state, data order, loop."""
+  if run.ckpts.latest_step() is None:
+    return
+  tree, iter_state, loop = run.ckpts.restore_latest(state_tree(run.state))
+  run.state = with_tree(run.state, tree)
+  run.loop = LoopState.from_json(loop)
+  if iter_state is not None:
+    run.train_iter.set_state(iter_state)
+  step = int(run.state.step)
+  say(run, f'Resumed from {run.workdir} at step {step}.')
+  if sharding.is_chief():
+    writers.truncate_metrics(run.workdir, step)
+
+
+def check_finite(run: Run, history: Sequence[tuple[int, Any]]) -> None:
+  """Raises NonFiniteLossError at the first step whose loss is NaN or inf."""
   for step, metrics in history:
     loss = float(metrics['loss'])
     if not math.isfinite(loss):
-      return step, loss
-  return None
+      raise NonFiniteLossError(
+          f'loss became {loss} at step {step}; stopping.\n'
+          f'The last good checkpoint (step {run.ckpts.latest_step()}) in '
+          f'{run.workdir / checkpoint.LATEST_DIR} was left intact.\n'
+          'Lower --config.learning_rate or set --config.grad_clip_norm.'
+      )
 
 
-def _is_improvement(mode: str, value: float, best: float | None) -> bool:
-  if value is None or not math.isfinite(value):
-    return False
-  if best is None:
-    return True
-  return value > best if mode == 'max' else value < best
+def train_record(
+    run: Run, step: int, history: Sequence[tuple[int, Any]]
+) -> dict[str, float]:
+  """The means of the train metrics since the last record, and throughput."""
+  mean = {k: float(np.mean([m[k] for _, m in history])) for k in history[-1][1]}
+  now = time.time()
+  elapsed = max(now - run.last_log_time, 1e-9)
+  steps_done = step - run.last_log_step
+  run.last_log_time, run.last_log_step = now, step
+  return {
+      'train_loss': mean['loss'],
+      'train_ce': mean['ce'],
+      'train_aux_loss': mean['aux_ce'],
+      'train_l2': mean['l2'],
+      'train_accuracy': mean['accuracy'],
+      'learning_rate': mean['lr'],
+      'steps_per_second': steps_done / elapsed,
+      'images_per_second': steps_done * run.config.batch_size / elapsed,
+      'epoch': step / run.schedule.steps_per_epoch,
+  }
 
 
-def hparams_of(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The hyperparameters shown in TensorBoard's HParams tab."""
-  flat = writers.flatten_config(config)
-  skip = (
-      'data.',
-      'log_every',
-      'eval_every',
-      'checkpoint_every',
-      'image_summary',
+def evaluate_and_select(run: Run, step: int) -> dict[str, Any]:
+  """Validates; saves a new best checkpoint; notes early stopping."""
+  config = run.config
+  batches = pipeline.iterate_eval_batches(
+      run.eval_source,
+      batch_size=config.eval_batch_size,
+      image_size=config.image_size,
   )
-  return {k: v for k, v in flat.items() if not k.startswith(skip)}
+  val = evaluate(run.steps.eval, run.state, batches, run.mesh)
+  is_best = record_evaluation(
+      run.loop, step, val, config.best_metric, config.early_stopping_patience
+  )
+  if is_best:
+    variables = {
+        'params': run.state.params,
+        'batch_stats': run.state.batch_stats,
+    }
+    run.ckpts.save_best(step, variables, val)
+    run.writer.write_best(step, val)
+  if run.loop.stopped_early:
+    say(
+        run,
+        f'Early stopping at step {step}: val_loss did not improve for '
+        f'{config.early_stopping_patience} evaluations (best at step '
+        f'{run.loop.best_val_loss_step}).',
+    )
+  if run.bar is not None:
+    run.bar.set_postfix({k: f'{val[k]:.3f}' for k in BAR_METRICS if k in val})
+  return {**val, 'best_step': run.loop.best_step}
 
 
-HPARAM_METRICS = (
-    'val_loss',
-    'val_accuracy',
-    'val_auc',
-    'val_case_accuracy',
-    'train_loss',
-)
+def take_step(run: Run, step: int) -> Any:
+  """One training step (and its image summary when due); device metrics."""
+  batch = next(run.train_iter)
+  placed = sharding.shard_batch(batch, run.mesh)
+  if run.schedule.images_due(step) and sharding.is_chief():
+    images = jax.device_get(run.steps.preview(run.state, placed['image']))
+    run.writer.write_images(
+        step, 'train/augmented_images', images, labels=batch['label']
+    )
+  run.state, metrics = run.steps.train(run.state, placed)
+  if run.bar is not None:
+    run.bar.update(1)
+  return metrics
 
 
-def train_and_evaluate(
+def after_step(run: Run, step: int, history: list[Any]) -> list[Any]:
+  """Logs, evaluates and saves what is due at `step` (after checking every
+  loss since the last time); returns the history not yet logged."""
+  schedule = run.schedule
+  history = jax.device_get(history)
+  check_finite(run, history)
+  record = {}
+  if schedule.due(step, schedule.log_every) and history:
+    record.update(train_record(run, step, history))
+    history = []
+  save = schedule.due(step, schedule.checkpoint_every)
+  if schedule.due(step, schedule.eval_every):
+    record.update(evaluate_and_select(run, step))
+    save = save or run.loop.stopped_early
+  if record:
+    run.writer.write_scalars(step, record)
+  if save:
+    save_latest(run, step)
+  return history
+
+
+def train_loop(run: Run) -> None:
+  """Steps from the state's step to the schedule's end, or an early stop."""
+  history = []  # (step, device metrics) since the last check.
+  start_step = int(run.state.step)
+  run.last_log_time, run.last_log_step = time.time(), start_step
+  for step in range(start_step + 1, run.schedule.num_train_steps + 1):
+    if run.loop.stopped_early:
+      break
+    history.append((step, take_step(run, step)))
+    if run.schedule.any_due(step):
+      history = after_step(run, step, history)
+
+
+def start_run(
     config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    model: nn.Module | None = None,
-    sources: tuple[Any, Any] | None = None,
-    devices: Sequence[Any] | None = None,
-) -> dict[str, Any]:
-  """Trains, evaluates, checkpoints and logs; resumes from workdir's latest
-  checkpoint.
-
-  Args:
-    config: the run config (configs/default.py fields).
-    workdir: the run directory.
-    model: overrides create_model(config) (tests).
-    sources: (train_source, eval_source) overriding the TFDS splits (tests).
-    devices: the devices of the data-parallel mesh (default: all).
-
-  Returns:
-    The run summary (also in workdir/summary.json).
-
-  Raises:
-    NonFiniteLossError: the loss became NaN/inf; the latest checkpoint on disk
-      is the last one saved before that step.
-    writers.WorkdirNotWritableError: workdir cannot be created or written
-      (checked first).
-    checkpoint.CheckpointWriteError: a checkpoint could not be saved (e.g. disk
-      full).
-  """
-  validate_config(config)
-  workdir = writers.ensure_writable_dir(epath.Path(workdir))
-  is_chief = jax.process_index() == 0
-  mesh = create_mesh(devices)
-  check_batch_divisible(config.batch_size, mesh, 'batch_size')
-  check_batch_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
-
-  train_source, eval_source = (
-      sources if sources is not None else load_sources(config, workdir)
-  )
-  num_train_steps, steps_per_epoch = num_steps_for(config, len(train_source))
-  pipeline = _pipeline()
-
-  model = model if model is not None else create_model(config)
-  learning_rate_fn = create_learning_rate_fn(config, num_train_steps)
+    workdir: epath.Path,
+    mesh: Mesh,
+    model: nn.Module,
+    sources: tuple[Any, Any],
+) -> Run:
+  """A fresh or resumed Run; the chief writes config.json (and HParams)."""
+  train_source, eval_source = sources
+  schedule = Schedule.from_config(config, len(train_source))
+  learning_rate_fn = create_learning_rate_fn(config, schedule.num_train_steps)
   state = create_train_state(
       config,
       model,
       jax.random.PRNGKey(config.seed),
       config.image_size,
-      num_train_steps,
+      schedule.num_train_steps,
       learning_rate_fn,
   )
-  state = jax.device_put(state, replicated(mesh))
-
   train_iter = pipeline.make_train_loader(
       train_source,
       global_batch_size=config.batch_size,
@@ -851,185 +894,127 @@ def train_and_evaluate(
       worker_count=config.data.worker_count,
       sample_weights_by_label=config.data.get('sample_weights_by_label'),
   )
-  ckpts = checkpoint.RunCheckpoints(
-      workdir, keep=config.keep_checkpoints, best_metric=config.best_metric
+  run = Run(
+      config=config,
+      workdir=workdir,
+      mesh=mesh,
+      steps=compile_steps(
+          mesh,
+          learning_rate_fn,
+          AugmentSettings.from_config(config.augment),
+          loss_settings(config),
+      ),
+      schedule=schedule,
+      ckpts=checkpoint.RunCheckpoints(
+          workdir, keep=config.keep_checkpoints, best_metric=config.best_metric
+      ),
+      writer=writers.MetricWriter(workdir, enabled=sharding.is_chief()),
+      train_iter=train_iter,
+      eval_source=eval_source,
+      state=jax.device_put(state, sharding.replicated(mesh)),
+      loop=LoopState(),
   )
-  loop = {
-      'best_metric_value': None,
-      'best_step': None,
-      'best_val_loss': None,
-      'best_val_loss_step': None,
-      'evals_without_improvement': 0,
-      'stopped_early': False,
-  }
-  if ckpts.latest_step() is not None:
-    tree, iter_state, loop = ckpts.restore_latest(_state_tree(state))
-    state = _with_tree(state, tree)
-    if iter_state is not None:
-      train_iter.set_state(iter_state)
-    logging.info('Resumed from %s at step %d', workdir, int(state.step))
-    if is_chief:
-      writers.truncate_metrics(workdir, int(state.step))
-  start_step = int(state.step)
-
-  if is_chief:
+  restore_latest(run)
+  if sharding.is_chief():
     writers.write_config(workdir, config)
-  writer = writers.MetricWriter(workdir, enabled=is_chief)
-  if start_step == 0:
-    writer.write_hparams(hparams_of(config), HPARAM_METRICS)
-
-  aug = AugmentSettings.from_config(config.augment)
-  p_train_step, p_eval_step, p_preview = compile_steps(
-      mesh, learning_rate_fn, aug, loss_settings(config)
-  )
-
-  def run_eval():
-    batches = pipeline.iterate_eval_batches(
-        eval_source,
-        batch_size=config.eval_batch_size,
-        image_size=config.image_size,
+  if int(run.state.step) == 0:
+    run.writer.write_hparams(
+        hparams_of(config, schedule.num_train_steps), writers.BEST_METRIC_TAGS
     )
-    return evaluate(p_eval_step, state, batches, mesh)
+  return run
 
-  def save_latest(step):
-    ckpts.save_latest(step, _state_tree(state), train_iter.get_state(), loop)
 
-  image_every = config.get('image_summary_every_steps', 0) or 0
-  bar = writers.progress_bar(
-      num_train_steps,
-      start_step,
-      enabled=is_chief and config.get('progress_bar', True),
+def start_message(run: Run, num_train: int, num_eval: int) -> str:
+  """One line: the model, the data, the steps and the devices."""
+  config, schedule = run.config, run.schedule
+  devices = run.mesh.devices.size
+  platform = run.mesh.devices.flat[0].platform.upper()
+  start = int(run.state.step)
+  steps = (
+      f'steps {start + 1}-{schedule.num_train_steps}'
+      if start
+      else f'{schedule.num_train_steps} steps'
   )
-  history = []  # (step, device metrics) since the last check.
-  last_log_time, last_log_step = time.time(), start_step
-  train_start = time.time()
-  step = start_step
-  if loop.get('stopped_early'):
-    logging.info('Run had stopped early at step %d; nothing to do.', start_step)
+  return (
+      f'Training {config.model.name} on {config.data.dataset_config} '
+      f'({num_train} train / {num_eval} {config.data.eval_split} views, '
+      f'{config.image_size} px): {steps} of {config.batch_size} '
+      f'({schedule.num_train_steps / schedule.steps_per_epoch:.1f} epochs) '
+      f'on {devices} {platform} device{"s" if devices > 1 else ""}.'
+  )
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: epath.PathLike,
+    *,
+    model: nn.Module | None = None,
+    sources: tuple[Any, Any] | None = None,
+    devices: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+  """Trains, evaluates, checkpoints and logs; resumes from the latest
+  checkpoint in workdir.
+
+  Args:
+    config: the run config (configs/default.py fields).
+    workdir: the run directory.
+    model: the model (default: build_model(config)).
+    sources: (train_source, eval_source) overriding the TFDS splits (tests).
+    devices: the devices of the data-parallel mesh (default: all).
+
+  Returns:
+    The run summary (also in workdir/summary.json): final_step,
+    num_train_steps, best_metric, best_metric_value, best_step, best_val_loss,
+    best_val_loss_step, stopped_early, train_seconds_this_launch (s).
+
+  Raises:
+    console.UserError: a bad config, or a batch size the devices cannot split.
+    NonFiniteLossError: the loss became NaN/inf; the latest checkpoint on disk
+      is the last one saved before that step.
+    writers.WorkdirNotWritableError: workdir cannot be created or written
+      (checked first).
+    checkpoint.CheckpointWriteError: a checkpoint could not be saved (e.g. disk
+      full).
+  """
+  validate_config(config)
+  workdir = writers.ensure_writable_dir(epath.Path(workdir))
+  mesh = sharding.create_mesh(devices)
+  sharding.check_batch_divisible(config.batch_size, mesh, 'batch_size')
+  sharding.check_batch_divisible(
+      config.eval_batch_size, mesh, 'eval_batch_size'
+  )
+  sources = sources if sources is not None else load_sources(config, workdir)
+  model = model if model is not None else build_model(config)
+  run = start_run(config, workdir, mesh, model, sources)
+  say(run, start_message(run, *map(len, sources)))
+  if run.loop.stopped_early:
+    say(run, f'The run had stopped early at step {int(run.state.step)}.')
+  started = time.time()
+  run.bar = writers.progress_bar(
+      run.schedule.num_train_steps,
+      int(run.state.step),
+      enabled=sharding.is_chief() and config.progress_bar,
+  )
   try:
-    for step in range(start_step + 1, num_train_steps + 1):
-      if loop.get('stopped_early'):
-        break
-      batch = next(train_iter)
-      sharded = shard_batch(batch, mesh)
-      if image_every and (step == 1 or step % image_every == 0) and is_chief:
-        writer.write_images(
-            step,
-            'train/augmented_images',
-            jax.device_get(p_preview(state, sharded['image'])),
-        )
-      state, metrics = p_train_step(state, sharded)
-      history.append((step, metrics))
-      if bar is not None:
-        bar.update(1)
-
-      is_last = step == num_train_steps
-      do_log = step % config.log_every_steps == 0 or is_last
-      do_eval = step % config.eval_every_steps == 0 or is_last
-      do_ckpt = step % config.checkpoint_every_steps == 0 or is_last
-      if not (do_log or do_eval or do_ckpt):
-        continue
-
-      # Check every step since the last check before logging or saving anything.
-      history = jax.device_get(history)
-      bad = _first_non_finite(history)
-      if bad is not None:
-        bad_step, bad_loss = bad
-        raise NonFiniteLossError(
-            f'loss became {bad_loss} at step {bad_step}; stopping. The last good '
-            f'checkpoint (step {ckpts.latest_step()}) in {workdir / checkpoint.LATEST_DIR} '
-            'was left intact. Lower --config.learning_rate or set '
-            '--config.grad_clip_norm.'
-        )
-      record = {}
-      if do_log and history:
-        elapsed = max(time.time() - last_log_time, 1e-9)
-        steps_done = step - last_log_step
-        mean = {
-            k: float(np.mean([m[k] for _, m in history]))
-            for k in history[-1][1]
-        }
-        record.update(
-            {
-                'train_loss': mean['loss'],
-                'train_ce': mean['ce'],
-                'train_aux_loss': mean['aux_ce'],
-                'train_l2': mean['l2'],
-                'train_accuracy': mean['accuracy'],
-                'learning_rate': mean['lr'],
-                'steps_per_second': steps_done / elapsed,
-                'images_per_second': steps_done * config.batch_size / elapsed,
-                'epoch': step / steps_per_epoch,
-            }
-        )
-        last_log_time, last_log_step = time.time(), step
-        history = []
-      if do_eval:
-        val = run_eval()
-        record.update(val)
-        val_loss = val.get('val_loss')
-        if _is_improvement('min', val_loss, loop['best_val_loss']):
-          loop['best_val_loss'], loop['best_val_loss_step'] = val_loss, step
-          loop['evals_without_improvement'] = 0
-        else:
-          loop['evals_without_improvement'] += 1
-        value = val.get(config.best_metric)
-        mode = checkpoint.METRIC_MODES[config.best_metric]
-        tie_break = (
-            value is not None
-            and value == loop['best_metric_value']
-            and loop['best_val_loss_step'] == step
-        )
-        if _is_improvement(mode, value, loop['best_metric_value']) or tie_break:
-          loop['best_metric_value'], loop['best_step'] = value, step
-          ckpts.save_best(
-              step,
-              {'params': state.params, 'batch_stats': state.batch_stats},
-              val,
-          )
-        record['best_step'] = loop['best_step']
-        patience = config.early_stopping_patience
-        if patience and loop['evals_without_improvement'] >= patience:
-          loop['stopped_early'] = True
-          logging.info(
-              'Early stopping at step %d: val_loss did not improve for %d '
-              'evaluations (best at step %s).',
-              step,
-              patience,
-              loop['best_val_loss_step'],
-          )
-          do_ckpt = True
-        if bar is not None:
-          bar.set_postfix(
-              {
-                  k: f'{v:.3f}'
-                  for k, v in val.items()
-                  if k in ('val_loss', 'val_accuracy', 'val_case_accuracy')
-              }
-          )
-      if record:
-        writer.write_scalars(step, record)
-      if do_ckpt:
-        save_latest(step)
+    train_loop(run)
   finally:
-    if bar is not None:
-      bar.close()
-    writer.flush()
-
-  final_step = int(jax.device_get(state.step))
+    if run.bar is not None:
+      run.bar.close()
+      run.bar = None
+    run.writer.flush()
   summary = {
-      'final_step': final_step,
-      'num_train_steps': num_train_steps,
+      'final_step': int(jax.device_get(run.state.step)),
+      'num_train_steps': run.schedule.num_train_steps,
       'best_metric': config.best_metric,
-      'best_metric_value': loop['best_metric_value'],
-      'best_step': loop['best_step'],
-      'best_val_loss': loop['best_val_loss'],
-      'best_val_loss_step': loop['best_val_loss_step'],
-      'stopped_early': bool(loop['stopped_early']),
-      'train_seconds_this_launch': time.time() - train_start,
+      'best_metric_value': run.loop.best_metric_value,
+      'best_step': run.loop.best_step,
+      'best_val_loss': run.loop.best_val_loss,
+      'best_val_loss_step': run.loop.best_val_loss_step,
+      'stopped_early': run.loop.stopped_early,
+      'train_seconds_this_launch': time.time() - started,
   }
-  if is_chief:
+  if sharding.is_chief():
     writers.write_summary(workdir, summary)
-  writer.close()
-  ckpts.close()
+  run.writer.close()
+  run.ckpts.close()
   return summary

@@ -15,11 +15,47 @@ from typing import Any
 from etils import epath
 import ml_collections
 import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams as hparams_summary
+import tqdm
 
 METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
 SUMMARY_FILE = 'summary.json'
 PROBE_BYTES = 4096  # One page: a full disk refuses it.
+LABEL_NAMES = ('normal', 'fracture')
+
+# metrics.jsonl key -> TensorBoard tag (other keys keep their name).
+TAGS = {
+    'train_loss': 'train/loss',
+    'train_ce': 'train/ce',
+    'train_aux_loss': 'train/aux_loss',
+    'train_l2': 'train/l2',
+    'train_accuracy': 'train/accuracy',
+    'learning_rate': 'train/learning_rate',
+    'epoch': 'train/epoch',
+    'val_loss': 'val/loss',
+    'val_accuracy': 'val/accuracy',
+    'val_auc': 'val/auc',
+    'val_case_accuracy': 'val/case_accuracy',
+    'best_step': 'val/best_step',
+    'steps_per_second': 'perf/steps_per_second',
+    'images_per_second': 'perf/images_per_second',
+}
+# The best checkpoint's validation metrics and step: the HParams tab's metrics.
+BEST_PREFIX = 'hparams/best_'
+BEST_METRIC_TAGS = tuple(
+    f'{BEST_PREFIX}{name}'
+    for name in (
+        'val_loss',
+        'val_accuracy',
+        'val_auc',
+        'val_case_accuracy',
+        'step',
+    )
+)
 
 
 class WorkdirNotWritableError(OSError):
@@ -117,11 +153,26 @@ def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return flat
 
 
-def image_grid(images_bhwc: np.ndarray, columns: int = 4) -> np.ndarray:
+def _label_tile(tile: np.ndarray, text: str) -> np.ndarray:
+  """Writes `text` in white on a black box at the tile's top-left corner."""
+  image = Image.fromarray(tile)
+  draw = ImageDraw.Draw(image)
+  _, _, right, bottom = draw.textbbox((2, 1), text)
+  draw.rectangle((0, 0, right + 2, bottom + 2), fill=0)
+  draw.text((2, 1), text, fill=255)
+  return np.asarray(image)
+
+
+def image_grid(
+    images_bhwc: np.ndarray,
+    labels: Sequence[int] | None = None,
+    columns: int = 4,
+) -> np.ndarray:
   """Tiles images [B, H, W, 1] into one [rows*H, columns*W] uint8 picture.
 
   Each image is min-max scaled to [0, 255] on its own (standardized images are
-  not in [0, 1]); a 2 px gap separates tiles.
+  not in [0, 1]); a 2 px gap separates tiles. With `labels` (int [B]), each
+  tile carries its label's name ('normal' / 'fracture') in its corner.
   """
   images = np.asarray(images_bhwc, np.float32)[..., 0]
   count, height, width = images.shape
@@ -133,52 +184,62 @@ def image_grid(images_bhwc: np.ndarray, columns: int = 4) -> np.ndarray:
   )
   for i, image in enumerate(images):
     low, high = float(image.min()), float(image.max())
-    scaled = (image - low) / max(high - low, 1e-6) * 255.0
+    tile = ((image - low) / max(high - low, 1e-6) * 255.0).astype(np.uint8)
+    if labels is not None:
+      tile = _label_tile(tile, LABEL_NAMES[int(labels[i])])
     r, c = divmod(i, columns)
     grid[
         r * (height + gap) : r * (height + gap) + height,
         c * (width + gap) : c * (width + gap) + width,
-    ] = scaled.astype(np.uint8)
+    ] = tile
   return grid
 
 
 class MetricWriter:
-  """Writes scalars to TensorBoard and metrics.jsonl, images and HParams to TensorBoard."""
+  """Scalars to TensorBoard and metrics.jsonl; images and HParams to
+  TensorBoard.
+
+  metrics.jsonl keeps flat keys (train_loss, val_auc, ...); TensorBoard groups
+  the same values as train/..., val/... and perf/... (`TAGS`).
+  """
 
   def __init__(self, workdir: epath.PathLike, *, enabled: bool = True):
     self.workdir = epath.Path(workdir)
     self.enabled = enabled
     self._tb = None
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-
       self.workdir.mkdir(parents=True, exist_ok=True)
       self._tb = SummaryWriter(logdir=str(self.workdir))
 
   def write_hparams(
-      self, hparams: Mapping[str, Any], metric_names: Sequence[str]
+      self, hparams: Mapping[str, Any], metric_tags: Sequence[str]
   ) -> None:
-    """Adds an HParams entry (this run's hyperparameters; the metrics to
-    compare).
-
-    The metric values come from the scalars of the same names in this run.
-    """
+    """Adds this run to the HParams tab: its hyperparameters (bool, int, float
+    or str; None and lists as text) and the scalar tags of its metrics."""
     if not self.enabled:
       return
-    from tensorboardX.summary import hparams as hparams_summary  # pylint: disable=g-import-not-at-top
+    values = {
+        k: v if isinstance(v, (bool, int, float, str)) else str(v)
+        for k, v in hparams.items()
+    }
+    writer = self._tb.file_writer
+    for summary in hparams_summary(values, dict.fromkeys(metric_tags, 0.0)):
+      writer.add_summary(summary)
 
-    experiment, session_start, session_end = hparams_summary(
-        dict(hparams), {name: 0.0 for name in metric_names}
-    )
-    writer = self._tb._get_file_writer()  # pylint: disable=protected-access
-    writer.add_summary(experiment)
-    writer.add_summary(session_start)
-    writer.add_summary(session_end)
+  def write_best(self, step: int, metrics: Mapping[str, float]) -> None:
+    """Writes a new best checkpoint's metrics and step (the HParams metrics)
+    as `hparams/best_<name>` scalars at that step."""
+    if not self.enabled:
+      return
+    for name, value in {**metrics, 'step': step}.items():
+      value = _jsonable(value)
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._tb.add_scalar(f'{BEST_PREFIX}{name}', value, global_step=step)
 
   def write_scalars(
       self, step: int, scalars: Mapping[str, Any], to_jsonl: bool = True
   ) -> None:
-    """Writes `scalars` at `step` to TensorBoard and one line to metrics.jsonl."""
+    """Writes `scalars` at `step` to TensorBoard and one metrics.jsonl line."""
     if not self.enabled:
       return
     record = {'step': int(step)}
@@ -186,16 +247,24 @@ class MetricWriter:
       value = _jsonable(value)
       record[name] = value
       if isinstance(value, (int, float)) and not isinstance(value, bool):
-        self._tb.add_scalar(name, value, global_step=int(step))
+        self._tb.add_scalar(TAGS.get(name, name), value, global_step=int(step))
     if to_jsonl:
       with (self.workdir / METRICS_FILE).open('a') as f:
         f.write(json.dumps(record) + '\n')
 
-  def write_images(self, step: int, tag: str, images_bhwc: np.ndarray) -> None:
-    """Writes a grid of (at most 16) images [B, H, W, 1] to TensorBoard."""
+  def write_images(
+      self,
+      step: int,
+      tag: str,
+      images_bhwc: np.ndarray,
+      labels: Sequence[int] | None = None,
+  ) -> None:
+    """Writes a grid of (at most 16) images [B, H, W, 1], labelled when
+    `labels` (int [B]) are given."""
     if not self.enabled:
       return
-    grid = image_grid(np.asarray(images_bhwc)[:16])
+    labels = None if labels is None else np.asarray(labels)[:16]
+    grid = image_grid(np.asarray(images_bhwc)[:16], labels)
     self._tb.add_image(tag, grid, global_step=int(step), dataformats='HW')
 
   def flush(self) -> None:
@@ -212,9 +281,7 @@ def progress_bar(total: int, initial: int, enabled: bool) -> Any | None:
   """A tqdm bar over training steps with ETA (None when disabled)."""
   if not enabled:
     return None
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
-  return tqdm(
+  return tqdm.tqdm(
       total=total,
       initial=initial,
       unit='step',

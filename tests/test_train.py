@@ -26,6 +26,8 @@ if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
 from ankle_jax import checkpoint  # noqa: E402
+from ankle_jax import console  # noqa: E402
+from ankle_jax import sharding  # noqa: E402
 from ankle_jax import train  # noqa: E402
 from configs import local as local_config  # noqa: E402
 
@@ -173,7 +175,7 @@ def test_bfloat16_trains_with_float32_params_stats_and_loss():
   while params, BatchNorm statistics, optimizer state and the loss stay float32.
   """
   config = tiny_config(dtype='bfloat16', learning_rate=1e-2, image_size=75)
-  model = train.create_model(config)
+  model = train.build_model(config)
   state = train.create_train_state(config, model, jax.random.PRNGKey(0), 75)
   step = jitted_train_step(config)
   batch = jax.tree.map(jnp.asarray, fixed_batch(num=8))
@@ -371,42 +373,50 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error():
-  train.check_batch_divisible(
-      3, train.create_mesh(jax.devices()[:1]), 'batch_size'
+  sharding.check_batch_divisible(
+      3, sharding.create_mesh(jax.devices()[:1]), 'batch_size'
   )
   two_devices = types.SimpleNamespace(
       devices=np.zeros(2)
   )  # Only .devices.size is read.
   with pytest.raises(
-      ValueError, match=r'config.eval_batch_size=3 is not divisible by the 2'
+      console.UserError,
+      match=r'config.eval_batch_size=3 is not divisible by the 2',
   ):
-    train.check_batch_divisible(3, two_devices, 'eval_batch_size')
+    sharding.check_batch_divisible(3, two_devices, 'eval_batch_size')
 
 
 TWO_DEVICES_SCRIPT = textwrap.dedent("""
-    import sys sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
-    import jax, jax.numpy as jnp, numpy as np assert jax.device_count() == 2,
-    jax.devices() import test_train as t from ankle_jax import train config =
-    t.tiny_config(l2_alpha=0.01) aug = train.AugmentSettings(flip_lr=True,
-    brightness_delta=0.3, contrast_range=(0.7, 1.3)) lr_fn =
-    train.create_learning_rate_fn(config, 10) batch = t.fixed_batch(8) results =
-    [] for devices in (jax.devices()[:1], jax.devices()):
-      mesh = train.create_mesh(devices) state = train.create_train_state(config,
-      t.TinyNet(aux_head=True, dropout_rate=0.5),
-                                       jax.random.PRNGKey(0), t.IMAGE_SIZE, 10,
-                                       lr_fn)
-      state = jax.device_put(state, train.replicated(mesh)) p_train, p_eval, _ =
-      train.compile_steps(mesh, lr_fn, aug, train.loss_settings(config))
+    import sys
+    sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+    import jax, jax.numpy as jnp, numpy as np
+    assert jax.device_count() == 2, jax.devices()
+    import test_train as t
+    from ankle_jax import sharding, train
+    config = t.tiny_config(l2_alpha=0.01)
+    aug = train.AugmentSettings(
+        flip_lr=True, brightness_delta=0.3, contrast_range=(0.7, 1.3))
+    lr_fn = train.create_learning_rate_fn(config, 10)
+    batch = t.fixed_batch(8)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+      mesh = sharding.create_mesh(devices)
+      state = train.create_train_state(
+          config, t.TinyNet(aux_head=True, dropout_rate=0.5),
+          jax.random.PRNGKey(0), t.IMAGE_SIZE, 10, lr_fn)
+      state = jax.device_put(state, sharding.replicated(mesh))
+      steps = train.compile_steps(
+          mesh, lr_fn, aug, train.loss_settings(config))
       for _ in range(4):
-        sharded = train.shard_batch(batch, mesh)
-        assert len(sharded['image'].sharding.device_set) == len(devices)
-        state, metrics = p_train(state, sharded)
-      probs = p_eval(state, train.shard_batch(batch, mesh))['probs']
-      results.append(jax.device_get((state.params, state.batch_stats, metrics,
-      probs)))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-      atol=1e-5),
-                 results[0], results[1])
+        placed = sharding.shard_batch(batch, mesh)
+        assert len(placed['image'].sharding.device_set) == len(devices)
+        state, metrics = steps.train(state, placed)
+      probs = steps.eval(state, sharding.shard_batch(batch, mesh))['probs']
+      results.append(
+          jax.device_get((state.params, state.batch_stats, metrics, probs)))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        results[0], results[1])
     print('TWO_DEVICES_OK')
 """)
 
