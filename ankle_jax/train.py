@@ -510,19 +510,25 @@ def prepare_data(
   data_dir, manual_dir = prepare.resolve_data_dirs(
       data.data_dir, data.manual_dir, workdir
   )
-  if not (data.synthetic.enabled and not data.manual_dir):
-    if not prepare.dataset_exists(data_dir, data.dataset_config):
-      raise prepare.missing_dataset_error(
-          data_dir, data.dataset_config, data.manual_dir
-      )
+  if prepare.dataset_exists(data_dir, data.dataset_config):
     return data_dir
+  if not data.synthetic.enabled or data.manual_dir:
+    raise prepare.missing_dataset_error(
+        data_dir, data.dataset_config, data.manual_dir
+    )
   if sharding.is_chief():
-    studies = {k: v for k, v in data.synthetic.items() if k != 'enabled'}
+    print(
+        f'Generating synthetic studies into {manual_dir} and building '
+        f'{prepare.DATASET_NAME}/{data.dataset_config} into {data_dir}.',
+        flush=True,
+    )
     prepare.prepare_dataset(
         data_dir=data_dir,
         manual_dir=manual_dir,
         dataset_config=data.dataset_config,
-        synthetic_studies=studies,
+        synthetic_studies={
+            k: v for k, v in data.synthetic.items() if k != 'enabled'
+        },
         progress=config.progress_bar,
     )
   sharding.sync_processes('prepare_data')
@@ -944,6 +950,21 @@ def start_message(run: Run, num_train: int, num_eval: int) -> str:
   )
 
 
+def run_summary(run: Run, seconds: float) -> dict[str, Any]:
+  """What summary.json holds (seconds: this launch's training wall time)."""
+  return {
+      'final_step': int(jax.device_get(run.state.step)),
+      'num_train_steps': run.schedule.num_train_steps,
+      'best_metric': run.config.best_metric,
+      'best_metric_value': run.loop.best_metric_value,
+      'best_step': run.loop.best_step,
+      'best_val_loss': run.loop.best_val_loss,
+      'best_val_loss_step': run.loop.best_val_loss_step,
+      'stopped_early': run.loop.stopped_early,
+      'train_seconds_this_launch': seconds,
+  }
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: epath.PathLike,
@@ -1002,17 +1023,7 @@ def train_and_evaluate(
       run.bar.close()
       run.bar = None
     run.writer.flush()
-  summary = {
-      'final_step': int(jax.device_get(run.state.step)),
-      'num_train_steps': run.schedule.num_train_steps,
-      'best_metric': config.best_metric,
-      'best_metric_value': run.loop.best_metric_value,
-      'best_step': run.loop.best_step,
-      'best_val_loss': run.loop.best_val_loss,
-      'best_val_loss_step': run.loop.best_val_loss_step,
-      'stopped_early': run.loop.stopped_early,
-      'train_seconds_this_launch': time.time() - started,
-  }
+  summary = run_summary(run, time.time() - started)
   if sharding.is_chief():
     writers.write_summary(workdir, summary)
   run.writer.close()

@@ -6,7 +6,7 @@ measures images/s of:
   host:      ArrayRecord data source -> grain (shuffle, decode uint16 ->
              float32, resize if needed, batch), `pipeline.make_train_loader`,
              for each --worker_counts;
-  transfer:  host batch -> device (`train.shard_batch`);
+  transfer:  host batch -> device (`sharding.shard_batch`);
   augment:   on-device augmentation + per-image standardization, jitted alone
              (`train.preprocess_train_images` with the config's settings);
   end_to_end: loader -> shard_batch -> augment, one after the other, as the
@@ -36,7 +36,7 @@ import time
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app  # noqa: E402
 from absl import flags
 import jax
 from ml_collections import config_flags
@@ -46,9 +46,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
+from ankle_jax import sharding  # noqa: E402
 from ankle_jax import train  # noqa: E402
-from ankle_jax.data import build  # noqa: E402
 from ankle_jax.data import pipeline  # noqa: E402
+from ankle_jax.data import prepare  # noqa: E402
 from ankle_jax.data import synthetic  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -116,7 +117,7 @@ def time_loader(source, *, batch_size, image_size, batches, worker_count):
 
 def time_device_stages(config, batch_size, image_size, batches, source):
   """images/s of host->device transfer, augmentation, and the chain."""
-  mesh = train.create_mesh()
+  mesh = sharding.create_mesh()
   aug = train.AugmentSettings.from_config(config.augment)
   preprocess = jax.jit(
       lambda key, images: train.preprocess_train_images(key, images, aug)
@@ -127,12 +128,12 @@ def time_device_stages(config, batch_size, image_size, batches, source):
       'label': rng.integers(0, 2, (batch_size,), np.int32),
   }
   key = jax.random.key(0)
-  device_batch = train.shard_batch(host_batch, mesh)
+  device_batch = sharding.shard_batch(host_batch, mesh)
   jax.block_until_ready(preprocess(key, device_batch['image']))
 
   start = time.perf_counter()
   for _ in range(batches):
-    jax.block_until_ready(train.shard_batch(host_batch, mesh))
+    jax.block_until_ready(sharding.shard_batch(host_batch, mesh))
   transfer_s = time.perf_counter() - start
 
   start = time.perf_counter()
@@ -148,7 +149,7 @@ def time_device_stages(config, batch_size, image_size, batches, source):
   next(loader)
   start = time.perf_counter()
   for i in range(batches):
-    batch = train.shard_batch(next(loader), mesh)
+    batch = sharding.shard_batch(next(loader), mesh)
     jax.block_until_ready(
         preprocess(jax.random.fold_in(key, i), batch['image'])
     )
@@ -179,7 +180,7 @@ def main(argv):
       )
       data_dir = tmp / 'tfds'
       start = time.perf_counter()
-      build.build_dataset(
+      prepare.build_dataset(
           tmp / 'studies',
           data_dir,
           progress=False,

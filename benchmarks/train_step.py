@@ -51,7 +51,7 @@ from typing import Any
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app  # noqa: E402
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -62,6 +62,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))  # For `configs` and `ankle_jax`.
 
+from ankle_jax import sharding  # noqa: E402
 from ankle_jax import train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -241,8 +242,8 @@ class OursStep:
       self._build(config, batch)
 
   def _build(self, config, batch):
-    mesh = train.create_mesh()
-    model = train.create_model(config)
+    mesh = sharding.create_mesh()
+    model = train.build_model(config)
     lr_fn = train.create_learning_rate_fn(config, 1000)
     self.state = train.create_train_state(
         config,
@@ -251,14 +252,14 @@ class OursStep:
         config.image_size,
         learning_rate_fn=lr_fn,
     )
-    p_train_step, _, _ = train.compile_steps(
+    steps = train.compile_steps(
         mesh,
         lr_fn,
         train.AugmentSettings.from_config(config.augment),
         train.loss_settings(config),
     )
-    self.batch = train.shard_batch(batch, mesh)
-    lowered = p_train_step.lower(self.state, self.batch)
+    self.batch = sharding.shard_batch(batch, mesh)
+    lowered = steps.train.lower(self.state, self.batch)
     self.compiled = lowered.compile()
     self.flops = flops_of(
         self.compiled if jax.default_backend() == 'cpu' else lowered

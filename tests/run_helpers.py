@@ -51,8 +51,8 @@ class TinyDataset:
 def tiny_dataset(tmp_path_factory) -> TinyDataset:
   """Synthetic studies (distinctive fake identifiers) built at 80 px, 2+2 eval cases/label."""
   if 'dataset' not in _CACHE:
-    from ankle_jax.data import build  # pylint: disable=g-import-not-at-top
-    from ankle_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    from ankle_jax.data import prepare
+    from ankle_jax.data import synthetic
 
     root = tmp_path_factory.mktemp('tiny_dataset')
     manual_dir, data_dir = root / 'studies', root / 'tfds'
@@ -65,7 +65,7 @@ def tiny_dataset(tmp_path_factory) -> TinyDataset:
         max_size=128,
         views_probs=(0.0, 0.2, 0.8),
     )
-    build.build_dataset(
+    prepare.build_dataset(
         manual_dir,
         data_dir,
         num_workers=1,

@@ -15,6 +15,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
+from ankle_jax import models  # noqa: E402
 from ankle_jax import train  # noqa: E402
 
 CONFIG_NAMES = ('fracatlas_cpu', 'fracatlas_gpu')
@@ -32,7 +33,7 @@ def test_config_validates_and_selects_on_validation_auc(name):
   assert config.data.train_split == 'train'
   assert config.data.eval_split == 'validation'  # never the test split
   assert config.best_metric == 'val_auc'
-  assert config.model.name in train.model_names()
+  assert config.model.name in models.MODEL_NAMES
   assert config.num_train_steps > 0
 
 

@@ -126,6 +126,15 @@ def _launch(*args, timeout=240):
   )
 
 
+def _error_lines(result):
+  """The stderr lines of a failed launch: 1-3, the first `error: ...`."""
+  lines = result.stderr.strip().splitlines()
+  assert 1 <= len(lines) <= 3, result.stderr
+  assert lines[0].startswith('error: '), result.stderr
+  assert 'Traceback' not in result.stderr
+  return lines
+
+
 def test_launch_rejects_bad_configs_before_heavy_work(tmp_path):
   result = _launch(
       '--config=configs/local.py',
@@ -133,16 +142,46 @@ def test_launch_rejects_bad_configs_before_heavy_work(tmp_path):
       '--config.model.name=vgg16',
   )
   assert result.returncode == 2
-  assert (
-      "config.model.name='vgg16'" in result.stderr
-      and 'xception' in result.stderr
-  )
+  assert _error_lines(result) == [
+      "error: config.model.name='vgg16' is unknown; valid names: "
+      'inception_v3, resnet101_v2, xception'
+  ]
   result = _launch(
       '--config=configs/local.py',
       f'--workdir={tmp_path}',
       '--config.image_size=50',
   )
   assert result.returncode == 2 and 'config.image_size=50' in result.stderr
+  result = _launch(
+      '--config=configs/local.py',
+      f'--workdir={tmp_path}',
+      '--config.lr_schedule=step',
+  )
+  assert result.returncode == 2
+  assert _error_lines(result) == [
+      "error: config.lr_schedule='step' is unknown; valid values: "
+      'constant, cosine, warmup_cosine'
+  ]
+  assert not list(tmp_path.iterdir())  # Nothing written.
+
+
+def test_launch_help_and_missing_flags():
+  result = _launch('--help', timeout=60)
+  assert result.returncode == 0
+  assert '--config.<field>=<value>' in result.stdout
+  assert '--config (required)' in result.stdout
+  result = _launch('--workdir=/tmp/unused', timeout=60)
+  assert result.returncode == 2
+  assert _error_lines(result) == [
+      'error: --config is required, e.g. --config=configs/demo.py '
+      '(see --help)'
+  ]
+  result = _launch('--config=configs/local.py', timeout=120)
+  assert result.returncode == 2
+  assert _error_lines(result) == [
+      'error: --workdir is required: the run directory, e.g. '
+      '--workdir=runs/demo'
+  ]
 
 
 def test_launch_names_the_build_command_when_the_dataset_is_missing(tmp_path):
@@ -156,7 +195,7 @@ def test_launch_names_the_build_command_when_the_dataset_is_missing(tmp_path):
   assert (
       f'python -m ankle_jax.data.build --manual_dir=/some/dicoms '
       f"--data_dir={tmp_path / 'tfds'}"
-  ) in result.stderr
+  ) in _error_lines(result)[1]
   assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 

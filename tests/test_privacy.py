@@ -161,7 +161,7 @@ def test_no_identifier_in_decoded_records_checkpoints_or_png_text(
     for i in range(len(source)):
       strings += [
           pipeline._to_str(v)
-          for k, v in source[i].items()  # pylint: disable=protected-access
+          for k, v in source[i].items()
           if k not in ('image',) and isinstance(v, (bytes, str, np.bytes_))
       ]
   assert strings

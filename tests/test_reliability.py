@@ -140,7 +140,9 @@ def test_sigkill_after_a_checkpoint_then_restart_gives_bitwise_the_same_params(
 
   result = run_helpers.run_logged(command, dataset, tmp_path / 'restart')
   assert result.returncode == 0, run_helpers.fail_message(result)
-  assert f'Resumed from {workdir} at step {max(steps_at_kill)}' in result.stderr
+  assert (
+      f'Resumed from {workdir} at step {max(steps_at_kill)}.' in result.stdout
+  )
   assert not list(
       latest_dir.glob('*orbax-checkpoint-tmp*')
   )  # Cleaned up on restart.
@@ -428,7 +430,7 @@ def test_a_failing_checkpoint_save_names_the_directory_and_step(
 
 
 def test_workdir_probe_errors_name_the_path(tmp_path, monkeypatch):
-  test_train._validate_stub(monkeypatch)  # pylint: disable=protected-access
+  test_train._validate_stub(monkeypatch)
   (tmp_path / 'file').write_text('x')
   with pytest.raises(
       writers.WorkdirNotWritableError,

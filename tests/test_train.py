@@ -25,10 +25,13 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
+import test_writers  # noqa: E402
+
 from ankle_jax import checkpoint  # noqa: E402
 from ankle_jax import console  # noqa: E402
 from ankle_jax import sharding  # noqa: E402
 from ankle_jax import train  # noqa: E402
+from ankle_jax import writers  # noqa: E402
 from configs import local as local_config  # noqa: E402
 
 IMAGE_SIZE = 16
@@ -441,3 +444,58 @@ def test_two_devices_match_one():
   assert 'TWO_DEVICES_OK' in result.stdout, (
       result.stdout[-2000:] + result.stderr[-4000:]
   )
+
+
+def test_tensorboard_groups_tags_and_hparams_show_the_best_checkpoint(
+    tmp_path, monkeypatch
+):
+  summary = run(tiny_config(num_train_steps=6), tmp_path, monkeypatch)
+  scalars, images, hparams, metric_tags = test_writers.read_events(tmp_path)
+  assert set(scalars) >= {
+      'train/loss',
+      'train/ce',
+      'train/aux_loss',
+      'train/l2',
+      'train/accuracy',
+      'train/learning_rate',
+      'train/epoch',
+      'val/loss',
+      'val/accuracy',
+      'val/auc',
+      'val/case_accuracy',
+      'val/best_step',
+      'perf/steps_per_second',
+      'perf/images_per_second',
+      'hparams/best_step',
+      'hparams/best_val_auc',
+  }
+  assert {tag.split('/')[0] for tag in scalars} == {
+      'train',
+      'val',
+      'perf',
+      'hparams',
+  }
+  assert images == {'train/augmented_images'}
+  types = hparams.pop('__types__')
+  augment_fields = {f'augment.{k}' for k in tiny_config().augment}
+  assert set(hparams) == (
+      set(train.HPARAM_FIELDS) | augment_fields | {'num_train_steps'}
+  )
+  assert hparams['image_size'] == IMAGE_SIZE and hparams['batch_size'] == 4
+  assert hparams['num_train_steps'] == 6
+  assert hparams['model.name'] == 'xception'
+  assert hparams['model.aux_head'] is True
+  assert hparams['class_weights'] == 'None'
+  assert types['image_size'] == types['learning_rate'] != types['model.name']
+  assert set(metric_tags) == set(writers.BEST_METRIC_TAGS)
+  # The HParams metrics (each tag's last value) are the best checkpoint's.
+  best = summary['best_step']
+  record = next(
+      json.loads(line)
+      for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()
+      if json.loads(line)['step'] == best and 'val_auc' in line
+  )
+  assert scalars['hparams/best_step'][-1] == (best, best)
+  for name in ('val_loss', 'val_accuracy', 'val_auc', 'val_case_accuracy'):
+    step, value = scalars[f'hparams/best_{name}'][-1]
+    assert step == best and value == pytest.approx(record[name])
