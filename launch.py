@@ -72,6 +72,7 @@ def closing_summary(summary, workdir: str, seconds: float) -> str:
 
 
 def main(argv):
+  started = time.time()
   # Imported here so that --help answers at once (these take ~5 s).
   from ankle_jax import models  # noqa: PLC0415
   from ankle_jax import sharding  # noqa: PLC0415
@@ -81,39 +82,34 @@ def main(argv):
 
   if len(argv) > 1:
     raise console.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
-  config = FLAGS.config
+  config, workdir = FLAGS.config, FLAGS.workdir
   if config is None:
     raise console.UserError(
         '--config is required, e.g. --config=configs/demo.py (see --help)'
     )
   train.validate_config(config)
   model = train.build_model(config)
-  if not FLAGS.summary_only:
-    if not FLAGS.workdir:
-      raise console.UserError(
-          '--workdir is required: the run directory, e.g. --workdir=runs/demo'
-      )
-    try:
-      writers.ensure_writable_dir(FLAGS.workdir)
-    except writers.WorkdirNotWritableError as e:
-      raise console.UserError(str(e)) from e
-    sharding.initialize(config.distributed)
-    try:
-      train.prepare_data(config, FLAGS.workdir)
-    except prepare.DatasetMissingError as e:
-      raise console.UserError(str(e)) from e
-  summary = models.summarize(model, config.image_size)
-  print(models.format_summary(summary, title=config.model.name), flush=True)
-  if FLAGS.summary_only:
-    return 0
-  started = time.time()
+  if not (FLAGS.summary_only or workdir):
+    raise console.UserError(
+        '--workdir is required: the run directory, e.g. --workdir=runs/demo'
+    )
   try:
-    summary = train.train_and_evaluate(config, FLAGS.workdir, model=model)
+    if not FLAGS.summary_only:
+      writers.ensure_writable_dir(workdir)
+      sharding.initialize(config.distributed)
+      train.prepare_data(config, workdir)
+    summary = models.summarize(model, config.image_size)
+    print(models.format_summary(summary, title=config.model.name), flush=True)
+    if FLAGS.summary_only:
+      return 0
+    summary = train.train_and_evaluate(config, workdir, model=model)
+  except (writers.WorkdirNotWritableError, prepare.DatasetMissingError) as e:
+    raise console.UserError(str(e)) from e
   except (train.NonFiniteLossError, OSError) as e:  # OSError: disk full...
     print(f'error: {e}', file=sys.stderr)
     return EXIT_TRAINING_ERROR
   if sharding.is_chief():
-    print(closing_summary(summary, FLAGS.workdir, time.time() - started))
+    print(closing_summary(summary, workdir, time.time() - started))
   return 0
 
 
