@@ -2,13 +2,15 @@
 resume.
 
 Layout under a run's workdir:
-  config.json                      the full run config (written by `writers`).
-  checkpoints/latest/<step>/       the latest `keep` checkpoints, each with the items
+  config.json                 the full run config (written by `writers`).
+  checkpoints/latest/<step>/  the latest `keep` checkpoints, each with the items
       state      the whole train state as a pytree: step, params, batch_stats,
                  opt_state, rng;
-      data_iter  the grain iterator state (JSON), for the exact data order on resume;
-      loop       the loop's own state (JSON): best validation so far, early stopping.
-  checkpoints/best/<step>/         the single best checkpoint by the chosen metric:
+      data_iter  the grain iterator state (JSON): the exact data order on
+                 resume;
+      loop       the loop's own state (JSON, train.LoopState): best validation
+                 so far, early stopping.
+  checkpoints/best/<step>/    the single best checkpoint by the chosen metric:
       variables  {'params', 'batch_stats'};
       meta       JSON {'step', 'metrics'}.
 
@@ -50,7 +52,7 @@ UNREADABLE_DIR = 'checkpoints/unreadable'
 
 
 class CheckpointWriteError(OSError):
-  """A checkpoint could not be written (disk full, directory not writable...)."""
+  """A checkpoint could not be written (disk full, directory not writable)."""
 
 
 class CheckpointReadError(ValueError):
@@ -113,7 +115,7 @@ def _best_manager(
 
 
 def encode_iterator_state(state: Any) -> dict[str, Any]:
-  """Makes a grain iterator state (bytes or a JSON-able dict) storable as JSON."""
+  """A grain iterator state (bytes or a JSON-able dict) as storable JSON."""
   if state is None:
     return {'kind': 'none'}
   if isinstance(state, (bytes, bytearray)):
@@ -177,8 +179,8 @@ def _restore_newest_readable(
           else 'no older checkpoint left.',
       )
   raise CheckpointReadError(
-      f'no readable checkpoint under {directory}: steps {steps} all failed to restore '
-      '(truncated or garbled files?); see the warnings above.'
+      f'no readable checkpoint under {directory}: steps {steps} all failed '
+      'to restore (truncated or garbled files?); see the warnings above.'
   )
 
 
@@ -224,7 +226,8 @@ class RunCheckpoints:
       manager.wait_until_finished()
     except Exception as e:  # orbax wraps OSErrors variously.
       raise CheckpointWriteError(
-          f'could not write the checkpoint of step {step} to {manager.directory}: '
+          f'could not write the checkpoint of step {step} to '
+          f'{manager.directory}: '
           f'{_describe(e)}. Is the disk full or the directory not writable?'
       ) from e
 
@@ -235,7 +238,7 @@ class RunCheckpoints:
       data_iter_state: Any,
       loop_state: Mapping[str, Any],
   ) -> None:
-    """Saves the full train state, the data iterator state and the loop state."""
+    """Saves the whole train state, the data iterator and the loop state."""
     self._save(
         self.latest,
         step,
@@ -286,7 +289,7 @@ class RunCheckpoints:
     return result
 
   def _move_aside(self, steps: list[int]) -> None:
-    """Moves unreadable step directories out of the manager's sight (kept for inspection)."""
+    """Moves unreadable step directories aside (kept for inspection)."""
     target = _absolute(self.workdir) / UNREADABLE_DIR
     target.mkdir(parents=True, exist_ok=True)
     for step in steps:
@@ -301,7 +304,7 @@ class RunCheckpoints:
   def save_best(
       self, step: int, variables: Any, metrics: Mapping[str, float]
   ) -> None:
-    """Replaces the best checkpoint by `variables` ({'params', 'batch_stats'})."""
+    """Replaces the best checkpoint by `variables` (params, batch_stats)."""
     meta = {
         'step': int(step),
         'best_metric': self.best_metric,

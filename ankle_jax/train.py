@@ -287,7 +287,7 @@ def loss_settings(config: ml_collections.ConfigDict) -> LossSettings:
 
 
 def l2_sum(params: Any, scope: str = 'dense') -> jax.Array:
-  """sum(W**2) / 2 over the kernels in `scope` ('dense': 2-D 'kernel's; 'all')."""
+  """sum(W**2) / 2 over the kernels of `scope` ('dense': 2-D; 'all')."""
   total = jnp.zeros((), jnp.float32)
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     last = path[-1]

@@ -95,7 +95,7 @@ def ensure_writable_dir(path: epath.PathLike) -> epath.Path:
 
 
 def _jsonable(value: Any) -> Any:
-  """Converts numpy scalars / arrays and non-finite floats to JSON-safe values."""
+  """numpy scalars and arrays as Python values; non-finite floats as None."""
   if isinstance(value, (np.generic,)):
     value = value.item()
   if isinstance(value, np.ndarray):
@@ -108,7 +108,8 @@ def _jsonable(value: Any) -> Any:
 def write_config(
     workdir: epath.PathLike, config: ml_collections.ConfigDict
 ) -> None:
-  """Writes the full config as workdir/config.json (read back by checkpoint.load_run_config)."""
+  """Writes the full config as workdir/config.json (read back by
+  checkpoint.load_run_config)."""
   path = epath.Path(workdir) / CONFIG_FILE
   path.write_text(
       json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
@@ -124,7 +125,7 @@ def write_summary(workdir: epath.PathLike, summary: Mapping[str, Any]) -> None:
 
 
 def truncate_metrics(workdir: epath.PathLike, max_step: int) -> None:
-  """Drops metrics.jsonl lines after `max_step` (records of an interrupted run's tail)."""
+  """Drops metrics.jsonl lines after `max_step` (an interrupted run's tail)."""
   path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return
@@ -136,7 +137,7 @@ def truncate_metrics(workdir: epath.PathLike, max_step: int) -> None:
 
 
 def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """{'model.name': 'xception', ...}, values as bool/int/float/str (HParams types)."""
+  """{'model.name': 'xception', ...}: bool, int, float or str values."""
   flat = {}
 
   def visit(prefix, node):

@@ -1,4 +1,4 @@
-"""Shared defaults of every training config (SPEC sections 2 and 5).
+"""Shared defaults of every training config (docs/paper.md, sections 2, 5).
 
 Not a run on its own: the model configs (inception_v3.py, resnet.py,
 resnet_dropaux.py, xception.py, xception_dropaux.py, demo.py) start from
@@ -12,7 +12,8 @@ Sources of the defaults:
   * Adam (0.9, 0.999, 1e-8), constant learning rate, 2000 epochs, no early
     stopping, the augmentation actually used (brightness +-0.3, contrast x[0.7,
     1.3], random up-down and left-right flips, no rotation), L2 on fully
-    connected weights only: the authors' public TensorFlow code (SPEC sec. 2).
+    connected weights only: the authors' public TensorFlow code
+    (docs/paper.md, section 2).
   * l2_alpha = 0.7: the midpoint of the paper's "L2 decay rate between 0.4 and
     1.0".
   * aux_loss_weight = 0.4: the lower end of the paper's "auxiliary decay between
@@ -42,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_size = 300  # Paper: 300x300x1.
   config.dtype = 'float32'  # Computation dtype: 'float32' | 'bfloat16'.
 
-  # Data (the TFDS builder radiograph_studies; SPEC sec. 4).
+  # Data (the TFDS builder radiograph_studies; docs/paper.md, section 4).
   config.data = ml_collections.ConfigDict()
   # DICOM root: normal/<case>/*.dcm, fracture/<case>/*.dcm.
   config.data.manual_dir = ''
@@ -68,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.synthetic.num_fracture = 150
   config.data.synthetic.seed = 0
 
-  # Optimization (SPEC sec. 2).
+  # Optimization (docs/paper.md, section 2).
   config.batch_size = 20  # Global batch, divisible by the number of devices.
   config.eval_batch_size = 24  # Eval batches are padded to this size.
   config.optimizer = 'adam'

@@ -43,7 +43,7 @@ from configs import default
 
 
 def get_config():
-  """FracAtlas CPU recipe (Xception drop/aux, width 0.25, 128 px, class-weighted CE)."""
+  """FracAtlas CPU recipe (Xception drop/aux, width 0.25, 128 px)."""
   config = default.get_config()
   config.model.name = 'xception'
   config.model.aux_head = True

@@ -6,7 +6,8 @@ Run:
       --workdir=runs/inception_v3 \
       --config.data.manual_dir=/path/to/dicom_root
 
-Faithful to the authors' code (SPEC sec. 2): batch 30, Adam at a constant 6e-6,
+Faithful to the authors' code (docs/paper.md, section 2):
+batch 30, Adam at a constant 6e-6,
 2000 epochs. Inception V3 as published has both the aux tower and dropout before
 the classifier.
 """

@@ -5,7 +5,8 @@ Run:
   python launch.py --config=configs/resnet.py --workdir=runs/resnet \
       --config.data.manual_dir=/path/to/dicom_root
 
-Faithful to the authors' code (SPEC sec. 2): batch 12, Adam at a constant ~6e-6,
+Faithful to the authors' code (docs/paper.md, section 2):
+batch 12, Adam at a constant ~6e-6,
 2000 epochs; downsampling in the first unit of conv3..conv5 as in the paper
 (stride_in_first_unit=True).
 """

@@ -6,7 +6,8 @@ Run:
       --workdir=runs/resnet_dropaux \
       --config.data.manual_dir=/path/to/dicom_root
 
-Faithful to the authors' code (SPEC sec. 2): batch 12, Adam at a constant ~6e-6,
+Faithful to the authors' code (docs/paper.md, section 2):
+batch 12, Adam at a constant ~6e-6,
 2000 epochs.
 """
 

@@ -4,7 +4,8 @@ Run:
   python launch.py --config=configs/xception.py --workdir=runs/xception \
       --config.data.manual_dir=/path/to/dicom_root
 
-Faithful to the authors' code (SPEC sec. 2): batch 20, Adam at a constant 6e-6
+Faithful to the authors' code (docs/paper.md, section 2):
+batch 20, Adam at a constant 6e-6
 (the authors used 4e-6 or 6e-6), 2000 epochs.
 """
 

@@ -6,7 +6,8 @@ Run:
       --workdir=runs/xception_dropaux \
       --config.data.manual_dir=/path/to/dicom_root
 
-Faithful to SPEC sec. 2: batch 20, Adam at a constant 6e-6 (4e-6 also used),
+Faithful to the authors' code (docs/paper.md, section 2):
+batch 20, Adam at a constant 6e-6 (4e-6 also used),
 2000 epochs. The paper places the aux tower at the third middle-flow iteration
 (aux_block=3); the authors' code used the fourth
 (--config.model.kwargs.aux_block=4).

@@ -79,10 +79,6 @@ def _corrupt_step(step_dir, how):
     {'truncate': _truncate, 'garble': _garble}[how](path)
 
 
-# ------------------------------------------------------------------
-# interruption
-
-
 @pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_restart_gives_bitwise_the_same_params(
     tmp_path, dataset, reference
@@ -143,6 +139,10 @@ def test_sigkill_after_a_checkpoint_then_restart_gives_bitwise_the_same_params(
   assert (
       f'Resumed from {workdir} at step {max(steps_at_kill)}.' in result.stdout
   )
+  # The console: the project's own lines, no library INFO records.
+  assert not re.search(r'^I\d{4} ', result.stderr, re.MULTILINE), result.stderr
+  assert 'Best val_accuracy: ' in result.stdout
+  assert f'TensorBoard: tensorboard --logdir={workdir}' in result.stdout
   assert not list(
       latest_dir.glob('*orbax-checkpoint-tmp*')
   )  # Cleaned up on restart.
@@ -189,10 +189,6 @@ def test_partial_checkpoint_directory_is_never_read(tmp_path):
       not partial.exists()
   )  # Unfinished saves are removed (before the first new save).
   assert checkpoint.restore_variables(tmp_path, 'latest')[1] == 3
-
-
-# ------------------------------------------------------------------ corrupted
-# checkpoints
 
 
 @pytest.mark.parametrize('how', ['truncate', 'garble'])
@@ -297,10 +293,6 @@ def test_training_resumes_from_the_previous_checkpoint_when_the_latest_is_corrup
   _assert_same_variables(straight, resumed)
 
 
-# ------------------------------------------------------------------ numerical
-# faults
-
-
 @pytest.mark.slow
 def test_launch_stops_on_a_non_finite_loss_with_the_step_and_a_nonzero_exit(
     tmp_path, dataset
@@ -333,10 +325,6 @@ def test_launch_stops_on_a_non_finite_loss_with_the_step_and_a_nonzero_exit(
   assert 1 <= step < bad_step
   assert f'last good checkpoint (step {step})' in result.stderr
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
-
-
-# ------------------------------------------------------------------ unwritable
-# places
 
 
 def _launch_fails_fast(tmp_path, dataset, workdir, reason):

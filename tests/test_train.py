@@ -341,6 +341,32 @@ def test_run_writes_records_and_best_checkpoint(tmp_path, monkeypatch):
   assert json.loads((tmp_path / 'summary.json').read_text())['final_step'] == 6
 
 
+def test_loop_state_reads_the_dict_of_older_checkpoints():
+  old = {
+      'best_metric_value': 0.75,
+      'best_step': 4,
+      'best_val_loss': 0.5,
+      'best_val_loss_step': 6,
+      'evals_without_improvement': 1,
+      'stopped_early': False,
+  }
+  loop = train.LoopState.from_json(old)
+  assert loop.best_step == 4 and loop.evals_without_improvement == 1
+  assert loop.to_json() == old
+  assert train.record_evaluation(
+      loop, 8, {'val_loss': 0.4, 'val_accuracy': 0.75}, 'val_accuracy', 2
+  )  # A tie on the metric with a better val_loss: the new best.
+  assert (loop.best_step, loop.best_val_loss_step) == (8, 8)
+  assert not train.record_evaluation(
+      loop, 10, {'val_loss': 0.6, 'val_accuracy': 0.5}, 'val_accuracy', 2
+  )
+  assert not loop.stopped_early
+  train.record_evaluation(
+      loop, 12, {'val_loss': 0.6, 'val_accuracy': 0.5}, 'val_accuracy', 2
+  )
+  assert loop.stopped_early and loop.best_step == 8
+
+
 def test_early_stopping_stops_on_a_val_loss_plateau(tmp_path, monkeypatch):
   # Learning rate 0 and frozen BN statistics: val_loss never improves after the
   # first eval.
