@@ -942,9 +942,10 @@ def start_message(run: Run, num_train: int, num_eval: int) -> str:
       else f'{schedule.num_train_steps} steps'
   )
   return (
-      f'Training {config.model.name} on {config.data.dataset_config} '
-      f'({num_train} train / {num_eval} {config.data.eval_split} views, '
-      f'{config.image_size} px): {steps} of {config.batch_size} '
+      f'Training {config.model.name} on {prepare.DATASET_NAME}/'
+      f'{config.data.dataset_config} ({num_train} train / {num_eval} '
+      f'{config.data.eval_split} views, {config.image_size} px): {steps}, '
+      f'batch {config.batch_size} '
       f'({schedule.num_train_steps / schedule.steps_per_epoch:.1f} epochs) '
       f'on {devices} {platform} device{"s" if devices > 1 else ""}.'
   )
