@@ -384,28 +384,30 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
 
 
 TWO_DEVICES_SCRIPT = textwrap.dedent("""
-    import sys sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
-    import jax, jax.numpy as jnp, numpy as np assert jax.device_count() == 2,
-    jax.devices() import test_train as t from ankle_jax import train config =
-    t.tiny_config(l2_alpha=0.01) aug = train.AugmentSettings(flip_lr=True,
-    brightness_delta=0.3, contrast_range=(0.7, 1.3)) lr_fn =
-    train.create_learning_rate_fn(config, 10) batch = t.fixed_batch(8) results =
-    [] for devices in (jax.devices()[:1], jax.devices()):
-      mesh = train.create_mesh(devices) state = train.create_train_state(config,
-      t.TinyNet(aux_head=True, dropout_rate=0.5),
-                                       jax.random.PRNGKey(0), t.IMAGE_SIZE, 10,
-                                       lr_fn)
-      state = jax.device_put(state, train.replicated(mesh)) p_train, p_eval, _ =
-      train.compile_steps(mesh, lr_fn, aug, train.loss_settings(config))
+    import sys
+    sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+    import jax, jax.numpy as jnp, numpy as np
+    assert jax.device_count() == 2, jax.devices()
+    import test_train as t
+    from ankle_jax import train
+    config = t.tiny_config(l2_alpha=0.01)
+    aug = train.AugmentSettings(flip_lr=True, brightness_delta=0.3, contrast_range=(0.7, 1.3))
+    lr_fn = train.create_learning_rate_fn(config, 10)
+    batch = t.fixed_batch(8)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+      mesh = train.create_mesh(devices)
+      state = train.create_train_state(config, t.TinyNet(aux_head=True, dropout_rate=0.5),
+                                       jax.random.PRNGKey(0), t.IMAGE_SIZE, 10, lr_fn)
+      state = jax.device_put(state, train.replicated(mesh))
+      p_train, p_eval, _ = train.compile_steps(mesh, lr_fn, aug, train.loss_settings(config))
       for _ in range(4):
         sharded = train.shard_batch(batch, mesh)
         assert len(sharded['image'].sharding.device_set) == len(devices)
         state, metrics = p_train(state, sharded)
       probs = p_eval(state, train.shard_batch(batch, mesh))['probs']
-      results.append(jax.device_get((state.params, state.batch_stats, metrics,
-      probs)))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-      atol=1e-5),
+      results.append(jax.device_get((state.params, state.batch_stats, metrics, probs)))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  results[0], results[1])
     print('TWO_DEVICES_OK')
 """)
