@@ -126,17 +126,14 @@ for line in sys.stdin:
       time.sleep(3600)
     if path == "@alloc":  # harness self-test: an allocation past the budget
       np.ones(2 * budget, np.uint8)
-    image = dicom.load_radiograph(path, size) out = {"outcome": "image",
-    "shape": list(image.shape), "dtype": str(image.dtype),
-           "finite": bool(np.isfinite(image).all()), "min":
-             float(np.nanmin(image)),
+    image = dicom.load_radiograph(path, size)
+    out = {"outcome": "image", "shape": list(image.shape), "dtype": str(image.dtype),
+           "finite": bool(np.isfinite(image).all()), "min": float(np.nanmin(image)),
            "max": float(np.nanmax(image))}
   except dicom.DicomReadError as e:
-    out = {"outcome": "DicomReadError", "reason": e.reason, "names_file": path
-    in str(e)}
+    out = {"outcome": "DicomReadError", "reason": e.reason, "names_file": path in str(e)}
   except BaseException as e:
-    out = {"outcome": type(e).__name__, "reason":
-    traceback.format_exc()[-2000:]}
+    out = {"outcome": type(e).__name__, "reason": traceback.format_exc()[-2000:]}
   out["peak_rss_growth"] = (status("VmHWM") - base) if measured else 0
   print(json.dumps(out), flush=True)
 """

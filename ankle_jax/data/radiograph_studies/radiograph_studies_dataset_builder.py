@@ -94,10 +94,8 @@ mura:                   <manual_dir>/MURA-v1.1/{train,valid}/XR_<PART>/patient<i
 fracatlas:              <manual_dir>/images/{Fractured,Non_fractured}/*.jpg and
                         <manual_dir>/dataset.csv
 
-Optional for every config: <manual_dir>/splits.csv with columns case,split to
-  override splits.
-Build with: python -m ankle_jax.data.build --manual_dir=DIR --data_dir=DIR
-  [--config=NAME]
+Optional for every config: <manual_dir>/splits.csv with columns case,split to override splits.
+Build with: python -m ankle_jax.data.build --manual_dir=DIR --data_dir=DIR [--config=NAME]
 """
 
 
