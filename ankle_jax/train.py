@@ -517,11 +517,6 @@ def prepare_data(
         data_dir, data.dataset_config, data.manual_dir
     )
   if sharding.is_chief():
-    print(
-        f'Generating synthetic studies into {manual_dir} and building '
-        f'{prepare.DATASET_NAME}/{data.dataset_config} into {data_dir}.',
-        flush=True,
-    )
     prepare.prepare_dataset(
         data_dir=data_dir,
         manual_dir=manual_dir,
