@@ -21,6 +21,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ankle_jax import console
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string(
@@ -119,4 +121,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  console.run(main)
