@@ -61,8 +61,8 @@ def test_build_prints_its_own_lines_and_a_summary(studies, tmp_path):
   )
   assert out[1].startswith('radiograph_studies/dicom_cases: 12 cases, 36 views')
   assert 'views/s' in out[1]
-  assert out[2].split() == (
-      'train: normal 2 cases (6 views), fracture 2 cases (6 views)'.split()
+  assert ' '.join(out[2].split()) == (
+      'train: normal 2 cases (6 views), fracture 2 cases (6 views)'
   )
   assert out[-1].startswith('1 unreadable file skipped (1 case had no')
   assert out[-1].endswith('dicom_cases/1.0.0/build_report.md')
