@@ -219,7 +219,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       RadiographStudiesConfig(
           name='dicom_cases',
           layout='dicom_cases',
-          description='SPEC layout: {normal,fracture}/<case>/<files>.',
+          description='One folder per case: {normal,fracture}/<case>/<files>.',
       ),
       RadiographStudiesConfig(
           name='mura',
