@@ -47,8 +47,8 @@ if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
 from ankle_jax import train  # noqa: E402
-from ankle_jax.data import build  # noqa: E402
 from ankle_jax.data import pipeline  # noqa: E402
+from ankle_jax.data import prepare  # noqa: E402
 from ankle_jax.data import synthetic  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -179,7 +179,7 @@ def main(argv):
       )
       data_dir = tmp / 'tfds'
       start = time.perf_counter()
-      build.build_dataset(
+      prepare.build_dataset(
           tmp / 'studies',
           data_dir,
           progress=False,
