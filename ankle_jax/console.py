@@ -109,7 +109,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if e.code == 1 and _asks_for_help(argv):
       sys.exit(0)  # absl exits 1 after printing the help.
     raise
-  except Exception as e:  # noqa: BLE001  (diagnosed below, else re-raised)
+  except Exception as e:  # Diagnosed below; re-raised if not the user's.
     remaining, error = None, e
   message = config_flag_problem(argv, error)
   if message is None and isinstance(error, flags.Error):
@@ -256,13 +256,15 @@ def _lookup(config: Any, field: str) -> Any:
 
 
 def _field_names(config: Any, prefix: str = '') -> Iterator[str]:
-  """The dotted names of every field of a (nested) config."""
+  """The dotted names of the settable fields of a (nested) config: the
+  leaves, and the empty sub-configs (such as model.kwargs)."""
   for key in config:
     name = f'{prefix}{key}'
-    yield name
     value = config[key]
-    if isinstance(value, (config_dict.ConfigDict, dict)):
+    if isinstance(value, (config_dict.ConfigDict, dict)) and value:
       yield from _field_names(value, f'{name}.')
+    else:
+      yield name
 
 
 def _fields_listed_in(args: _ConfigArgs) -> str:
@@ -281,7 +283,7 @@ def closest_fields(field: str, names: Sequence[str], n: int = 3) -> list[str]:
         difflib.SequenceMatcher(None, last, name.rsplit('.', 1)[-1]).ratio(),
     )
   best = sorted(names, key=lambda name: -scores[name])
-  return [name for name in best[:n] if scores[name] >= 0.5]
+  return [name for name in best[:n] if scores[name] >= 0.6]
 
 
 def _unknown_field_message(
