@@ -3,7 +3,7 @@
 Every command (`launch.py`, `ankle_jax.evaluate`, `ankle_jax.predict`,
 `ankle_jax.data.build`, `ankle_jax.data.synthetic`) starts through `run`, which
   * silences the libraries' INFO logging (absl, orbax, jax, TFDS, grain) unless
-    the absl flag `--verbosity=1` (or higher) is given;
+    the absl flag `--verbosity=1` is given (2: their DEBUG records as well);
   * turns a bad command line into a 1-3 line `error: ...` message and exit
     status 2: an unknown flag, a missing config file, an unknown config field
     (`--config.no_such_field=1`, with the closest real field names) or a value
@@ -54,11 +54,15 @@ class UserError(Exception):
 def quiet_libraries(verbosity: int) -> None:
   """Library logging at WARNING and above, unless verbosity >= 1.
 
+  verbosity 1 shows the libraries' INFO records (absl's own level 1 is DEBUG:
+  ~20k lines of compiler logs for a short run); 2 and above, DEBUG as well.
   Loggers named in absl's `--logger_levels` keep the level given there.
   """
   kept = set(flags.FLAGS['logger_levels'].value or {})
   if verbosity >= 1:
-    level = py_logging.NOTSET  # Inherit absl's level (DEBUG at verbosity 1).
+    level = py_logging.NOTSET  # Inherit the root logger's level.
+    if verbosity == 1:
+      py_logging.getLogger().setLevel(py_logging.INFO)
   else:
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     logging.set_verbosity(logging.WARNING)

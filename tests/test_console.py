@@ -157,6 +157,7 @@ _SCRIPT = textwrap.dedent("""\
       logging.warning('absl-warning')
       for name in ('orbax', 'jax._src.xla_bridge', 'grain', 'etils'):
         py_logging.getLogger(name).info('%s-info', name)
+      py_logging.getLogger('orbax').debug('orbax-debug')
       print('own line')
       if len(argv) > 1:
         raise console.UserError('the ' + argv[1] + ' is wrong; fix it')
@@ -187,6 +188,9 @@ def test_verbosity_1_brings_library_logging_back(script):
   assert result.returncode == 0, result.stderr
   for name in ('absl-info', 'orbax-info', 'jax._src.xla_bridge-info'):
     assert name in result.stderr
+  assert 'orbax-debug' not in result.stderr  # DEBUG needs --verbosity=2.
+  result = _run([str(script), '--verbosity=2'])
+  assert 'orbax-debug' in result.stderr
 
 
 def test_user_error_is_one_line_and_exit_2(script):
@@ -201,17 +205,20 @@ def test_user_error_is_one_line_and_exit_2(script):
 
 def test_quiet_libraries_sets_the_levels():
   loggers = [py_logging.getLogger(n) for n in console.LIBRARY_LOGGERS]
-  saved = [lg.level for lg in loggers], logging.get_verbosity()
+  root = py_logging.getLogger()
+  saved = [lg.level for lg in loggers], logging.get_verbosity(), root.level
   try:
     console.quiet_libraries(0)
     assert not any(lg.isEnabledFor(py_logging.INFO) for lg in loggers)
     assert logging.get_verbosity() == logging.WARNING
-    console.quiet_libraries(1)  # They inherit absl's level again.
+    console.quiet_libraries(1)  # They inherit the root level: INFO.
     assert all(lg.level == py_logging.NOTSET for lg in loggers)
+    assert root.level == py_logging.INFO
   finally:
     for lg, level in zip(loggers, saved[0]):
       lg.setLevel(level)
     logging.set_verbosity(saved[1])
+    root.setLevel(saved[2])
 
 
 def test_closest_fields():
