@@ -4,8 +4,12 @@ The builder (`ankle_jax.data.radiograph_studies`) writes ArrayRecord files under
 `<data_dir>/radiograph_studies/<config>/<version>/`. This module is the one
 home of that name, of the command that builds it, and of the error a missing
 dataset raises; `build_dataset` runs the builder in this process (the command
-`python -m ankle_jax.data.build` is a thin shell around it), and
-`prepare_dataset` generates the synthetic demo studies first when asked to.
+`python -m ankle_jax.data.build` is a thin shell around it) and, asked to
+(`echo`), prints the build's console lines: one before, the decoding bar, and
+`build_summary` after. `prepare_dataset` generates the synthetic demo studies
+first when asked to. Bad input raises `radiograph_studies.BuildError` and a
+missing dataset `DatasetMissingError`: both are `console.UserError`s (a command
+prints them in 1-3 lines and exits 2).
 """
 
 from __future__ import annotations
