@@ -21,8 +21,11 @@ from sklearn import metrics as sk
 
 from ankle_jax import checkpoint
 from ankle_jax import evaluate
+from ankle_jax import inference
 from ankle_jax import metrics
+from ankle_jax import results as results_lib
 from ankle_jax import writers
+from ankle_jax.data import augment
 from ankle_jax.models import layers
 
 
@@ -155,11 +158,10 @@ def test_vmapped_apply_over_stacked_runs_equals_python_loop():
     v = jax.tree.map(np.array, module.init(jax.random.key(seed), images))
     v['batch_stats']['BatchNorm_0']['var'] += seed
     variables_list.append(v)
-  probs_rb = evaluate.make_forward(module)(
-      evaluate.stack_variables(variables_list), images
+  log_probs_rb = inference.make_forward(module)(
+      inference.stack_variables(variables_list), images
   )
-  from ankle_jax.data import augment
-
+  probs_rb = inference.probability_from_log(log_probs_rb)
   std_images = augment.standardize_per_image(images)
   expected = np.stack(
       [
@@ -181,17 +183,17 @@ def test_group_runs_by_architecture_and_shape():
       tiny_config(features=8),
   ]
   configs[2].model.dropout_rate = 0.5  # dropout does not split a group
-  groups = evaluate.group_runs(configs)
+  groups = inference.group_runs(configs)
   assert sorted(groups.values()) == [[0, 2], [1], [3]]
 
 
 def test_stack_variables_rejects_different_trees():
   with pytest.raises(ValueError, match='different variable trees'):
-    evaluate.stack_variables([{'a': np.zeros(2)}, {'b': np.zeros(2)}])
+    inference.stack_variables([{'a': np.zeros(2)}, {'b': np.zeros(2)}])
 
 
 def test_unique_run_names():
-  assert evaluate.unique_run_names(['/x/a/', '/y/a', '/z/b']) == [
+  assert inference.unique_run_names(['/x/a/', '/y/a', '/z/b']) == [
       'a',
       'a~2',
       'b',
@@ -213,7 +215,7 @@ def fake_evaluation(tmp_path_factory):
   }
   out_dir = str(root / 'out')
   mp = pytest.MonkeyPatch()
-  mp.setattr(evaluate, 'create_model', tiny_create_model)
+  mp.setattr(inference, 'create_model', tiny_create_model)
   try:
     out = evaluate.evaluate_runs(
         run_dirs,
@@ -269,7 +271,7 @@ def test_predictions_csv_rows_and_columns(fake_evaluation):
       os.path.join(fake_evaluation['out_dir'], 'predictions.csv')
   )
   assert header[:5] == ['run', 'case_id', 'view_index', 'label', 'probability']
-  assert header == list(evaluate.PREDICTION_COLUMNS)
+  assert header == list(results_lib.PREDICTION_COLUMNS)
   splits = fake_evaluation['splits']
   num_views = sum(len(s[2]) for s in splits.values())
   assert len(rows) == 3 * num_views  # one row per run and view
@@ -288,8 +290,6 @@ def test_predictions_match_a_direct_forward(fake_evaluation):
   _, rows = _read_csv(
       os.path.join(fake_evaluation['out_dir'], 'predictions.csv')
   )
-  from ankle_jax.data import augment
-
   _, _, _, images = fake_evaluation['splits']['test']
   for run_dir, size in zip(fake_evaluation['run_dirs'], (32, 32, 48)):
     name = os.path.basename(run_dir)
@@ -390,12 +390,16 @@ def check_results_recomputable(out_dir, num_bootstrap, seed):
         assert e['metrics'][k] is None, (e, k)
       else:
         assert e['metrics'][k] == pytest.approx(value, abs=1e-9), (e, k)
-    ci = metrics.bootstrap_ci(
+    # Wilson intervals for the proportions, a case bootstrap for ROC AUC.
+    ci = metrics.proportion_intervals(y, pred)
+    ci['roc_auc'] = metrics.bootstrap_ci(
         y, pred, score, clusters, num_resamples=num_bootstrap, seed=seed
-    )
+    )['roc_auc']
     for k in metrics.METRIC_NAMES:
       if e['ci95'][k][0] is not None:
         np.testing.assert_allclose(e['ci95'][k], ci[k], atol=1e-9)
+      else:
+        assert e['metrics'][k] is None, (e, k)
   return results
 
 
@@ -423,10 +427,14 @@ def test_protocols_and_operating_points(fake_evaluation):
   assert honest['chosen_on'] == 'validation' and honest['reported_on'] == 'test'
   assert paper['chosen_on'] == paper['reported_on'] == 'validation+test'
 
+  by_key = {
+      (tuple(e['members']), e['split'], e['level'], e['voting']): e
+      for e in results
+  }
+
   def acc(split, members):
-    return evaluate.find_entry(results, members, split, 'case', 'hard')[
-        'metrics'
-    ]['accuracy']
+    key = (tuple(members), split, 'case', 'hard')
+    return by_key[key]['metrics']['accuracy']
 
   subsets = {tuple(e['members']) for e in results}
   best_val = max(acc('validation', list(s)) for s in subsets)
@@ -459,7 +467,7 @@ def test_protocols_and_operating_points(fake_evaluation):
 
 
 def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
-  monkeypatch.setattr(evaluate, 'create_model', tiny_create_model)
+  monkeypatch.setattr(inference, 'create_model', tiny_create_model)
   run_dir = make_fake_run(str(tmp_path / 'only'), 0)
   out = evaluate.evaluate_runs(
       [run_dir],
@@ -468,9 +476,9 @@ def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
       num_bootstrap=50,
       batches_fn=fake_batches_fn({'test': fake_split('test', 6, 0)}),
   )
-  assert set(out['summary']['protocols']) == {'paper'}
-  assert out['summary']['operating_points'] == []
-  assert len(out['results']) == 1 * 2 * 2 * 1
+  assert {protocol for protocol, _, _ in out.protocols} == {'paper'}
+  assert out.operating_points == []
+  assert len(out.results) == 1 * 2 * 2 * 1
   check_results_recomputable(str(tmp_path / 'out'), 50, 0)
 
 
@@ -528,7 +536,7 @@ def _test_case_ids(data_dir, split='test'):
 
 
 def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
-  monkeypatch.setattr(evaluate, 'create_model', lambda config: TinyNet())
+  monkeypatch.setattr(inference, 'create_model', lambda config: TinyNet())
   out_dir = str(trained['root'] / 'eval')
   out = evaluate.evaluate_runs(
       trained['run_dirs'],
@@ -545,7 +553,7 @@ def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
   assert header[:5] == ['run', 'case_id', 'view_index', 'label', 'probability']
   test_ids = {r[1] for r in rows if r[5] == 'test'}
   assert test_ids == _test_case_ids(trained['data_dirs'][0])
-  assert out['summary']['counts']['test']['cases'] == len(test_ids) > 20
+  assert out.counts['test'].cases == len(test_ids) > 20
   # Case identifiers are the dataset's 16-hex salted hashes, nothing else.
   assert all(len(c) == 16 and int(c, 16) >= 0 for c in test_ids)
 
@@ -559,10 +567,10 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
   out_dir = str(tmp_path / 'other')
   code = (
       'import sys; sys.path.insert(0, "tests");'
-      'from absl import app; import test_evaluate as t;'
-      'from ankle_jax import evaluate;'
-      'evaluate.create_model = lambda config: t.TinyNet();'
-      'evaluate.define_flags(); app.run(evaluate.main)'
+      'import test_evaluate as t;'
+      'from ankle_jax import console, evaluate, inference;'
+      'inference.create_model = lambda config: t.TinyNet();'
+      'evaluate.define_flags(); console.run(evaluate.main)'
   )
   proc = subprocess.run(
       [
@@ -584,7 +592,9 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
       timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert '# Evaluation report' in proc.stdout
+  assert 'protocol, all views (case level): chosen on' in proc.stdout
+  assert 'Wrote report.md' in proc.stdout and out_dir in proc.stdout
+  assert 'is illegal' not in proc.stderr  # valid TensorBoard tags
   _, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
   other = _test_case_ids(trained['data_dirs'][1])
   assert {r[1] for r in rows if r[5] == 'test'} == other
