@@ -6,21 +6,24 @@
   stacked along a leading runs axis (`stack_variables`) and applied with ONE
   jitted `jax.vmap` over runs (`make_forward`).
 * `fracture_log_probability` is the one home of "standardize -> apply ->
-  float32 log_softmax -> log p(fracture)". The host turns it into a float64
-  probability (`probability_from_log`): a float32 softmax rounds every
-  probability above 1 - 6e-8 to exactly 1.0, the float32 log-probability keeps
-  them apart (about 7 significant digits of 1 - p).
+  float32 log-probability of fracture". The host turns it into a float64
+  probability (`probability_from_log`): a float32 softmax (and a float32
+  log_softmax) rounds every probability above 1 - 6e-8 to exactly 1.0; the
+  log-probability computed as -softplus(logsumexp(other logits - fracture
+  logit)) keeps them apart (about 7 significant digits of 1 - p).
 * `predict_split` runs every run over one split's batches of views.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import contextlib
 import dataclasses
 import json
 import os
 from typing import Any
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,6 +33,7 @@ from ankle_jax import checkpoint
 from ankle_jax import console
 from ankle_jax import models
 from ankle_jax import voting
+from ankle_jax import writers
 from ankle_jax.data import augment
 
 RUN_DIR_HOLDS = (
@@ -81,7 +85,7 @@ def check_run_dirs(workdirs: Sequence[str]) -> None:
       raise console.UserError(f'--runs: {path} is not a directory.')
     missing = [
         name
-        for name in (checkpoint.CONFIG_FILE, 'checkpoints')
+        for name in (writers.CONFIG_FILE, 'checkpoints')
         if not os.path.exists(os.path.join(path, name))
     ]
     if missing:
@@ -89,6 +93,21 @@ def check_run_dirs(workdirs: Sequence[str]) -> None:
           f'--runs: {path} is not a training run directory (no '
           f'{" and no ".join(missing)}):\n{RUN_DIR_HOLDS}.'
       )
+
+
+@contextlib.contextmanager
+def _quiet_read_only_restore() -> Iterator[None]:
+  """Hides orbax's three warnings per read-only restore ('Given directory is
+  read only', ...) unless the command runs with --verbosity >= 0."""
+  verbosity = logging.get_verbosity()
+  if verbosity >= logging.INFO:
+    yield
+    return
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def load_runs(workdirs: Sequence[str], which: str = 'best') -> list[Run]:
@@ -103,7 +122,8 @@ def load_runs(workdirs: Sequence[str], which: str = 'best') -> list[Run]:
   for name, workdir in zip(unique_run_names(workdirs), workdirs):
     config = checkpoint.load_run_config(workdir)
     try:
-      variables, step = checkpoint.restore_variables(workdir, which=which)
+      with _quiet_read_only_restore():
+        variables, step = checkpoint.restore_variables(workdir, which=which)
     except (FileNotFoundError, checkpoint.CheckpointReadError) as e:
       raise console.UserError(f'--runs: {workdir}: {e}') from e
     runs.append(Run(name, str(workdir), config, variables, step, which))
@@ -178,7 +198,12 @@ def fracture_log_probability(
   if standardize:
     images_bhwc = augment.standardize_per_image(images_bhwc.astype(jnp.float32))
   logits = module.apply(variables, images_bhwc, train=False).logits
-  return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
+  logits = logits.astype(jnp.float32)
+  # log p1 = -log(1 + sum_{j != 1} exp(l_j - l_1)) = -softplus(logsumexp(.)).
+  # `log_softmax(logits)[:, 1]` = l_1 - logsumexp(l) rounds to exactly 0 in
+  # float32 once l_1 - l_0 > ~17; this form keeps ~7 digits of 1 - p.
+  others = jnp.delete(logits, 1, axis=-1, assume_unique_indices=True)
+  return -jax.nn.softplus(jax.nn.logsumexp(others - logits[:, 1:2], axis=-1))
 
 
 def probability_from_log(log_probs: Any) -> np.ndarray:

@@ -341,13 +341,15 @@ def midpoint_below(scores, threshold: float) -> float:
   """Halfway between `threshold` (a score) and the next lower distinct score.
 
   `score >= result` decides exactly as `score >= threshold` on these scores.
-  Below the lowest score: half of it (scores are probabilities >= 0).
+  Below the lowest score (every item positive): half the gap to the next
+  higher score below it, but not below half of it (scores are probabilities).
   """
   scores = np.asarray(scores, np.float64)
-  lower = scores[scores < threshold]
+  lower, higher = scores[scores < threshold], scores[scores > threshold]
   if lower.size:
     return float((lower.max() + threshold) / 2.0)
-  return float(threshold / 2.0 if threshold > 0 else threshold - 1.0)
+  gap = (higher.min() - threshold) if higher.size else abs(threshold)
+  return float(max(threshold - gap / 2.0, threshold / 2.0))
 
 
 def youden_threshold(labels, scores) -> float:

@@ -154,6 +154,8 @@ def _protocol_section(ev: Evaluation, protocol: str, vote: str) -> list[str]:
   for s in selections:
     chosen_by.setdefault(s.members, []).append(LEVEL_TITLES[s.level])
   singles = []
+  if len(ev.run_names) == 1:
+    chosen_by = {}  # nothing to choose from
   for members, levels in chosen_by.items():
     by = ' and '.join(levels)
     if len(members) == 1:
@@ -166,11 +168,15 @@ def _protocol_section(ev: Evaluation, protocol: str, vote: str) -> list[str]:
   header = ['Model', 'Views'] + [
       _METRIC_TITLES[m] for m in metrics_lib.METRIC_NAMES
   ]
+  chosen = (
+      f'Best ensemble chosen on `{chosen_on}`, every row'
+      if len(ev.run_names) > 1
+      else 'One run (nothing to choose); every row'
+  )
   return [
       f'## {protocol.title()} protocol, {vote} voting',
       '',
-      f'Best ensemble chosen on `{chosen_on}`, every row reported on '
-      f'`{reported_on}`.{note}',
+      f'{chosen} reported on `{reported_on}`.{note}',
       '',
       *_table(header, rows),
       *(['', *singles] if singles else []),
@@ -234,7 +240,7 @@ def write_report(path: str, ev: Evaluation) -> None:
         lines += _protocol_section(ev, protocol, vote)
   lines += _operating_points_section(ev)
   with open(path, 'w') as f:
-    f.write('\n'.join(lines))
+    f.write('\n'.join(lines).rstrip('\n') + '\n')
 
 
 def write_json(out_dir: str, ev: Evaluation) -> None:

@@ -334,7 +334,7 @@ def _draw_row(fig, layout, r, row, images_vhw, titles, size) -> None:
   )
   if row.signed:
     norm = mpl_colors.Normalize(-row.scale, row.scale)
-    cmap, label = 'bwr', 'change of p(fracture)'
+    cmap, label = 'bwr', 'drop of p(fracture) when occluded'
   else:
     norm, cmap, label = mpl_colors.Normalize(0, 1), 'jet', 'Grad-CAM'
   mappable = mpl_cm.ScalarMappable(norm=norm, cmap=cmap)
