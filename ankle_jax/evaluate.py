@@ -115,6 +115,7 @@ def dataset_batches(
   data_dir = epath.Path(data_dir or default_dir)
   dataset_config = dataset_config or data.get('dataset_config', 'dicom_cases')
   if not prepare.dataset_exists(data_dir, dataset_config):
+    manual_dir = str(manual_dir) if manual_dir.exists() else ''
     error = prepare.missing_dataset_error(data_dir, dataset_config, manual_dir)
     raise console.UserError(str(error))
   for run in runs[1:]:
@@ -194,6 +195,11 @@ def evaluate_runs(
         dataset_config=dataset_config,
         batch_size=batch_size,
     )
+  steps = ', '.join(dict.fromkeys(str(r.step) for r in runs))
+  print(
+      f'Evaluating {len(runs)} run(s) ({checkpoint} checkpoint, step {steps}) '
+      f'on split {split!r}...'
+  )
   by_split = {}
   for name in dict.fromkeys([split, results.VALIDATION]):
     batches_for = batches_fn(name)
@@ -269,10 +275,8 @@ def main(argv: Sequence[str]) -> None:
     names = ' and '.join(f'--{m}' for m in missing)
     verb = 'are' if len(missing) > 1 else 'is'
     raise console.UserError(f'{names} {verb} required.\n{USAGE}')
-  runs = f.runs
-  print(f'Evaluating {len(runs)} run(s) on split {f.split!r}...')
   evaluation = evaluate_runs(
-      runs,
+      f.runs,
       split=f.split,
       out_dir=f.out,
       checkpoint=f.checkpoint,

@@ -315,9 +315,10 @@ def define_flags() -> None:
 
 def main(argv: Sequence[str]) -> None:
   paths = argv[1:]
-  if not flags.FLAGS.runs or not paths:
-    what = '--runs' if not flags.FLAGS.runs else 'a case folder or files'
-    raise console.UserError(f'{what} required.\n{USAGE}')
+  if not flags.FLAGS.runs:
+    raise console.UserError(f'--runs is required.\n{USAGE}')
+  if not paths:
+    raise console.UserError(f'no case folder or files given.\n{USAGE}')
   if flags.FLAGS.occlusion and not flags.FLAGS.heatmap:
     raise console.UserError('--occlusion needs --heatmap=OUT.png.')
   run_predict(
