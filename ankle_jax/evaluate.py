@@ -249,7 +249,11 @@ def define_flags() -> None:
       None,
       'Cap on the number of odd-size ensembles (default: all).',
   )
-  flags.DEFINE_integer('num_bootstrap', 2000, 'Bootstrap resamples.')
+  flags.DEFINE_integer(
+      'num_bootstrap',
+      2000,
+      'Bootstrap resamples (ROC AUC intervals, ROC bands).',
+  )
   flags.DEFINE_integer('seed', 0, 'Bootstrap / subset sampling seed.')
   flags.DEFINE_integer('batch_size', 16, 'Views per forward batch.')
   flags.DEFINE_enum(
