@@ -150,6 +150,26 @@ def dataset_batches(
   return batches_fn
 
 
+def predict_splits(
+    runs: Sequence[inference.Run], split: str, batches_fn: BatchesFn
+) -> dict[str, inference.SplitPredictions]:
+  """Every run's probabilities on `split` and, if it exists, validation."""
+  steps = ', '.join(dict.fromkeys(str(r.step) for r in runs))
+  print(
+      f'Evaluating {len(runs)} run(s) ({runs[0].which} checkpoint, step '
+      f'{steps}) on split {split!r}...'
+  )
+  by_split = {}
+  for name in dict.fromkeys([split, results.VALIDATION]):
+    batches_for = batches_fn(name)
+    if batches_for is None:
+      if name == split:
+        raise console.UserError(f'split {split!r} not found.')
+      continue
+    by_split[name] = inference.predict_split(runs, batches_for)
+  return by_split
+
+
 def evaluate_runs(
     run_dirs: Sequence[str],
     *,
@@ -195,19 +215,7 @@ def evaluate_runs(
         dataset_config=dataset_config,
         batch_size=batch_size,
     )
-  steps = ', '.join(dict.fromkeys(str(r.step) for r in runs))
-  print(
-      f'Evaluating {len(runs)} run(s) ({checkpoint} checkpoint, step {steps}) '
-      f'on split {split!r}...'
-  )
-  by_split = {}
-  for name in dict.fromkeys([split, results.VALIDATION]):
-    batches_for = batches_fn(name)
-    if batches_for is None:
-      if name == split:
-        raise console.UserError(f'split {split!r} not found.')
-      continue
-    by_split[name] = inference.predict_split(runs, batches_for)
+  by_split = predict_splits(runs, split, batches_fn)
   os.makedirs(out_dir, exist_ok=True)
   results.write_predictions_csv(
       os.path.join(out_dir, 'predictions.csv'), [r.name for r in runs], by_split
