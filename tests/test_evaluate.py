@@ -494,7 +494,7 @@ def trained(tmp_path_factory):
   if repo not in sys.path:
     sys.path.insert(0, repo)
   from ankle_jax import train
-  from ankle_jax.data import build
+  from ankle_jax.data import prepare
   from ankle_jax.data import synthetic
   from configs import local as local_config
 
@@ -512,7 +512,7 @@ def trained(tmp_path_factory):
         views_probs=(0.0, 0.1, 0.9),
     )
     data_dir = str(root / f'tfds{seed}')
-    build.build_dataset(manual, data_dir, num_workers=1, progress=False)
+    prepare.build_dataset(manual, data_dir, num_workers=1, progress=False)
     data_dirs.append(data_dir)
   run_dirs = []
   for seed in (0, 1):
