@@ -1,15 +1,23 @@
-"""Binary classification metrics, case-level bootstrap CIs and operating points.
+"""Binary classification metrics, their 95% intervals and operating points.
 
-Point estimates come from scikit-learn. The bootstrap resamples CASES (a
-cluster bootstrap: at image level, all views of a drawn case come along) and
-is vectorized: each resample is a row of case counts, and every metric,
-ROC AUC included, is computed for all resamples at once from weighted counts.
-With unit weights those weighted formulas equal scikit-learn exactly (a test
-checks it).
+Point estimates come from scikit-learn. Intervals (`BinaryEvaluator`, see
+`INTERVALS`):
+  * accuracy, sensitivity, specificity, PPV, NPV: Wilson score intervals of
+    the proportion (k of n items). Unlike a percentile bootstrap they are not
+    [1, 1] at 100% or [0, 0] at 0%.
+  * ROC AUC (and the ROC band of `bootstrap_roc_band`): a case-level
+    percentile bootstrap. It resamples CASES (a cluster bootstrap: at image
+    level, all views of a drawn case come along) and is vectorized: each
+    resample is a row of case counts, and every metric is computed for all
+    resamples at once from weighted counts. With unit weights those weighted
+    formulas equal scikit-learn exactly (a test checks it).
 
 An undefined metric (e.g. PPV with no positive decision, AUC with one class)
-is NaN; the CI of a metric is the 2.5 and 97.5 percentiles over the resamples
-where it is defined.
+is NaN, and so is its interval.
+
+Operating points: thresholds are chosen on one split and lie halfway between
+two distinct scores of it, so that a decision `score >= threshold` does not
+hinge on a score equal to the threshold.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from collections.abc import Mapping
 import dataclasses
 
 import numpy as np
+from scipy import stats
 from sklearn import metrics as sk_metrics
 
 METRIC_NAMES = (
@@ -28,6 +37,11 @@ METRIC_NAMES = (
     'npv',
     'roc_auc',
 )
+PROPORTIONS = METRIC_NAMES[:5]
+INTERVALS: Mapping[str, str] = {
+    **{name: 'Wilson score' for name in PROPORTIONS},
+    'roc_auc': 'case-level percentile bootstrap',
+}
 
 
 def _as_arrays(labels, preds, scores=None):
@@ -193,9 +207,65 @@ def bootstrap_ci(
   return out
 
 
+def proportion_counts(labels, preds) -> dict[str, tuple[int, int]]:
+  """(successes k, trials n) of the five proportions.
+
+  Args:
+    labels: int [n], 1 = fracture (positive).
+    preds: bool/int [n] decisions.
+
+  Returns:
+    {metric: (k, n)}: accuracy = correct of all, sensitivity = TP of
+    positives, specificity = TN of negatives, PPV = TP of positive decisions,
+    NPV = TN of negative decisions.
+  """
+  labels, preds, _ = _as_arrays(labels, preds)
+  pos, prd = labels == 1, preds == 1
+  tp, fn = int((pos & prd).sum()), int((pos & ~prd).sum())
+  tn, fp = int((~pos & ~prd).sum()), int((~pos & prd).sum())
+  return {
+      'accuracy': (tp + tn, labels.size),
+      'sensitivity': (tp, tp + fn),
+      'specificity': (tn, tn + fp),
+      'ppv': (tp, tp + fp),
+      'npv': (tn, tn + fn),
+  }
+
+
+def wilson_interval(
+    successes: int, trials: int, confidence: float = 0.95
+) -> tuple[float, float]:
+  """Wilson score interval of a proportion k/n; (NaN, NaN) when n = 0.
+
+  (k + z^2/2) / (n + z^2) -+ z / (n + z^2) * sqrt(k (n - k) / n + z^2 / 4),
+  with z the normal quantile of (1 + confidence) / 2. At k = 0 it is
+  [0, z^2 / (n + z^2)], at k = n [n / (n + z^2), 1].
+  """
+  if trials <= 0:
+    return (np.nan, np.nan)
+  z = float(stats.norm.ppf(0.5 + confidence / 2.0))
+  k, n = float(successes), float(trials)
+  center = (k + z * z / 2.0) / (n + z * z)
+  half = z / (n + z * z) * np.sqrt(k * (n - k) / n + z * z / 4.0)
+  return (max(0.0, center - half), min(1.0, center + half))
+
+
+def proportion_intervals(
+    labels, preds, confidence: float = 0.95
+) -> dict[str, tuple[float, float]]:
+  """Wilson intervals of the five proportions {metric: (lo, hi)}."""
+  return {
+      name: wilson_interval(k, n, confidence)
+      for name, (k, n) in proportion_counts(labels, preds).items()
+  }
+
+
 @dataclasses.dataclass(frozen=True)
 class BinaryEvaluator:
-  """Metrics and their bootstrap CIs for one set of decisions.
+  """Metrics and their 95% intervals for one set of decisions.
+
+  Wilson intervals for the proportions, a case-level bootstrap for ROC AUC
+  (see INTERVALS).
 
   Attributes:
     num_resamples: bootstrap resamples (2000 by default).
@@ -208,22 +278,85 @@ class BinaryEvaluator:
   def __call__(self, labels, preds, scores, clusters=None):
     """Returns ({metric: value}, {metric: (lo, hi)})."""
     point = classification_metrics(labels, preds, scores)
-    ci = bootstrap_ci(
+    ci = proportion_intervals(labels, preds)
+    ci['roc_auc'] = bootstrap_ci(
         labels,
         preds,
         scores,
         clusters,
         num_resamples=self.num_resamples,
         seed=self.seed,
-    )
+    )['roc_auc']
     return point, ci
 
 
+def bootstrap_roc_band(
+    labels,
+    scores,
+    clusters=None,
+    *,
+    fpr_grid: np.ndarray,
+    num_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Pointwise case-bootstrap band of the ROC curve (sensitivity at each FPR).
+
+  Args:
+    labels: int [n]. scores: float [n].
+    clusters: int [n] the case of each item (None: each item its own case).
+    fpr_grid: float [g] false-positive rates (1 - specificity) in [0, 1].
+    num_resamples: bootstrap resamples; seed: their seed (as bootstrap_ci).
+    confidence: the band's pointwise coverage.
+
+  Returns:
+    (lo_g, hi_g): float [g] sensitivity percentiles; NaN when no resample has
+    both classes.
+  """
+  labels, _, scores = _as_arrays(labels, labels, scores)
+  if clusters is None:
+    clusters = np.arange(labels.size)
+  w = bootstrap_weights(clusters, num_resamples=num_resamples, seed=seed)
+  _, group_n = np.unique(-scores, return_inverse=True)  # high scores first
+  onehot_nk = np.zeros((labels.size, int(group_n.max()) + 1))
+  onehot_nk[np.arange(labels.size), group_n] = 1.0
+  tp_bk = np.cumsum((w * (labels == 1)) @ onehot_nk, axis=1)
+  fp_bk = np.cumsum((w * (labels == 0)) @ onehot_nk, axis=1)
+  ok = (tp_bk[:, -1] > 0) & (fp_bk[:, -1] > 0)
+  if not ok.any():
+    nan = np.full(len(fpr_grid), np.nan)
+    return nan, nan
+  tpr_bk = np.pad(tp_bk[ok] / tp_bk[ok, -1:], ((0, 0), (1, 0)))
+  fpr_bk = np.pad(fp_bk[ok] / fp_bk[ok, -1:], ((0, 0), (1, 0)))
+  curves_bg = np.stack(
+      [np.interp(fpr_grid, f, t) for f, t in zip(fpr_bk, tpr_bk)]
+  )
+  alpha = (1.0 - confidence) / 2.0
+  lo, hi = np.quantile(curves_bg, [alpha, 1.0 - alpha], axis=0)
+  return lo, hi
+
+
 # ---------------------------------------------------------------- operating
+def midpoint_below(scores, threshold: float) -> float:
+  """Halfway between `threshold` (a score) and the next lower distinct score.
+
+  `score >= result` decides exactly as `score >= threshold` on these scores.
+  Below the lowest score (every item positive): half the gap to the next
+  higher score below it, but not below half of it (scores are probabilities).
+  """
+  scores = np.asarray(scores, np.float64)
+  lower, higher = scores[scores < threshold], scores[scores > threshold]
+  if lower.size:
+    return float((lower.max() + threshold) / 2.0)
+  gap = (higher.min() - threshold) if higher.size else abs(threshold)
+  return float(max(threshold - gap / 2.0, threshold / 2.0))
+
+
 def youden_threshold(labels, scores) -> float:
   """Threshold maximizing Youden's J = sensitivity + specificity - 1.
 
-  Decisions are `score >= threshold`. Among equal J, the highest threshold.
+  Decisions are `score >= threshold`. Among equal J, the highest; the
+  threshold lies halfway to the next lower score (midpoint_below).
   """
   labels, _, scores = _as_arrays(labels, labels, scores)
   fpr, tpr, thresholds = sk_metrics.roc_curve(
@@ -231,7 +364,7 @@ def youden_threshold(labels, scores) -> float:
   )
   finite = np.isfinite(thresholds)
   j = np.where(finite, tpr - fpr, -np.inf)
-  return float(thresholds[int(np.argmax(j))])
+  return midpoint_below(scores, float(thresholds[int(np.argmax(j))]))
 
 
 def sensitivity_threshold(
@@ -240,26 +373,19 @@ def sensitivity_threshold(
   """Highest threshold whose sensitivity is >= min_sensitivity.
 
   The highest such threshold gives the best specificity at that sensitivity.
-  Decisions are `score >= threshold`.
+  Decisions are `score >= threshold`; the threshold lies halfway to the next
+  lower score (midpoint_below).
   """
   labels, _, scores = _as_arrays(labels, labels, scores)
   _, tpr, thresholds = sk_metrics.roc_curve(
       labels, scores, drop_intermediate=False
   )
   ok = np.isfinite(thresholds) & (tpr >= min_sensitivity - 1e-12)
-  return float(thresholds[ok].max())
+  return midpoint_below(scores, float(thresholds[ok].max()))
 
 
-def operating_point(
-    labels,
-    scores,
-    threshold: float,
-    clusters=None,
-    *,
-    num_resamples: int = 2000,
-    seed: int = 0,
-) -> dict:
-  """Sensitivity and specificity at a fixed threshold, with bootstrap CIs.
+def operating_point(labels, scores, threshold: float) -> dict:
+  """Sensitivity and specificity at a fixed threshold, with Wilson intervals.
 
   Returns:
     {'threshold', 'sensitivity', 'specificity', 'ci95': {name: [lo, hi]}}.
@@ -267,9 +393,7 @@ def operating_point(
   labels, _, scores = _as_arrays(labels, labels, scores)
   preds = scores >= threshold
   point = classification_metrics(labels, preds, scores)
-  ci = bootstrap_ci(
-      labels, preds, scores, clusters, num_resamples=num_resamples, seed=seed
-  )
+  ci = proportion_intervals(labels, preds)
   names = ('sensitivity', 'specificity')
   return {
       'threshold': float(threshold),
@@ -279,8 +403,8 @@ def operating_point(
 
 
 OPERATING_POINTS: Mapping[str, str] = {
-    'youden': 'maximum Youden J on validation',
-    'sens90': 'highest threshold with sensitivity >= 0.90 on validation',
+    'youden': 'maximum Youden J',
+    'sens90': 'highest threshold with sensitivity >= 0.90',
 }
 
 

@@ -7,7 +7,9 @@ PATH: the DICOM (or PNG/JPEG) files of ONE case, or the case's folder (all
 its files, sorted by name). Each view is read with
 `ankle_jax.data.dicom.load_radiograph` at each run's image size and
 standardized per image, exactly as in evaluation; runs of one architecture
-are applied together with one vmapped forward (ankle_jax.evaluate).
+are applied together with one vmapped forward (ankle_jax.inference). A file
+that cannot be read (e.g. a stray notes.txt) is skipped with a one-line
+warning; the case is predicted from the views that could be read.
 
 Printed: for every run, each view's fracture probability and vote, the case
 probability (mean over views) and the case vote (majority of the view votes,
@@ -15,25 +17,33 @@ ties to fracture); then the same for the ensemble of all runs, with hard
 (majority of the runs' votes) and soft (mean probability) voting.
 
 --heatmap=OUT.png writes Grad-CAM overlays (last conv stage, the mean of the
-runs' normalized maps) of each view; --occlusion adds a second row of
-occlusion maps. The PNG is (rows * panel_size) x (views * panel_size) pixels
-(see ankle_jax.saliency).
+runs' normalized maps) of each view, titled with the view's file name, with a
+colour bar; --occlusion adds a row of occlusion maps (see ankle_jax.saliency
+for the layout and size).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 import os
-from typing import Any
+import sys
 
-from absl import app
 from absl import flags
 import jax.numpy as jnp
 import numpy as np
 
-from ankle_jax import evaluate
+from ankle_jax import console
+from ankle_jax import inference
 from ankle_jax import saliency
 from ankle_jax import voting
+from ankle_jax.data import augment
+from ankle_jax.data import dicom
+
+USAGE = (
+    'usage: python -m ankle_jax.predict --runs=RUN_DIR[,RUN_DIR...] '
+    '[--heatmap=OUT.png [--occlusion]] CASE_FOLDER_OR_FILES...'
+)
 
 
 def case_files(paths: Sequence[str]) -> list[str]:
@@ -47,98 +57,176 @@ def case_files(paths: Sequence[str]) -> list[str]:
           if not f.startswith('.') and os.path.isfile(os.path.join(path, f))
       )
       if not inside:
-        raise ValueError(f'{path} holds no files.')
+        raise console.UserError(f'{path} holds no files.')
       files += inside
     elif os.path.isfile(path):
       files.append(path)
     else:
-      raise FileNotFoundError(f'{path}: no such file or folder.')
+      raise console.UserError(f'{path}: no such file or folder.')
   if not files:
-    raise ValueError('No radiograph given.')
+    raise console.UserError(f'no radiograph given.\n{USAGE}')
   return files
 
 
 def load_views(files: Sequence[str], image_size: int) -> np.ndarray:
   """float32 [views, S, S, 1] in [0, 1] (not standardized)."""
-  from ankle_jax.data import dicom  # pylint: disable=g-import-not-at-top
-
   return np.stack(
       [dicom.load_radiograph(f, image_size=image_size) for f in files]
   )
 
 
+def readable_files(files: Sequence[str], image_size: int) -> list[str]:
+  """The files that load as radiographs; a warning line for each other one.
+
+  Raises:
+    console.UserError: when none of them can be read.
+  """
+  readable = []
+  for f in files:
+    try:
+      dicom.load_radiograph(f, image_size=image_size)
+    except dicom.DicomReadError as e:
+      reason = e.reason.split(' (')[0]
+      print(
+          f'warning: skipped {os.path.basename(f)}: {reason}.', file=sys.stderr
+      )
+      continue
+    readable.append(f)
+  if not readable:
+    raise console.UserError(
+        f'none of the {len(files)} file(s) given is a readable DICOM, PNG or '
+        'JPEG radiograph (warnings above).'
+    )
+  return readable
+
+
+@dataclasses.dataclass
+class CasePrediction:
+  """Every run's probabilities for the views of one case, and saliency maps.
+
+  Attributes:
+    files: the view files predicted from.
+    probs_rv: float64 [runs, views] fracture probabilities.
+    gradcam_vhw: float [views, P, P] mean over runs, if asked.
+    occlusion_vhw: float [views, P, P] mean over runs, if asked.
+  """
+
+  files: list[str]
+  probs_rv: np.ndarray
+  gradcam_vhw: np.ndarray | None = None
+  occlusion_vhw: np.ndarray | None = None
+
+
+def _group_saliency(
+    module, variables_list, images, *, heatmap, occlusion, panel_size
+):
+  """Grad-CAM / occlusion maps [runs, views, P, P] of one group's runs."""
+  standardized = augment.standardize_per_image(jnp.asarray(images))
+  size = images.shape[1]
+  cams, occs = [], []
+  grad_cam = saliency.make_grad_cam(module) if heatmap else None
+  occlude = (
+      saliency.make_occlusion(
+          module, patch=max(size // 8, 1), stride=max(size // 16, 1)
+      )
+      if occlusion
+      else None
+  )
+  for variables in variables_list:
+    if grad_cam is not None:
+      cam_vhw, _ = grad_cam(variables, standardized)
+      cams.append([saliency.resize_map(c, panel_size) for c in cam_vhw])
+    if occlude is not None:
+      occs.append(
+          [
+              saliency.resize_map(occlude(variables, image), panel_size)
+              for image in standardized
+          ]
+      )
+  return cams, occs
+
+
 def predict_case(
-    runs: Sequence[evaluate.Run],
+    runs: Sequence[inference.Run],
     files: Sequence[str],
     *,
     heatmap: bool = False,
     occlusion: bool = False,
     panel_size: int = saliency.PANEL_SIZE,
-) -> dict[str, Any]:
-  """Every run's probabilities for the views, and optional saliency maps.
-
-  Returns:
-    {'probs_rv': float [runs, views], 'gradcam_vhw': float [views, P, P]
-     (mean over runs, if heatmap), 'occlusion_vhw': float [views, P, P]
-     (mean over runs, if occlusion)}.
-  """
-  from ankle_jax.data import augment  # pylint: disable=g-import-not-at-top
-
+) -> CasePrediction:
+  """Every run's probabilities for the views (readable files), and maps."""
   probs_rv = np.zeros((len(runs), len(files)))
   cams, occs = [], []
-  for indices in evaluate.group_runs([r.config for r in runs]).values():
+  for indices in inference.group_runs([r.config for r in runs]).values():
     config = runs[indices[0]].config
-    module = evaluate.create_model(config)
+    module = inference.create_model(config)
     images = load_views(files, int(config.image_size))
-    variables_r = evaluate.stack_variables([runs[i].variables for i in indices])
-    probs_rv[indices] = np.asarray(
-        evaluate.make_forward(module)(variables_r, jnp.asarray(images))
+    variables_list = [runs[i].variables for i in indices]
+    log_probs = inference.make_forward(module)(
+        inference.stack_variables(variables_list), jnp.asarray(images)
     )
-    if not (heatmap or occlusion):
-      continue
-    standardized = augment.standardize_per_image(jnp.asarray(images))
-    grad_cam = saliency.make_grad_cam(module) if heatmap else None
-    size = int(config.image_size)
-    occlude = (
-        saliency.make_occlusion(
-            module, patch=max(size // 8, 1), stride=max(size // 16, 1)
-        )
-        if occlusion
-        else None
-    )
-    for i in indices:
-      variables = runs[i].variables
-      if grad_cam is not None:
-        cam_vhw, _ = grad_cam(variables, standardized)
-        cams.append(
-            np.stack(
-                [
-                    saliency.resize_map(c, panel_size)
-                    for c in np.asarray(cam_vhw)
-                ]
-            )
-        )
-      if occlude is not None:
-        occs.append(
-            np.stack(
-                [
-                    saliency.resize_map(
-                        occlude(variables, standardized[v]), panel_size
-                    )
-                    for v in range(len(files))
-                ]
-            )
-        )
-  out = {'probs_rv': probs_rv}
-  if cams:
-    out['gradcam_vhw'] = np.mean(cams, axis=0)
-  if occs:
-    out['occlusion_vhw'] = np.mean(occs, axis=0)
-  return out
+    probs_rv[indices] = inference.probability_from_log(log_probs)
+    if heatmap or occlusion:
+      group_cams, group_occs = _group_saliency(
+          module,
+          variables_list,
+          images,
+          heatmap=heatmap,
+          occlusion=occlusion,
+          panel_size=panel_size,
+      )
+      cams += group_cams
+      occs += group_occs
+  return CasePrediction(
+      files=list(files),
+      probs_rv=probs_rv,
+      gradcam_vhw=np.mean(cams, axis=0) if cams else None,
+      occlusion_vhw=np.mean(occs, axis=0) if occs else None,
+  )
 
 
 def _vote(p: float) -> str:
   return 'fracture' if p >= voting.THRESHOLD else 'normal'
+
+
+def _run_lines(name, files, probs_v, cases) -> list[str]:
+  lines = [f'run {name}:']
+  for v, (f, p) in enumerate(zip(files, probs_v)):
+    lines.append(
+        f'  view {v + 1} ({os.path.basename(f)}): '
+        f'p(fracture)={p:.4f} vote={_vote(p)}'
+    )
+  case_p = float(voting.case_soft_probs(probs_v, cases)[0])
+  votes_v = voting.image_votes(probs_v)
+  case_hard = bool(voting.case_hard_votes(votes_v, cases)[0])
+  lines.append(
+      f'  case: p(fracture)={case_p:.4f} soft vote={_vote(case_p)} '
+      f'hard vote={"fracture" if case_hard else "normal"} '
+      f'({int(votes_v.sum())} of {len(files)} views)'
+  )
+  return lines
+
+
+def _ensemble_lines(num_runs, num_views, probs_rv, cases) -> list[str]:
+  members = list(range(num_runs))
+  hard_v = voting.ensemble_hard_votes(probs_rv, members)
+  soft_v = voting.ensemble_soft_probs(probs_rv, members)
+  lines = [f'ensemble of {num_runs} runs:']
+  for v in range(num_views):
+    lines.append(
+        f'  view {v + 1}: mean p(fracture)={soft_v[v]:.4f} '
+        f'soft vote={_vote(soft_v[v])} hard vote='
+        f'{"fracture" if hard_v[v] else "normal"} '
+        f'({int(voting.image_votes(probs_rv[:, v]).sum())} of '
+        f'{num_runs} runs)'
+    )
+  case_p = float(voting.case_soft_probs(soft_v, cases)[0])
+  case_hard = bool(voting.case_hard_votes(hard_v, cases)[0])
+  lines.append(
+      f'  case: mean p(fracture)={case_p:.4f} soft vote={_vote(case_p)} '
+      f'hard vote={"fracture" if case_hard else "normal"}'
+  )
+  return lines
 
 
 def format_predictions(
@@ -148,77 +236,34 @@ def format_predictions(
   cases = voting.index_cases(['case'] * len(files), [0] * len(files))
   lines = []
   for name, probs_v in zip(run_names, probs_rv):
-    lines.append(f'run {name}:')
-    for v, (f, p) in enumerate(zip(files, probs_v)):
-      lines.append(
-          f'  view {v + 1} ({os.path.basename(f)}): '
-          f'p(fracture)={p:.4f} vote={_vote(p)}'
-      )
-    case_p = float(voting.case_soft_probs(probs_v, cases)[0])
-    case_hard = bool(
-        voting.case_hard_votes(voting.image_votes(probs_v), cases)[0]
-    )
-    lines.append(
-        f'  case: p(fracture)={case_p:.4f} '
-        f'soft vote={_vote(case_p)} '
-        f'hard vote={"fracture" if case_hard else "normal"} '
-        f'({int(voting.image_votes(probs_v).sum())} of {len(files)} '
-        'views)'
-    )
+    lines += _run_lines(name, files, probs_v, cases)
   if len(run_names) > 1:
-    members = list(range(len(run_names)))
-    hard_v = voting.ensemble_hard_votes(probs_rv, members)
-    soft_v = voting.ensemble_soft_probs(probs_rv, members)
-    lines.append(f'ensemble of {len(run_names)} runs:')
-    for v in range(len(files)):
-      lines.append(
-          f'  view {v + 1}: mean p(fracture)={soft_v[v]:.4f} '
-          f'soft vote={_vote(soft_v[v])} hard vote='
-          f'{"fracture" if hard_v[v] else "normal"} '
-          f'({int(voting.image_votes(probs_rv[:, v]).sum())} of '
-          f'{len(run_names)} runs)'
-      )
-    case_p = float(voting.case_soft_probs(soft_v, cases)[0])
-    case_hard = bool(voting.case_hard_votes(hard_v, cases)[0])
-    lines.append(
-        f'  case: mean p(fracture)={case_p:.4f} '
-        f'soft vote={_vote(case_p)} '
-        f'hard vote={"fracture" if case_hard else "normal"}'
-    )
+    lines += _ensemble_lines(len(run_names), len(files), probs_rv, cases)
   return '\n'.join(lines)
 
 
 def write_heatmap(
     path: str,
-    files: Sequence[str],
-    result: dict[str, Any],
+    prediction: CasePrediction,
     panel_size: int = saliency.PANEL_SIZE,
 ) -> tuple[int, int]:
   """Writes the overlays PNG; returns its (height, width)."""
+  files = prediction.files
   backgrounds = load_views(files, panel_size)[..., 0]
-  soft_v = result['probs_rv'].mean(axis=0)
-  rows, captions = [], []
-  if 'gradcam_vhw' in result:
-    rows.append(
-        [
-            saliency.overlay(b, h)
-            for b, h in zip(backgrounds, result['gradcam_vhw'])
-        ]
+  soft_v = prediction.probs_rv.mean(axis=0)
+  rows, titles = [], []
+  names = [f'view {v + 1}: {os.path.basename(f)}' for v, f in enumerate(files)]
+  if prediction.gradcam_vhw is not None:
+    rows.append(saliency.HeatmapRow('Grad-CAM', prediction.gradcam_vhw))
+    titles.append(
+        [f'{n}\nGrad-CAM, p(fracture)={p:.2f}' for n, p in zip(names, soft_v)]
     )
-    captions.append(
-        [f'view {v + 1} Grad-CAM p={p:.2f}' for v, p in enumerate(soft_v)]
-    )
-  if 'occlusion_vhw' in result:
-    rows.append(
-        [
-            saliency.overlay(b, h, signed=True)
-            for b, h in zip(backgrounds, result['occlusion_vhw'])
-        ]
-    )
-    captions.append([f'view {v + 1} occlusion' for v in range(len(files))])
+  if prediction.occlusion_vhw is not None:
+    rows.append(saliency.HeatmapRow('occlusion', prediction.occlusion_vhw))
+    titles.append([f'{n}\nocclusion' for n in names])
   if not rows:
     raise ValueError('No saliency maps to draw.')
-  return saliency.save_heatmap_png(path, rows, captions)
+  return saliency.save_heatmap_png(path, backgrounds, rows, titles)
 
 
 def run_predict(
@@ -229,30 +274,23 @@ def run_predict(
     heatmap_path: str | None = None,
     occlusion: bool = False,
     panel_size: int = saliency.PANEL_SIZE,
-) -> dict[str, Any]:
-  """The whole command; returns the result dict (and prints the summary)."""
+) -> CasePrediction:
+  """The whole command: prints the votes, writes the heatmap if asked."""
   files = case_files(paths)
-  runs = evaluate.load_runs(run_dirs, checkpoint)
-  result = predict_case(
+  runs = inference.load_runs(run_dirs, checkpoint)
+  files = readable_files(files, int(runs[0].config.image_size))
+  prediction = predict_case(
       runs,
       files,
       heatmap=heatmap_path is not None,
       occlusion=occlusion and heatmap_path is not None,
       panel_size=panel_size,
   )
-  result['text'] = format_predictions(
-      [r.name for r in runs], files, result['probs_rv']
-  )
-  print(result['text'])
+  print(format_predictions([r.name for r in runs], files, prediction.probs_rv))
   if heatmap_path:
-    result['heatmap_shape'] = write_heatmap(
-        heatmap_path, files, result, panel_size
-    )
-    print(
-        f'heatmap: {heatmap_path} ({result["heatmap_shape"][1]}x'
-        f'{result["heatmap_shape"][0]} px)'
-    )
-  return result
+    height, width = write_heatmap(heatmap_path, prediction, panel_size)
+    print(f'heatmap: {heatmap_path} ({width}x{height} px)')
+  return prediction
 
 
 def define_flags() -> None:
@@ -265,8 +303,8 @@ def define_flags() -> None:
   flags.DEFINE_bool(
       'occlusion',
       False,
-      'Add occlusion maps to the --heatmap PNG (slow: one '
-      'forward per patch position).',
+      'Add occlusion maps to the --heatmap PNG (slow: one forward per patch '
+      'position).',
   )
   flags.DEFINE_integer(
       'panel_size',
@@ -275,14 +313,14 @@ def define_flags() -> None:
   )
 
 
-def main(argv):
+def main(argv: Sequence[str]) -> None:
   paths = argv[1:]
-  if not flags.FLAGS.runs or not paths:
-    raise app.UsageError(
-        'Usage: python -m ankle_jax.predict --runs=DIR[,DIR] ' 'PATH...'
-    )
+  if not flags.FLAGS.runs:
+    raise console.UserError(f'--runs is required.\n{USAGE}')
+  if not paths:
+    raise console.UserError(f'no case folder or files given.\n{USAGE}')
   if flags.FLAGS.occlusion and not flags.FLAGS.heatmap:
-    raise app.UsageError('--occlusion needs --heatmap=OUT.png.')
+    raise console.UserError('--occlusion needs --heatmap=OUT.png.')
   run_predict(
       flags.FLAGS.runs,
       paths,
@@ -295,4 +333,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  console.run(main)

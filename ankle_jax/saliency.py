@@ -15,23 +15,38 @@ probability over the patches covering it (positive = the region supports
 "fracture"). The occluded images go through the model in fixed-size batches.
 
 Heatmap PNGs (`save_heatmap_png`): one panel per view, each panel_size x
-panel_size pixels (default 300), side by side; one row of Grad-CAM overlays,
-plus a second row of occlusion overlays when given. The PNG is therefore
-exactly (rows * panel_size) high and (views * panel_size) wide, RGB.
+panel_size pixels (default 300), side by side under a title band that names
+the view's file; one row of Grad-CAM overlays, plus a row of occlusion
+overlays when given; a colour bar at the right of each row. A map with no
+value above its threshold (`is_empty`) is drawn as the bare radiograph with
+"no activation above threshold" written on it. `heatmap_png_size` gives the
+PNG's exact size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import dataclasses
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import matplotlib
+from matplotlib import cm as mpl_cm
+from matplotlib import colors as mpl_colors
+from matplotlib.figure import Figure
 import numpy as np
 
+from ankle_jax import inference
 from ankle_jax.models import layers
 
 PANEL_SIZE = 300
+# A Grad-CAM map (in [0, 1], per-image max 1) is empty below this everywhere;
+# an occlusion map (a change of p(fracture)) below this in magnitude.
+EMPTY_THRESHOLD = {'Grad-CAM': 0.01, 'occlusion': 1e-3}
+EMPTY_NOTE = 'no activation\nabove threshold'
+_DPI = 100
 
 
 def _apply_with_head_hook(module, variables, images_bhwc, hook):
@@ -137,8 +152,11 @@ def make_occlusion(
 
   @jax.jit
   def probs(variables, images_bhwc):
-    logits = module.apply(variables, images_bhwc, train=False).logits
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 1]
+    return jnp.exp(
+        inference.fracture_log_probability(
+            module, variables, images_bhwc, standardize=False
+        )
+    )
 
   def occlusion(variables, image_hw1):
     image_hw1 = np.asarray(image_hw1, np.float32)
@@ -175,64 +193,175 @@ def overlay(
     image_hw: np.ndarray,
     heat_hw: np.ndarray,
     *,
-    alpha: float = 0.45,
+    alpha: float = 0.6,
     signed: bool = False,
+    scale: float | None = None,
 ) -> np.ndarray:
-  """A heat map over a grey radiograph.
+  """A heat map over a grey radiograph; zero heat leaves the radiograph bare.
 
   Args:
     image_hw: float [S, S] in [0, 1].
-    heat_hw: float [S, S]; in [0, 1] (Grad-CAM), or signed (occlusion, scaled
-      by its largest magnitude, blue < 0 < red).
-    alpha: opacity of the heat map.
+    heat_hw: float [S, S]; in [0, 1] (Grad-CAM, colour map 'jet'), or signed
+      (occlusion, blue < 0 < red, 'bwr'), divided by `scale`.
+    alpha: opacity of the heat map where |heat| / scale = 1.
     signed: whether heat is signed.
+    scale: the heat of full colour (default: 1, or for signed heat its
+      largest magnitude).
 
   Returns:
     uint8 RGB [S, S, 3].
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
   image = np.clip(np.asarray(image_hw, np.float32), 0, 1)
   heat = np.asarray(heat_hw, np.float32)
   if heat.shape != image.shape:
     raise ValueError(f'heat {heat.shape} and image {image.shape} differ.')
+  if scale is None:
+    scale = float(np.abs(heat).max()) if signed else 1.0
+  relative = heat / max(scale, 1e-12)
   if signed:
-    scale = max(float(np.abs(heat).max()), 1e-12)
-    rgb = matplotlib.colormaps['bwr'](0.5 + 0.5 * heat / scale)[..., :3]
-    weight = alpha * np.abs(heat / scale)[..., None]
+    rgb = matplotlib.colormaps['bwr'](0.5 + 0.5 * np.clip(relative, -1, 1))
   else:
-    rgb = matplotlib.colormaps['jet'](np.clip(heat, 0, 1))[..., :3]
-    weight = alpha * np.ones_like(heat)[..., None]
+    rgb = matplotlib.colormaps['jet'](np.clip(relative, 0, 1))
+  weight = alpha * np.clip(np.abs(relative), 0, 1)[..., None]
   grey = np.repeat(image[..., None], 3, axis=-1)
-  out = (1 - weight) * grey + weight * rgb
+  out = (1 - weight) * grey + weight * rgb[..., :3]
   return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeatmapRow:
+  """One row of the heatmap PNG: one map per view.
+
+  Attributes:
+    kind: 'Grad-CAM' (in [0, 1]) or 'occlusion' (signed change of
+      p(fracture)).
+    maps_vhw: float [views, P, P].
+  """
+
+  kind: str
+  maps_vhw: np.ndarray
+
+  @property
+  def signed(self) -> bool:
+    return self.kind == 'occlusion'
+
+  @property
+  def scale(self) -> float:
+    """The heat of full colour, shared by the row (its colour bar)."""
+    if self.signed:
+      largest = float(np.abs(self.maps_vhw).max())
+      return max(largest, EMPTY_THRESHOLD[self.kind])
+    return 1.0
+
+
+def is_empty(heat_hw: np.ndarray, kind: str) -> bool:
+  """Whether no value of a map reaches its kind's EMPTY_THRESHOLD."""
+  return float(np.abs(np.asarray(heat_hw)).max()) < EMPTY_THRESHOLD[kind]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  """Pixel geometry of the heatmap PNG."""
+
+  panel: int
+  font_pt: float
+  title_px: int
+  colorbar_px: int
+
+  @classmethod
+  def of(cls, panel: int) -> _Layout:
+    font_pt = min(max(panel / 28.0, 7.0), 11.0)
+    line_px = font_pt * _DPI / 72.0 * 1.3
+    return cls(panel, font_pt, math.ceil(2 * line_px + 6), max(80, panel // 3))
+
+  def size(self, num_views: int, num_rows: int) -> tuple[int, int]:
+    return (
+        num_rows * (self.panel + self.title_px),
+        num_views * self.panel + self.colorbar_px,
+    )
+
+
+def heatmap_png_size(
+    num_views: int, num_rows: int, panel_size: int = PANEL_SIZE
+) -> tuple[int, int]:
+  """(height, width) in pixels of save_heatmap_png's PNG."""
+  return _Layout.of(panel_size).size(num_views, num_rows)
+
+
+def _shorten(text: str, max_chars: int) -> str:
+  if len(text) <= max_chars:
+    return text
+  keep = max(max_chars - 3, 2)
+  return f'{text[: keep - keep // 2]}...{text[-(keep // 2) :]}'
+
+
+def _draw_row(fig, layout, r, row, images_vhw, titles, size) -> None:
+  """Panels, titles, empty-map notes and the colour bar of row r."""
+  height, width = size
+  panel = layout.panel
+  bottom = 1 - ((r + 1) * (panel + layout.title_px)) / height
+  max_chars = int(panel / (layout.font_pt * _DPI / 72.0 * 0.6))
+  for v, (image, heat) in enumerate(zip(images_vhw, row.maps_vhw)):
+    ax = fig.add_axes(
+        (v * panel / width, bottom, panel / width, panel / height)
+    )
+    ax.imshow(
+        overlay(image, heat, signed=row.signed, scale=row.scale),
+        interpolation='nearest',
+    )
+    ax.set_axis_off()
+    lines = [_shorten(t, max_chars) for t in titles[v].split('\n')]
+    ax.set_title('\n'.join(lines), fontsize=layout.font_pt, pad=3)
+    if is_empty(heat, row.kind):
+      ax.text(
+          0.5,
+          0.5,
+          EMPTY_NOTE,
+          transform=ax.transAxes,
+          ha='center',
+          va='center',
+          color='white',
+          fontsize=layout.font_pt,
+          bbox={'facecolor': 'black', 'alpha': 0.6, 'edgecolor': 'none'},
+      )
+  cax = fig.add_axes(
+      (
+          (len(images_vhw) * panel + 8) / width,
+          bottom + 0.1 * panel / height,
+          12 / width,
+          0.8 * panel / height,
+      )
+  )
+  if row.signed:
+    norm = mpl_colors.Normalize(-row.scale, row.scale)
+    cmap, label = 'bwr', 'drop of p(fracture) when occluded'
+  else:
+    norm, cmap, label = mpl_colors.Normalize(0, 1), 'jet', 'Grad-CAM'
+  mappable = mpl_cm.ScalarMappable(norm=norm, cmap=cmap)
+  colorbar = fig.colorbar(mappable, cax=cax)
+  colorbar.ax.tick_params(labelsize=layout.font_pt - 1)
+  colorbar.set_label(label, fontsize=layout.font_pt - 1)
 
 
 def save_heatmap_png(
     path: str,
-    rows: Sequence[Sequence[np.ndarray]],
-    captions: Sequence[Sequence[str]] | None = None,
+    images_vhw: np.ndarray,
+    rows: Sequence[HeatmapRow],
+    titles: Sequence[Sequence[str]],
 ) -> tuple[int, int]:
-  """Writes a grid of equal-size RGB panels as one PNG.
+  """Writes the heatmap PNG (module docstring); returns its (height, width).
 
   Args:
     path: output file.
-    rows: rows of uint8 [P, P, 3] panels (all rows equally long).
-    captions: optional text per panel, drawn in its top-left corner.
-
-  Returns:
-    (height, width) of the PNG in pixels: (len(rows) * P, len(rows[0]) * P).
+    images_vhw: float [views, P, P] in [0, 1], the radiographs.
+    rows: the maps to overlay, one HeatmapRow per row.
+    titles: per row, per view: the panel's title (lines split by newline,
+      each shortened to the panel's width).
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
-
-  grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
-  img = Image.fromarray(grid, mode='RGB')
-  if captions is not None:
-    draw = ImageDraw.Draw(img)
-    panel = rows[0][0].shape[0]
-    for i, row in enumerate(captions):
-      for j, text in enumerate(row):
-        draw.text((j * panel + 4, i * panel + 4), text, fill=(255, 255, 0))
-  img.save(path)
-  return img.height, img.width
+  layout = _Layout.of(int(images_vhw.shape[1]))
+  size = layout.size(len(images_vhw), len(rows))
+  fig = Figure(figsize=(size[1] / _DPI, size[0] / _DPI), dpi=_DPI)
+  for r, (row, row_titles) in enumerate(zip(rows, titles)):
+    _draw_row(fig, layout, r, row, images_vhw, row_titles, size)
+  fig.savefig(path, dpi=_DPI, facecolor='white')
+  return size

@@ -7,7 +7,7 @@ r"""Build throughput: views per second from DICOM file to ArrayRecord record.
 Builds (1) a synthetic set (300-900 px, 12-bit, some RLE) and (2) the real files
 of ../shared/dicom (~1.4k-2.5k px CR/DX, JPEG 2000 / JPEG-LS / RLE /
 uncompressed; each file linked `--real_copies` times as separate cases) with
-`ankle_jax.data.build`, and prints one JSON line. It also times
+`ankle_jax.data.prepare.build_dataset`, and prints one JSON line. It also times
 `load_radiograph` on each real file in this process (`per_file_seconds`: the
 best of `--per_file_repeats` runs, so that a loaded machine disturbs it less
 than the build numbers). The target is >= 20 views/s on 2 cores for ~2k x 2k CR
@@ -22,8 +22,8 @@ import sys
 import tempfile
 import time
 
-from ankle_jax.data import build
 from ankle_jax.data import dicom
+from ankle_jax.data import prepare
 from ankle_jax.data import synthetic
 
 SHARED_DICOM = (
@@ -33,7 +33,7 @@ SHARED_DICOM = (
 
 def _timed_build(manual, data_dir, num_workers):
   start = time.time()
-  report = build.build_dataset(
+  report = prepare.build_dataset(
       manual,
       data_dir,
       num_workers=num_workers,

@@ -10,19 +10,24 @@ import glob
 import json
 import os
 import pathlib
+import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 import pytest
 from sklearn import metrics as sk
 
 from ankle_jax import checkpoint
 from ankle_jax import evaluate
+from ankle_jax import inference
 from ankle_jax import metrics
+from ankle_jax import results as results_lib
 from ankle_jax import writers
+from ankle_jax.data import augment
 from ankle_jax.models import layers
 
 
@@ -155,11 +160,10 @@ def test_vmapped_apply_over_stacked_runs_equals_python_loop():
     v = jax.tree.map(np.array, module.init(jax.random.key(seed), images))
     v['batch_stats']['BatchNorm_0']['var'] += seed
     variables_list.append(v)
-  probs_rb = evaluate.make_forward(module)(
-      evaluate.stack_variables(variables_list), images
+  log_probs_rb = inference.make_forward(module)(
+      inference.stack_variables(variables_list), images
   )
-  from ankle_jax.data import augment
-
+  probs_rb = inference.probability_from_log(log_probs_rb)
   std_images = augment.standardize_per_image(images)
   expected = np.stack(
       [
@@ -181,17 +185,17 @@ def test_group_runs_by_architecture_and_shape():
       tiny_config(features=8),
   ]
   configs[2].model.dropout_rate = 0.5  # dropout does not split a group
-  groups = evaluate.group_runs(configs)
+  groups = inference.group_runs(configs)
   assert sorted(groups.values()) == [[0, 2], [1], [3]]
 
 
 def test_stack_variables_rejects_different_trees():
   with pytest.raises(ValueError, match='different variable trees'):
-    evaluate.stack_variables([{'a': np.zeros(2)}, {'b': np.zeros(2)}])
+    inference.stack_variables([{'a': np.zeros(2)}, {'b': np.zeros(2)}])
 
 
 def test_unique_run_names():
-  assert evaluate.unique_run_names(['/x/a/', '/y/a', '/z/b']) == [
+  assert inference.unique_run_names(['/x/a/', '/y/a', '/z/b']) == [
       'a',
       'a~2',
       'b',
@@ -213,7 +217,7 @@ def fake_evaluation(tmp_path_factory):
   }
   out_dir = str(root / 'out')
   mp = pytest.MonkeyPatch()
-  mp.setattr(evaluate, 'create_model', tiny_create_model)
+  mp.setattr(inference, 'create_model', tiny_create_model)
   try:
     out = evaluate.evaluate_runs(
         run_dirs,
@@ -269,7 +273,7 @@ def test_predictions_csv_rows_and_columns(fake_evaluation):
       os.path.join(fake_evaluation['out_dir'], 'predictions.csv')
   )
   assert header[:5] == ['run', 'case_id', 'view_index', 'label', 'probability']
-  assert header == list(evaluate.PREDICTION_COLUMNS)
+  assert header == list(results_lib.PREDICTION_COLUMNS)
   splits = fake_evaluation['splits']
   num_views = sum(len(s[2]) for s in splits.values())
   assert len(rows) == 3 * num_views  # one row per run and view
@@ -288,8 +292,6 @@ def test_predictions_match_a_direct_forward(fake_evaluation):
   _, rows = _read_csv(
       os.path.join(fake_evaluation['out_dir'], 'predictions.csv')
   )
-  from ankle_jax.data import augment
-
   _, _, _, images = fake_evaluation['splits']['test']
   for run_dir, size in zip(fake_evaluation['run_dirs'], (32, 32, 48)):
     name = os.path.basename(run_dir)
@@ -390,12 +392,16 @@ def check_results_recomputable(out_dir, num_bootstrap, seed):
         assert e['metrics'][k] is None, (e, k)
       else:
         assert e['metrics'][k] == pytest.approx(value, abs=1e-9), (e, k)
-    ci = metrics.bootstrap_ci(
+    # Wilson intervals for the proportions, a case bootstrap for ROC AUC.
+    ci = metrics.proportion_intervals(y, pred)
+    ci['roc_auc'] = metrics.bootstrap_ci(
         y, pred, score, clusters, num_resamples=num_bootstrap, seed=seed
-    )
+    )['roc_auc']
     for k in metrics.METRIC_NAMES:
       if e['ci95'][k][0] is not None:
         np.testing.assert_allclose(e['ci95'][k], ci[k], atol=1e-9)
+      else:
+        assert e['metrics'][k] is None, (e, k)
   return results
 
 
@@ -423,10 +429,14 @@ def test_protocols_and_operating_points(fake_evaluation):
   assert honest['chosen_on'] == 'validation' and honest['reported_on'] == 'test'
   assert paper['chosen_on'] == paper['reported_on'] == 'validation+test'
 
+  by_key = {
+      (tuple(e['members']), e['split'], e['level'], e['voting']): e
+      for e in results
+  }
+
   def acc(split, members):
-    return evaluate.find_entry(results, members, split, 'case', 'hard')[
-        'metrics'
-    ]['accuracy']
+    key = (tuple(members), split, 'case', 'hard')
+    return by_key[key]['metrics']['accuracy']
 
   subsets = {tuple(e['members']) for e in results}
   best_val = max(acc('validation', list(s)) for s in subsets)
@@ -459,7 +469,7 @@ def test_protocols_and_operating_points(fake_evaluation):
 
 
 def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
-  monkeypatch.setattr(evaluate, 'create_model', tiny_create_model)
+  monkeypatch.setattr(inference, 'create_model', tiny_create_model)
   run_dir = make_fake_run(str(tmp_path / 'only'), 0)
   out = evaluate.evaluate_runs(
       [run_dir],
@@ -468,9 +478,9 @@ def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
       num_bootstrap=50,
       batches_fn=fake_batches_fn({'test': fake_split('test', 6, 0)}),
   )
-  assert set(out['summary']['protocols']) == {'paper'}
-  assert out['summary']['operating_points'] == []
-  assert len(out['results']) == 1 * 2 * 2 * 1
+  assert {protocol for protocol, _, _ in out.protocols} == {'paper'}
+  assert out.operating_points == []
+  assert len(out.results) == 1 * 2 * 2 * 1
   check_results_recomputable(str(tmp_path / 'out'), 50, 0)
 
 
@@ -484,7 +494,7 @@ def trained(tmp_path_factory):
   if repo not in sys.path:
     sys.path.insert(0, repo)
   from ankle_jax import train
-  from ankle_jax.data import build
+  from ankle_jax.data import prepare
   from ankle_jax.data import synthetic
   from configs import local as local_config
 
@@ -502,7 +512,7 @@ def trained(tmp_path_factory):
         views_probs=(0.0, 0.1, 0.9),
     )
     data_dir = str(root / f'tfds{seed}')
-    build.build_dataset(manual, data_dir, num_workers=1, progress=False)
+    prepare.build_dataset(manual, data_dir, num_workers=1, progress=False)
     data_dirs.append(data_dir)
   run_dirs = []
   for seed in (0, 1):
@@ -528,7 +538,7 @@ def _test_case_ids(data_dir, split='test'):
 
 
 def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
-  monkeypatch.setattr(evaluate, 'create_model', lambda config: TinyNet())
+  monkeypatch.setattr(inference, 'create_model', lambda config: TinyNet())
   out_dir = str(trained['root'] / 'eval')
   out = evaluate.evaluate_runs(
       trained['run_dirs'],
@@ -545,7 +555,7 @@ def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
   assert header[:5] == ['run', 'case_id', 'view_index', 'label', 'probability']
   test_ids = {r[1] for r in rows if r[5] == 'test'}
   assert test_ids == _test_case_ids(trained['data_dirs'][0])
-  assert out['summary']['counts']['test']['cases'] == len(test_ids) > 20
+  assert out.counts['test'].cases == len(test_ids) > 20
   # Case identifiers are the dataset's 16-hex salted hashes, nothing else.
   assert all(len(c) == 16 and int(c, 16) >= 0 for c in test_ids)
 
@@ -559,10 +569,10 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
   out_dir = str(tmp_path / 'other')
   code = (
       'import sys; sys.path.insert(0, "tests");'
-      'from absl import app; import test_evaluate as t;'
-      'from ankle_jax import evaluate;'
-      'evaluate.create_model = lambda config: t.TinyNet();'
-      'evaluate.define_flags(); app.run(evaluate.main)'
+      'import test_evaluate as t;'
+      'from ankle_jax import console, evaluate, inference;'
+      'inference.create_model = lambda config: t.TinyNet();'
+      'evaluate.define_flags(); console.run(evaluate.main)'
   )
   proc = subprocess.run(
       [
@@ -584,7 +594,9 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
       timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert '# Evaluation report' in proc.stdout
+  assert 'protocol, all views (case level): chosen on' in proc.stdout
+  assert 'Wrote report.md' in proc.stdout and out_dir in proc.stdout
+  assert 'is illegal' not in proc.stderr  # valid TensorBoard tags
   _, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
   other = _test_case_ids(trained['data_dirs'][1])
   assert {r[1] for r in rows if r[5] == 'test'} == other
@@ -594,3 +606,165 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
   )
   assert summary['checkpoints']['run0'] == {'which': 'latest', 'step': 4}
   check_results_recomputable(out_dir, 100, 0)
+
+
+# ------------------------------------- report.md, roc.png, TensorBoard
+def _read_text(out_dir, name):
+  return pathlib.Path(os.path.join(out_dir, name)).read_text()
+
+
+def test_report_states_checkpoints_counts_threshold_intervals(
+    fake_evaluation,
+):
+  report = _read_text(fake_evaluation['out_dir'], 'report.md')
+  for name in ('run_a', 'run_b', 'run_c'):
+    assert f'| {name} | best | 7 |' in report
+  # Class counts of each split (fake_split: labels alternate by case).
+  _, _, labels, _ = fake_evaluation['splits']['test']
+  assert '| `test` | 13 (7 / 6) | ' in report
+  assert f'{len(labels)} ({(labels == 0).sum()} / {labels.sum()})' in report
+  assert 'p(fracture) >= 0.5' in report
+  assert 'Wilson score intervals' in report
+  assert 'case-level bootstrap (300 resamples)' in report
+  # Operating points: chosen on validation, reported on test, per row.
+  op_rows = [l for l in report.splitlines() if 'maximum Youden J' in l]
+  assert op_rows and all('| `validation` | `test` |' in l for l in op_rows)
+
+
+def test_thresholds_lie_strictly_between_distinct_scores(fake_evaluation):
+  out_dir = fake_evaluation['out_dir']
+  summary = json.loads(_read_text(out_dir, 'summary.json'))
+  by_split = _load_predictions(out_dir)
+  assert summary['operating_points']
+  for op in summary['operating_points']:
+    _, _, scores, _ = _independent_decisions(
+        *by_split['validation'], op['members'], op['level'], 'soft'
+    )
+    t = op['threshold']
+    assert not np.isclose(scores, t, rtol=0, atol=1e-12).any(), op
+    below, above = scores[scores < t], scores[scores > t]
+    assert above.size, op  # never above every score
+    if below.size:  # halfway between the two neighbouring distinct scores
+      assert t == pytest.approx((below.max() + above.min()) / 2), op
+
+
+def test_roc_png_is_200_dpi(fake_evaluation):
+  with Image.open(os.path.join(fake_evaluation['out_dir'], 'roc.png')) as img:
+    dpi = img.info['dpi']
+    width, height = img.size
+  assert round(dpi[0]) == round(dpi[1]) == 200
+  assert width >= 1200 and height >= 1200
+
+
+def test_tensorboard_tags_are_valid_grouped_and_at_the_checkpoint_step(
+    fake_evaluation,
+):
+  loader = pytest.importorskip(
+      'tensorboard.backend.event_processing.event_file_loader'
+  )
+  (path,) = glob.glob(
+      os.path.join(fake_evaluation['out_dir'], 'events.out.tfevents.*')
+  )
+  scalars = [
+      (v.tag, e.step)
+      for e in loader.EventFileLoader(path).Load()
+      for v in e.summary.value
+  ]
+  tags = {tag for tag, _ in scalars}
+  assert all(re.fullmatch(r'eval/[\w./-]+', t) for t in tags), tags
+  for tag in (
+      'eval/honest/case_hard/accuracy',
+      'eval/paper/image_soft/roc_auc',
+      'eval/test/case_soft/sensitivity/run_a',
+      'eval/validation_and_test/case_hard/accuracy/run_a-run_b-run_c',
+      'eval/operating_points/case_youden/sensitivity/run_a',
+  ):
+    assert tag in tags, tag
+  assert {step for _, step in scalars} == {7}  # the checkpoints' step
+
+
+def test_single_run_report_has_no_ensemble_rows(tmp_path, monkeypatch):
+  monkeypatch.setattr(inference, 'create_model', tiny_create_model)
+  run_dir = make_fake_run(str(tmp_path / 'solo'), 0)
+  splits = {
+      'test': fake_split('test', 6, 0),
+      'validation': fake_split('validation', 6, 1),
+  }
+  evaluate.evaluate_runs(
+      [run_dir],
+      split='test',
+      out_dir=str(tmp_path / 'out'),
+      num_bootstrap=50,
+      batches_fn=fake_batches_fn(splits),
+  )
+  report = _read_text(str(tmp_path / 'out'), 'report.md')
+  assert 'Best ensemble' not in report and 'Best by' not in report
+  assert 'One run (nothing to choose); every row reported on `test`' in report
+  tables = report.split('## Operating points')[0]
+  assert tables.count('| solo | single view |') == 4  # 2 protocols x 2 votes
+
+
+def test_probabilities_near_one_stay_distinct():
+  """float32 softmax rounds p > 1 - 6e-8 to 1.0; log_softmax keeps them."""
+
+  class Margin(nn.Module):
+    """logits (0, margin) with margin = 100 * the image mean."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      margin = 100.0 * x.mean(axis=(1, 2, 3))
+      return layers.ModelOutputs(
+          jnp.stack([jnp.zeros_like(margin), margin], -1), None
+      )
+
+  margins = jnp.array([18.0, 20.0, 25.0, 30.0])
+  images = jnp.broadcast_to(margins[:, None, None, None] / 100, (4, 4, 4, 1))
+  log_p = inference.fracture_log_probability(
+      Margin(), {}, images, standardize=False
+  )
+  probs = inference.probability_from_log(log_p)
+  softmax = jax.nn.softmax(jnp.stack([0 * margins, margins], -1))[:, 1]
+  assert (np.asarray(softmax) == 1.0).all()  # what float32 softmax gives
+  assert (probs < 1.0).all() and (np.diff(probs) > 0).all()
+  np.testing.assert_allclose(1.0 - probs, np.exp(-margins), rtol=1e-3)
+
+
+# ---------------------------------------------------------- the command
+def _evaluate_command(*args, cwd=None):
+  import subprocess
+  import sys
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run(
+      [sys.executable, '-m', 'ankle_jax.evaluate', *args],
+      capture_output=True,
+      text=True,
+      cwd=cwd or repo,
+      timeout=300,
+  )
+
+
+def test_command_errors_are_short_and_exit_2(tmp_path):
+  not_a_run = tmp_path / 'photos'
+  not_a_run.mkdir()
+  out = tmp_path / 'out'
+  proc = _evaluate_command(f'--runs={not_a_run}', f'--out={out}')
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.splitlines() == [
+      f'error: --runs: {not_a_run} is not a training run directory (no '
+      'config.json and no checkpoints):',
+      'a run directory holds config.json and checkpoints/ (written by python '
+      'launch.py --workdir=DIR).',
+  ]
+  assert not out.exists()  # no empty --out folder left behind
+  proc = _evaluate_command(f'--out={out}')
+  assert proc.returncode == 2
+  assert proc.stderr.startswith('error: --runs is required.\nusage: ')
+  assert len(proc.stderr.splitlines()) == 2
+  proc = _evaluate_command()
+  assert proc.stderr.startswith('error: --runs and --out are required.')
+
+
+def test_command_help_exits_0():
+  proc = _evaluate_command('--help')
+  assert proc.returncode == 0 and '--runs' in proc.stdout

@@ -85,7 +85,7 @@ def test_ci_contains_point_estimate_and_narrows_with_more_cases():
     widths[n] = {k: ci[k][1] - ci[k][0] for k in metrics.METRIC_NAMES}
   for name in metrics.METRIC_NAMES:
     assert widths[800][name] < widths[80][name], name
-  # Roughly +-9-11 points on accuracy at 80 cases, as SPEC section 6 says.
+  # Roughly +-9-11 points on accuracy at 80 cases.
   assert 0.12 < widths[80]['accuracy'] < 0.25
 
 
@@ -126,15 +126,22 @@ def test_operating_points():
       ]
   )
   # Youden: J at threshold .5 = 8/10 - 1/4 = .55; at .35 = .9 - .25 = .65;
-  # at .7 = .6 - 0 = .6; at .15: 1 - .75 = .25. Best: .35.
-  assert metrics.youden_threshold(labels, scores) == pytest.approx(0.35)
+  # at .7 = .6 - 0 = .6; at .15: 1 - .75 = .25. Best: .35, and the threshold
+  # lies halfway to the next lower score, .3: .325.
+  assert metrics.youden_threshold(labels, scores) == pytest.approx(0.325)
   # Sensitivity >= .9 needs 9 of 10 positives: the highest such is .35.
   t90 = metrics.sensitivity_threshold(labels, scores, 0.9)
-  assert t90 == pytest.approx(0.35)
-  op = metrics.operating_point(labels, scores, t90, num_resamples=200)
+  assert t90 == pytest.approx(0.325)
+  op = metrics.operating_point(labels, scores, t90)
   assert op['sensitivity'] == pytest.approx(0.9)
   assert op['specificity'] == pytest.approx(0.75)
-  assert op['ci95']['sensitivity'][0] <= 0.9 <= op['ci95']['sensitivity'][1]
+  # Wilson intervals of 9/10 and 3/4.
+  np.testing.assert_allclose(
+      op['ci95']['sensitivity'], metrics.wilson_interval(9, 10)
+  )
+  np.testing.assert_allclose(
+      op['ci95']['specificity'], metrics.wilson_interval(3, 4)
+  )
   assert metrics.choose_threshold('sens90', labels, scores) == t90
   with pytest.raises(ValueError, match='youden'):
     metrics.choose_threshold('f1', labels, scores)
@@ -145,8 +152,80 @@ def test_sensitivity_threshold_on_random_data_reaches_target():
   t = metrics.sensitivity_threshold(labels, scores, 0.9)
   sens = ((scores >= t) & (labels == 1)).sum() / (labels == 1).sum()
   assert sens >= 0.9
-  # The next higher score would fall below 0.9.
-  higher = scores[scores > t]
-  if higher.size:
-    t2 = higher.min()
+  # t lies between two distinct scores; thresholding at the second score above
+  # it would fall below 0.9.
+  assert not np.isin(t, scores)
+  higher = np.unique(scores[scores > t])
+  lower = scores[scores < t]
+  assert t == pytest.approx((lower.max() + higher[0]) / 2)
+  if higher.size > 1:
+    t2 = higher[1]
     assert ((scores >= t2) & (labels == 1)).sum() / (labels == 1).sum() < 0.9
+
+
+def test_thresholds_below_every_score_and_between_ties():
+  labels = np.array([0, 1, 1, 1])
+  scores = np.array([0.4, 0.6, 1.0, 1.0])
+  # Sensitivity >= .9 needs every positive: threshold below 0.6, above 0.4.
+  assert metrics.sensitivity_threshold(labels, scores) == pytest.approx(0.5)
+  # Youden: 0.6 separates perfectly -> halfway to 0.4.
+  assert metrics.youden_threshold(labels, scores) == pytest.approx(0.5)
+  # Every item positive: below the lowest score, by half the gap above it.
+  assert metrics.midpoint_below(scores, 0.4) == pytest.approx(0.3)
+  assert 0 < metrics.midpoint_below([0.2, 0.9], 0.2) < 0.2
+
+
+def test_wilson_interval_closed_form():
+  z = 1.959963984540054
+  # k = 5 of n = 10: the textbook (0.2366, 0.7634).
+  np.testing.assert_allclose(
+      metrics.wilson_interval(5, 10), (0.236593, 0.763407), atol=1e-6
+  )
+  # 0 of n and n of n: [0, z^2 / (n + z^2)] and [n / (n + z^2), 1], not a
+  # degenerate [0, 0] or [1, 1].
+  lo, hi = metrics.wilson_interval(0, 10)
+  assert lo == 0.0 and hi == pytest.approx(z * z / (10 + z * z)) and hi > 0.25
+  lo, hi = metrics.wilson_interval(10, 10)
+  assert hi == 1.0 and lo == pytest.approx(10 / (10 + z * z)) and lo < 0.75
+  # By hand for k = 3 of 4.
+  center = (3 + z * z / 2) / (4 + z * z)
+  half = z / (4 + z * z) * np.sqrt(3 * 1 / 4 + z * z / 4)
+  np.testing.assert_allclose(
+      metrics.wilson_interval(3, 4), (center - half, center + half)
+  )
+  assert np.isnan(metrics.wilson_interval(0, 0)).all()
+
+
+def test_evaluator_uses_wilson_for_proportions_and_bootstrap_for_auc():
+  labels = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+  preds = np.array([0, 0, 0, 1, 1, 1, 1, 1])  # perfect: every proportion 1
+  scores = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9, 0.95])
+  point, ci = metrics.BinaryEvaluator(num_resamples=200, seed=0)(
+      labels, preds, scores
+  )
+  assert point['accuracy'] == point['sensitivity'] == 1.0
+  assert ci['accuracy'] == metrics.wilson_interval(8, 8)
+  assert ci['sensitivity'] == metrics.wilson_interval(5, 5)
+  assert ci['specificity'] == metrics.wilson_interval(3, 3)
+  for name in metrics.PROPORTIONS:
+    assert ci[name][0] < 1.0 and ci[name][1] == 1.0, name
+  assert (
+      ci['roc_auc']
+      == metrics.bootstrap_ci(labels, preds, scores, num_resamples=200, seed=0)[
+          'roc_auc'
+      ]
+  )
+  assert set(metrics.INTERVALS) == set(metrics.METRIC_NAMES)
+
+
+def test_bootstrap_roc_band_brackets_the_curve():
+  labels, _, scores = _random_predictions(4, n=200)
+  grid = np.linspace(0, 1, 21)
+  lo, hi = metrics.bootstrap_roc_band(
+      labels, scores, fpr_grid=grid, num_resamples=300, seed=0
+  )
+  fpr, tpr, _ = sk.roc_curve(labels, scores)
+  curve = np.interp(grid, fpr, tpr)
+  assert lo.shape == hi.shape == (21,)
+  assert (lo <= curve + 1e-9).all() and (curve <= hi + 1e-9).all()
+  assert (hi - lo)[5:15].min() > 0.01

@@ -12,9 +12,10 @@ from PIL import Image
 import pytest
 
 from ankle_jax import checkpoint
-from ankle_jax import evaluate
+from ankle_jax import console
+from ankle_jax import inference
 from ankle_jax import predict
-from ankle_jax import train
+from ankle_jax import saliency
 from ankle_jax import writers
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def make_real_runs(root, seeds=(0, 1), image_size=80):
   """(Untrained) runs of the real tiny Xception drop/aux of configs/local.py."""
   config = local_config.get_config()
   config.image_size = image_size
-  module = train.create_model(config)
+  module = inference.create_model(config)
   init = jax.jit(
       lambda k: module.init(
           k, jnp.zeros((1, image_size, image_size, 1)), train=False
@@ -62,10 +63,10 @@ def test_case_files_folder_sorted_and_files(tmp_path):
       str(case / 'b.dcm'),
       str(tmp_path / 'z.dcm'),
   ]
-  with pytest.raises(FileNotFoundError):
+  with pytest.raises(console.UserError, match='no such file'):
     predict.case_files([str(tmp_path / 'missing.dcm')])
   (tmp_path / 'empty').mkdir()
-  with pytest.raises(ValueError, match='no files'):
+  with pytest.raises(console.UserError, match='no files'):
     predict.case_files([str(tmp_path / 'empty')])
 
 
@@ -114,33 +115,36 @@ def test_predict_rg3_with_heatmap_writes_png_of_the_right_size(
   )
   printed = capsys.readouterr().out
   assert 'ensemble of 2 runs' in printed and 'case: ' in printed
-  assert result['probs_rv'].shape == (2, 3)
-  assert np.all((result['probs_rv'] >= 0) & (result['probs_rv'] <= 1))
+  assert result.probs_rv.shape == (2, 3)
+  assert np.all((result.probs_rv >= 0) & (result.probs_rv <= 1))
   # The same pixel data in three encodings: nearly the same probability.
-  assert np.ptp(result['probs_rv'], axis=1).max() < 0.05
+  assert np.ptp(result.probs_rv, axis=1).max() < 0.05
   with Image.open(out_png) as img:
-    # (views x panel) wide; a Grad-CAM row and an occlusion row.
-    assert img.size == (3 * 120, 2 * 120)
-  cam = result['gradcam_vhw']
+    # 3 panels wide plus the colour bar; a Grad-CAM row and an occlusion row.
+    assert img.size[::-1] == saliency.heatmap_png_size(3, 2, 120)
+    assert img.size[0] > 3 * 120 and img.size[1] > 2 * 120
+  cam = result.gradcam_vhw
   assert cam.shape == (3, 120, 120)
   assert cam.min() >= 0.0 and cam.max() <= 1.0 and cam.max() > 0.5
-  assert result['occlusion_vhw'].shape == (3, 120, 120)
-  assert np.abs(result['occlusion_vhw']).max() > 0
+  assert result.occlusion_vhw.shape == (3, 120, 120)
+  assert np.abs(result.occlusion_vhw).max() > 0
   # The probabilities equal a plain forward of each run.
   images = predict.load_views(files, 80)
   for r, run_dir in enumerate(real_runs):
     config = checkpoint.load_run_config(run_dir)
     variables, _ = checkpoint.restore_variables(run_dir)
-    probs = evaluate.make_forward(train.create_model(config))(
-        evaluate.stack_variables([variables]), jnp.asarray(images)
+    log_probs = inference.make_forward(inference.create_model(config))(
+        inference.stack_variables([variables]), jnp.asarray(images)
     )[0]
-    np.testing.assert_allclose(result['probs_rv'][r], probs, atol=1e-5)
+    np.testing.assert_allclose(
+        result.probs_rv[r], np.exp(np.asarray(log_probs)), atol=1e-5
+    )
 
 
 def test_predict_command_line(tmp_path, shared_dicom_dir):
   """The command's flags, with a tiny stand-in model (fast)."""
   sys.path.insert(0, str(REPO_ROOT / 'tests'))
-  import test_evaluate  # pylint: disable=g-import-not-at-top
+  import test_evaluate
 
   run_dir = test_evaluate.make_fake_run(str(tmp_path / 'tiny'), 0)
   rg3 = str(shared_dicom_dir / 'wg04_rg3_ankle_uncompressed.dcm')
@@ -148,10 +152,10 @@ def test_predict_command_line(tmp_path, shared_dicom_dir):
   out_png = str(tmp_path / 'heat.png')
   code = (
       'import sys; sys.path.insert(0, "tests");'
-      'from absl import app; import test_evaluate as t;'
-      'from ankle_jax import evaluate, predict;'
-      'evaluate.create_model = t.tiny_create_model;'
-      'predict.define_flags(); app.run(predict.main)'
+      'import test_evaluate as t;'
+      'from ankle_jax import console, inference, predict;'
+      'inference.create_model = t.tiny_create_model;'
+      'predict.define_flags(); console.run(predict.main)'
   )
   proc = subprocess.run(
       [
@@ -174,7 +178,8 @@ def test_predict_command_line(tmp_path, shared_dicom_dir):
   assert 'view 1 (wg04_rg3_ankle_uncompressed.dcm): p(fracture)=' in proc.stdout
   assert 'run tiny~2:' in proc.stdout and 'ensemble of 2 runs' in proc.stdout
   with Image.open(out_png) as img:
-    assert img.size == (200, 200)  # 2 views; Grad-CAM row + occlusion row
+    # 2 views; Grad-CAM row + occlusion row.
+    assert img.size[::-1] == saliency.heatmap_png_size(2, 2, 100)
   proc = subprocess.run(
       [sys.executable, '-c', code, f'--runs={run_dir}', '--occlusion', rg3],
       capture_output=True,
@@ -182,4 +187,37 @@ def test_predict_command_line(tmp_path, shared_dicom_dir):
       cwd=REPO_ROOT,
       timeout=600,
   )
-  assert proc.returncode != 0 and '--occlusion needs --heatmap' in proc.stderr
+  assert proc.returncode == 2 and 'error: --occlusion needs --heatmap' in (
+      proc.stderr
+  )
+
+
+def test_predict_skips_unreadable_files(
+    tmp_path, shared_dicom_dir, capsys, monkeypatch
+):
+  """A stray notes.txt is skipped with one warning line; none readable fails."""
+  sys.path.insert(0, str(REPO_ROOT / 'tests'))
+  import test_evaluate
+
+  monkeypatch.setattr(
+      inference, 'create_model', test_evaluate.tiny_create_model
+  )
+  run_dir = test_evaluate.make_fake_run(str(tmp_path / 'tiny'), 0)
+  case = tmp_path / 'case'
+  case.mkdir()
+  for name in ('wg04_rg3_ankle_uncompressed.dcm', 'wg04_rg3_ankle_rle.dcm'):
+    (case / name).write_bytes((shared_dicom_dir / name).read_bytes())
+  (case / 'notes.txt').write_text('seen by Dr. X\n')
+  result = predict.run_predict([run_dir], [str(case)])
+  captured = capsys.readouterr()
+  assert captured.err.splitlines() == [
+      'warning: skipped notes.txt: not a DICOM, PNG or JPEG file.'
+  ]
+  assert result.probs_rv.shape == (1, 2)
+  assert 'view 2 (wg04_rg3_ankle_uncompressed.dcm)' in captured.out
+  assert 'notes.txt' not in captured.out and 'view 3' not in captured.out
+  only_text = tmp_path / 'only_text'
+  only_text.mkdir()
+  (only_text / 'notes.txt').write_text('x')
+  with pytest.raises(console.UserError, match='none of the 1 file'):
+    predict.run_predict([run_dir], [str(only_text)])

@@ -144,15 +144,40 @@ def test_overlay_and_png_size(tmp_path):
   heat[10:20, 10:20] = 1.0
   rgb = saliency.overlay(image, heat)
   assert rgb.shape == (50, 50, 3) and rgb.dtype == np.uint8
-  # The hot region is coloured (red-ish in 'jet'), the rest blue-tinted grey.
-  assert rgb[15, 15, 0] > rgb[15, 15, 2]
+  # The hot region is coloured (red-ish in 'jet'); where the map is 0 the
+  # radiograph stays grey (no blue wash).
+  assert rgb[15, 15, 0] > rgb[15, 15, 2] + 50
+  np.testing.assert_array_equal(rgb[40, 40, 0], rgb[40, 40, 2])
+  grey = saliency.overlay(image, np.zeros((50, 50)))
+  assert (grey[..., 0] == grey[..., 1]).all() and (
+      grey[..., 1] == grey[..., 2]
+  ).all()
   signed = saliency.overlay(image, heat - 0.5, signed=True)
+  assert signed[15, 15, 0] > signed[15, 15, 2]  # > 0 red
+  assert signed[40, 40, 2] > signed[40, 40, 0]  # < 0 blue
+  rows = [
+      saliency.HeatmapRow('Grad-CAM', np.stack([heat, heat * 0, heat])),
+      saliency.HeatmapRow('occlusion', np.stack([heat - 0.5] * 3)),
+  ]
+  titles = [[f'view {v + 1}: IM000{v}_AP.dcm\nGrad-CAM' for v in range(3)]] * 2
   path = str(tmp_path / 'h.png')
-  hw = saliency.save_heatmap_png(
-      path, [[rgb, rgb, rgb], [signed] * 3], [['a', 'b', 'c'], ['d', 'e', 'f']]
-  )
-  assert hw == (100, 150)
+  hw = saliency.save_heatmap_png(path, np.stack([image] * 3), rows, titles)
+  assert hw == saliency.heatmap_png_size(3, 2, 50)
   with Image.open(path) as img:
-    assert img.size == (150, 100) and img.mode == 'RGB'
+    assert img.size == (hw[1], hw[0]) and img.mode in ('RGB', 'RGBA')
+    pixels = np.asarray(img.convert('RGB')).astype(int)
+  # Three panels, then a colour bar column: saturated colours to the right
+  # of the panels, in each row.
+  bar = pixels[:, 3 * 50 :]
+  saturation = bar.max(axis=-1) - bar.min(axis=-1)
+  assert hw[1] > 3 * 50 and saturation.max() > 150
   with pytest.raises(ValueError, match='differ'):
     saliency.overlay(image, heat[:10])
+
+
+def test_empty_maps_are_stated():
+  assert saliency.is_empty(np.zeros((8, 8)), 'Grad-CAM')
+  assert not saliency.is_empty(np.full((8, 8), 0.5), 'Grad-CAM')
+  assert saliency.is_empty(np.full((8, 8), -1e-5), 'occlusion')
+  assert not saliency.is_empty(np.full((8, 8), -0.01), 'occlusion')
+  assert 'no activation' in saliency.EMPTY_NOTE

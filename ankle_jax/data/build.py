@@ -1,173 +1,127 @@
-r"""Builds the `radiograph_studies` dataset (ArrayRecord) without TensorFlow.
+r"""Builds the radiograph_studies dataset (ArrayRecord) from a folder of studies.
 
   python -m ankle_jax.data.build --manual_dir=DIR --data_dir=DIR \
       [--config=dicom_cases] [--strict]
 
 The dataset lands in `<data_dir>/radiograph_studies/<config>/1.0.0/`, with
-`build_report.json` and `build_report.md` next to the record files. `tfds build`
-also works where TensorFlow is installed, but is not needed.
+`build_report.json` and `build_report.md` next to the record files. The command
+prints one line before, the decoding progress bar, and a closing summary
+(counts per split and label, skipped files, speed). `tfds build` also works
+where TensorFlow is installed, but is not needed.
+
+Layouts of --manual_dir (`--config`):
+  dicom_cases  <manual_dir>/{normal,fracture}/<case>/<file>.dcm (1..n views)
+  mura         <manual_dir>/[MURA-v1.1/]{train,valid}/XR_<PART>/patient<id>/
+               study<k>_{positive,negative}/image<n>.png
+  fracatlas    <manual_dir>/images/{Fractured,Non_fractured}/*.jpg and
+               <manual_dir>/dataset.csv
+An optional <manual_dir>/splits.csv (columns case,split) overrides splits.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import os
-import pathlib
 from typing import Any
 
-import tensorflow_datasets as tfds
+from absl import flags
 
-from ankle_jax.data import radiograph_studies
+from ankle_jax import console
+from ankle_jax.data import prepare
 
-CONFIG_NAMES = ('dicom_cases', 'mura', 'fracatlas')
-
-
-def build_dataset(
-    manual_dir: os.PathLike | str,
-    data_dir: os.PathLike | str,
-    *,
-    config: str = 'dicom_cases',
-    strict: bool = False,
-    num_workers: int = 0,
-    progress: bool = True,
-    overwrite: bool = False,
-    **config_overrides: Any,
-) -> dict[str, Any]:
-  """Builds radiograph_studies/<config> into data_dir and returns the build
-  report.
-
-  Args:
-    manual_dir: the folder with the radiographs (layout: see the builder's
-      instructions).
-    data_dir: TFDS data directory to write to.
-    config: builder config name: 'dicom_cases', 'mura' or 'fracatlas'.
-    strict: fail on the first unreadable file instead of skipping and reporting
-      it.
-    num_workers: decoding processes (0 = all CPUs, 1 = in this process).
-    progress: show a progress bar.
-    overwrite: rebuild even if the dataset already exists.
-    **config_overrides: fields of `RadiographStudiesConfig` (image_size, salt,
-      num_validation_per_label, num_test_per_label, min_eval_views,
-      validation_fraction, body_parts, include_hardware, include_multiscan).
-
-  Returns:
-    The build report (also written as build_report.json / .md next to the
-    dataset).
-  """
-  if config not in CONFIG_NAMES:
-    raise ValueError(
-        f'unknown config {config!r}; expected one of {CONFIG_NAMES}'
-    )
-  base = {c.name: c for c in radiograph_studies.Builder.BUILDER_CONFIGS}[config]
-  builder_config = (
-      dataclasses.replace(base, **config_overrides)
-      if config_overrides
-      else base
-  )
-  builder = radiograph_studies.Builder(
-      config=builder_config,
-      data_dir=os.fspath(data_dir),
-      file_format='array_record',
-      build_options=radiograph_studies.BuildOptions(
-          num_workers=num_workers, strict=strict, progress=progress
-      ),
-  )
-  if not progress:
-    tfds.disable_progress_bar()
-  mode = (
-      tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-      if overwrite
-      else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-  )
-  builder.download_and_prepare(
-      file_format='array_record',
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=os.fspath(manual_dir), download_mode=mode
-      ),
-  )
-  report_path = pathlib.Path(builder.data_dir) / radiograph_studies.REPORT_JSON
-  return json.loads(report_path.read_text()) if report_path.exists() else {}
+_MANUAL_DIR = flags.DEFINE_string(
+    'manual_dir', None, 'Folder with the radiographs.', required=True
+)
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'TFDS data directory to write to.', required=True
+)
+_CONFIG = flags.DEFINE_string(
+    'config',
+    'dicom_cases',
+    f'Layout of --manual_dir: {", ".join(prepare.CONFIG_NAMES)}.',
+)
+_STRICT = flags.DEFINE_bool(
+    'strict', False, 'Fail on the first unreadable file (default: skip it).'
+)
+_NUM_WORKERS = flags.DEFINE_integer(
+    'num_workers', 0, 'Decoding processes (0 = all CPUs).'
+)
+_OVERWRITE = flags.DEFINE_bool(
+    'overwrite', False, 'Rebuild an existing dataset.'
+)
+_NO_PROGRESS = flags.DEFINE_bool('no_progress', False, 'Hide the progress bar.')
+_IMAGE_SIZE = flags.DEFINE_integer(
+    'image_size', None, 'Side of the stored images in px (default 300).'
+)
+_SALT = flags.DEFINE_string(
+    'salt',
+    None,
+    'case_id hash salt: set your own for real data, keep it private.',
+)
+_NUM_VALIDATION_PER_LABEL = flags.DEFINE_integer(
+    'num_validation_per_label', None, 'dicom_cases, mura: validation cases.'
+)
+_NUM_TEST_PER_LABEL = flags.DEFINE_integer(
+    'num_test_per_label', None, 'dicom_cases, mura: test cases per label.'
+)
+_MIN_EVAL_VIEWS = flags.DEFINE_integer(
+    'min_eval_views', None, 'Views a validation/test case needs at least.'
+)
+_VALIDATION_FRACTION = flags.DEFINE_float(
+    'validation_fraction', None, 'fracatlas: fraction of cases in validation.'
+)
+_BODY_PARTS = flags.DEFINE_list(
+    'body_parts',
+    None,
+    'Comma-separated: mura XR_<PART> names, fracatlas CSV columns (e.g. leg).',
+)
+_EXCLUDE_HARDWARE = flags.DEFINE_bool(
+    'exclude_hardware', False, 'fracatlas: drop images with hardware.'
+)
+_EXCLUDE_MULTISCAN = flags.DEFINE_bool(
+    'exclude_multiscan', False, 'fracatlas: drop multiscan images.'
+)
 
 
-def _parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument(
-      '--manual_dir', required=True, help='folder with the radiographs'
-  )
-  parser.add_argument(
-      '--data_dir', required=True, help='TFDS data directory to write'
-  )
-  parser.add_argument('--config', default='dicom_cases', choices=CONFIG_NAMES)
-  parser.add_argument(
-      '--strict', action='store_true', help='fail on the first unreadable file'
-  )
-  parser.add_argument('--num_workers', type=int, default=0, help='0 = all CPUs')
-  parser.add_argument(
-      '--overwrite', action='store_true', help='rebuild an existing dataset'
-  )
-  parser.add_argument('--no_progress', action='store_true')
-  parser.add_argument('--image_size', type=int, default=None)
-  parser.add_argument(
-      '--salt', default=None, help='case_id hash salt (keep it private)'
-  )
-  parser.add_argument('--num_validation_per_label', type=int, default=None)
-  parser.add_argument('--num_test_per_label', type=int, default=None)
-  parser.add_argument('--min_eval_views', type=int, default=None)
-  parser.add_argument('--validation_fraction', type=float, default=None)
-  parser.add_argument(
-      '--body_parts',
-      default=None,
-      help='comma-separated: mura XR_<PART> names, fracatlas CSV columns',
-  )
-  parser.add_argument(
-      '--exclude_hardware', action='store_true', help='fracatlas'
-  )
-  parser.add_argument(
-      '--exclude_multiscan', action='store_true', help='fracatlas'
-  )
-  return parser.parse_args(argv)
-
-
-def main(argv=None) -> None:
-  args = _parse_args(argv)
-  overrides: dict[str, Any] = {}
-  for field in (
-      'image_size',
-      'salt',
-      'num_validation_per_label',
-      'num_test_per_label',
-      'min_eval_views',
-      'validation_fraction',
-  ):
-    if getattr(args, field) is not None:
-      overrides[field] = getattr(args, field)
-  if args.body_parts:
-    overrides['body_parts'] = tuple(
-        p.strip() for p in args.body_parts.split(',') if p.strip()
-    )
-  if args.exclude_hardware:
-    overrides['include_hardware'] = False
-  if args.exclude_multiscan:
-    overrides['include_multiscan'] = False
-  report = build_dataset(
-      args.manual_dir,
-      args.data_dir,
-      config=args.config,
-      strict=args.strict,
-      num_workers=args.num_workers,
-      progress=not args.no_progress,
-      overwrite=args.overwrite,
-      **overrides,
-  )
-  summary = {
-      'counts': report.get('counts'),
-      'skipped_files': len(report.get('skipped_files', [])),
-      'views_per_second': report.get('views_per_second'),
+def config_overrides() -> dict[str, Any]:
+  """The RadiographStudiesConfig fields the flags set (unset flags: none)."""
+  overrides = {
+      flag.name: flag.value
+      for flag in (
+          _IMAGE_SIZE,
+          _SALT,
+          _NUM_VALIDATION_PER_LABEL,
+          _NUM_TEST_PER_LABEL,
+          _MIN_EVAL_VIEWS,
+          _VALIDATION_FRACTION,
+      )
+      if flag.value is not None
   }
-  print(json.dumps(summary))
+  body_parts = tuple(p.strip() for p in _BODY_PARTS.value or () if p.strip())
+  if body_parts:
+    overrides['body_parts'] = body_parts
+  if _EXCLUDE_HARDWARE.value:
+    overrides['include_hardware'] = False
+  if _EXCLUDE_MULTISCAN.value:
+    overrides['include_multiscan'] = False
+  return overrides
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise console.UserError(
+        f'unexpected arguments: {" ".join(argv[1:])} (flags: --name=value)'
+    )
+  prepare.build_dataset(
+      _MANUAL_DIR.value,
+      _DATA_DIR.value,
+      config=_CONFIG.value,
+      strict=_STRICT.value,
+      num_workers=_NUM_WORKERS.value,
+      progress=not _NO_PROGRESS.value,
+      overwrite=_OVERWRITE.value,
+      echo=True,
+      **config_overrides(),
+  )
 
 
 if __name__ == '__main__':
-  main()
+  console.run(main)

@@ -177,7 +177,7 @@ def load_radiograph_with_info(
     raise DicomReadError(
         path, 'out of memory while reading the image'
     ) from None
-  except BaseException as e:  # pylint: disable=broad-except
+  except BaseException as e:
     # A hostile file can trip any library below us; the contract is one
     # exception class. Rust decoder plugins (pylibjpeg-rle) panic with pyo3's
     # PanicException, a BaseException.
@@ -425,7 +425,7 @@ def _read_dicom_from(
     stored = _decode_j2k_reduced(ds, image_size)
     if stored is None:
       stored = ds.pixel_array
-  except BaseException as e:  # pylint: disable=broad-except  (Rust plugins panic: BaseException)
+  except BaseException as e:  # Rust plugins panic: BaseException
     if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
       raise
     file_meta = getattr(ds, 'file_meta', None)
@@ -544,7 +544,7 @@ def _decode_j2k_reduced(ds, image_size: int) -> np.ndarray | None:
       if im.mode != 'I;16':
         return None
       arr = np.asarray(im)
-  except Exception:  # pylint: disable=broad-except  (fall back to the full decode)
+  except Exception:  # fall back to the full decode
     return None
   if arr.shape != _reduced_shape(ds, image_size):
     return None

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 import contextlib
 import os
-import pathlib
 from typing import Any
 
 import grain
@@ -25,13 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ankle_jax.data import dicom
-from ankle_jax.data import radiograph_studies  # noqa: F401  (registers the builder)
-
-DATASET_NAME = 'radiograph_studies'
-
-
-class DatasetNotBuiltError(FileNotFoundError):
-  """The requested dataset/split is not in data_dir."""
+from ankle_jax.data import prepare
 
 
 def load_split(
@@ -50,27 +43,18 @@ def load_split(
       values.
 
   Raises:
-    DatasetNotBuiltError: with the command that builds it, when it is missing.
+    prepare.DatasetMissingError: with the command that builds it, when the
+      dataset or the split is missing.
   """
-  root = pathlib.Path(data_dir) / DATASET_NAME / dataset_config
+  root = prepare.dataset_root(data_dir, dataset_config)
   infos = sorted(root.glob('*/dataset_info.json'))
-  build_cmd = (
-      f'python -m ankle_jax.data.build --manual_dir=DIR --data_dir={data_dir} '
-      f'--config={dataset_config}'
-  )
   if not infos:
-    raise DatasetNotBuiltError(
-        f'dataset {DATASET_NAME}/{dataset_config} not found in {data_dir}; build it with:\n  '
-        f'{build_cmd}'
-    )
+    raise prepare.missing_dataset_error(data_dir, dataset_config)
   base_split = split.split('[')[0]
-  if not list(
-      infos[-1].parent.glob(f'{DATASET_NAME}-{base_split}.array_record*')
-  ):
-    raise DatasetNotBuiltError(
-        f"split '{base_split}' of {DATASET_NAME}/{dataset_config} in {data_dir} is missing or "
-        'empty (or was not built as ArrayRecord); (re)build with:\n  '
-        + build_cmd
+  pattern = f'{prepare.DATASET_NAME}-{base_split}.array_record*'
+  if not list(infos[-1].parent.glob(pattern)):
+    raise prepare.missing_dataset_error(
+        data_dir, dataset_config, split=base_split
     )
   # Read features/splits from the directory itself (not from the registered
   # builder's defaults), so datasets built with non-default options (e.g.

@@ -54,12 +54,15 @@ import json
 import os
 import pathlib
 
+from absl import flags
 import numpy as np
 from pydicom.dataset import FileDataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.uid import RLELossless
+
+from ankle_jax import console
 
 _VIEWS = (
     'AP',
@@ -431,46 +434,50 @@ def _write_dicom(path, density, view, ident, index, monochrome1, rle) -> None:
   ds.save_as(path, enforce_file_format=True)
 
 
-def main(argv=None) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
-
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--out_dir', required=True)
-  parser.add_argument('--num_normal', type=int, default=100)
-  parser.add_argument('--num_fracture', type=int, default=100)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--min_size', type=int, default=300)
-  parser.add_argument('--max_size', type=int, default=900)
-  parser.add_argument(
-      '--fracture_view_prob',
-      type=float,
-      default=0.6,
-      help='probability that a view of a fracture case shows it',
-  )
-  parser.add_argument(
-      '--fracture_conspicuity',
-      type=float,
-      default=1.0,
-      help='fracture size/contrast relative to the anatomy (1 = 300 px default)',
-  )
-  args = parser.parse_args(argv)
-  cases = generate_studies(
-      args.out_dir,
-      num_normal=args.num_normal,
-      num_fracture=args.num_fracture,
-      seed=args.seed,
-      min_size=args.min_size,
-      max_size=args.max_size,
-      fracture_view_prob=args.fracture_view_prob,
-      fracture_conspicuity=args.fracture_conspicuity,
-  )
+def main(argv: list[str]) -> None:
+  """The command (module docstring); its flags are defined by `define_flags`."""
+  if len(argv) > 1:
+    raise console.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  f = flags.FLAGS
+  try:
+    cases = generate_studies(
+        f.out_dir,
+        num_normal=f.num_normal,
+        num_fracture=f.num_fracture,
+        seed=f.seed,
+        min_size=f.min_size,
+        max_size=f.max_size,
+        fracture_view_prob=f.fracture_view_prob,
+        fracture_conspicuity=f.fracture_conspicuity,
+    )
+  except ValueError as e:
+    raise console.UserError(str(e)) from e
   views = sum(len(c.files) for c in cases)
   print(
-      json.dumps(
-          {'out_dir': str(args.out_dir), 'cases': len(cases), 'views': views}
-      )
+      f'Generated {len(cases)} synthetic cases ({views} views) in {f.out_dir}'
+  )
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when it runs, not on import)."""
+  flags.DEFINE_string('out_dir', None, 'Folder to write to.', required=True)
+  flags.DEFINE_integer('num_normal', 100, 'Normal cases.')
+  flags.DEFINE_integer('num_fracture', 100, 'Fracture cases.')
+  flags.DEFINE_integer('seed', 0, 'Seed (same flags, same files).')
+  flags.DEFINE_integer('min_size', 300, 'Smallest image side (px).')
+  flags.DEFINE_integer('max_size', 900, 'Largest image side (px).')
+  flags.DEFINE_float(
+      'fracture_view_prob',
+      0.6,
+      'Probability that a view of a fracture case shows it.',
+  )
+  flags.DEFINE_float(
+      'fracture_conspicuity',
+      1.0,
+      'Fracture size/contrast relative to the anatomy (1 = 300 px default).',
   )
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  console.run(main)

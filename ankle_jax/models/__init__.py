@@ -73,26 +73,18 @@ def build(
   """
   if name not in MODEL_REGISTRY:
     raise ValueError(
-        f'ankle_jax.models.build: unknown model name {name!r}; valid names: '
-        f'{", ".join(MODEL_NAMES)}.'
+        f'unknown model name {name!r}; valid names: {", ".join(MODEL_NAMES)}'
     )
   unknown = sorted(set(family_kwargs) - set(FAMILY_KWARGS[name]))
   if unknown:
-    valid = ', '.join(FAMILY_KWARGS[name]) or '(none)'
     raise ValueError(
-        f'ankle_jax.models.build: unknown keyword argument(s) {unknown} for '
-        f'model {name!r}; valid family kwargs: {valid}.'
+        f'unknown option(s) {", ".join(unknown)} for model {name!r}; valid: '
+        f'{", ".join(FAMILY_KWARGS[name]) or "(none)"}'
     )
   if not 0.0 <= dropout_rate < 1.0:
-    raise ValueError(
-        f'ankle_jax.models.build: dropout_rate={dropout_rate} must be in '
-        '[0, 1).'
-    )
+    raise ValueError(f'dropout_rate={dropout_rate} must be in [0, 1)')
   if width_multiplier <= 0:
-    raise ValueError(
-        f'ankle_jax.models.build: width_multiplier={width_multiplier} must be '
-        'positive.'
-    )
+    raise ValueError(f'width_multiplier={width_multiplier} must be positive')
   return MODEL_REGISTRY[name](
       num_classes=num_classes,
       aux_head=aux_head,

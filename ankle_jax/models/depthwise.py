@@ -109,7 +109,7 @@ def _explicit_pads(
         'depthwise_conv2d: padding must be "SAME", "VALID" or two '
         f'(low, high) pairs, got {padding!r}'
     )
-  return pads  # pytype: disable=bad-return-type
+  return pads
 
 
 def _out_size(size: int, k: int, s: int, lo: int, hi: int) -> int:

@@ -175,7 +175,7 @@ class InceptionE(nn.Module):
     )
 
 
-class Model(nn.Module):
+class InceptionV3(nn.Module):
   """Inception V3 for [B, H, W, 1] images (H, W >= 75).
 
   Attributes:
@@ -259,6 +259,3 @@ class Model(nn.Module):
         self.num_classes, self.dropout_rate, dtype=self.dtype, name='head'
     )(x, train)
     return layers.ModelOutputs(logits, aux_logits)
-
-
-InceptionV3 = functools.partial(Model)

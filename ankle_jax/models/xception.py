@@ -97,7 +97,7 @@ class MiddleBlock(nn.Module):
     return x + residual
 
 
-class Model(nn.Module):
+class Xception(nn.Module):
   """Xception for [B, H, W, 1] images (H, W >= 75).
 
   Attributes:
@@ -123,7 +123,7 @@ class Model(nn.Module):
   def __post_init__(self):
     if not 1 <= self.aux_block <= self.num_middle_blocks:
       raise ValueError(
-          f'xception.Model: aux_block={self.aux_block} must be in '
+          f'xception: aux_block={self.aux_block} must be in '
           f'[1, {self.num_middle_blocks}] (1-based middle-flow block).'
       )
     super().__post_init__()
@@ -206,6 +206,3 @@ class Model(nn.Module):
         self.num_classes, self.dropout_rate, dtype=self.dtype, name='head'
     )(x, train)
     return layers.ModelOutputs(logits, aux_logits)
-
-
-Xception = functools.partial(Model)

@@ -11,8 +11,8 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from ankle_jax.data import build
 from ankle_jax.data import pipeline
+from ankle_jax.data import prepare
 from ankle_jax.data import radiograph_studies
 from ankle_jax.data import synthetic
 from ankle_jax.data.radiograph_studies import (
@@ -28,7 +28,7 @@ def _records(data_dir, config='dicom_cases'):
   for split in SPLITS:
     try:
       source = pipeline.load_split(data_dir, split, config)
-    except pipeline.DatasetNotBuiltError:
+    except prepare.DatasetMissingError:
       continue
     out[split] = [
         (
@@ -68,7 +68,7 @@ def built(synthetic_set, tmp_path_factory):
   for workers in (2, 1):
     data_dir = tmp_path_factory.mktemp('data')
     reports.append(
-        build.build_dataset(
+        prepare.build_dataset(
             manual, data_dir, num_workers=workers, progress=False
         )
     )
@@ -196,7 +196,7 @@ def test_strict_fails_and_splits_csv_overrides(tmp_path, synthetic_set):
     )  # bare case folder form
     f.write(f'{chosen[1].folder},exclude\n')
     f.write('normal/nobody,train\n')
-  report = build.build_dataset(
+  report = prepare.build_dataset(
       small,
       tmp_path / 'data',
       num_workers=1,
@@ -217,7 +217,7 @@ def test_strict_fails_and_splits_csv_overrides(tmp_path, synthetic_set):
   (small / 'normal' / 'bad_case').mkdir()
   (small / 'normal' / 'bad_case' / 'x.dcm').write_bytes(b'junk')
   with pytest.raises(radiograph_studies.BuildError, match='strict'):
-    build.build_dataset(
+    prepare.build_dataset(
         small,
         tmp_path / 'data_strict',
         strict=True,
@@ -265,7 +265,7 @@ def test_real_dicom_files_build(tmp_path, shared_dicom_dir):
     case = manual / label / f'case{i % 4}'
     case.mkdir(parents=True, exist_ok=True)
     (case / path.name).symlink_to(path)
-  report = build.build_dataset(
+  report = prepare.build_dataset(
       manual,
       tmp_path / 'data',
       num_workers=1,
@@ -310,7 +310,7 @@ def test_mura_fixture_builds_with_body_part_filter(tmp_path):
                 / f'image{image + 1}.png',
                 n,
             )
-  report = build.build_dataset(
+  report = prepare.build_dataset(
       tmp_path / 'mura',
       tmp_path / 'data',
       config='mura',
@@ -390,7 +390,7 @@ def test_fracatlas_fixture_builds(tmp_path):
       'case,split\nIMG1000001,test\nIMG0000005.jpg,test\n'
   )
   reports = [
-      build.build_dataset(
+      prepare.build_dataset(
           root,
           tmp_path / f'data{k}',
           config='fracatlas',
@@ -422,7 +422,7 @@ def test_fracatlas_fixture_builds(tmp_path):
   assert ex['leg'] == 1 and ex['frontal'] == 1 and ex['num_views'] == 1
   assert pipeline._to_str(ex['view_position']).startswith('frontal')
   # Filters: hardware and body part.
-  filtered = build.build_dataset(
+  filtered = prepare.build_dataset(
       root,
       tmp_path / 'data_f',
       config='fracatlas',

@@ -56,8 +56,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 import pytest
 
-from ankle_jax.data import build
 from ankle_jax.data import dicom
+from ankle_jax.data import prepare
 
 IMAGE_SIZE = 64
 EXAMPLE_TIMEOUT_S = 30.0
@@ -587,7 +587,7 @@ def test_builder_builds_good_files_and_reports_each_hostile_one(
     (case / name).write_bytes(data)
     (case / 'zz_good.dcm').write_bytes(good['native.dcm'])
   num_good = len(good) + len(hostile) - 3
-  report = build.build_dataset(
+  report = prepare.build_dataset(
       manual,
       tmp_path / 'data',
       num_workers=1,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ankle_jax.data import build
 from ankle_jax.data import pipeline
+from ankle_jax.data import prepare
 from ankle_jax.data import synthetic
 
 
@@ -20,7 +20,7 @@ def data_dir(tmp_path_factory):
       max_size=360,
   )
   out = tmp_path_factory.mktemp('data')
-  build.build_dataset(
+  prepare.build_dataset(
       manual,
       out,
       num_workers=1,
@@ -34,10 +34,10 @@ def data_dir(tmp_path_factory):
 
 def test_load_split_missing_names_the_build_command(tmp_path, data_dir):
   with pytest.raises(
-      pipeline.DatasetNotBuiltError, match='python -m ankle_jax.data.build'
+      prepare.DatasetMissingError, match='python -m ankle_jax.data.build'
   ):
     pipeline.load_split(tmp_path, 'train')
-  with pytest.raises(pipeline.DatasetNotBuiltError, match='mura'):
+  with pytest.raises(prepare.DatasetMissingError, match='mura'):
     pipeline.load_split(data_dir, 'train', 'mura')
   source = pipeline.load_split(data_dir, 'train')
   assert pipeline.split_size(source) == len(source) > 0

@@ -1,6 +1,8 @@
 """Tests for ankle_jax.data.synthetic: real DICOM files, variety, determinism, the command."""
 
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -69,15 +71,23 @@ def test_deterministic_and_command(tmp_path):
   synthetic.generate_studies(
       tmp_path / 'a', num_normal=2, num_fracture=2, seed=5, max_size=350
   )
-  synthetic.main(
+  result = subprocess.run(
       [
+          sys.executable,
+          '-m',
+          'ankle_jax.data.synthetic',
           f"--out_dir={tmp_path / 'b'}",
           '--num_normal=2',
           '--num_fracture=2',
           '--seed=5',
           '--max_size=350',
-      ]
+      ],
+      capture_output=True,
+      text=True,
+      check=False,
   )
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith('Generated 4 synthetic cases'), result.stdout
   files_a = sorted(
       p.relative_to(tmp_path / 'a') for p in (tmp_path / 'a').rglob('*.dcm')
   )

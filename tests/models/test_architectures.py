@@ -7,11 +7,13 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from ankle_jax import models
 from ankle_jax.models import layers
+from ankle_jax.models import resnet_v2
 
 # keras.applications (Keras 3), 300x300x1, 2 classes, no aux: (total incl. BN
 # statistics, trainable).
@@ -362,3 +364,31 @@ def test_summarize_full_size_counts_without_flops():
   )
   assert result['aux_params'] == AUX_PARAMS['xception']
   assert result['forward_flops'] is None
+
+
+def test_unknown_model_name_is_said_once_and_briefly():
+  with pytest.raises(ValueError) as error:
+    models.build('resnet50')
+  assert str(error.value) == (
+      "unknown model name 'resnet50'; valid names: inception_v3, "
+      'resnet101_v2, xception'
+  )
+
+
+def test_from_config_checks_family_options_in_one_place():
+  config = ml_collections.ConfigDict(
+      {
+          'name': 'resnet101_v2',
+          'aux_head': False,
+          'dropout_rate': 0.5,
+          'width_multiplier': 0.0625,
+          # An Xception option, as when --config.model.name switches family.
+          'kwargs': {'aux_block': 3, 'keras_stem': True},
+      }
+  )
+  module = models.from_config(config)
+  assert isinstance(module, resnet_v2.Model)
+  assert module.keras_stem and module.dropout_rate == 0.5
+  config.kwargs.no_such_option = 1
+  with pytest.raises(ValueError, match='no_such_option'):
+    models.from_config(config)

@@ -2,6 +2,7 @@
 
 import itertools
 
+import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -230,8 +231,6 @@ def test_reference_helper_is_lax_grouped_conv():
 def test_flax_conv_with_fast_conv_general_dilated(
     features, kernel_size, strides, groups, padding
 ):
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-
   x, _ = _inputs((7, 6), channels=4)
   kwargs = dict(
       features=features,

@@ -10,6 +10,9 @@ BuildOptions = _builder.BuildOptions
 RadiographStudiesConfig = _builder.RadiographStudiesConfig
 case_id_for = _builder.case_id_for
 DEFAULT_SALT = _builder.DEFAULT_SALT
+LABEL_NAMES = _builder.LABEL_NAMES
+LAYOUTS = _builder.LAYOUTS
+SPLITS = _builder.SPLITS
 REPORT_JSON = _builder.REPORT_JSON
 REPORT_MD = _builder.REPORT_MD
 

@@ -64,6 +64,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from ankle_jax import console
 from ankle_jax.data import dicom
 
 DEFAULT_SALT = 'ankle_jax/radiograph_studies/v1'
@@ -99,8 +100,25 @@ Build with: python -m ankle_jax.data.build --manual_dir=DIR --data_dir=DIR [--co
 """
 
 
-class BuildError(RuntimeError):
-  """The build cannot go on (strict mode, empty input, bad splits.csv...)."""
+# The manual_dir layout of each config, in one line (for error messages).
+LAYOUTS = {
+    'dicom_cases': '<manual_dir>/{normal,fracture}/<case>/<file>.dcm',
+    'mura': (
+        '<manual_dir>/[MURA-v1.1/]{train,valid}/XR_<PART>/patient<id>/'
+        'study<k>_{positive,negative}/image<n>.png'
+    ),
+    'fracatlas': (
+        '<manual_dir>/images/{Fractured,Non_fractured}/*.jpg and '
+        '<manual_dir>/dataset.csv'
+    ),
+}
+
+
+class BuildError(console.UserError, RuntimeError):
+  """The build cannot go on (strict mode, empty input, bad splits.csv...).
+
+  A `console.UserError`: a command prints its message (1-3 lines) and exits 2.
+  """
 
 
 @dataclasses.dataclass(eq=False)
@@ -175,7 +193,7 @@ def _decode_job(path: str, image_size: int) -> tuple[bool, Any, Any]:
     image, info = dicom.load_radiograph_with_info(path, image_size)
   except dicom.DicomReadError as e:
     return False, e.reason, None
-  except Exception as e:  # pylint: disable=broad-except  (never crash a build on one file)
+  except Exception as e:  # never crash a build on one file
     return False, f'unexpected {type(e).__name__}: {e}', None
   return True, np.round(image * 65535.0).astype(np.uint16), info
 
@@ -201,7 +219,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       RadiographStudiesConfig(
           name='dicom_cases',
           layout='dicom_cases',
-          description='SPEC layout: {normal,fracture}/<case>/<files>.',
+          description='One folder per case: {normal,fracture}/<case>/<files>.',
       ),
       RadiographStudiesConfig(
           name='mura',
@@ -270,6 +288,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         homepage='https://github.com/',
     )
 
+  # The command prints its own lines (ankle_jax.data.prepare): not TFDS's
+  # "Downloading and preparing dataset Unknown size ..." and "... downloaded
+  # and prepared" (nothing is downloaded).
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   # ---------------------------------------------------------------- building
   def _download_and_prepare(self, dl_manager, download_config=None):
     start = time.time()
@@ -295,7 +322,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if not manual_dir.is_dir():
       raise BuildError(
           f'manual_dir {manual_dir} is not a directory.\n'
-          + _MANUAL_DOWNLOAD_INSTRUCTIONS
+          f'Expected layout ({cfg.name}): {LAYOUTS[cfg.layout]}'
       )
     report: dict[str, Any] = {
         'dataset': f'radiograph_studies/{cfg.name}',
@@ -334,7 +361,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if not cases:
       raise BuildError(
           f'no cases found under manual_dir {manual_dir} for layout '
-          f"'{cfg.layout}'.\n" + _MANUAL_DOWNLOAD_INSTRUCTIONS
+          f"'{cfg.layout}'.\nExpected layout: {LAYOUTS[cfg.layout]}"
       )
     images = self._decode_all(cases, manual_dir, report)
     cases = [c for c in cases if c.views]

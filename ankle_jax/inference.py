@@ -1,0 +1,326 @@
+"""Restored runs and their forward pass, shared by `evaluate` and `predict`.
+
+* `load_runs` restores each run directory's config.json and checkpoint
+  (`check_run_dirs` first says which directory is not a run, and why).
+* Runs of the same architecture and input shape (`model_group_key`) are
+  stacked along a leading runs axis (`stack_variables`) and applied with ONE
+  jitted `jax.vmap` over runs (`make_forward`).
+* `fracture_log_probability` is the one home of "standardize -> apply ->
+  float32 log-probability of fracture". The host turns it into a float64
+  probability (`probability_from_log`): a float32 softmax (and a float32
+  log_softmax) rounds every probability above 1 - 6e-8 to exactly 1.0; the
+  log-probability computed as -softplus(logsumexp(other logits - fracture
+  logit)) keeps them apart (about 7 significant digits of 1 - p).
+* `predict_split` runs every run over one split's batches of views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import contextlib
+import dataclasses
+import json
+import os
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ankle_jax import checkpoint
+from ankle_jax import console
+from ankle_jax import models
+from ankle_jax import voting
+from ankle_jax import writers
+from ankle_jax.data import augment
+
+RUN_DIR_HOLDS = (
+    'a run directory holds config.json and checkpoints/ '
+    '(written by python launch.py --workdir=DIR)'
+)
+
+
+@dataclasses.dataclass
+class Run:
+  """One restored training run.
+
+  Attributes:
+    name: unique short name (the run directory's base name).
+    workdir: the run directory.
+    config: its ConfigDict.
+    variables: {'params', 'batch_stats'} (numpy).
+    which: the checkpoint restored, 'best' or 'latest'.
+    step: the training step of the restored checkpoint.
+  """
+
+  name: str
+  workdir: str
+  config: Any
+  variables: Any
+  step: int
+  which: str = 'best'
+
+
+def unique_run_names(workdirs: Sequence[str]) -> list[str]:
+  """Base names of the run directories, made unique with a '~k' suffix."""
+  names, seen = [], {}
+  for workdir in workdirs:
+    name = os.path.basename(os.path.normpath(str(workdir))) or 'run'
+    seen[name] = seen.get(name, 0) + 1
+    names.append(name if seen[name] == 1 else f'{name}~{seen[name]}')
+  return names
+
+
+def check_run_dirs(workdirs: Sequence[str]) -> None:
+  """Raises console.UserError naming the first directory that is no run."""
+  if not workdirs:
+    raise console.UserError(
+        '--runs names no run directory; ' + RUN_DIR_HOLDS + '.'
+    )
+  for workdir in workdirs:
+    path = os.fspath(workdir)
+    if not os.path.isdir(path):
+      raise console.UserError(f'--runs: {path} is not a directory.')
+    missing = [
+        name
+        for name in (writers.CONFIG_FILE, 'checkpoints')
+        if not os.path.exists(os.path.join(path, name))
+    ]
+    if missing:
+      raise console.UserError(
+          f'--runs: {path} is not a training run directory (no '
+          f'{" and no ".join(missing)}):\n{RUN_DIR_HOLDS}.'
+      )
+
+
+@contextlib.contextmanager
+def _quiet_read_only_restore() -> Iterator[None]:
+  """Hides orbax's three warnings per read-only restore ('Given directory is
+  read only', ...) unless the command runs with --verbosity >= 0."""
+  verbosity = logging.get_verbosity()
+  if verbosity >= logging.INFO:
+    yield
+    return
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def load_runs(workdirs: Sequence[str], which: str = 'best') -> list[Run]:
+  """Restores config and variables of each run directory.
+
+  Raises:
+    console.UserError: a directory is not a run, or has no readable `which`
+      checkpoint.
+  """
+  check_run_dirs(workdirs)
+  runs = []
+  for name, workdir in zip(unique_run_names(workdirs), workdirs):
+    config = checkpoint.load_run_config(workdir)
+    try:
+      with _quiet_read_only_restore():
+        variables, step = checkpoint.restore_variables(workdir, which=which)
+    except (FileNotFoundError, checkpoint.CheckpointReadError) as e:
+      raise console.UserError(f'--runs: {workdir}: {e}') from e
+    runs.append(Run(name, str(workdir), config, variables, step, which))
+  return runs
+
+
+def create_model(config: Any) -> nn.Module:
+  """The run's linen module (dropout is inactive in eval mode)."""
+  return models.from_config(
+      config.model,
+      num_classes=config.get('num_classes', 2),
+      dtype=config.get('dtype', 'float32'),
+  )
+
+
+def model_group_key(config: Any) -> str:
+  """Runs with equal keys have the same architecture and input shape.
+
+  Dropout is left out: it does not change the variables and is off in eval.
+  """
+  model = (
+      config.model.to_dict()
+      if hasattr(config.model, 'to_dict')
+      else dict(config.model)
+  )
+  model.pop('dropout_rate', None)
+  key = {
+      'model': model,
+      'image_size': int(config.image_size),
+      'dtype': str(config.get('dtype', 'float32')),
+  }
+  return json.dumps(key, sort_keys=True, default=str)
+
+
+def group_runs(configs: Sequence[Any]) -> dict[str, list[int]]:
+  """{group key: [run indices]}, in the order the runs were given."""
+  groups: dict[str, list[int]] = {}
+  for i, config in enumerate(configs):
+    groups.setdefault(model_group_key(config), []).append(i)
+  return groups
+
+
+def stack_variables(variables_list: Sequence[Any]) -> Any:
+  """Stacks same-structure variable trees along a new leading runs axis."""
+  structures = {str(jax.tree.structure(v)) for v in variables_list}
+  if len(structures) != 1:
+    raise ValueError(
+        'Runs grouped together have different variable trees; '
+        'were they trained with different model configs?'
+    )
+  return jax.tree.map(
+      lambda *xs: np.stack([np.asarray(x) for x in xs]), *variables_list
+  )
+
+
+def fracture_log_probability(
+    module: nn.Module,
+    variables: Any,
+    images_bhwc: jax.Array,
+    *,
+    standardize: bool = True,
+) -> jax.Array:
+  """log p(fracture), float32 [B], of one run in eval mode.
+
+  Args:
+    module: the run's linen module.
+    variables: its {'params', 'batch_stats'}.
+    images_bhwc: float [B, H, W, 1], in [0, 1] (standardized per image here,
+      as in training) or already standardized (standardize=False).
+    standardize: whether to standardize the images first.
+  """
+  if standardize:
+    images_bhwc = augment.standardize_per_image(images_bhwc.astype(jnp.float32))
+  logits = module.apply(variables, images_bhwc, train=False).logits
+  logits = logits.astype(jnp.float32)
+  # log p1 = -log(1 + sum_{j != 1} exp(l_j - l_1)) = -softplus(logsumexp(.)).
+  # `log_softmax(logits)[:, 1]` = l_1 - logsumexp(l) rounds to exactly 0 in
+  # float32 once l_1 - l_0 > ~17; this form keeps ~7 digits of 1 - p.
+  others = jnp.delete(logits, 1, axis=-1, assume_unique_indices=True)
+  return -jax.nn.softplus(jax.nn.logsumexp(others - logits[:, 1:2], axis=-1))
+
+
+def probability_from_log(log_probs: Any) -> np.ndarray:
+  """float64 probabilities from log-probabilities (any shape)."""
+  return np.exp(np.asarray(log_probs, np.float64))
+
+
+def make_forward(module: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
+  """A jitted forward over stacked runs.
+
+  Returns:
+    f(variables_r, images_bhwc) -> log p(fracture), float32 [runs, B], with
+    variables_r the runs-stacked variables and images_bhwc in [0, 1].
+  """
+
+  def forward(variables_r, images_bhwc):
+    return jax.vmap(lambda v: fracture_log_probability(module, v, images_bhwc))(
+        variables_r
+    )
+
+  return jax.jit(forward)
+
+
+@dataclasses.dataclass
+class SplitPredictions:
+  """Every run's probability for every view of one split.
+
+  Attributes:
+    case_ids_v: str [views]. view_index_v: int [views]. labels_v: int [views].
+    probs_rv: float64 [runs, views] fracture probabilities.
+  """
+
+  case_ids_v: np.ndarray
+  view_index_v: np.ndarray
+  labels_v: np.ndarray
+  probs_rv: np.ndarray
+
+  def cases(self) -> voting.CaseIndex:
+    return voting.index_cases(self.case_ids_v, self.labels_v)
+
+
+def _as_str(values: Any) -> np.ndarray:
+  return np.array(
+      [
+          v.decode() if isinstance(v, bytes) else str(v)
+          for v in np.asarray(values).ravel()
+      ],
+      dtype=object,
+  )
+
+
+def predict_group(
+    forward: Callable[[Any, jax.Array], jax.Array],
+    variables_r: Any,
+    batches: Iterable[Mapping[str, Any]],
+) -> SplitPredictions:
+  """Runs one group's stacked models over a split's batches of views."""
+  case_ids, view_index, labels, log_probs = [], [], [], []
+  for batch in batches:
+    mask = np.asarray(batch.get('mask', np.ones(len(batch['label']), bool)))
+    log_probs_rb = np.asarray(forward(variables_r, jnp.asarray(batch['image'])))
+    case_ids.append(_as_str(batch['case_id'])[mask])
+    view_index.append(np.asarray(batch['view_index'])[mask])
+    labels.append(np.asarray(batch['label'])[mask])
+    log_probs.append(log_probs_rb[:, mask])
+  if not case_ids:
+    raise ValueError('The split has no views to evaluate.')
+  return SplitPredictions(
+      case_ids_v=np.concatenate(case_ids).astype(str),
+      view_index_v=np.concatenate(view_index).astype(np.int64),
+      labels_v=np.concatenate(labels).astype(np.int64),
+      probs_rv=probability_from_log(np.concatenate(log_probs, axis=1)),
+  )
+
+
+def _align(reference: SplitPredictions, other: SplitPredictions) -> np.ndarray:
+  """Indices putting `other`'s views in `reference`'s order."""
+  position = {
+      (c, int(v)): i
+      for i, (c, v) in enumerate(zip(other.case_ids_v, other.view_index_v))
+  }
+  keys = list(zip(reference.case_ids_v, reference.view_index_v))
+  if len(position) != len(keys) or any(
+      (c, int(v)) not in position for c, v in keys
+  ):
+    raise ValueError('Model groups saw different views of the same split.')
+  return np.array([position[(c, int(v))] for c, v in keys])
+
+
+def predict_split(
+    runs: Sequence[Run],
+    batches_for: Callable[[int], Iterable[Mapping[str, Any]]],
+) -> SplitPredictions:
+  """All runs' probabilities on one split: one vmapped forward per group.
+
+  Args:
+    runs: the restored runs.
+    batches_for: image_size -> iterable of eval batches ('image' [B,S,S,1] in
+      [0, 1], 'label', 'case_id', 'view_index', 'mask').
+
+  Returns:
+    SplitPredictions with probs_rv in the order of `runs`.
+  """
+  result, probs_rv = None, None
+  for indices in group_runs([r.config for r in runs]).values():
+    config = runs[indices[0]].config
+    group = predict_group(
+        make_forward(create_model(config)),
+        stack_variables([runs[i].variables for i in indices]),
+        batches_for(int(config.image_size)),
+    )
+    if result is None:
+      result = group
+      probs_rv = np.zeros((len(runs), len(group.labels_v)))
+      order = np.arange(len(group.labels_v))
+    else:
+      order = _align(result, group)
+    probs_rv[indices] = group.probs_rv[:, order]
+  result.probs_rv = probs_rv
+  return result

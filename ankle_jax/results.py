@@ -1,0 +1,515 @@
+"""The typed results of an evaluation, computed from predictions alone.
+
+`evaluate_splits` turns every run's probabilities (`SplitPredictions`, read
+back from predictions.csv) into
+  * one `ResultEntry` per subset x level (image|case) x voting (hard|soft) x
+    split, keyed by `ResultKey(members, split, level, voting)`;
+  * the protocols' `Selection`s: paper (best subset chosen on
+    validation+<split> pooled and reported there, as the authors did) and
+    honest (chosen on validation, reported on <split>). "Best" is the highest
+    selection metric, ties broken by ROC AUC, then by the larger ensemble,
+    then by the members' order;
+  * `OperatingPoint`s: thresholds chosen on validation, reported on <split>;
+  * the class counts of each split.
+The files' JSON structures (results.json, summary.json) are built here too
+(`Evaluation.results_json`, `Evaluation.summary_json`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import csv
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ankle_jax import metrics as metrics_lib
+from ankle_jax import voting
+from ankle_jax.inference import SplitPredictions
+
+PREDICTION_COLUMNS = (
+    'run',
+    'case_id',
+    'view_index',
+    'label',
+    'probability',
+    'split',
+)
+VALIDATION = 'validation'
+PROTOCOLS = ('paper', 'honest')
+LEVEL_TITLES = {'image': 'single view', 'case': 'all views (case)'}
+
+
+# ------------------------------------------------------- predictions.csv
+def write_predictions_csv(
+    path: str,
+    run_names: Sequence[str],
+    by_split: Mapping[str, SplitPredictions],
+) -> None:
+  """One row per run and view; probabilities written exactly (repr)."""
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(PREDICTION_COLUMNS)
+    for split, preds in by_split.items():
+      for r, run in enumerate(run_names):
+        for v in range(len(preds.labels_v)):
+          writer.writerow(
+              [
+                  run,
+                  preds.case_ids_v[v],
+                  int(preds.view_index_v[v]),
+                  int(preds.labels_v[v]),
+                  repr(float(preds.probs_rv[r, v])),
+                  split,
+              ]
+          )
+
+
+def _split_from_rows(
+    path: str, split: str, rows: Sequence[dict], run_names: Sequence[str]
+) -> SplitPredictions:
+  views = list(
+      dict.fromkeys((r['case_id'], int(r['view_index'])) for r in rows)
+  )
+  view_pos = {k: i for i, k in enumerate(views)}
+  run_index = {n: i for i, n in enumerate(run_names)}
+  probs_rv = np.full((len(run_names), len(views)), np.nan)
+  labels_v = np.zeros(len(views), np.int64)
+  for r in rows:
+    v = view_pos[(r['case_id'], int(r['view_index']))]
+    probs_rv[run_index[r['run']], v] = float(r['probability'])
+    labels_v[v] = int(r['label'])
+  if np.isnan(probs_rv).any():
+    raise ValueError(f'{path}: split {split!r} lacks some run/view rows.')
+  return SplitPredictions(
+      case_ids_v=np.array([c for c, _ in views], dtype=str),
+      view_index_v=np.array([v for _, v in views], np.int64),
+      labels_v=labels_v,
+      probs_rv=probs_rv,
+  )
+
+
+def read_predictions_csv(
+    path: str,
+) -> tuple[list[str], dict[str, SplitPredictions]]:
+  """Reads predictions.csv back: (run names, {split: SplitPredictions})."""
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  if not rows:
+    raise ValueError(f'{path} has no rows.')
+  missing = set(PREDICTION_COLUMNS[:5]) - set(rows[0])
+  if missing:
+    raise ValueError(f'{path} lacks the column(s) {sorted(missing)}.')
+  run_names = list(dict.fromkeys(r['run'] for r in rows))
+  by_split = {}
+  for split in dict.fromkeys(r.get('split', 'test') for r in rows):
+    split_rows = [r for r in rows if r.get('split', 'test') == split]
+    by_split[split] = _split_from_rows(path, split, split_rows, run_names)
+  return run_names, by_split
+
+
+def pool_splits(by_split: Mapping[str, SplitPredictions]) -> SplitPredictions:
+  """Concatenates splits; a pooled case is '<split>/<case_id>'."""
+  parts = list(by_split.items())
+  return SplitPredictions(
+      case_ids_v=np.concatenate(
+          [np.char.add(f'{s}/', p.case_ids_v.astype(str)) for s, p in parts]
+      ),
+      view_index_v=np.concatenate([p.view_index_v for _, p in parts]),
+      labels_v=np.concatenate([p.labels_v for _, p in parts]),
+      probs_rv=np.concatenate([p.probs_rv for _, p in parts], axis=1),
+  )
+
+
+# ---------------------------------------------------------------- entries
+def _finite_or_none(x: Any) -> float | None:
+  return float(x) if x is not None and math.isfinite(x) else None
+
+
+class ResultKey(NamedTuple):
+  """What a ResultEntry is about: an ensemble (run names), split, level and
+  voting."""
+
+  members: tuple[str, ...]
+  split: str
+  level: str
+  voting: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultEntry:
+  """The six metrics of one ensemble on one split, level and voting.
+
+  Attributes:
+    members: run names (one name: a single run).
+    level: 'image' or 'case'. voting: 'hard' or 'soft'. split: the split.
+    metrics: {metric: value or None where undefined}.
+    ci95: {metric: (lo, hi)}, None where undefined (metrics_lib.INTERVALS).
+  """
+
+  members: tuple[str, ...]
+  level: str
+  voting: str
+  split: str
+  metrics: dict[str, float | None]
+  ci95: dict[str, tuple[float | None, float | None]]
+
+  @property
+  def key(self) -> ResultKey:
+    return ResultKey(self.members, self.split, self.level, self.voting)
+
+  def to_json(self) -> dict[str, Any]:
+    return {
+        'members': list(self.members),
+        'level': self.level,
+        'voting': self.voting,
+        'split': self.split,
+        'metrics': dict(self.metrics),
+        'ci95': {k: list(v) for k, v in self.ci95.items()},
+    }
+
+
+Results = dict[ResultKey, ResultEntry]
+
+
+def evaluate_subsets(
+    preds: SplitPredictions,
+    split: str,
+    run_names: Sequence[str],
+    subsets: Sequence[Sequence[int]],
+    evaluator: metrics_lib.BinaryEvaluator,
+) -> list[ResultEntry]:
+  """The entries of every subset x level x voting on one split."""
+  cases = preds.cases()
+  entries = []
+  for members in subsets:
+    for level in voting.LEVELS:
+      for vote in voting.VOTINGS:
+        d = voting.decide(
+            preds.probs_rv, preds.labels_v, cases, members, level, vote
+        )
+        point, ci = evaluator(d.labels, d.preds, d.scores, d.clusters)
+        entries.append(
+            ResultEntry(
+                members=tuple(run_names[i] for i in members),
+                level=level,
+                voting=vote,
+                split=split,
+                metrics={
+                    k: _finite_or_none(point[k])
+                    for k in metrics_lib.METRIC_NAMES
+                },
+                ci95={
+                    k: tuple(_finite_or_none(x) for x in ci[k])
+                    for k in metrics_lib.METRIC_NAMES
+                },
+            )
+        )
+  return entries
+
+
+def select_best(
+    results: Results, split: str, level: str, vote: str, metric: str
+) -> ResultEntry:
+  """The entry with the best `metric` (ties: AUC, larger ensemble, order)."""
+  candidates = [
+      (i, e)
+      for i, (k, e) in enumerate(results.items())
+      if (k.split, k.level, k.voting) == (split, level, vote)
+  ]
+  if not candidates:
+    raise ValueError(f'No results for split={split} level={level} {vote=}.')
+
+  def rank(item):
+    i, e = item
+    m, auc = e.metrics[metric], e.metrics['roc_auc']
+    return (
+        -(m if m is not None else -1),
+        -(auc if auc is not None else -1),
+        -len(e.members),
+        i,
+    )
+
+  return min(candidates, key=rank)[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """A protocol's best ensemble for one level and voting."""
+
+  protocol: str
+  level: str
+  voting: str
+  members: tuple[str, ...]
+  chosen_on: str
+  reported_on: str
+
+  def reported_key(self) -> ResultKey:
+    return ResultKey(self.members, self.reported_on, self.level, self.voting)
+
+
+SelectionKey = tuple[str, str, str]  # (protocol, level, voting)
+
+
+def choose_protocols(
+    results: Results,
+    *,
+    split: str,
+    pooled_split: str,
+    has_validation: bool,
+    metric: str = 'accuracy',
+) -> dict[SelectionKey, Selection]:
+  """{(protocol, level, voting): Selection} of both protocols."""
+  chosen_reported = {'paper': (pooled_split, pooled_split)}
+  if has_validation:
+    chosen_reported['honest'] = (VALIDATION, split)
+  out = {}
+  for protocol, (chosen_on, reported_on) in chosen_reported.items():
+    for level in voting.LEVELS:
+      for vote in voting.VOTINGS:
+        best = select_best(results, chosen_on, level, vote, metric)
+        out[(protocol, level, vote)] = Selection(
+            protocol, level, vote, best.members, chosen_on, reported_on
+        )
+  return out
+
+
+# --------------------------------------------------------- operating points
+@dataclasses.dataclass(frozen=True)
+class OperatingPoint:
+  """Sensitivity and specificity of soft scores at a threshold chosen on one
+  split (chosen_on) and applied to another (split)."""
+
+  members: tuple[str, ...]
+  level: str
+  name: str
+  description: str
+  chosen_on: str
+  split: str
+  threshold: float
+  sensitivity: float | None
+  specificity: float | None
+  ci95: dict[str, tuple[float | None, float | None]]
+
+  def to_json(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out.update(members=list(self.members), voting='soft')
+    out['ci95'] = {k: list(v) for k, v in self.ci95.items()}
+    return out
+
+
+def compute_operating_points(
+    by_split: Mapping[str, SplitPredictions],
+    run_names: Sequence[str],
+    members_list: Sequence[Sequence[int]],
+    split: str,
+) -> list[OperatingPoint]:
+  """Thresholds chosen on validation (soft scores), applied to `split`.
+
+  For each members tuple and level: the Youden threshold and the highest
+  threshold with sensitivity >= 0.90 on validation.
+  """
+  val, test = by_split[VALIDATION], by_split[split]
+  val_cases, test_cases = val.cases(), test.cases()
+  out = []
+  for members in members_list:
+    for level in voting.LEVELS:
+      dv = voting.decide(
+          val.probs_rv, val.labels_v, val_cases, members, level, 'soft'
+      )
+      dt = voting.decide(
+          test.probs_rv, test.labels_v, test_cases, members, level, 'soft'
+      )
+      if np.unique(dv.labels).size < 2:
+        continue
+      for name, description in metrics_lib.OPERATING_POINTS.items():
+        threshold = metrics_lib.choose_threshold(name, dv.labels, dv.scores)
+        op = metrics_lib.operating_point(dt.labels, dt.scores, threshold)
+        out.append(
+            OperatingPoint(
+                members=tuple(run_names[i] for i in members),
+                level=level,
+                name=name,
+                description=description,
+                chosen_on=VALIDATION,
+                split=split,
+                threshold=op['threshold'],
+                sensitivity=_finite_or_none(op['sensitivity']),
+                specificity=_finite_or_none(op['specificity']),
+                ci95={
+                    k: tuple(_finite_or_none(x) for x in v)
+                    for k, v in op['ci95'].items()
+                },
+            )
+        )
+  return out
+
+
+# -------------------------------------------------------------- evaluation
+@dataclasses.dataclass(frozen=True)
+class SplitCounts:
+  """Cases and views of one split, by class."""
+
+  normal_cases: int
+  fracture_cases: int
+  normal_views: int
+  fracture_views: int
+
+  @property
+  def cases(self) -> int:
+    return self.normal_cases + self.fracture_cases
+
+  @property
+  def views(self) -> int:
+    return self.normal_views + self.fracture_views
+
+  @classmethod
+  def of(cls, preds: SplitPredictions) -> SplitCounts:
+    labels_c = preds.cases().labels_c
+    return cls(
+        normal_cases=int((labels_c == 0).sum()),
+        fracture_cases=int((labels_c == 1).sum()),
+        normal_views=int((preds.labels_v == 0).sum()),
+        fracture_views=int((preds.labels_v == 1).sum()),
+    )
+
+  def to_json(self) -> dict[str, int]:
+    return {
+        'cases': self.cases,
+        'views': self.views,
+        **dataclasses.asdict(self),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+  """Which checkpoint of a run was evaluated, and its training step."""
+
+  which: str
+  step: int
+
+
+@dataclasses.dataclass
+class Evaluation:
+  """Everything evaluate computes from predictions.csv."""
+
+  run_names: list[str]
+  split: str
+  pooled_split: str
+  results: Results
+  protocols: dict[SelectionKey, Selection]
+  operating_points: list[OperatingPoint]
+  counts: dict[str, SplitCounts]
+  num_subsets: int
+  num_bootstrap: int
+  seed: int
+  selection_metric: str
+  checkpoints: dict[str, CheckpointInfo] = dataclasses.field(
+      default_factory=dict
+  )
+
+  @property
+  def headline_protocol(self) -> str:
+    """'honest' when there is a validation split to choose on, else 'paper'."""
+    return 'honest' if ('honest', 'case', 'hard') in self.protocols else 'paper'
+
+  def step_of(self, members: Sequence[str]) -> int:
+    """TensorBoard step of an ensemble: its members' largest training step."""
+    steps = [self.checkpoints[m].step for m in members if m in self.checkpoints]
+    return max(steps, default=0)
+
+  def results_json(self) -> list[dict[str, Any]]:
+    return [e.to_json() for e in self.results.values()]
+
+  def summary_json(self) -> dict[str, Any]:
+    protocols: dict[str, dict[str, Any]] = {}
+    for (protocol, level, vote), s in self.protocols.items():
+      protocols.setdefault(protocol, {})[f'{level}_{vote}'] = {
+          'members': list(s.members),
+          'chosen_on': s.chosen_on,
+          'reported_on': s.reported_on,
+      }
+    return {
+        'runs': self.run_names,
+        'split': self.split,
+        'pooled_split': self.pooled_split,
+        'num_subsets': self.num_subsets,
+        'num_bootstrap': self.num_bootstrap,
+        'seed': self.seed,
+        'selection_metric': self.selection_metric,
+        'vote_threshold': voting.THRESHOLD,
+        'intervals': dict(metrics_lib.INTERVALS),
+        'counts': {k: c.to_json() for k, c in self.counts.items()},
+        'checkpoints': {
+            k: dataclasses.asdict(c) for k, c in self.checkpoints.items()
+        },
+        'protocols': protocols,
+        'operating_points': [op.to_json() for op in self.operating_points],
+    }
+
+
+def _operating_members(
+    run_names: Sequence[str], protocols: Mapping[SelectionKey, Selection]
+) -> list[tuple[int, ...]]:
+  """Each single run, and the honest protocol's chosen ensembles."""
+  members_list = [(i,) for i in range(len(run_names))]
+  for (protocol, _, _), selection in protocols.items():
+    best = tuple(run_names.index(m) for m in selection.members)
+    if protocol == 'honest' and best not in members_list:
+      members_list.append(best)
+  return members_list
+
+
+def evaluate_splits(
+    by_split: Mapping[str, SplitPredictions],
+    run_names: list[str],
+    *,
+    split: str,
+    max_subsets: int | None = None,
+    num_bootstrap: int = 2000,
+    seed: int = 0,
+    selection_metric: str = 'accuracy',
+) -> Evaluation:
+  """Results, protocols, operating points and counts of the predictions."""
+  has_validation = VALIDATION in by_split and split != VALIDATION
+  pooled_split = f'{VALIDATION}+{split}' if has_validation else split
+  splits = dict(by_split)
+  if has_validation:
+    splits[pooled_split] = pool_splits(
+        {VALIDATION: by_split[VALIDATION], split: by_split[split]}
+    )
+  evaluator = metrics_lib.BinaryEvaluator(
+      num_resamples=num_bootstrap, seed=seed
+  )
+  subsets = voting.odd_subsets(len(run_names), max_subsets, seed)
+  results: Results = {}
+  for name, preds in splits.items():
+    for e in evaluate_subsets(preds, name, run_names, subsets, evaluator):
+      results[e.key] = e
+  protocols = choose_protocols(
+      results,
+      split=split,
+      pooled_split=pooled_split,
+      has_validation=has_validation,
+      metric=selection_metric,
+  )
+  operating_points = []
+  if has_validation:
+    operating_points = compute_operating_points(
+        by_split, run_names, _operating_members(run_names, protocols), split
+    )
+  return Evaluation(
+      run_names=list(run_names),
+      split=split,
+      pooled_split=pooled_split,
+      results=results,
+      protocols=protocols,
+      operating_points=operating_points,
+      counts={k: SplitCounts.of(p) for k, p in splits.items()},
+      num_subsets=len(subsets),
+      num_bootstrap=num_bootstrap,
+      seed=seed,
+      selection_metric=selection_metric,
+  )
