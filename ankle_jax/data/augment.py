@@ -12,7 +12,7 @@ value):
      about the image centre, bilinear resampling; pixels that come from outside
      the image are filled with 0.0 (black, the background of a [0, 1]
      radiograph). The paper lists rotation; the authors' code did not use it
-     (SPEC sec. 2).
+     (docs/paper.md, section 2).
   2. left-right flip with probability 1/2 (`flip_lr`), up-down flip with
     probability
      1/2 (`flip_ud`);

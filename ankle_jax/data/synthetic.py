@@ -1,6 +1,6 @@
 r"""Synthetic ankle-like radiograph studies written as real DICOM files.
 
-Layout (the builder's `dicom_cases` manual directory, SPEC section 4):
+Layout (the builder's `dicom_cases` manual directory, docs/paper.md section 4):
 
     <out_dir>/normal/<case>/<view>.dcm
     <out_dir>/fracture/<case>/<view>.dcm
@@ -116,7 +116,7 @@ def generate_studies(
   `out_dir`.
 
   Args:
-    out_dir: root of the SPEC layout (created if needed).
+    out_dir: root of the `dicom_cases` layout (created if needed).
     num_normal: number of normal cases.
     num_fracture: number of fracture cases.
     seed: the seed; the same arguments give byte-identical files.

@@ -56,7 +56,7 @@ def build(
   Args:
     name: 'inception_v3', 'resnet101_v2' or 'xception'.
     num_classes: classifier outputs.
-    aux_head: add the auxiliary tower (SPEC section 2 positions).
+    aux_head: add the auxiliary tower (positions: docs/paper.md, section 2).
     dropout_rate: dropout before the final Dense, active only in train mode.
     width_multiplier: scales channel widths (1.0 = the paper's models).
     dtype: computation dtype (jnp dtype or name, e.g. 'bfloat16'); params and

@@ -2,8 +2,8 @@
 in ArrayRecord.
 
 Configs:
-  dicom_cases (default): `<manual_dir>/{normal,fracture}/<case>/<files>` (SPEC
-    section 4).
+  dicom_cases (default): `<manual_dir>/{normal,fracture}/<case>/<files>`
+    (docs/paper.md, section 4).
   mura:
     `<manual_dir>/[MURA-v1.1/]{train,valid}/XR_<PART>/patient<id>/study<k>_{positive,negative}/
     image<n>.png`; a study is a case; `body_parts` filters XR_<PART> folders.
