@@ -140,19 +140,27 @@ def _flag_args(argv: Sequence[str]) -> Iterator[str]:
     yield arg
 
 
-def _argv_verbosity(argv: Sequence[str]) -> int:
-  """absl's --verbosity (-v) as given on the command line; 0 if not given."""
-  args = list(_flag_args(argv))
-  verbosity = 0
+def _flag_value(args: Sequence[str], name_pattern: str) -> str | None:
+  """The value of the last `--name=value` or `--name value` in args, or None.
+
+  name_pattern: a regular expression matching the flag's name(s).
+  """
+  value = None
   for i, arg in enumerate(args):
-    match = re.fullmatch(r'--?(?:verbosity|v)(?:=(.*))?', arg)
+    match = re.fullmatch(rf'--?(?:{name_pattern})(?:=(.*))?', arg)
     if match:
       value = match.group(1)
       if value is None and i + 1 < len(args):
         value = args[i + 1]
-      with contextlib.suppress(TypeError, ValueError):
-        verbosity = int(value)
-  return verbosity
+  return value
+
+
+def _argv_verbosity(argv: Sequence[str]) -> int:
+  """absl's --verbosity (-v) as given on the command line; 0 if not given."""
+  value = _flag_value(list(_flag_args(argv)), 'verbosity|v')
+  with contextlib.suppress(TypeError, ValueError):
+    return int(value)
+  return 0
 
 
 def _flag_error_message(error: flags.Error) -> str:
@@ -213,14 +221,9 @@ def _config_args(argv: Sequence[str]) -> Iterator[_ConfigArgs]:
         flag.parser, ml_config_flags.ConfigFileFlagParser
     ):
       continue
-    spec = None
+    spec = _flag_value(args, re.escape(name))
     overrides = []
-    for i, arg in enumerate(args):
-      match = re.fullmatch(rf'--?{re.escape(name)}(?:=(.*))?', arg)
-      if match:
-        spec = match.group(1)
-        if spec is None and i + 1 < len(args):
-          spec = args[i + 1]
+    for arg in args:
       override = re.fullmatch(rf'--?{re.escape(name)}\.([^=]+)(=.*)?', arg)
       if override:
         overrides.append((override.group(1), arg))
