@@ -295,6 +295,17 @@ def _sample_fracture(rng, anatomy, conspicuity: float) -> dict[str, float]:
 
 def _render_view(rng, size, anatomy, view, fracture) -> np.ndarray:
   """Renders a [H, W] attenuation image in [0, 1] (bright = attenuating) for one view."""
+  u, v, yy, xx = _view_coordinates(rng, size)
+  density = _leg_density(rng, u, v, anatomy, view, fracture)
+  return _expose(rng, density, yy, xx)
+
+
+def _view_coordinates(rng, size):
+  """Leg coordinates (u across, v along, 0 = top) of every pixel, and the grid.
+
+  The pose is a random rotation about the image centre, isotropic scale and
+  shift. Returns (u, v, yy, xx), each float32 [H, W].
+  """
   h, w = size
   side = float(max(h, w))
   yy, xx = np.meshgrid(
@@ -302,7 +313,6 @@ def _render_view(rng, size, anatomy, view, fracture) -> np.ndarray:
       np.arange(w, dtype=np.float32),
       indexing='ij',
   )
-  # Pose: rotation about the image centre, isotropic scale, shift.
   angle = rng.uniform(-0.25, 0.25)
   scale = rng.uniform(0.85, 1.15)
   cy, cx = (
@@ -310,10 +320,13 @@ def _render_view(rng, size, anatomy, view, fracture) -> np.ndarray:
       w / 2 + rng.uniform(-0.06, 0.06) * w,
   )
   c, s = np.cos(angle), np.sin(angle)
-  u = ((xx - cx) * c + (yy - cy) * s) / (side * scale)  # across the leg
-  v = (-(xx - cx) * s + (yy - cy) * c) / (
-      side * scale
-  ) + 0.5  # along the leg, 0 = top
+  u = ((xx - cx) * c + (yy - cy) * s) / (side * scale)
+  v = (-(xx - cx) * s + (yy - cy) * c) / (side * scale) + 0.5
+  return u, v, yy, xx
+
+
+def _leg_density(rng, u, v, anatomy, view, fracture) -> np.ndarray:
+  """Soft tissue, tibia, fibula and talus attenuation [H, W] of one view."""
   a = anatomy
   # View geometry: lateral views overlap the fibula with the tibia; oblique
   # separates them.
@@ -324,30 +337,14 @@ def _render_view(rng, size, anatomy, view, fracture) -> np.ndarray:
       a['soft_density']
       * np.clip(1 - (u / (a['leg_width'] / 2 * taper)) ** 2, 0, None) ** 0.5
   )
-  density = soft
   tib_u = u + 0.02
   tib_w = a['tibia_width'] * tib_scale * taper / 2
   fib_u = u - fib_sep
   fib_w = a['fibula_width'] / 2
-  bone_len = v < a['talus_y'] - 0.02
-  # Fracture: displace the distal fragment and draw the lucent line (in bone
-  # coordinates).
   line = np.zeros_like(u)
   if fracture is not None:
-    bone_u = fib_u if fracture['bone'] else tib_u
-    dist = (v - fracture['y']) * np.cos(fracture['angle']) - bone_u * np.sin(
-        fracture['angle']
-    )
-    distal = dist > 0
-    shift = fracture['offset'] * (1 if rng.random() < 0.5 else -1)
-    if fracture['bone']:
-      fib_u = np.where(distal, fib_u + shift, fib_u)
-    else:
-      tib_u = np.where(distal, tib_u + shift, tib_u)
-    line = fracture['depth'] * np.exp(
-        -0.5 * (dist / (fracture['width'] / 2.355 + 1e-9)) ** 2
-    )
-  tibia = _tube(tib_u, tib_w, a['cortex']) * bone_len
+    tib_u, fib_u, line = _fracture(rng, v, tib_u, fib_u, fracture)
+  tibia = _tube(tib_u, tib_w, a['cortex']) * (v < a['talus_y'] - 0.02)
   fibula = (
       _tube(fib_u, fib_w, a['cortex'] * 1.3)
       * (v > 0.05)
@@ -368,9 +365,35 @@ def _render_view(rng, size, anatomy, view, fracture) -> np.ndarray:
       )
       ** 0.4
   )
-  density = density + a['bone_density'] * (tibia + 0.8 * fibula + 0.9 * talus)
-  # Exposure: random gain/offset, a smooth gradient (heel effect) and quantum
-  # noise.
+  return soft + a['bone_density'] * (tibia + 0.8 * fibula + 0.9 * talus)
+
+
+def _fracture(rng, v, tib_u, fib_u, fracture):
+  """Displaces the distal fragment of the fractured bone; draws the lucent line.
+
+  Returns (tib_u, fib_u, line): the bones' shifted coordinates and the line's
+  depth [H, W] in [0, 1], in bone coordinates.
+  """
+  bone_u = fib_u if fracture['bone'] else tib_u
+  dist = (v - fracture['y']) * np.cos(fracture['angle']) - bone_u * np.sin(
+      fracture['angle']
+  )
+  distal = dist > 0
+  shift = fracture['offset'] * (1 if rng.random() < 0.5 else -1)
+  if fracture['bone']:
+    fib_u = np.where(distal, fib_u + shift, fib_u)
+  else:
+    tib_u = np.where(distal, tib_u + shift, tib_u)
+  line = fracture['depth'] * np.exp(
+      -0.5 * (dist / (fracture['width'] / 2.355 + 1e-9)) ** 2
+  )
+  return tib_u, fib_u, line
+
+
+def _expose(rng, density, yy, xx) -> np.ndarray:
+  """Exposure: random gain/offset, a smooth gradient (heel effect), quantum
+  noise and, on some images, collimation (a constant border)."""
+  h, w = density.shape
   gradient = (
       1
       + rng.uniform(-0.12, 0.12) * (yy / h - 0.5)
@@ -380,7 +403,7 @@ def _render_view(rng, size, anatomy, view, fracture) -> np.ndarray:
   density = density + rng.normal(
       0, rng.uniform(0.008, 0.02), size=density.shape
   ).astype(np.float32)
-  if rng.random() < 0.4:  # collimation: a constant border on some sides
+  if rng.random() < 0.4:
     b = int(rng.uniform(0.02, 0.08) * min(h, w))
     density[:b] = 1.0 if rng.random() < 0.5 else 0.0
     density[:, -b:] = density[0, 0]
