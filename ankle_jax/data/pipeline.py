@@ -46,20 +46,19 @@ def load_split(
     prepare.DatasetMissingError: with the command that builds it, when the
       dataset or the split is missing.
   """
-  root = prepare.dataset_root(data_dir, dataset_config)
-  infos = sorted(root.glob('*/dataset_info.json'))
-  if not infos:
+  versions = prepare.built_versions(data_dir, dataset_config)
+  if not versions:
     raise prepare.missing_dataset_error(data_dir, dataset_config)
   base_split = split.split('[')[0]
   pattern = f'{prepare.DATASET_NAME}-{base_split}.array_record*'
-  if not list(infos[-1].parent.glob(pattern)):
+  if not list(versions[-1].glob(pattern)):
     raise prepare.missing_dataset_error(
         data_dir, dataset_config, split=base_split
     )
   # Read features/splits from the directory itself (not from the registered
   # builder's defaults), so datasets built with non-default options (e.g.
   # image_size) read back as written.
-  builder = tfds.builder_from_directory(os.fspath(infos[-1].parent))
+  builder = tfds.builder_from_directory(os.fspath(versions[-1]))
   return builder.as_data_source(split=split)
 
 

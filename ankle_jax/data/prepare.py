@@ -55,10 +55,19 @@ def dataset_root(
   return epath.Path(data_dir) / DATASET_NAME / dataset_config
 
 
+def built_versions(
+    data_dir: os.PathLike | str, dataset_config: str
+) -> list[epath.Path]:
+  """The built version folders of the dataset under data_dir, oldest first."""
+  root = dataset_root(data_dir, dataset_config)
+  if not root.exists():
+    return []
+  return sorted(info.parent for info in root.glob('*/dataset_info.json'))
+
+
 def dataset_exists(data_dir: os.PathLike | str, dataset_config: str) -> bool:
   """True when a built version of the dataset is under data_dir."""
-  root = dataset_root(data_dir, dataset_config)
-  return root.exists() and any(root.glob('*/dataset_info.json'))
+  return bool(built_versions(data_dir, dataset_config))
 
 
 def resolve_data_dirs(
