@@ -30,8 +30,10 @@ Faults:
 """
 
 import base64
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+import contextlib
 import json
+import logging as py_logging
 import os
 import shutil
 import time
@@ -326,8 +328,41 @@ class RunCheckpoints:
     self.best.close()
 
 
+def _is_orbax_warning(record: py_logging.LogRecord) -> bool:
+  return record.levelno < py_logging.ERROR and (
+      f'{os.sep}orbax{os.sep}' in record.pathname
+  )
+
+
+@contextlib.contextmanager
+def _quiet_read_only_restore() -> Iterator[None]:
+  """Hides orbax's own warnings during a read-only restore ('Given directory is
+  read only', three per restore) unless absl logging is at INFO or more
+  (--verbosity=1). This module's warnings (an unreadable checkpoint skipped)
+  still show."""
+  if logging.get_verbosity() >= logging.INFO:
+    yield
+    return
+  absl_logger = logging.get_absl_logger()
+  drop_orbax = lambda record: not _is_orbax_warning(record)
+  absl_logger.addFilter(drop_orbax)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(drop_orbax)
+
+
 def restore_variables(
     workdir: epath.PathLike, which: str = 'best'
+) -> tuple[dict[str, Any], int]:
+  """Loads a run's model variables for evaluation (orbax's read-only warnings
+  hidden: see `_quiet_read_only_restore`)."""
+  with _quiet_read_only_restore():
+    return _restore_variables(workdir, which)
+
+
+def _restore_variables(
+    workdir: epath.PathLike, which: str
 ) -> tuple[dict[str, Any], int]:
   """Loads a run's model variables for evaluation.
 

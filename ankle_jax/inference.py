@@ -16,14 +16,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 import dataclasses
 import json
 import os
 from typing import Any
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -95,21 +93,6 @@ def check_run_dirs(workdirs: Sequence[str]) -> None:
       )
 
 
-@contextlib.contextmanager
-def _quiet_read_only_restore() -> Iterator[None]:
-  """Hides orbax's three warnings per read-only restore ('Given directory is
-  read only', ...) unless the command runs with --verbosity >= 0."""
-  verbosity = logging.get_verbosity()
-  if verbosity >= logging.INFO:
-    yield
-    return
-  logging.set_verbosity(logging.ERROR)
-  try:
-    yield
-  finally:
-    logging.set_verbosity(verbosity)
-
-
 def load_runs(workdirs: Sequence[str], which: str = 'best') -> list[Run]:
   """Restores config and variables of each run directory.
 
@@ -122,8 +105,7 @@ def load_runs(workdirs: Sequence[str], which: str = 'best') -> list[Run]:
   for name, workdir in zip(unique_run_names(workdirs), workdirs):
     config = checkpoint.load_run_config(workdir)
     try:
-      with _quiet_read_only_restore():
-        variables, step = checkpoint.restore_variables(workdir, which=which)
+      variables, step = checkpoint.restore_variables(workdir, which=which)
     except (FileNotFoundError, checkpoint.CheckpointReadError) as e:
       raise console.UserError(f'--runs: {workdir}: {e}') from e
     runs.append(Run(name, str(workdir), config, variables, step, which))
