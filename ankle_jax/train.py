@@ -101,28 +101,40 @@ class TrainState(flax_train_state.TrainState):
 
 @dataclasses.dataclass(frozen=True)
 class AugmentSettings:
-  """Static augmentation settings (hashable: a jit static argument)."""
+  """Static augmentation settings (hashable: a jit static argument).
+
+  The keyword arguments of `augment.augment_batch`; see its docstring.
+  """
 
   rotation_degrees: float = 0.0
   flip_lr: bool = False
   flip_ud: bool = False
   brightness_delta: float = 0.0
   contrast_range: tuple[float, float] | None = None
+  gamma_range: tuple[float, float] | None = None
+  window_jitter: float = 0.0
+  crop_scale_lower: float = 1.0
+  clip: bool = True
 
   @classmethod
   def from_config(
       cls, augment_config: ml_collections.ConfigDict
   ) -> 'AugmentSettings':
-    lower, upper = augment_config.contrast_lower, augment_config.contrast_upper
-    contrast = (
-        None if (lower, upper) == (1.0, 1.0) else (float(lower), float(upper))
-    )
+    def value_range(name):
+      lower = float(augment_config[f'{name}_lower'])
+      upper = float(augment_config[f'{name}_upper'])
+      return None if (lower, upper) == (1.0, 1.0) else (lower, upper)
+
     return cls(
         rotation_degrees=float(augment_config.rotation_degrees),
         flip_lr=bool(augment_config.flip_lr),
         flip_ud=bool(augment_config.flip_ud),
         brightness_delta=float(augment_config.brightness_delta),
-        contrast_range=contrast,
+        contrast_range=value_range('contrast'),
+        gamma_range=value_range('gamma'),
+        window_jitter=float(augment_config.window_jitter),
+        crop_scale_lower=float(augment_config.crop_scale_lower),
+        clip=bool(augment_config.clip),
     )
 
 
@@ -175,15 +187,33 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f'config.class_weights={config.class_weights!r}; expected None or '
         '[w_normal, w_fracture]'
     )
-  lower, upper = config.augment.contrast_lower, config.augment.contrast_upper
-  if not 0.0 <= lower <= upper:
-    raise console.UserError(
-        f'config.augment.contrast_lower/upper=({lower}, {upper}); expected '
-        '0 <= lower <= upper'
-    )
+  _validate_augment_config(config.augment)
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise console.UserError(
         'set config.num_train_steps > 0 or config.num_epochs > 0'
+    )
+
+
+def _validate_augment_config(augment_config: ml_collections.ConfigDict):
+  """Raises UserError naming the first augment.* field out of its range."""
+  bounds = {'contrast': 0.0, 'gamma': 1e-6}
+  for name, lowest in bounds.items():
+    lower = augment_config[f'{name}_lower']
+    upper = augment_config[f'{name}_upper']
+    if not lowest <= lower <= upper:
+      raise console.UserError(
+          f'config.augment.{name}_lower/upper=({lower}, {upper}); expected '
+          f'{lowest} <= lower <= upper ((1.0, 1.0) = off)'
+      )
+  if not 0.0 <= augment_config.window_jitter < 0.5:
+    raise console.UserError(
+        f'config.augment.window_jitter={augment_config.window_jitter}; '
+        'expected 0 <= window_jitter < 0.5 (0 = off)'
+    )
+  if not 0.0 < augment_config.crop_scale_lower <= 1.0:
+    raise console.UserError(
+        f'config.augment.crop_scale_lower={augment_config.crop_scale_lower}; '
+        'expected 0 < crop_scale_lower <= 1 (1 = off)'
     )
 
 
@@ -322,15 +352,7 @@ def preprocess_train_images(
     key: jax.Array, images_bhwc: jax.Array, aug: AugmentSettings
 ) -> jax.Array:
   """Random augmentation then per-image standardization (train images)."""
-  images = augment.augment_batch(
-      key,
-      images_bhwc,
-      rotation_degrees=aug.rotation_degrees,
-      flip_lr=aug.flip_lr,
-      flip_ud=aug.flip_ud,
-      brightness_delta=aug.brightness_delta,
-      contrast_range=aug.contrast_range,
-  )
+  images = augment.augment_batch(key, images_bhwc, **dataclasses.asdict(aug))
   return augment.standardize_per_image(images)
 
 

@@ -11,6 +11,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
+from ankle_jax import console  # noqa: E402
 from ankle_jax import train  # noqa: E402
 
 CONTRACT_FIELDS = (
@@ -46,6 +47,11 @@ CONTRACT_FIELDS = (
     'augment.brightness_delta',
     'augment.contrast_lower',
     'augment.contrast_upper',
+    'augment.clip',
+    'augment.gamma_lower',
+    'augment.gamma_upper',
+    'augment.window_jitter',
+    'augment.crop_scale_lower',
     'num_epochs',
     'num_train_steps',
     'log_every_steps',
@@ -208,3 +214,19 @@ def test_launch_summary_only_prints_params_flops_and_shapes():
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'params' in result.stdout and 'FLOPs' in result.stdout
   assert 'aux_logits: (1, 2)' in result.stdout
+
+
+@pytest.mark.parametrize(
+    'field, value',
+    [
+        ('window_jitter', 0.5),
+        ('crop_scale_lower', 0.0),
+        ('gamma_lower', 0.0),
+        ('contrast_lower', 1.5),
+    ],
+)
+def test_out_of_range_augment_fields_are_named(field, value):
+  config = _config('demo')
+  config.augment[field] = value
+  with pytest.raises(console.UserError, match=f'config.augment.{field}'):
+    train.validate_config(config)
