@@ -1,9 +1,9 @@
 r"""Builds the radiograph_studies dataset (ArrayRecord) from a folder of studies.
 
   python -m ankle_jax.data.build --manual_dir=DIR --data_dir=DIR \
-      [--config=dicom_cases] [--strict]
+      [--config=dicom_cases] [--salt_file=PATH] [--strict]
 
-The dataset lands in `<data_dir>/radiograph_studies/<config>/1.0.0/`, with
+The dataset lands in `<data_dir>/radiograph_studies/<config>/<version>/`, with
 `build_report.json` and `build_report.md` next to the record files. The command
 prints one line before, the decoding progress bar, and a closing summary
 (counts per split and label, skipped files, speed). `tfds build` also works
@@ -16,10 +16,18 @@ Layouts of --manual_dir (`--config`):
   fracatlas    <manual_dir>/images/{Fractured,Non_fractured}/*.jpg and
                <manual_dir>/dataset.csv
 An optional <manual_dir>/splits.csv (columns case,split) overrides splits.
+
+Salt. dicom_cases and mura name a case by a salted hash of its folder path;
+for real data pass a private salt, preferably in a file (`--salt_file=PATH`:
+its content, surrounding whitespace stripped; keep it outside data_dir and
+reuse it for every build of the collection), as `--salt` shows in the shell
+history and the process list. Without one, the public default salt is used and
+the build warns. The salt never changes the split.
 """
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 from absl import flags
@@ -54,19 +62,34 @@ _IMAGE_SIZE = flags.DEFINE_integer(
 _SALT = flags.DEFINE_string(
     'salt',
     None,
-    'case_id hash salt: set your own for real data, keep it private.',
+    'case_id hash salt for real data, kept private (--salt_file is safer).',
+)
+_SALT_FILE = flags.DEFINE_string(
+    'salt_file',
+    None,
+    'File holding the case_id hash salt (stripped); keep it private.',
 )
 _NUM_VALIDATION_PER_LABEL = flags.DEFINE_integer(
-    'num_validation_per_label', None, 'dicom_cases, mura: validation cases.'
+    'num_validation_per_label', None, 'dicom_cases: validation cases per label.'
 )
 _NUM_TEST_PER_LABEL = flags.DEFINE_integer(
-    'num_test_per_label', None, 'dicom_cases, mura: test cases per label.'
+    'num_test_per_label', None, 'dicom_cases: test cases per label.'
 )
 _MIN_EVAL_VIEWS = flags.DEFINE_integer(
-    'min_eval_views', None, 'Views a validation/test case needs at least.'
+    'min_eval_views',
+    None,
+    'dicom_cases: views a validation/test case needs at least.',
 )
 _VALIDATION_FRACTION = flags.DEFINE_float(
-    'validation_fraction', None, 'fracatlas: fraction of cases in validation.'
+    'validation_fraction',
+    None,
+    'fracatlas: fraction of images in validation; mura: of train/ studies.',
+)
+_NEAR_DUPLICATE_BITS = flags.DEFINE_integer(
+    'near_duplicate_bits',
+    None,
+    'Views whose 512-bit difference hashes differ in at most this many bits '
+    'share a split (default 32; -1: no check).',
 )
 _BODY_PARTS = flags.DEFINE_list(
     'body_parts',
@@ -92,9 +115,12 @@ def config_overrides() -> dict[str, Any]:
           _NUM_TEST_PER_LABEL,
           _MIN_EVAL_VIEWS,
           _VALIDATION_FRACTION,
+          _NEAR_DUPLICATE_BITS,
       )
       if flag.value is not None
   }
+  if _SALT_FILE.value is not None:
+    overrides['salt'] = read_salt_file(_SALT_FILE.value, _SALT.value)
   body_parts = tuple(p.strip() for p in _BODY_PARTS.value or () if p.strip())
   if body_parts:
     overrides['body_parts'] = body_parts
@@ -103,6 +129,27 @@ def config_overrides() -> dict[str, Any]:
   if _EXCLUDE_MULTISCAN.value:
     overrides['include_multiscan'] = False
   return overrides
+
+
+def read_salt_file(path: str, salt_flag: str | None = None) -> str:
+  """The salt in a --salt_file (surrounding whitespace stripped).
+
+  Raises:
+    console.UserError: --salt given too, the file unreadable or blank.
+  """
+  if salt_flag is not None:
+    raise console.UserError('give --salt or --salt_file, not both.')
+  try:
+    salt = pathlib.Path(path).read_text().strip()
+  except (OSError, UnicodeDecodeError) as e:
+    raise console.UserError(
+        f'--salt_file={path}: cannot read it ({type(e).__name__}).'
+    ) from e
+  if not salt:
+    raise console.UserError(
+        f'--salt_file={path} is empty: put a private salt (any text) in it.'
+    )
+  return salt
 
 
 def main(argv: list[str]) -> None:

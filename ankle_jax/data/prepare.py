@@ -142,6 +142,7 @@ def build_dataset(
     progress: bool = True,
     overwrite: bool = False,
     echo: bool = False,
+    warn_default_salt: bool = True,
     **config_overrides: Any,
 ) -> dict[str, Any]:
   """Builds radiograph_studies/<config> into data_dir; returns the build report.
@@ -158,9 +159,12 @@ def build_dataset(
     overwrite: rebuild even if the dataset already exists.
     echo: print what is built (one line) before and the closing summary
       (`build_summary`) after.
+    warn_default_salt: warn when dicom_cases/mura are built with the public
+      default salt (False for synthetic studies).
     **config_overrides: fields of `RadiographStudiesConfig` (image_size, salt,
       num_validation_per_label, num_test_per_label, min_eval_views,
-      validation_fraction, body_parts, include_hardware, include_multiscan).
+      validation_fraction, body_parts, include_hardware, include_multiscan,
+      near_duplicate_bits).
 
   Returns:
     The build report (also written as build_report.json / .md next to the
@@ -182,10 +186,17 @@ def build_dataset(
       data_dir=os.fspath(data_dir),
       file_format='array_record',
       build_options=radiograph_studies.BuildOptions(
-          num_workers=num_workers, strict=strict, progress=progress
+          num_workers=num_workers,
+          strict=strict,
+          progress=progress,
+          warn_default_salt=warn_default_salt,
       ),
   )
-  reused = dataset_exists(data_dir, config) and not overwrite
+  # This version built (an older version beside it is not reused: the builder
+  # builds this one next to it).
+  reused = (
+      pathlib.Path(builder.data_dir) / 'dataset_info.json'
+  ).exists() and not overwrite
   if echo:
     print(
         f'Using the existing {DATASET_NAME}/{config} in {builder.data_dir} '
@@ -300,6 +311,13 @@ def prepare_dataset(
       )
     synthetic.generate_studies(os.fspath(manual_dir), **synthetic_studies)
   build_dataset(
-      manual_dir, data_dir, config=dataset_config, progress=progress, echo=echo
+      manual_dir,
+      data_dir,
+      config=dataset_config,
+      progress=progress,
+      echo=echo,
+      # Studies the generator wrote (its manifest beside them) carry only fake
+      # names: the public default salt hides nothing there.
+      warn_default_salt=not (manual_dir / synthetic.MANIFEST_NAME).exists(),
   )
   return data_dir

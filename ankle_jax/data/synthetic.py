@@ -64,6 +64,8 @@ from pydicom.uid import RLELossless
 
 from ankle_jax import console
 
+# What was generated, beside the studies (also marks a folder as synthetic).
+MANIFEST_NAME = 'synthetic_manifest.json'
 _VIEWS = (
     'AP',
     'OBL',
@@ -173,9 +175,7 @@ def generate_studies(
         )
     )
   manifest = [dataclasses.asdict(c) for c in cases]
-  (out_dir / 'synthetic_manifest.json').write_text(
-      json.dumps(manifest, indent=1)
-  )
+  (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
   return cases
 
 

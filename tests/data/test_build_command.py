@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from ankle_jax.data import pipeline
 from ankle_jax.data import prepare
 from ankle_jax.data import radiograph_studies
 from ankle_jax.data import synthetic
@@ -46,9 +47,12 @@ def studies(tmp_path_factory):
 
 def test_build_prints_its_own_lines_and_a_summary(studies, tmp_path):
   data_dir = tmp_path / 'tfds'
+  salt_file = tmp_path / 'salt.txt'
+  salt_file.write_text('  a private salt\n')
   result = _build(
       f'--manual_dir={studies}',
       f'--data_dir={data_dir}',
+      f'--salt_file={salt_file}',
       '--num_workers=1',
       '--no_progress',
       '--num_validation_per_label=2',
@@ -65,7 +69,9 @@ def test_build_prints_its_own_lines_and_a_summary(studies, tmp_path):
       'train: normal 2 cases (6 views), fracture 2 cases (6 views)'
   )
   assert out[-1].startswith('1 unreadable file skipped (1 case had no')
-  assert out[-1].endswith('dicom_cases/1.0.0/build_report.md')
+  assert out[-1].endswith(
+      f'dicom_cases/{radiograph_studies.Builder.VERSION}/build_report.md'
+  )
   assert len(out) == 6, result.stdout
   console = result.stdout + result.stderr
   for noise in ('Downloading and preparing', 'Unknown size', '{"counts"'):
@@ -77,6 +83,37 @@ def test_build_prints_its_own_lines_and_a_summary(studies, tmp_path):
   again = _build(f'--manual_dir={studies}', f'--data_dir={data_dir}')
   assert again.returncode == 0, again.stderr
   assert again.stdout.startswith('Using the existing radiograph_studies')
+  # case_ids are hashed with the file's salt, stripped.
+  case_ids = {
+      pipeline._to_str(ex['case_id'])
+      for split in ('train', 'validation', 'test')
+      for ex in pipeline.load_split(data_dir, split)
+  }
+  folders = [
+      f'{label}/{case.name}'
+      for label in ('normal', 'fracture')
+      for case in (studies / label).iterdir()
+      if case.name != 'notes_case'
+  ]
+  assert case_ids == {
+      radiograph_studies.case_id_for(f, 'a private salt') for f in folders
+  }
+
+
+def test_default_salt_warns(studies, tmp_path):
+  result = _build(
+      f'--manual_dir={studies}',
+      f'--data_dir={tmp_path}',
+      '--num_workers=1',
+      '--no_progress',
+      '--num_validation_per_label=2',
+      '--num_test_per_label=2',
+  )
+  assert result.returncode == 0, result.stderr
+  warning = 'case_ids use the public default salt'
+  assert warning in result.stderr  # while building (absl format) ...
+  assert f'warning: {warning}' in result.stdout  # ... and in the summary.
+  assert '--salt_file=PATH' in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -98,6 +135,23 @@ def test_build_prints_its_own_lines_and_a_summary(studies, tmp_path):
             'dicom_cases, mura, fracatlas.',
         ),
         (['--data_dir={tmp}/tfds'], 'error: --manual_dir is required'),
+        (
+            [
+                '--manual_dir={tmp}',
+                '--data_dir={tmp}/tfds',
+                '--salt_file={tmp}/no_salt.txt',
+            ],
+            'error: --salt_file={tmp}/no_salt.txt: cannot read it',
+        ),
+        (
+            [
+                '--manual_dir={tmp}',
+                '--data_dir={tmp}/tfds',
+                '--salt_file={tmp}/no_salt.txt',
+                '--salt=x',
+            ],
+            'error: give --salt or --salt_file, not both.',
+        ),
     ],
 )
 def test_bad_input_is_a_short_message(tmp_path, args, message):

@@ -1,6 +1,7 @@
 """Tests for the radiograph_studies TFDS builder (dicom_cases, mura, fracatlas) and its report."""
 
 import csv
+import hashlib
 import io
 import json
 import pathlib
@@ -9,8 +10,10 @@ import shutil
 import numpy as np
 from PIL import Image
 import pytest
+import scipy.ndimage
 import tensorflow_datasets as tfds
 
+from ankle_jax.data import near_duplicates
 from ankle_jax.data import pipeline
 from ankle_jax.data import prepare
 from ankle_jax.data import radiograph_studies
@@ -140,7 +143,12 @@ def test_bad_files_are_skipped_and_reported(built):
   for entry in report['skipped_files']:
     assert set(entry) == {'case_id', 'file_index', 'extension', 'reason'}
     assert 'not a DICOM' in entry['reason'] or 'DICOM' in entry['reason']
-  report_dir = data_dir / 'radiograph_studies' / 'dicom_cases' / '1.0.0'
+  report_dir = (
+      data_dir
+      / 'radiograph_studies'
+      / 'dicom_cases'
+      / str(radiograph_studies.Builder.VERSION)
+  )
   assert (
       json.loads((report_dir / 'build_report.json').read_text())['counts']
       == report['counts']
@@ -292,24 +300,40 @@ def _png(path, seed, size=64):
   Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(path)
 
 
-def test_mura_fixture_builds_with_body_part_filter(tmp_path):
-  root = tmp_path / 'mura' / 'MURA-v1.1'
-  n = 0
-  for part_split in ('train', 'valid'):
+def _mura_fixture(root, copy_from=None):
+  """MURA-v1.1 layout: train/ and valid/, wrist and elbow; patient p has
+  1 + p % 3 studies per part, each 1 + (p + k) % 3 images of noise.
+
+  copy_from: (source, target) study paths under root (with an image name):
+  the target image becomes a copy of the source, brightened by 10 grey levels.
+  Returns {study path relative to MURA-v1.1: number of images}.
+  """
+  studies, n = {}, 0
+  for part_split, patients in (('train', range(8)), ('valid', range(8, 11))):
     for part in ('XR_WRIST', 'XR_ELBOW'):
-      for patient in range(3):
-        for study, outcome in ((1, 'positive'), (2, 'negative')):
-          for image in range(1 + (patient % 3)):
+      for p in patients:
+        for k in range(1 + p % 3):
+          outcome = ('negative', 'positive')[(p + k) % 2]
+          study = f'{part_split}/{part}/patient{p:05d}/study{k + 1}_{outcome}'
+          studies[study] = 1 + (p + k) % 3
+          for image in range(studies[study]):
             n += 1
-            _png(
-                root
-                / part_split
-                / part
-                / f'patient{patient:05d}'
-                / f'study{study}_{outcome}'
-                / f'image{image + 1}.png',
-                n,
-            )
+            _png(root / 'MURA-v1.1' / study / f'image{image + 1}.png', n)
+  if copy_from:
+    source, target = (root / 'MURA-v1.1' / path for path in copy_from)
+    pixels = np.asarray(Image.open(source), np.int32) + 10
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(target)
+  return studies
+
+
+def test_mura_keeps_its_official_split_and_splits_train_by_patient(tmp_path):
+  # Patient 0 (one wrist study) gets a copy of an image of patient 7's first
+  # wrist study: two patients joined by a near-duplicate.
+  copy = (
+      'train/XR_WRIST/patient00007/study1_positive/image1.png',
+      'train/XR_WRIST/patient00000/study1_negative/image1.png',
+  )
+  studies = _mura_fixture(tmp_path / 'mura', copy)
   report = prepare.build_dataset(
       tmp_path / 'mura',
       tmp_path / 'data',
@@ -317,25 +341,42 @@ def test_mura_fixture_builds_with_body_part_filter(tmp_path):
       num_workers=1,
       progress=False,
       body_parts=('XR_WRIST',),
-      num_validation_per_label=1,
-      num_test_per_label=1,
-      min_eval_views=2,
+      validation_fraction=0.4,
+      salt='private',
   )
-  counts = report['counts']
-  total_cases = sum(c['cases'] for s in counts.values() for c in s.values())
-  assert (
-      total_cases == 2 * 3 * 2
-  )  # wrist only: 2 folders x 3 patients x 2 studies
-  assert report['filtered_out']['body_part_studies'] == 12
-  for split in ('validation', 'test'):
-    for label in ('normal', 'fracture'):
-      assert counts[split][label]['cases'] == 1
+  wrist = {k: v for k, v in studies.items() if '/XR_WRIST/' in k}
+  assert report['filtered_out']['body_part_studies'] == len(studies) - len(
+      wrist
+  )
+  study_of = {radiograph_studies.case_id_for(k, 'private'): k for k in wrist}
   recs = _records(tmp_path / 'data', 'mura')
-  assert (
-      sum(len(r) for r in recs.values())
-      == report['decoded_views']
-      == 2 * (1 + 2 + 3) * 2
+  split_of = {r[0]: s for s, rs in recs.items() for r in rs}
+  assert set(split_of) == set(study_of)
+  assert sum(len(r) for r in recs.values()) == sum(wrist.values())
+  # valid/ is the test split, whole; train/ gives train and validation.
+  assert {study_of[c] for c, s in split_of.items() if s == 'test'} == {
+      k for k in wrist if k.startswith('valid/')
+  }
+  assert {s for c, s in split_of.items() if 'train/' in study_of[c]} == {
+      'train',
+      'validation',
+  }
+  # A patient never straddles splits, and the near-duplicate joins 0 and 7.
+  patient_splits = {}
+  for case_id, split in split_of.items():
+    patient = study_of[case_id].split('/')[2]
+    patient_splits.setdefault(patient, set()).add(split)
+  assert all(len(s) == 1 for s in patient_splits.values()), patient_splits
+  assert patient_splits['patient00000'] == patient_splits['patient00007']
+  near = report['near_duplicates']
+  assert near['count'] == 1 and near['sizes'] == {'2': 1}
+  (group,) = near['groups']
+  assert sorted(group['cases']) == sorted(
+      radiograph_studies.case_id_for(copy[k].rsplit('/', 1)[0], 'private')
+      for k in (0, 1)
   )
+  assert group['mixed_labels'] and group['pairs'][0][-1] <= 32
+  assert not any('salt' in w for w in report['warnings'])
 
 
 def _fracatlas_fixture(root, num_frac=10, num_normal=30):
@@ -374,7 +415,8 @@ def _fracatlas_fixture(root, num_frac=10, num_normal=30):
   # A truncated JPEG (Pillow reads it with LOAD_TRUNCATED_IMAGES).
   victim = root / 'images' / 'Non_fractured' / 'IMG0000001.jpg'
   buf = io.BytesIO()
-  noise = np.random.default_rng(5).integers(0, 255, (90, 70), dtype=np.uint8)
+  # (A seed no other fixture image uses: an equal image is a near-duplicate.)
+  noise = np.random.default_rng(555).integers(0, 255, (90, 70), dtype=np.uint8)
   Image.fromarray(noise).save(buf, format='JPEG', quality=90)
   victim.write_bytes(buf.getvalue()[:-40])
   with (root / 'dataset.csv').open('w', newline='') as f:
@@ -433,6 +475,175 @@ def test_fracatlas_fixture_builds(tmp_path):
   )
   assert filtered['filtered_out']['body_part'] == 40 - 2
   assert filtered['decoded_views'] == 2
+
+
+def _edit_jpeg(source, target, brightness=0, size=None):
+  """Saves a brightened (and resized) copy of a JPEG."""
+  picture = Image.open(source).convert('L')
+  pixels = np.clip(np.asarray(picture, np.int32) + brightness, 0, 255)
+  copy = Image.fromarray(pixels.astype(np.uint8))
+  if size:
+    copy = copy.resize(size, Image.Resampling.BILINEAR)
+  copy.save(target, quality=85)
+
+
+def test_fracatlas_near_duplicates_share_a_split(tmp_path):
+  root = tmp_path / 'fracatlas'
+  _fracatlas_fixture(root, num_frac=6, num_normal=14)
+  images = root / 'images'
+  # A brightened copy of a fractured image filed as normal (the labels
+  # disagree), and a resized copy of a normal image; splits.csv puts the
+  # latter's original in test.
+  _edit_jpeg(
+      images / 'Fractured' / 'IMG1000002.jpg',
+      images / 'Non_fractured' / 'IMG0090001.jpg',
+      brightness=12,
+  )
+  _edit_jpeg(
+      images / 'Non_fractured' / 'IMG0000003.jpg',
+      images / 'Non_fractured' / 'IMG0090002.jpg',
+      size=(72, 92),
+  )
+  (root / 'splits.csv').write_text('case,split\nIMG0000003,test\n')
+  report = prepare.build_dataset(
+      root, tmp_path / 'data', config='fracatlas', num_workers=1, progress=False
+  )
+  near = report['near_duplicates']
+  assert near['count'] == 2 and near['mixed_label_groups'] == 1
+  groups = {tuple(g['cases']): g for g in near['groups']}
+  assert set(groups) == {
+      ('IMG0090001', 'IMG1000002'),
+      ('IMG0000003', 'IMG0090002'),
+  }
+  assert groups['IMG0000003', 'IMG0090002']['splits'] == ['test']
+  for group in groups.values():
+    (pair,) = group['pairs']
+    assert 0 <= pair[-1] <= 32 and len(group['splits']) == 1
+  split_of = {
+      r[0]: s
+      for s, rs in _records(tmp_path / 'data', 'fracatlas').items()
+      for r in rs
+  }
+  assert split_of['IMG0090001'] == split_of['IMG1000002']
+  assert split_of['IMG0090002'] == 'test'
+  assert any('mix labels' in w for w in report['warnings'])
+  report_md = next((tmp_path / 'data').rglob('build_report.md')).read_text()
+  assert '## Near-duplicate groups' in report_md
+  assert 'IMG0090001 (normal), IMG1000002 (fracture)' in report_md
+  # Off: no groups, the copies are split like any other image.
+  off = prepare.build_dataset(
+      root,
+      tmp_path / 'data_off',
+      config='fracatlas',
+      num_workers=1,
+      progress=False,
+      near_duplicate_bits=-1,
+  )
+  assert off['near_duplicates']['count'] == 0
+
+
+def test_difference_hash_finds_copies_not_other_images():
+  rng = np.random.default_rng(0)
+  # Smooth random images (structure at every scale of the hash's grid): one,
+  # its re-export (brighter, contrast stretched, 2% larger), the same stored
+  # as the builder's uint16 [S, S, 1], and an unrelated one.
+  image, other = (
+      scipy.ndimage.gaussian_filter(rng.normal(size=(300, 300)), 12)
+      for _ in range(2)
+  )
+  copy = np.asarray(
+      Image.fromarray(image.astype(np.float32)).resize((306, 306))
+  )[3:303, 3:303]
+  stored = (image - image.min()) / np.ptp(image) * 65535
+  hashes = np.stack(
+      [
+          near_duplicates.difference_hash(x)
+          for x in (
+              image,
+              1.3 * copy + 0.2,
+              stored.astype(np.uint16)[..., None],
+          )
+          + (other,)
+      ]
+  )
+  assert hashes.shape == (4, near_duplicates.HASH_BITS // 8)
+  pairs = near_duplicates.near_duplicate_pairs(hashes, 32)
+  assert pairs[:, :2].tolist() == [[0, 1], [0, 2], [1, 2]]
+  assert pairs[1, 2] == 0 and 0 < pairs[0, 2] <= 32
+  everything = near_duplicates.near_duplicate_pairs(hashes, 512)
+  assert len(everything) == 6
+  assert everything[everything[:, 1] == 3, 2].min() > 200  # unrelated
+  assert near_duplicates.near_duplicate_pairs(hashes, -1).shape == (0, 3)
+  # Groups are connected components: 0-1 and 1-2 chain, 3 stays alone.
+  groups = near_duplicates.group_labels(4, np.array([[0, 1], [1, 2]]))
+  assert groups[0] == groups[1] == groups[2] != groups[3]
+  assert len(set(near_duplicates.group_labels(4, np.zeros((0, 2))))) == 4
+
+
+def test_split_does_not_depend_on_the_salt():
+  cfg = radiograph_studies.RadiographStudiesConfig(
+      name='t', num_validation_per_label=4, num_test_per_label=4
+  )
+  keys = [f"{('normal', 'fracture')[i % 2]}/Patient^Name{i}" for i in range(40)]
+
+  def splits(salt):
+    cases = [
+        rsb._Case(k, (k,), i % 2, [], radiograph_studies.case_id_for(k, salt))
+        for i, k in enumerate(keys)
+    ]
+    for case in cases:
+      case.views = [(0, '', {})] * 3
+    ids = rsb._assign_splits(
+        cases, cfg, pathlib.Path('/nonexistent'), {'warnings': []}
+    )
+    return [ids[radiograph_studies.case_id_for(k, salt)] for k in keys]
+
+  by_default = splits(radiograph_studies.DEFAULT_SALT)
+  assert splits('one private salt') == splits('another') == by_default
+  assert by_default.count('validation') == by_default.count('test') == 8
+  # The rank is 1.0.0's for the default salt: sha256('split:' + case_id).
+  key = keys[0]
+  assert (
+      rsb.split_rank(key)
+      == hashlib.sha256(
+          f'split:{radiograph_studies.case_id_for(key)}'.encode()
+      ).hexdigest()
+  )
+
+
+def test_default_salt_warns_for_real_data_but_not_for_the_demo(tmp_path):
+  def built_report(data_dir):
+    (path,) = data_dir.rglob('build_report.json')
+    return json.loads(path.read_text())
+
+  synthetic_studies = dict(
+      num_normal=2, num_fracture=2, seed=4, min_size=96, max_size=128
+  )
+  prepare.prepare_dataset(
+      data_dir=tmp_path / 'demo',
+      manual_dir=tmp_path / 'studies',
+      dataset_config='dicom_cases',
+      synthetic_studies=synthetic_studies,
+      progress=False,
+      echo=False,
+  )
+  demo = built_report(tmp_path / 'demo')
+  assert demo['salt'] == 'default'
+  assert not any('salt' in w for w in demo['warnings'])
+  # The same folder without the generator's manifest: real data for all the
+  # builder knows.
+  (tmp_path / 'studies' / synthetic.MANIFEST_NAME).unlink()
+  args = dict(num_workers=1, progress=False, image_size=64)
+  real = prepare.build_dataset(tmp_path / 'studies', tmp_path / 'real', **args)
+  assert 'public default salt' in real['warnings'][0]
+  assert 'public default salt' in (
+      next((tmp_path / 'real').rglob('build_report.md')).read_text()
+  )
+  private = prepare.build_dataset(
+      tmp_path / 'studies', tmp_path / 'private', salt='s3cret', **args
+  )
+  assert private['salt'] == 'custom'
+  assert not any('salt' in w for w in private['warnings'])
 
 
 def test_builder_follows_tfds_conventions():
