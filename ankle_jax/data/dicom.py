@@ -12,14 +12,10 @@ for a DICOM view:
   baseline/extended/lossless,
    JPEG-LS, JPEG 2000; RLE). Before decoding, a JPEG / JPEG-LS / JPEG 2000
    codestream must declare the same size as Rows x Columns (the plugins allocate
-   from the codestream header). Lossy JPEG 2000 is decoded at a reduced
-   resolution level (Pillow's OpenJPEG) when the reduced image keeps at least
-   `J2K_REDUCE_MIN_OVERSAMPLING` x image_size on its shorter side and has no
-   constant border to crop (where step 7 would cut at full resolution cannot be
-   told from it to within 2**level pixels, so such an image is decoded again in
-   full); step 8 then averages it over the full decode's blocks, so that both
-   decodes give one geometry. Lossless encodings are always decoded in full, so
-   that they give identical arrays.
+   from the codestream header). Every encoding is decoded at full resolution,
+   lossy JPEG 2000 too: a decode of a reduced JPEG 2000 resolution level (2-3x
+   faster) cannot tell where step 7 would cut a constant border to the pixel,
+   and a cut 2 pixels off shifts the anatomy visibly at 300 px.
 3. RGB-stored images are converted to luminance (ITU-R BT.601 weights), with a
   warning.
 4. The modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence).
@@ -79,18 +75,6 @@ MAX_FILE_BYTES = 1 << 30
 # constant when cropping borders; 1% tolerates the noise of lossy
 # (near-lossless) encodings.
 BORDER_TOLERANCE = 1e-2
-
-# Lossy JPEG 2000 transfer syntaxes, which may be decoded at a reduced
-# resolution level when the reduced image still has >=
-# J2K_REDUCE_MIN_OVERSAMPLING x the output size on its shorter side (CPU time at
-# 300 px, 87 instead of 286 ms for a 2140 x 1760 CR; an image with a constant
-# border to crop is decoded again in full, 187 instead of 118 ms for a 1760 x
-# 1760 one). Lossless ones never are: lossless encodings of one image must give
-# identical arrays.
-J2K_REDUCED_TRANSFER_SYNTAXES = frozenset(
-    {pydicom.uid.JPEG2000, pydicom.uid.JPEG2000MC, pydicom.uid.HTJ2K}
-)
-J2K_REDUCE_MIN_OVERSAMPLING = 2
 
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 _JPEG_MAGIC = b'\xff\xd8\xff'
@@ -169,19 +153,14 @@ def load_radiograph_with_info(
       head = f.read(132)
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
       image_hw, info = _read_pillow(path)
-      reduce_level = 0
     else:
-      image_hw, info, reduce_level = _read_dicom(path, image_size)
+      image_hw, info = _read_dicom(path)
     if not np.isfinite(image_hw).all():
       raise DicomReadError(
           path, 'pixel values are not finite after the modality LUT'
       )
-    if reduce_level:
-      image = _reduced_square_and_resize(
-          image_hw, reduce_level, info.original_shape, image_size
-      )
-    else:
-      image = _square_and_resize(crop_constant_borders(image_hw), image_size)
+    image_hw = crop_constant_borders(image_hw)
+    image = _square_and_resize(image_hw, image_size)
   except DicomReadError:
     raise
   except MemoryError:
@@ -216,23 +195,15 @@ def crop_constant_borders(
   Returns:
     A view [h, w] of `image_hw`, h <= H, w <= W.
   """
-  top, bottom, left, right = _non_constant_box(image_hw, tolerance)
-  return image_hw[top:bottom, left:right]
-
-
-def _non_constant_box(
-    image_hw: np.ndarray, tolerance: float = BORDER_TOLERANCE
-) -> tuple[int, int, int, int]:
-  """(top, bottom, left, right), in pixels, of what `crop_constant_borders` keeps."""
   row_flat = (image_hw.max(axis=1) - image_hw.min(axis=1)) <= tolerance
   col_flat = (image_hw.max(axis=0) - image_hw.min(axis=0)) <= tolerance
   if row_flat.all() or col_flat.all():
-    return 0, image_hw.shape[0], 0, image_hw.shape[1]
+    return image_hw
   top = int(np.argmin(row_flat))
   bottom = len(row_flat) - int(np.argmin(row_flat[::-1]))
   left = int(np.argmin(col_flat))
   right = len(col_flat) - int(np.argmin(col_flat[::-1]))
-  return top, bottom, left, right
+  return image_hw[top:bottom, left:right]
 
 
 def pad_to_square(image_hw: np.ndarray) -> np.ndarray:
@@ -300,7 +271,8 @@ def _square_and_resize(image_hw: np.ndarray, size: int) -> np.ndarray:
     (1.6 GB).
   """
   img = np.asarray(image_hw, np.float32)
-  fh, fw = _block_sizes(img.shape, size)
+  factor = max(1, max(img.shape) // size)
+  fh, fw = min(factor, img.shape[0]), min(factor, img.shape[1])
   if fh > 1 or fw > 1:
     h, w = (img.shape[0] // fh) * fh, (img.shape[1] // fw) * fw
     img = (
@@ -309,74 +281,6 @@ def _square_and_resize(image_hw: np.ndarray, size: int) -> np.ndarray:
         .mean(axis=(1, 3), dtype=np.float32)
     )
   return resize_image(pad_to_square(img), size)
-
-
-def _block_sizes(shape: tuple[int, int], size: int) -> tuple[int, int]:
-  """Rows and columns per block of step 8's block averaging of an [h, w] image."""
-  factor = max(1, max(shape) // size)
-  return min(factor, shape[0]), min(factor, shape[1])
-
-
-def _reduced_square_and_resize(
-    reduced_hw: np.ndarray,
-    level: int,
-    full_shape: tuple[int, int],
-    size: int,
-) -> np.ndarray:
-  """Step 8 for a JPEG 2000 image decoded at resolution level `level`, with no
-  constant border to crop.
-
-  Gives the geometry of `_square_and_resize(full)` for the full-resolution image
-  `full` [H, W] = `full_shape`: the same blocks, the same padding, the same
-  resize. Each block of H // fh x W // fw blocks of fh x fw full-resolution
-  pixels becomes the mean of the reduced image over the block's area; reduced
-  sample k is centred on full-resolution pixel 2**level * k (the JPEG 2000
-  low-pass band, image origin 0), not on the middle of the 2**level pixels
-  from 2**level * k.
-
-  Args:
-    reduced_hw: float32 [ceil(H / 2**level), ceil(W / 2**level)] in [0, 1].
-    level: resolution levels dropped, >= 1.
-    full_shape: (H, W) of the full-resolution image.
-    size: output side in pixels.
-
-  Returns:
-    float32 [size, size] in [0, 1].
-  """
-  rows, cols = full_shape
-  fh, fw = _block_sizes(full_shape, size)
-  blocks = _area_means(reduced_hw, fh, rows // fh, 2**level)
-  blocks = _area_means(blocks.T, fw, cols // fw, 2**level).T
-  return resize_image(pad_to_square(blocks), size)
-
-
-def _area_means(
-    reduced: np.ndarray, width: int, count: int, scale: int
-) -> np.ndarray:
-  """Means of `reduced` [n, m] over the full-resolution rows [width * i,
-  width * (i + 1)), i < count; -> float32 [count, m].
-
-  `reduced` is a 1/`scale` JPEG 2000 resolution level: its row k is centred on
-  full-resolution row scale * k and stands for the full-resolution rows
-  [scale * k - (scale - 1) / 2, scale * k + (scale + 1) / 2). What of a block
-  lies beyond the last row k = n - 1 (at most (scale - 1) / 2 rows) is left out
-  of its mean.
-  """
-  n = reduced.shape[0]
-  edges = width * np.arange(count + 1, dtype=np.float64)
-  edges = np.clip((edges + (scale - 1) / 2) / scale, 0.0, n)  # reduced rows
-  starts, stops = edges[:-1], edges[1:]
-  first = np.floor(starts).astype(np.int64)
-  sums = np.zeros((count, reduced.shape[1]), np.float32)
-  # Each block overlaps at most ceil(width / scale) + 1 reduced rows.
-  for offset in range(-(-width // scale) + 1):
-    k = first + offset
-    overlap = np.minimum(stops, k + 1) - np.maximum(starts, k)
-    sums += (
-        np.maximum(overlap, 0.0).astype(np.float32)[:, None]
-        * reduced[np.minimum(k, n - 1)]
-    )
-  return sums / (stops - starts).astype(np.float32)[:, None]
 
 
 def _fit(img: np.ndarray, size: int) -> np.ndarray:
@@ -487,24 +391,15 @@ class _BoundedFile(io.FileIO):
     return super().read(min(size, max(0, self._size - self.tell())))
 
 
-def _read_dicom(
-    path: pathlib.Path, image_size: int
-) -> tuple[np.ndarray, RadiographInfo, int]:
-  """Reads a DICOM file into float32 [h, w] in [0, 1], bone bright (steps 1-6
-  of the module doc).
-
-  Returns:
-    (image, info, level): [h, w] = [ceil(Rows / 2**level), ceil(Columns /
-    2**level)], where level >= 1 for a lossy JPEG 2000 image decoded at a
-    reduced resolution (`_decode_j2k_reduced`), else 0.
-  """
+def _read_dicom(path: pathlib.Path) -> tuple[np.ndarray, RadiographInfo]:
+  """Reads a DICOM file into float32 [H, W] in [0, 1], bone bright (steps 1-6 of the module doc)."""
   with _BoundedFile(path) as fp:
-    return _read_dicom_from(path, fp, image_size)
+    return _read_dicom_from(path, fp)
 
 
 def _read_dicom_from(
-    path: pathlib.Path, fp, image_size: int
-) -> tuple[np.ndarray, RadiographInfo, int]:
+    path: pathlib.Path, fp
+) -> tuple[np.ndarray, RadiographInfo]:
   try:
     ds = pydicom.dcmread(fp, defer_size='256 KB')
   except pydicom.errors.InvalidDicomError as e:
@@ -514,45 +409,8 @@ def _read_dicom_from(
         path, f'unreadable DICOM header ({type(e).__name__}: {e})'
     ) from None
   _check_dicom_header(path, ds)
-  stored, level = _decode_pixels(path, ds, image_size)
-  image = _unit_image(path, ds, stored)
-  if level and _non_constant_box(image) != (
-      0,
-      image.shape[0],
-      0,
-      image.shape[1],
-  ):
-    # Where a constant border starts at full resolution is not known to within
-    # 2**level pixels from the reduced image, and a crop off by even 2 pixels
-    # shifts the anatomy visibly at 300 px: decode in full.
-    stored, level = _decode_pixels(path, ds, None)
-    image = _unit_image(path, ds, stored)
-  rows, cols = int(ds.Rows), int(ds.Columns)
-  info = RadiographInfo(
-      str(ds.get('ViewPosition', '') or ''),
-      'dicom',
-      False,
-      int(ds.get('SamplesPerPixel', 1)) == 3,
-      (rows, cols),
-  )
-  return image, info, level
-
-
-def _decode_pixels(path, ds, image_size: int | None) -> tuple[np.ndarray, int]:
-  """Step 2: the stored values and the resolution level dropped (0 = full).
-
-  A lossy JPEG 2000 image may be decoded at a reduced resolution for
-  `image_size` (`_decode_j2k_reduced`); image_size None decodes in full.
-  """
-  level = 0
   try:
-    reduced = (
-        None if image_size is None else _decode_j2k_reduced(ds, image_size)
-    )
-    if reduced is None:
-      stored = ds.pixel_array
-    else:
-      stored, level = reduced
+    stored = ds.pixel_array
   except BaseException as e:  # Rust plugins panic: BaseException
     if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
       raise
@@ -569,26 +427,17 @@ def _decode_pixels(path, ds, image_size: int | None) -> tuple[np.ndarray, int]:
         f'{type(e).__name__}: {e})',
     ) from None
   rows, cols = int(ds.Rows), int(ds.Columns)
-  expected = (
-      (rows, cols, 3)
-      if int(ds.get('SamplesPerPixel', 1)) == 3
-      else (rows, cols)
-  )
-  if level:
-    expected = _reduced_shape(rows, cols, level)
+  samples = int(ds.get('SamplesPerPixel', 1))
+  expected = (rows, cols, 3) if samples == 3 else (rows, cols)
   if stored.shape != expected:
     raise DicomReadError(
         path,
         f'decoded pixel array has shape {stored.shape}, '
         f'expected {expected} from Rows/Columns/SamplesPerPixel',
     )
-  return stored, level
-
-
-def _unit_image(path, ds, stored: np.ndarray) -> np.ndarray:
-  """Steps 3-6: stored values [h, w] or [h, w, 3] -> float32 [h, w] in [0, 1], bone bright."""
+  rgb = samples == 3
   photometric = str(ds.get('PhotometricInterpretation', 'MONOCHROME2')).upper()
-  if int(ds.get('SamplesPerPixel', 1)) == 3:
+  if rgb:
     image = _to_luminance(path, stored)
     bits = int(ds.BitsStored)
     image = image / float(2**bits - 1)
@@ -600,103 +449,10 @@ def _unit_image(path, ds, stored: np.ndarray) -> np.ndarray:
   image = np.clip(image, 0.0, 1.0)
   if invert:
     image = 1.0 - image
-  return image.astype(np.float32, copy=False)
-
-
-def _j2k_reduce_level(ds, image_size: int) -> int:
-  """Resolution levels to drop when decoding `ds` (0 = full resolution; see
-  `_decode_j2k_reduced`).
-
-  Only lossy JPEG 2000 qualifies: lossless encodings of one image must give
-  identical arrays, and a reduced decode of a lossless codestream would differ
-  from the other lossless encodings.
-  """
-  tsyntax = (
-      ds.file_meta.get('TransferSyntaxUID', None)
-      if hasattr(ds, 'file_meta')
-      else None
+  info = RadiographInfo(
+      str(ds.get('ViewPosition', '') or ''), 'dicom', False, rgb, (rows, cols)
   )
-  if tsyntax not in J2K_REDUCED_TRANSFER_SYNTAXES:
-    return 0
-  if (
-      int(ds.get('SamplesPerPixel', 1)) != 1
-      or int(ds.get('PixelRepresentation', 0)) != 0
-  ):
-    return 0
-  rows, cols = int(ds.Rows), int(ds.Columns)
-  level = 0
-  while (
-      min(rows, cols) >> (level + 1) >= J2K_REDUCE_MIN_OVERSAMPLING * image_size
-  ):
-    level += 1
-  # Pillow sizes a reduced image round(n / 2**level), OpenJPEG decodes
-  # ceil(n / 2**level) samples (they differ e.g. for n = 4k + 1 at level 2), and
-  # Pillow then fails; take the largest level where both agree.
-  while level and any(
-      (n + (1 << level >> 1)) >> level != _reduced_shape(n, n, level)[0]
-      for n in (rows, cols)
-  ):
-    level -= 1
-  return level
-
-
-def _reduced_shape(rows: int, cols: int, level: int) -> tuple[int, int]:
-  """Shape of JPEG 2000 resolution level `level` of a rows x cols image (origin
-  0)."""
-  return -(-rows // 2**level), -(-cols // 2**level)
-
-
-def _decode_j2k_reduced(ds, image_size: int) -> tuple[np.ndarray, int] | None:
-  """Fast path: a lossy JPEG 2000 frame decoded at a reduced resolution level
-  (Pillow, OpenJPEG).
-
-  JPEG 2000 stores a wavelet pyramid, so decoding the low-pass band of level r
-  costs a fraction of the full decode and gives an image 2**r times smaller per
-  side, anti-aliased by the wavelet's low-pass filter; its sample k is centred
-  on full-resolution pixel 2**r * k when the image origin (XOsiz, YOsiz) is 0,
-  the only case taken here. Used only where the reduced image keeps >=
-  `J2K_REDUCE_MIN_OVERSAMPLING` times the output size on its shorter side, so
-  the final resize still shrinks it; `_reduced_square_and_resize` then gives
-  the full decode's geometry.
-
-  Returns:
-    (stored values as uint16 [ceil(Rows / 2**r), ceil(Columns / 2**r)], r), or
-    None when the fast path does not apply or fails (the caller then decodes at
-    full resolution with pydicom).
-  """
-  level = _j2k_reduce_level(ds, image_size)
-  if level == 0:
-    return None
-  try:
-    frame = next(
-        pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)
-    )
-    start = frame.find(b'\xff\x4f\xff\x51')  # SOC + SIZ
-    if (
-        start < 0
-        or len(frame) < start + 43
-        or any(frame[start + 16 : start + 24])  # XOsiz, YOsiz
-        or int.from_bytes(frame[start + 40 : start + 42], 'big') != 1
-    ):
-      return None
-    ssiz = frame[start + 42]
-    precision, signed = (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
-    if signed or precision > 16:
-      return None
-    with Image.open(io.BytesIO(frame), formats=['JPEG2000']) as im:
-      im.reduce = level
-      im.load()
-      if im.mode != 'I;16':
-        return None
-      arr = np.asarray(im)
-  except Exception:  # fall back to the full decode
-    return None
-  if arr.shape != _reduced_shape(int(ds.Rows), int(ds.Columns), level):
-    return None
-  # Pillow left-aligns samples of fewer than 16 bits; the low-pass band may
-  # overshoot the stored range slightly, which the Bits Stored scaling and
-  # clipping then handle like any other value.
-  return (arr >> (16 - precision)).astype(np.uint16, copy=False), level
+  return image.astype(np.float32, copy=False), info
 
 
 def _check_dicom_header(path, ds) -> None:

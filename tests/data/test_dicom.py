@@ -11,7 +11,6 @@ from pydicom.uid import JPEG2000
 from pydicom.uid import ComputedRadiographyImageStorage
 from pydicom.uid import ExplicitVRLittleEndian
 import pytest
-import scipy.ndimage
 
 from ankle_jax.data import dicom
 
@@ -52,7 +51,7 @@ def test_rg3_lossless_encodings_identical_and_lossy_close(rg3):
     np.testing.assert_array_equal(rg3[name], reference, err_msg=name)
   for name in RG3_LOSSY:
     corr = np.corrcoef(rg3[name].ravel(), reference.ravel())[0, 1]
-    assert corr > 0.99, (name, corr)
+    assert corr >= 0.995, (name, corr)
 
 
 def test_rg3_monochrome1_comes_out_bone_bright(rg3):
@@ -281,14 +280,6 @@ def test_crop_constant_borders():
   assert dicom.crop_constant_borders(flat).shape == (10, 10)
 
 
-def _corr(a, b):
-  return np.corrcoef(a.ravel(), b.ravel())[0, 1]
-
-
-def _decode_in_full(monkeypatch):
-  monkeypatch.setattr(dicom, '_decode_j2k_reduced', lambda ds, image_size: None)
-
-
 def _lossy_and_lossless(tmp_path, header_path, pixels, ratio=5):
   """`pixels` under the header of `header_path`: (lossy JPEG 2000 at
   `ratio`:1 by OpenJPEG, uncompressed) files."""
@@ -305,130 +296,24 @@ def _lossy_and_lossless(tmp_path, header_path, pixels, ratio=5):
 
 @pytest.mark.parametrize('rows, cols', [(2140, 1760), (1759, 2139)])
 def test_lossy_j2k_twin_agrees_with_lossless_at_300_px(
-    tmp_path, shared_dicom_dir, monkeypatch, rows, cols
+    tmp_path, shared_dicom_dir, rows, cols
 ):
-  # A lossy twin of the RG2 hip (2140 x 1760, no constant border) is decoded at
-  # resolution level 1. The fast path used to block-average and pad the
-  # reduced image on its own grid, which shifted the anatomy by half a pixel at
-  # 300 px (correlation 0.995 with the lossless twin, 0.985 on a held-out
-  # lossy hip); it must now give the full decode's geometry, also for odd sizes
-  # padded on the other axis.
+  # A lossy twin of the RG2 hip (non-square, no constant border), also odd-sized
+  # and padded on the other axis. A decode of JPEG 2000 resolution level 1 gave
+  # 0.9948 here (0.985 on a held-out lossy hip): its blocks and padding were
+  # those of the reduced image, which shifted the anatomy by half a pixel at
+  # 300 px. At 10:1 and more, the hip's faint left edge (column spreads of
+  # 1.1-1.7% of the range) flattens below BORDER_TOLERANCE and is cropped, in
+  # the full decode too: 5:1 keeps this test about the decode.
   header = shared_dicom_dir / 'wg04_rg2_hip_uncompressed.dcm'
   hip = pydicom.dcmread(header).pixel_array
   pixels = (hip if rows > cols else hip.T)[:rows, :cols]
   lossy, lossless = _lossy_and_lossless(tmp_path, header, pixels)
-  assert dicom._read_dicom(lossy, 300)[2] == 1  # the fast path was taken
-  fast = dicom.load_radiograph(lossy)
-  assert _corr(fast, dicom.load_radiograph(lossless)) >= 0.995
-  _decode_in_full(monkeypatch)
-  full = dicom.load_radiograph(lossy)
-  assert _corr(fast, full) > 0.9999
-  np.testing.assert_allclose(fast, full, atol=0.02)
-
-
-def test_reduce_level_avoids_pillows_rounding_of_odd_sizes(
-    tmp_path, shared_dicom_dir, monkeypatch
-):
-  # Pillow sizes resolution level 2 of 1029 rows round(1029 / 4) = 257, OpenJPEG
-  # decodes ceil(1029 / 4) = 258 rows: level 1 is taken instead.
-  field = scipy.ndimage.gaussian_filter(
-      np.random.default_rng(0).normal(size=(1029, 1030)), 12
-  )
-  pixels = (200 + 600 * (field - field.min()) / np.ptp(field)).astype(np.uint16)
-  header = shared_dicom_dir / 'wg04_rg2_hip_uncompressed.dcm'
-  for shape, level in (((1029, 1030), 1), ((1028, 1030), 2)):
-    folder = tmp_path / str(shape[0])
-    folder.mkdir()
-    lossy, lossless = _lossy_and_lossless(folder, header, pixels[: shape[0]])
-    stored, decoded_level = dicom._decode_j2k_reduced(
-        pydicom.dcmread(lossy), 128
-    )
-    assert decoded_level == level, shape
-    assert stored.shape == tuple(-(-n // 2**level) for n in shape)
-    fast = dicom.load_radiograph(lossy, 128)
-    assert _corr(fast, dicom.load_radiograph(lossless, 128)) > 0.999, shape
-  _decode_in_full(monkeypatch)
-  assert _corr(fast, dicom.load_radiograph(lossy, 128)) > 0.9995
-
-
-def test_lossy_j2k_with_a_border_to_crop_is_decoded_in_full(
-    shared_dicom_dir, monkeypatch
-):
-  # RG3 j2ki (lossy JPEG 2000, 1760 x 1760) decodes at resolution level 1
-  # (880 px >= 2 x 300), but its collimation border must be cropped, and where
-  # that border ends at full resolution is not known to within 2 pixels from
-  # the reduced image: the file is decoded in full.
-  path = shared_dicom_dir / 'wg04_rg3_ankle_j2ki.dcm'
-  ds = pydicom.dcmread(path)
-  stored, level = dicom._decode_j2k_reduced(ds, 300)
-  assert stored.shape == (880, 880) and level == 1
-  assert dicom._decode_j2k_reduced(ds, 500) is None  # 880 < 2 x 500
-  assert dicom._read_dicom(path, 300)[2] == 0
-  default = dicom.load_radiograph(path)
-  _decode_in_full(monkeypatch)
-  np.testing.assert_array_equal(default, dicom.load_radiograph(path))
-
-
-def test_area_means_of_a_reduced_resolution_level():
-  values = np.random.default_rng(0).random((20, 3)).astype(np.float32)
-  np.testing.assert_allclose(
-      dicom._area_means(values, 4, 5, 1),
-      values.reshape(5, 4, 3).mean(axis=1),
-      rtol=1e-6,
-  )
-  # At scale 2, reduced row k stands for full rows [2k - 0.5, 2k + 1.5): the
-  # block of full rows [4i, 4i + 4) covers 3/4 of row 2i, row 2i + 1 and 1/4 of
-  # row 2i + 2.
-  expected = [
-      (0.75 * values[2 * i] + values[2 * i + 1] + 0.25 * values[2 * i + 2]) / 2
-      for i in range(4)
-  ]
-  np.testing.assert_allclose(
-      dicom._area_means(values[:9], 4, 4, 2), expected, rtol=1e-6
-  )
-  # The last block, full rows [16, 20), ends 0.25 reduced rows past row 9.
-  np.testing.assert_allclose(
-      dicom._area_means(values[:10], 4, 5, 2)[4],
-      (0.75 * values[8] + values[9]) / 1.75,
-      rtol=1e-6,
-  )
-
-
-def test_j2k_with_an_image_offset_is_decoded_in_full(tmp_path):
-  # Reduced sample k sits on full-resolution pixel 2**r * k only when the image
-  # origin (XOsiz, YOsiz) is 0.
-  pixels = _phantom(700, 660)
-  buffer = io.BytesIO()
-  Image.fromarray(pixels).save(
-      buffer,
-      'JPEG2000',
-      irreversible=True,
-      offset=(1, 1),
-      tile_offset=(1, 1),
-      tile_size=(1024, 1024),
-      no_jp2=True,
-  )
-  path = _write(tmp_path / 'offset.dcm', pixels)
-  ds = pydicom.dcmread(path)
-  ds.file_meta.TransferSyntaxUID = JPEG2000
-  ds.PixelData = pydicom.encaps.encapsulate([buffer.getvalue()])
-  ds.save_as(path)
-  ds = pydicom.dcmread(path)
-  assert dicom._j2k_reduce_level(ds, 64) >= 1
-  assert dicom._decode_j2k_reduced(ds, 64) is None
-
-
-def test_lossless_encodings_are_never_decoded_at_reduced_resolution(
-    shared_dicom_dir,
-):
-  for name in (
-      'wg04_rg3_ankle_j2kr.dcm',
-      'pylibjpeg_cr_hand_j2k_12bit.dcm',
-      'wg04_rg3_ankle_jlsl.dcm',
-      'wg04_rg3_ankle_rle.dcm',
-  ):
-    ds = pydicom.dcmread(shared_dicom_dir / name, stop_before_pixels=True)
-    assert dicom._j2k_reduce_level(ds, 64) == 0, name
+  corr = np.corrcoef(
+      dicom.load_radiograph(lossy).ravel(),
+      dicom.load_radiograph(lossless).ravel(),
+  )[0, 1]
+  assert corr >= 0.995, corr
 
 
 def test_extreme_aspect_ratio_does_not_pad_at_full_resolution(tmp_path):
