@@ -12,10 +12,10 @@ for a DICOM view:
   baseline/extended/lossless,
    JPEG-LS, JPEG 2000; RLE). Before decoding, a JPEG / JPEG-LS / JPEG 2000
    codestream must declare the same size as Rows x Columns (the plugins allocate
-   from the codestream header). Lossy JPEG 2000 is decoded at a reduced
-   resolution level (Pillow's OpenJPEG) when the reduced image keeps at least
-   `J2K_REDUCE_MIN_OVERSAMPLING` x image_size on its shorter side; lossless
-   encodings are always decoded in full, so that they give identical arrays.
+   from the codestream header). Every encoding is decoded at full resolution,
+   lossy JPEG 2000 too: a decode of a reduced JPEG 2000 resolution level (2-3x
+   faster) cannot tell where step 7 would cut a constant border to the pixel,
+   and a cut 2 pixels off shifts the anatomy visibly at 300 px.
 3. RGB-stored images are converted to luminance (ITU-R BT.601 weights), with a
   warning.
 4. The modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence).
@@ -75,16 +75,6 @@ MAX_FILE_BYTES = 1 << 30
 # constant when cropping borders; 1% tolerates the noise of lossy
 # (near-lossless) encodings.
 BORDER_TOLERANCE = 1e-2
-
-# Lossy JPEG 2000 transfer syntaxes, which may be decoded at a reduced
-# resolution level when the reduced image still has >=
-# J2K_REDUCE_MIN_OVERSAMPLING x the output size on its shorter side (about 6x
-# faster for a 1760 x 1760 CR at 300 px). Lossless ones never are: lossless
-# encodings of one image must give identical arrays.
-J2K_REDUCED_TRANSFER_SYNTAXES = frozenset(
-    {pydicom.uid.JPEG2000, pydicom.uid.JPEG2000MC, pydicom.uid.HTJ2K}
-)
-J2K_REDUCE_MIN_OVERSAMPLING = 2
 
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 _JPEG_MAGIC = b'\xff\xd8\xff'
@@ -164,7 +154,7 @@ def load_radiograph_with_info(
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
       image_hw, info = _read_pillow(path)
     else:
-      image_hw, info = _read_dicom(path, image_size)
+      image_hw, info = _read_dicom(path)
     if not np.isfinite(image_hw).all():
       raise DicomReadError(
           path, 'pixel values are not finite after the modality LUT'
@@ -401,16 +391,14 @@ class _BoundedFile(io.FileIO):
     return super().read(min(size, max(0, self._size - self.tell())))
 
 
-def _read_dicom(
-    path: pathlib.Path, image_size: int
-) -> tuple[np.ndarray, RadiographInfo]:
+def _read_dicom(path: pathlib.Path) -> tuple[np.ndarray, RadiographInfo]:
   """Reads a DICOM file into float32 [H, W] in [0, 1], bone bright (steps 1-6 of the module doc)."""
   with _BoundedFile(path) as fp:
-    return _read_dicom_from(path, fp, image_size)
+    return _read_dicom_from(path, fp)
 
 
 def _read_dicom_from(
-    path: pathlib.Path, fp, image_size: int
+    path: pathlib.Path, fp
 ) -> tuple[np.ndarray, RadiographInfo]:
   try:
     ds = pydicom.dcmread(fp, defer_size='256 KB')
@@ -422,9 +410,7 @@ def _read_dicom_from(
     ) from None
   _check_dicom_header(path, ds)
   try:
-    stored = _decode_j2k_reduced(ds, image_size)
-    if stored is None:
-      stored = ds.pixel_array
+    stored = ds.pixel_array
   except BaseException as e:  # Rust plugins panic: BaseException
     if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
       raise
@@ -443,9 +429,7 @@ def _read_dicom_from(
   rows, cols = int(ds.Rows), int(ds.Columns)
   samples = int(ds.get('SamplesPerPixel', 1))
   expected = (rows, cols, 3) if samples == 3 else (rows, cols)
-  if stored.shape != expected and stored.shape != _reduced_shape(
-      ds, image_size
-  ):
+  if stored.shape != expected:
     raise DicomReadError(
         path,
         f'decoded pixel array has shape {stored.shape}, '
@@ -469,89 +453,6 @@ def _read_dicom_from(
       str(ds.get('ViewPosition', '') or ''), 'dicom', False, rgb, (rows, cols)
   )
   return image.astype(np.float32, copy=False), info
-
-
-def _j2k_reduce_level(ds, image_size: int) -> int:
-  """Resolution levels to drop when decoding `ds` (0 = full resolution; see
-  `_decode_j2k_reduced`).
-
-  Only lossy JPEG 2000 qualifies: lossless encodings of one image must give
-  identical arrays, and a reduced decode of a lossless codestream would differ
-  from the other lossless encodings.
-  """
-  tsyntax = (
-      ds.file_meta.get('TransferSyntaxUID', None)
-      if hasattr(ds, 'file_meta')
-      else None
-  )
-  if tsyntax not in J2K_REDUCED_TRANSFER_SYNTAXES:
-    return 0
-  if (
-      int(ds.get('SamplesPerPixel', 1)) != 1
-      or int(ds.get('PixelRepresentation', 0)) != 0
-  ):
-    return 0
-  short_side = min(int(ds.Rows), int(ds.Columns))
-  level = 0
-  while short_side >> (level + 1) >= J2K_REDUCE_MIN_OVERSAMPLING * image_size:
-    level += 1
-  return level
-
-
-def _reduced_shape(ds, image_size: int) -> tuple[int, int] | None:
-  level = _j2k_reduce_level(ds, image_size)
-  if level == 0:
-    return None
-  return -(-int(ds.Rows) // 2**level), -(-int(ds.Columns) // 2**level)
-
-
-def _decode_j2k_reduced(ds, image_size: int) -> np.ndarray | None:
-  """Fast path: a lossy JPEG 2000 frame decoded at a reduced resolution level
-  (Pillow, OpenJPEG).
-
-  JPEG 2000 stores a wavelet pyramid, so decoding the low-pass band of level r
-  costs a fraction of the full decode and gives an image 2**r times smaller per
-  side, anti-aliased by the wavelet's low-pass filter. Used only where the
-  reduced image keeps >= `J2K_REDUCE_MIN_OVERSAMPLING` times the output size on
-  its shorter side, so the final resize still shrinks it.
-
-  Returns:
-    The stored values as uint16 [ceil(Rows / 2**r), ceil(Columns / 2**r)], or
-    None when the fast path does not apply or fails (the caller then decodes at
-    full resolution with pydicom).
-  """
-  level = _j2k_reduce_level(ds, image_size)
-  if level == 0:
-    return None
-  try:
-    frame = next(
-        pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)
-    )
-    start = frame.find(b'\xff\x4f\xff\x51')  # SOC + SIZ
-    if (
-        start < 0
-        or len(frame) < start + 43
-        or int.from_bytes(frame[start + 40 : start + 42], 'big') != 1
-    ):
-      return None
-    ssiz = frame[start + 42]
-    precision, signed = (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
-    if signed or precision > 16:
-      return None
-    with Image.open(io.BytesIO(frame), formats=['JPEG2000']) as im:
-      im.reduce = level
-      im.load()
-      if im.mode != 'I;16':
-        return None
-      arr = np.asarray(im)
-  except Exception:  # fall back to the full decode
-    return None
-  if arr.shape != _reduced_shape(ds, image_size):
-    return None
-  # Pillow left-aligns samples of fewer than 16 bits; the low-pass band may
-  # overshoot the stored range slightly, which the Bits Stored scaling and
-  # clipping then handle like any other value.
-  return (arr >> (16 - precision)).astype(np.uint16, copy=False)
 
 
 def _check_dicom_header(path, ds) -> None:

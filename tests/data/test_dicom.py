@@ -7,6 +7,7 @@ from PIL import Image
 import pydicom
 from pydicom.dataset import FileDataset
 from pydicom.dataset import FileMetaDataset
+from pydicom.uid import JPEG2000
 from pydicom.uid import ComputedRadiographyImageStorage
 from pydicom.uid import ExplicitVRLittleEndian
 import pytest
@@ -50,7 +51,7 @@ def test_rg3_lossless_encodings_identical_and_lossy_close(rg3):
     np.testing.assert_array_equal(rg3[name], reference, err_msg=name)
   for name in RG3_LOSSY:
     corr = np.corrcoef(rg3[name].ravel(), reference.ravel())[0, 1]
-    assert corr > 0.99, (name, corr)
+    assert corr >= 0.995, (name, corr)
 
 
 def test_rg3_monochrome1_comes_out_bone_bright(rg3):
@@ -279,35 +280,40 @@ def test_crop_constant_borders():
   assert dicom.crop_constant_borders(flat).shape == (10, 10)
 
 
-def test_lossy_j2k_reduced_resolution_decode_close_to_full_decode(
-    shared_dicom_dir, monkeypatch
-):
-  # RG3 j2ki (lossy JPEG 2000, 1760 x 1760) is decoded at resolution level 1
-  # (880 px >= 2 x 300).
-  path = shared_dicom_dir / 'wg04_rg3_ankle_j2ki.dcm'
-  ds = pydicom.dcmread(path)
-  assert dicom._decode_j2k_reduced(ds, 300).shape == (880, 880)
-  assert (
-      dicom._decode_j2k_reduced(ds, 500) is None
-  )  # 880 < 2 x 500: full decode
-  reduced = dicom.load_radiograph(path)
-  monkeypatch.setattr(dicom, '_decode_j2k_reduced', lambda ds, image_size: None)
-  full = dicom.load_radiograph(path)
-  corr = np.corrcoef(reduced.ravel(), full.ravel())[0, 1]
-  assert corr > 0.99, corr
+def _lossy_and_lossless(tmp_path, header_path, pixels, ratio=5):
+  """`pixels` under the header of `header_path`: (lossy JPEG 2000 at
+  `ratio`:1 by OpenJPEG, uncompressed) files."""
+  ds = pydicom.dcmread(header_path)
+  ds.Rows, ds.Columns = pixels.shape
+  ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+  lossless = tmp_path / 'lossless.dcm'
+  ds.save_as(lossless)
+  ds.compress(JPEG2000, np.ascontiguousarray(pixels), j2k_cr=[ratio])
+  lossy = tmp_path / 'lossy.dcm'
+  ds.save_as(lossy)
+  return lossy, lossless
 
 
-def test_lossless_encodings_are_never_decoded_at_reduced_resolution(
-    shared_dicom_dir,
+@pytest.mark.parametrize('rows, cols', [(2140, 1760), (1759, 2139)])
+def test_lossy_j2k_twin_agrees_with_lossless_at_300_px(
+    tmp_path, shared_dicom_dir, rows, cols
 ):
-  for name in (
-      'wg04_rg3_ankle_j2kr.dcm',
-      'pylibjpeg_cr_hand_j2k_12bit.dcm',
-      'wg04_rg3_ankle_jlsl.dcm',
-      'wg04_rg3_ankle_rle.dcm',
-  ):
-    ds = pydicom.dcmread(shared_dicom_dir / name, stop_before_pixels=True)
-    assert dicom._j2k_reduce_level(ds, 64) == 0, name
+  # A lossy twin of the RG2 hip (non-square, no constant border), also odd-sized
+  # and padded on the other axis. A decode of JPEG 2000 resolution level 1 gave
+  # 0.9948 here (0.985 on a held-out lossy hip): its blocks and padding were
+  # those of the reduced image, which shifted the anatomy by half a pixel at
+  # 300 px. At 10:1 and more, the hip's faint left edge (column spreads of
+  # 1.1-1.7% of the range) flattens below BORDER_TOLERANCE and is cropped, in
+  # the full decode too: 5:1 keeps this test about the decode.
+  header = shared_dicom_dir / 'wg04_rg2_hip_uncompressed.dcm'
+  hip = pydicom.dcmread(header).pixel_array
+  pixels = (hip if rows > cols else hip.T)[:rows, :cols]
+  lossy, lossless = _lossy_and_lossless(tmp_path, header, pixels)
+  corr = np.corrcoef(
+      dicom.load_radiograph(lossy).ravel(),
+      dicom.load_radiograph(lossless).ravel(),
+  )[0, 1]
+  assert corr >= 0.995, corr
 
 
 def test_extreme_aspect_ratio_does_not_pad_at_full_resolution(tmp_path):

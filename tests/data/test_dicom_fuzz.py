@@ -29,11 +29,11 @@ failed example, not a hung CI job:
 
 Speed. Most examples mutate small crops of the real RG3 ankle and RG2 hip,
 re-encoded at setup as uncompressed, RLE, lossless JPEG 2000 (192 x 192) and
-lossy JPEG 2000 (512 x 512, which takes the reduced-resolution decode path) with
-the real header kept (decoding takes milliseconds); fewer examples mutate the
-real, full-size files. `FUZZ_EXAMPLES_SCALE` (environment) multiplies the
-example counts for longer local campaigns. Hypothesis runs derandomized, so CI
-is reproducible; `FUZZ_RANDOM=1` draws fresh examples instead.
+lossy JPEG 2000 (512 x 512) with the real header kept (decoding takes
+milliseconds); fewer examples mutate the real, full-size files.
+`FUZZ_EXAMPLES_SCALE` (environment) multiplies the example counts for longer
+local campaigns. Hypothesis runs derandomized, so CI is reproducible;
+`FUZZ_RANDOM=1` draws fresh examples instead.
 """
 
 import io
@@ -243,8 +243,7 @@ def seeds(shared_dicom_dir) -> dict[str, bytes]:
       'rle': _crop_as(ankle, box, pydicom.uid.RLELossless),
       'j2k': _crop_as(ankle, box, pydicom.uid.JPEG2000Lossless),
       'hip_native': _crop_as(hip, np.s_[900:1060, 700:828]),
-      # Lossy JPEG 2000, big enough (512 px >= 2 x 2 x 64) to take the
-      # reduced-resolution path.
+      # Lossy JPEG 2000 (irreversible wavelet).
       'j2k_lossy': _crop_as(
           ankle, np.s_[500:1012, 600:1112], pydicom.uid.JPEG2000, j2k_cr=[10]
       ),
