@@ -67,6 +67,9 @@ def closing_summary(summary, workdir: str, seconds: float) -> str:
       + f' (checkpoint: {workdir}/checkpoints/best).',
       f'Latest checkpoint: {workdir}/checkpoints/latest; '
       f'TensorBoard: tensorboard --logdir={workdir}',
+      'python -m ankle_jax.evaluate and predict restore the '
+      f"{summary.get('eval_checkpoint', 'best')} checkpoint "
+      '(config.eval_checkpoint; --checkpoint=best|latest to choose).',
   ]
   return '\n'.join(lines)
 

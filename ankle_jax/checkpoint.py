@@ -51,6 +51,12 @@ from ankle_jax import writers
 LATEST_DIR = 'checkpoints/latest'
 BEST_DIR = 'checkpoints/best'
 UNREADABLE_DIR = 'checkpoints/unreadable'
+# The checkpoints evaluation can restore (config.eval_checkpoint, the
+# --checkpoint flag of evaluate and predict): 'best' = best validation
+# (config.best_metric), 'latest' = the last saved step (the authors' choice,
+# docs/paper.md, section 2).
+CHECKPOINT_CHOICES = ('best', 'latest')
+DEFAULT_CHECKPOINT = 'best'
 
 
 class CheckpointWriteError(OSError):
@@ -353,7 +359,7 @@ def _quiet_read_only_restore() -> Iterator[None]:
 
 
 def restore_variables(
-    workdir: epath.PathLike, which: str = 'best'
+    workdir: epath.PathLike, which: str = DEFAULT_CHECKPOINT
 ) -> tuple[dict[str, Any], int]:
   """Loads a run's model variables for evaluation (orbax's read-only warnings
   hidden: see `_quiet_read_only_restore`)."""
@@ -382,7 +388,9 @@ def _restore_variables(
     manager = _latest_manager(workdir, read_only=True)
     item = 'state'
   else:
-    raise ValueError(f"which={which!r}; expected 'best' or 'latest'")
+    raise ValueError(
+        f'which={which!r}; expected one of {", ".join(CHECKPOINT_CHOICES)}'
+    )
   directory = workdir / (BEST_DIR if which == 'best' else LATEST_DIR)
   if manager.latest_step() is None:
     raise FileNotFoundError(

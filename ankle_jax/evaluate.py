@@ -1,12 +1,19 @@
 r"""Evaluates trained runs, alone and as ensembles, at image and case level.
 
   python -m ankle_jax.evaluate --runs=RUN1,RUN2,... --split=test --out=OUT \
-      [--checkpoint=best|latest] [--data_dir=DIR] [--dataset_config=NAME] \
-      [--max_subsets=N] [--num_bootstrap=2000] [--seed=0] [--batch_size=16]
+      [--checkpoint=best|latest] [--max_eval_views=N] [--data_dir=DIR] \
+      [--dataset_config=NAME] [--max_subsets=N] [--num_bootstrap=2000] \
+      [--seed=0] [--batch_size=16]
 
 How it works:
 
-1. Each run's config.json and checkpoint are restored (ankle_jax.inference).
+1. Each run's config.json and checkpoint are restored (ankle_jax.inference):
+   --checkpoint, else the run's config.eval_checkpoint ('best' = best
+   validation, the default; 'latest' in the five paper configs, as the
+   authors).
+   Views per case: --max_eval_views, else the first run's
+   config.data.max_eval_views (0 = every view; the paper configs: 3, the
+   first 3 by view position, then file name), on every split evaluated.
 2. Runs of the same architecture and shape (model name, aux head, width,
    family kwargs, image size, dtype) are stacked along a leading runs axis and
    applied with ONE jitted `jax.vmap` over runs, on batches of views; groups
@@ -57,6 +64,7 @@ import sys
 from absl import flags
 from etils import epath
 
+from ankle_jax import checkpoint as checkpoint_lib
 from ankle_jax import console
 from ankle_jax import inference
 from ankle_jax import metrics as metrics_lib
@@ -79,8 +87,13 @@ def evaluate_predictions(
     seed: int = 0,
     selection_metric: str = 'accuracy',
     checkpoints: dict[str, results.CheckpointInfo] | None = None,
+    max_eval_views: int = 0,
 ) -> results.Evaluation:
-  """Everything from OUT/predictions.csv: results, protocols, report, plots."""
+  """Everything from OUT/predictions.csv: results, protocols, report, plots.
+
+  checkpoints and max_eval_views (0 = every view) are stated in the report;
+  the views themselves are those predictions.csv lists.
+  """
   run_names, by_split = results.read_predictions_csv(
       os.path.join(out_dir, 'predictions.csv')
   )
@@ -94,6 +107,7 @@ def evaluate_predictions(
       selection_metric=selection_metric,
   )
   evaluation.checkpoints = dict(checkpoints or {})
+  evaluation.max_eval_views = max_eval_views
   report.write_all(out_dir, evaluation, by_split)
   return evaluation
 
@@ -105,8 +119,10 @@ def dataset_batches(
     data_dir: str | None,
     dataset_config: str | None,
     batch_size: int,
+    max_eval_views: int = 0,
 ) -> BatchesFn:
-  """batches_fn over the TFDS dataset (default: the first run's)."""
+  """batches_fn over the TFDS dataset (default: the first run's); each case
+  keeps its first `max_eval_views` views (0 = all; pipeline.eval_order)."""
   first = runs[0]
   data = first.config.data
   default_dir, manual_dir = prepare.resolve_data_dirs(
@@ -144,7 +160,10 @@ def dataset_batches(
       )
       return None
     return lambda image_size: pipeline.iterate_eval_batches(
-        source, batch_size=batch_size, image_size=image_size
+        source,
+        batch_size=batch_size,
+        image_size=image_size,
+        max_views_per_case=max_eval_views,
     )
 
   return batches_fn
@@ -154,11 +173,10 @@ def predict_splits(
     runs: Sequence[inference.Run], split: str, batches_fn: BatchesFn
 ) -> dict[str, inference.SplitPredictions]:
   """Every run's probabilities on `split` and, if it exists, validation."""
-  steps = ', '.join(dict.fromkeys(str(r.step) for r in runs))
-  print(
-      f'Evaluating {len(runs)} run(s) ({runs[0].which} checkpoint, step '
-      f'{steps}) on split {split!r}...'
+  checkpoints = ', '.join(
+      dict.fromkeys(f'{r.which} checkpoint, step {r.step}' for r in runs)
   )
+  print(f'Evaluating {len(runs)} run(s) ({checkpoints}) on split {split!r}...')
   by_split = {}
   for name in dict.fromkeys([split, results.VALIDATION]):
     batches_for = batches_fn(name)
@@ -170,12 +188,40 @@ def predict_splits(
   return by_split
 
 
+def views_per_case(
+    runs: Sequence[inference.Run], max_eval_views: int | None
+) -> int:
+  """The view cap: `max_eval_views` when given, else the first run's
+  config.data.max_eval_views (0 = every view; also for older runs).
+
+  Raises:
+    console.UserError: a negative cap.
+  """
+  if max_eval_views is None:
+    max_eval_views = int(runs[0].config.data.get('max_eval_views', 0))
+    for run in runs[1:]:
+      if int(run.config.data.get('max_eval_views', 0)) != max_eval_views:
+        print(
+            f'note: run {run.name} was validated with another '
+            f'data.max_eval_views than {runs[0].name}; all runs are '
+            f'evaluated with {max_eval_views} (0 = every view).',
+            file=sys.stderr,
+        )
+  if max_eval_views < 0:
+    raise console.UserError(
+        f'--max_eval_views={max_eval_views}; expected 0 (every view) or the '
+        'number of views per case (the paper: 3).'
+    )
+  return max_eval_views
+
+
 def evaluate_runs(
     run_dirs: Sequence[str],
     *,
     split: str,
     out_dir: str,
-    checkpoint: str = 'best',
+    checkpoint: str | None = None,
+    max_eval_views: int | None = None,
     data_dir: str | None = None,
     dataset_config: str | None = None,
     batch_size: int = 16,
@@ -191,7 +237,10 @@ def evaluate_runs(
     run_dirs: training run directories.
     split: the split to report on ('test').
     out_dir: where the outputs go (created once the runs and data are found).
-    checkpoint: 'best' or 'latest'.
+    checkpoint: 'best' or 'latest' for every run; None: each run's
+      config.eval_checkpoint.
+    max_eval_views: views kept per case, the first by view position, then
+      file name (0 = all); None: the first run's config.data.max_eval_views.
     data_dir: dataset directory (default: the first run's data.data_dir).
     dataset_config: builder config (default: the first run's
       data.dataset_config).
@@ -201,12 +250,14 @@ def evaluate_runs(
     seed: bootstrap and subset-sampling seed.
     selection_metric: metric that picks the protocols' best ensembles.
     batches_fn: (split) -> batches_for(image_size) or None when the split
-      does not exist; defaults to the TFDS pipeline (tests inject fakes).
+      does not exist; defaults to the TFDS pipeline (tests inject fakes; an
+      injected one applies no view cap itself).
 
   Raises:
     console.UserError: no run directory, no checkpoint, or no dataset/split.
   """
   runs = inference.load_runs(run_dirs, checkpoint)
+  max_eval_views = views_per_case(runs, max_eval_views)
   if batches_fn is None:
     batches_fn = dataset_batches(
         runs,
@@ -214,6 +265,7 @@ def evaluate_runs(
         data_dir=data_dir,
         dataset_config=dataset_config,
         batch_size=batch_size,
+        max_eval_views=max_eval_views,
     )
   by_split = predict_splits(runs, split, batches_fn)
   os.makedirs(out_dir, exist_ok=True)
@@ -230,6 +282,7 @@ def evaluate_runs(
       checkpoints={
           r.name: results.CheckpointInfo(r.which, r.step) for r in runs
       },
+      max_eval_views=max_eval_views,
   )
 
 
@@ -239,7 +292,17 @@ def define_flags() -> None:
   flags.DEFINE_string('split', 'test', 'Split to report on.')
   flags.DEFINE_string('out', None, 'Output directory.')
   flags.DEFINE_enum(
-      'checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of each run.'
+      'checkpoint',
+      None,
+      list(checkpoint_lib.CHECKPOINT_CHOICES),
+      "Which checkpoint of each run (default: the run's "
+      "config.eval_checkpoint; 'best' for runs saved without it).",
+  )
+  flags.DEFINE_integer(
+      'max_eval_views',
+      None,
+      'Views per case: the first N by view position, then file name; 0 = '
+      "every view (default: the first run's config.data.max_eval_views).",
   )
   flags.DEFINE_string(
       'data_dir',
@@ -292,6 +355,7 @@ def main(argv: Sequence[str]) -> None:
       split=f.split,
       out_dir=f.out,
       checkpoint=f.checkpoint,
+      max_eval_views=f.max_eval_views,
       data_dir=f.data_dir,
       dataset_config=f.dataset_config,
       batch_size=f.batch_size,

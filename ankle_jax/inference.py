@@ -1,6 +1,7 @@
 """Restored runs and their forward pass, shared by `evaluate` and `predict`.
 
-* `load_runs` restores each run directory's config.json and checkpoint
+* `load_runs` restores each run directory's config.json and checkpoint: the
+  one asked for, else the run's config.eval_checkpoint (`checkpoint_of`)
   (`check_run_dirs` first says which directory is not a run, and why).
 * Runs of the same architecture and input shape (`model_group_key`) are
   stacked along a leading runs axis (`stack_variables`) and applied with ONE
@@ -58,7 +59,7 @@ class Run:
   config: Any
   variables: Any
   step: int
-  which: str = 'best'
+  which: str = checkpoint.DEFAULT_CHECKPOINT
 
 
 def unique_run_names(workdirs: Sequence[str]) -> list[str]:
@@ -93,22 +94,45 @@ def check_run_dirs(workdirs: Sequence[str]) -> None:
       )
 
 
-def load_runs(workdirs: Sequence[str], which: str = 'best') -> list[Run]:
-  """Restores config and variables of each run directory.
+def checkpoint_of(config: Any, which: str | None = None) -> str:
+  """The checkpoint to restore: `which` when given, else the run's
+  config.eval_checkpoint ('best' for runs saved before that field existed).
 
   Raises:
-    console.UserError: a directory is not a run, or has no readable `which`
-      checkpoint.
+    console.UserError: the config names no known checkpoint.
+  """
+  if which is None:
+    which = config.get('eval_checkpoint', checkpoint.DEFAULT_CHECKPOINT)
+  if which not in checkpoint.CHECKPOINT_CHOICES:
+    raise console.UserError(
+        f'checkpoint {which!r} is unknown; pass --checkpoint='
+        + '|'.join(checkpoint.CHECKPOINT_CHOICES)
+    )
+  return which
+
+
+def load_runs(workdirs: Sequence[str], which: str | None = None) -> list[Run]:
+  """Restores config and variables of each run directory.
+
+  Args:
+    workdirs: training run directories.
+    which: 'best' or 'latest' for every run; None: each run's own
+      config.eval_checkpoint (`checkpoint_of`).
+
+  Raises:
+    console.UserError: a directory is not a run, or has no readable
+      checkpoint of the kind asked for.
   """
   check_run_dirs(workdirs)
   runs = []
   for name, workdir in zip(unique_run_names(workdirs), workdirs):
     config = checkpoint.load_run_config(workdir)
+    run_which = checkpoint_of(config, which)
     try:
-      variables, step = checkpoint.restore_variables(workdir, which=which)
+      variables, step = checkpoint.restore_variables(workdir, which=run_which)
     except (FileNotFoundError, checkpoint.CheckpointReadError) as e:
       raise console.UserError(f'--runs: {workdir}: {e}') from e
-    runs.append(Run(name, str(workdir), config, variables, step, which))
+    runs.append(Run(name, str(workdir), config, variables, step, run_which))
   return runs
 
 
@@ -124,7 +148,8 @@ def create_model(config: Any) -> nn.Module:
 def model_group_key(config: Any) -> str:
   """Runs with equal keys have the same architecture and input shape.
 
-  Dropout is left out: it does not change the variables and is off in eval.
+  Dropout and kernel_init are left out: neither changes the variables'
+  structure nor the forward pass in eval mode.
   """
   model = (
       config.model.to_dict()
@@ -132,6 +157,7 @@ def model_group_key(config: Any) -> str:
       else dict(config.model)
   )
   model.pop('dropout_rate', None)
+  model.pop('kernel_init', None)
   key = {
       'model': model,
       'image_size': int(config.image_size),

@@ -1,7 +1,11 @@
 r"""Predicts one case from its radiographs with one or more trained runs.
 
-  python -m ankle_jax.predict --runs=RUN1,RUN2,... [--checkpoint=best] \
-      [--heatmap=OUT.png] [--occlusion] [--panel_size=300] PATH...
+  python -m ankle_jax.predict --runs=RUN1,RUN2,... \
+      [--checkpoint=best|latest] [--heatmap=OUT.png] [--occlusion] \
+      [--panel_size=300] PATH...
+
+--checkpoint: which checkpoint of each run; by default the run's
+config.eval_checkpoint ('best'; 'latest' in the five paper configs).
 
 PATH: the DICOM (or PNG/JPEG) files of ONE case, or the case's folder (all
 its files, sorted by name). Each view is read with
@@ -33,6 +37,7 @@ from absl import flags
 import jax.numpy as jnp
 import numpy as np
 
+from ankle_jax import checkpoint as checkpoint_lib
 from ankle_jax import console
 from ankle_jax import inference
 from ankle_jax import saliency
@@ -270,7 +275,7 @@ def run_predict(
     run_dirs: Sequence[str],
     paths: Sequence[str],
     *,
-    checkpoint: str = 'best',
+    checkpoint: str | None = None,
     heatmap_path: str | None = None,
     occlusion: bool = False,
     panel_size: int = saliency.PANEL_SIZE,
@@ -297,7 +302,11 @@ def define_flags() -> None:
   """The command's flags (defined only when run as a command)."""
   flags.DEFINE_list('runs', None, 'Comma-separated training run directories.')
   flags.DEFINE_enum(
-      'checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of each run.'
+      'checkpoint',
+      None,
+      list(checkpoint_lib.CHECKPOINT_CHOICES),
+      "Which checkpoint of each run (default: the run's "
+      "config.eval_checkpoint; 'best' for runs saved without it).",
   )
   flags.DEFINE_string('heatmap', None, 'Write Grad-CAM overlays to this PNG.')
   flags.DEFINE_bool(

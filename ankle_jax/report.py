@@ -118,7 +118,15 @@ def _overview(ev: Evaluation) -> list[str]:
           for name, c in ev.counts.items()
       ],
   )
+  views = (
+      f'the first {ev.max_eval_views} of each case by view position, then '
+      f'file name (data.max_eval_views={ev.max_eval_views})'
+      if ev.max_eval_views
+      else 'every view of each case'
+  )
   return lines + [
+      '',
+      f'Views evaluated: {views}.',
       '',
       f'Vote threshold: a view votes fracture when p(fracture) >= '
       f'{voting.THRESHOLD}. Hard voting: majority of the members per view, '

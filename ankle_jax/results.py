@@ -409,6 +409,8 @@ class Evaluation:
   checkpoints: dict[str, CheckpointInfo] = dataclasses.field(
       default_factory=dict
   )
+  # Views kept per case (the first by view position, then file name); 0 = all.
+  max_eval_views: int = 0
 
   @property
   def headline_protocol(self) -> str:
@@ -445,6 +447,7 @@ class Evaluation:
         'checkpoints': {
             k: dataclasses.asdict(c) for k, c in self.checkpoints.items()
         },
+        'max_eval_views': self.max_eval_views,
         'protocols': protocols,
         'operating_points': [op.to_json() for op in self.operating_points],
     }

@@ -67,6 +67,7 @@ HPARAM_FIELDS = (
     'model.width_multiplier',
     'model.aux_head',
     'model.dropout_rate',
+    'model.kernel_init',
     'image_size',
     'dtype',
     'batch_size',
@@ -167,6 +168,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     console.UserError: naming the field, its value and what is valid.
   """
   _check_choice(config, 'model.name', models.MODEL_NAMES)
+  _check_choice(config, 'model.kernel_init', models.KERNEL_INITS)
+  _check_choice(config, 'eval_checkpoint', checkpoint.CHECKPOINT_CHOICES)
   _check_choice(config, 'dtype', DTYPES)
   _check_choice(config, 'optimizer', ('adam',))
   _check_choice(config, 'lr_schedule', LR_SCHEDULES)
@@ -182,6 +185,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise console.UserError(
           f'config.{field}={config[field]} must be positive'
       )
+  max_views = config.data.max_eval_views
+  if not isinstance(max_views, int) or max_views < 0:
+    raise console.UserError(
+        f'config.data.max_eval_views={max_views!r}; expected 0 (every view) '
+        'or the number of views per evaluation case (the paper: 3)'
+    )
   if config.class_weights is not None and len(config.class_weights) != 2:
     raise console.UserError(
         f'config.class_weights={config.class_weights!r}; expected None or '
@@ -816,6 +825,7 @@ def evaluate_and_select(run: Run, step: int) -> dict[str, Any]:
       run.eval_source,
       batch_size=config.eval_batch_size,
       image_size=config.image_size,
+      max_views_per_case=config.data.max_eval_views,
   )
   val = evaluate(run.steps.eval, run.state, batches, run.mesh)
   is_best = record_evaluation(
@@ -948,8 +958,13 @@ def start_run(
 
 
 def start_message(run: Run, num_train: int, num_eval: int) -> str:
-  """One line: the model, the data, the steps and the devices."""
+  """One line: the model, the data, the steps and the devices.
+
+  num_eval: the validation views evaluated (after data.max_eval_views).
+  """
   config, schedule = run.config, run.schedule
+  max_views = config.data.max_eval_views
+  cap = f' (first {max_views} per case)' if max_views else ''
   devices = run.mesh.devices.size
   platform = run.mesh.devices.flat[0].platform.upper()
   start = int(run.state.step)
@@ -961,7 +976,8 @@ def start_message(run: Run, num_train: int, num_eval: int) -> str:
   return (
       f'Training {config.model.name} on {prepare.DATASET_NAME}/'
       f'{config.data.dataset_config} ({num_train} train / {num_eval} '
-      f'{config.data.eval_split} views, {config.image_size} px): {steps}, '
+      f'{config.data.eval_split} views{cap}, {config.image_size} px): '
+      f'{steps}, '
       f'batch {config.batch_size} '
       f'({schedule.num_train_steps / schedule.steps_per_epoch:.1f} epochs) '
       f'on {devices} {platform} device{"s" if devices > 1 else ""}.'
@@ -976,6 +992,7 @@ def run_summary(run: Run, seconds: float) -> dict[str, Any]:
       'best_metric': run.config.best_metric,
       'best_metric_value': run.loop.best_metric_value,
       'best_step': run.loop.best_step,
+      'eval_checkpoint': run.config.eval_checkpoint,
       'best_val_loss': run.loop.best_val_loss,
       'best_val_loss_step': run.loop.best_val_loss_step,
       'stopped_early': run.loop.stopped_early,
@@ -1003,8 +1020,10 @@ def train_and_evaluate(
 
   Returns:
     The run summary (also in workdir/summary.json): final_step,
-    num_train_steps, best_metric, best_metric_value, best_step, best_val_loss,
-    best_val_loss_step, stopped_early, train_seconds_this_launch (s).
+    num_train_steps, best_metric, best_metric_value, best_step,
+    eval_checkpoint (the checkpoint evaluate and predict restore by default),
+    best_val_loss, best_val_loss_step, stopped_early,
+    train_seconds_this_launch (s).
 
   Raises:
     console.UserError: a bad config, or a batch size the devices cannot split.
@@ -1025,7 +1044,8 @@ def train_and_evaluate(
   sources = sources if sources is not None else load_sources(config, workdir)
   model = model if model is not None else build_model(config)
   run = start_run(config, workdir, mesh, model, sources)
-  say(run, start_message(run, *map(len, sources)))
+  num_eval = len(pipeline.eval_order(sources[1], config.data.max_eval_views))
+  say(run, start_message(run, len(sources[0]), num_eval))
   if run.loop.stopped_early:
     say(run, f'The run had stopped early at step {int(run.state.step)}.')
   started = time.time()

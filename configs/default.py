@@ -24,6 +24,31 @@ Sources of the defaults:
     TF-slim Inception V3.
   * dropout 0.5 (paper: "the dropout rate was kept at 0.5") in the drop/aux
     configs.
+
+Where these defaults differ from the authors on purpose (the five paper
+configs change the last two back):
+  * model.kernel_init = 'lecun_normal': Flax's default initialization
+    (truncated normal, variance 1 / fan_in, zero biases), neither the
+    authors' ('authors': truncated normal std 0.1, biases 0.1) nor Keras'
+    ('glorot_uniform'). It is what every run so far was trained with.
+  * eval_checkpoint = 'best': evaluate and predict restore the checkpoint
+    with the best config.best_metric on validation; the authors used the
+    last one ('latest').
+  * data.max_eval_views = 0: validation (and evaluate) score every view of a
+    case; the paper scored exactly 3 per case (240 views).
+
+Size of the L2 term. l2_alpha * sum(W^2)/2 over the dense kernels is, at
+initialization, 0.7 x 352 = ~246 with an aux tower (its 3200x700 kernel alone
+is 0.7 x 350: 2.24 M weights of variance 1/3200; the 700x2 and 2048x2 kernels
+add 0.7 x 1 each) against a cross-entropy of ~0.69, and 0.7 x 1 without one
+(glorot_uniform: ~405 / ~1.4; authors: ~6,080 / ~10; checked in
+tests/models/test_architectures.py). Its gradient, alpha x W, only reaches the
+dense kernels, and Adam moves each weight by about the learning rate per step
+whatever the gradient's size, so it does not drown the CE's gradients in the
+convolutions. Adam on the L2 term alone at the paper's 6e-6 takes that aux
+kernel's 246 to ~78 after 2,000 steps, ~9 after 5,000 and under 1 after
+7,000 (about 100 of the 2,000 epochs at batch 20; authors' init: ~1,800
+after 10,000 steps, ~13 after 30,000).
 """
 
 import ml_collections
@@ -40,6 +65,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.aux_head = False
   config.model.dropout_rate = 0.0
   config.model.width_multiplier = 1.0
+  # Initialization of every conv and dense kernel and bias: 'lecun_normal'
+  # (Flax's) | 'glorot_uniform' (Keras') | 'authors' (truncated normal std
+  # 0.1 cut at 2 std, as TF's truncated_normal_initializer, biases 0.1;
+  # docs/paper.md, section 2). ankle_jax.models.layers.initializers.
+  config.model.kernel_init = 'lecun_normal'
   # Family-specific build() kwargs.
   config.model.kwargs = ml_collections.ConfigDict()
   config.num_classes = 2
@@ -55,6 +85,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.dataset_config = 'dicom_cases'
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
+  # Views per validation/evaluation case: 0 = every view; N = the first N by
+  # view position (DICOM ViewPosition, views without one last), then file
+  # name. The paper scored 3 per case. evaluate uses the run's value unless
+  # --max_eval_views is given.
+  config.data.max_eval_views = 0
   # None, or [w_normal, w_fracture]: draw training views with replacement, with
   # probability proportional to their label's weight (balanced sampling;
   # pipeline.make_train_loader).
@@ -123,6 +158,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   # 'val_accuracy' | 'val_case_accuracy' | 'val_auc' | 'val_loss'.
   config.best_metric = 'val_accuracy'
+  # The checkpoint evaluate and predict restore unless --checkpoint is given:
+  # 'best' (by best_metric on validation; for recipes chosen on validation)
+  # | 'latest' (the last step, as the authors). Both are always saved.
+  config.eval_checkpoint = 'best'
   # Evaluations without val_loss improvement; 0 = off.
   config.early_stopping_patience = 0
   # Grid of augmented images in TensorBoard; 0 = off.

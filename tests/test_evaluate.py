@@ -22,6 +22,7 @@ import pytest
 from sklearn import metrics as sk
 
 from ankle_jax import checkpoint
+from ankle_jax import console
 from ankle_jax import evaluate
 from ankle_jax import inference
 from ankle_jax import metrics
@@ -200,6 +201,57 @@ def test_unique_run_names():
       'a~2',
       'b',
   ]
+
+
+def _set_config(workdir, **fields):
+  """Rewrites a run's config.json with `fields` ('data.x' for nested)."""
+  config = checkpoint.load_run_config(workdir)
+  for field, value in fields.items():
+    *parents, last = field.split('.')
+    target = config
+    for part in parents:
+      target = target[part]
+    target[last] = value
+  writers.write_config(workdir, config)
+
+
+def _add_latest_checkpoint(workdir, step):
+  variables = checkpoint.restore_variables(workdir, 'best')[0]
+  ckpt = checkpoint.RunCheckpoints(workdir)
+  ckpt.save_latest(step, {'step': np.int32(step), **variables}, None, {})
+  ckpt.close()
+
+
+def test_each_run_restores_the_checkpoint_its_config_names(tmp_path):
+  """config.eval_checkpoint picks the checkpoint ('best' when a run was saved
+  without the field); --checkpoint overrides it for every run."""
+  old = make_fake_run(str(tmp_path / 'old'), 0)  # best at step 7
+  paper = make_fake_run(str(tmp_path / 'paper'), 1)
+  _set_config(paper, eval_checkpoint='latest')
+  _add_latest_checkpoint(paper, 11)
+  runs = inference.load_runs([old, paper])
+  assert [(r.which, r.step) for r in runs] == [('best', 7), ('latest', 11)]
+  runs = inference.load_runs([old, paper], 'best')
+  assert [(r.which, r.step) for r in runs] == [('best', 7), ('best', 7)]
+  assert inference.load_runs([paper], 'latest')[0].step == 11
+  with pytest.raises(console.UserError, match="no 'latest' checkpoint"):
+    inference.load_runs([old], 'latest')
+  _set_config(paper, eval_checkpoint='last')
+  with pytest.raises(console.UserError, match='--checkpoint=best|latest'):
+    inference.load_runs([paper])
+
+
+def test_views_per_case_comes_from_the_first_run_unless_given(tmp_path, capsys):
+  paper = make_fake_run(str(tmp_path / 'paper'), 0)
+  _set_config(paper, **{'data.max_eval_views': 3})
+  old = make_fake_run(str(tmp_path / 'old'), 1)  # saved without the field
+  runs = inference.load_runs([paper, old])
+  assert evaluate.views_per_case(runs, None) == 3
+  assert 'all runs are evaluated with 3' in capsys.readouterr().err
+  assert evaluate.views_per_case(runs[1:], None) == 0
+  assert evaluate.views_per_case(runs, 0) == 0
+  with pytest.raises(console.UserError, match='--max_eval_views=-2'):
+    evaluate.views_per_case(runs, -2)
 
 
 # ------------------------------------------------- fake runs end to end
@@ -558,6 +610,44 @@ def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
   assert out.counts['test'].cases == len(test_ids) > 20
   # Case identifiers are the dataset's 16-hex salted hashes, nothing else.
   assert all(len(c) == 16 and int(c, 16) >= 0 for c in test_ids)
+
+
+def test_evaluate_scores_the_first_views_of_each_case(
+    trained, tmp_path, monkeypatch
+):
+  """--max_eval_views=2 on both splits: each case's first 2 views by view
+  position, then file name (pipeline.eval_order), stated in the report."""
+  from ankle_jax.data import pipeline
+
+  monkeypatch.setattr(inference, 'create_model', lambda config: TinyNet())
+  out_dir = str(tmp_path / 'two_views')
+  evaluate.evaluate_runs(
+      trained['run_dirs'][:1],
+      split='test',
+      out_dir=out_dir,
+      num_bootstrap=50,
+      max_eval_views=2,
+      batch_size=16,
+  )
+  _, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
+  for split in ('test', 'validation'):
+    source = pipeline.load_split(trained['data_dirs'][0], split)
+    num_views = {}
+    for i in range(len(source)):
+      case = pipeline._to_str(source[i]['case_id'])
+      num_views[case] = num_views.get(case, 0) + 1
+    assert max(num_views.values()) == 3  # so the cap removes views
+    expected = {
+        (pipeline._to_str(source[i]['case_id']), int(source[i]['view_index']))
+        for i in pipeline.eval_order(source, 2)
+    }
+    assert {(r[1], int(r[2])) for r in rows if r[5] == split} == expected
+    assert {c for c, _ in expected} == set(num_views)
+  summary = json.loads(_read_text(out_dir, 'summary.json'))
+  assert summary['max_eval_views'] == 2
+  assert 'the first 2 of each case by view position' in _read_text(
+      out_dir, 'report.md'
+  )
 
 
 def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):

@@ -20,6 +20,7 @@ CONTRACT_FIELDS = (
     'model.dropout_rate',
     'model.width_multiplier',
     'model.kwargs',
+    'model.kernel_init',
     'image_size',
     'dtype',
     'data.manual_dir',
@@ -27,6 +28,7 @@ CONTRACT_FIELDS = (
     'data.dataset_config',
     'data.train_split',
     'data.eval_split',
+    'data.max_eval_views',
     'batch_size',
     'eval_batch_size',
     'optimizer',
@@ -59,6 +61,7 @@ CONTRACT_FIELDS = (
     'checkpoint_every_steps',
     'keep_checkpoints',
     'best_metric',
+    'eval_checkpoint',
     'early_stopping_patience',
     'seed',
     'distributed',
@@ -119,6 +122,38 @@ def test_faithful_hyperparameters(name):
   assert config.image_size == 300 and config.early_stopping_patience == 0
   if name == 'xception_dropaux':
     assert config.model.kwargs.aux_block == 3
+  # The authors' protocol: the last checkpoint, 3 views per evaluation case.
+  assert config.eval_checkpoint == 'latest'
+  assert config.data.max_eval_views == 3
+  # The documented deviation: Flax's initialization, not the authors'.
+  assert config.model.kernel_init == 'lecun_normal'
+
+
+@pytest.mark.parametrize('name', ['demo', 'local', 'fracatlas_cpu'])
+def test_recipes_chosen_on_validation_evaluate_the_best_checkpoint(name):
+  config = _config(name)
+  assert config.eval_checkpoint == 'best'
+  assert config.data.max_eval_views == 0
+
+
+def test_protocol_fields_are_checked_before_heavy_work():
+  for field, value, message in (
+      ('eval_checkpoint', 'last', 'valid values: best, latest'),
+      (
+          'model.kernel_init',
+          'he_normal',
+          'valid values: lecun_normal, glorot_uniform, authors',
+      ),
+      ('data.max_eval_views', -1, 'config.data.max_eval_views=-1'),
+  ):
+    config = _config('local')
+    *parents, last = field.split('.')
+    target = config
+    for part in parents:
+      target = target[part]
+    target[last] = value
+    with pytest.raises(train.console.UserError, match=message):
+      train.validate_config(config)
 
 
 def _launch(*args, timeout=240):

@@ -9,7 +9,9 @@ happens on device in the train step).
 
 Evaluation: `iterate_eval_batches` walks a split ordered by (case_id,
 view_index), so all views of a case are adjacent, and pads the last batch (mask
-False) to a fixed batch size.
+False) to a fixed batch size. `max_views_per_case` (config.data.max_eval_views)
+keeps the first N views of each case, ordered by view position, then file name
+(`eval_order`): the paper scored exactly three views per case.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def split_size(source) -> int:
 
 
 def _metadata(source) -> list[dict[str, Any]]:
-  """label/case_id/view_index of every record (one pass; cached on the source object)."""
+  """label/case_id/view_index/view_position of every record (one pass; cached
+  on the source object)."""
   cached = getattr(source, '_ankle_jax_metadata', None)
   if cached is not None:
     return cached
@@ -80,6 +83,7 @@ def _metadata(source) -> list[dict[str, Any]]:
             'label': int(ex['label']),
             'case_id': _to_str(ex['case_id']),
             'view_index': int(ex['view_index']),
+            'view_position': _to_str(ex.get('view_position', b'')),
         }
     )
   with contextlib.suppress(AttributeError):
@@ -219,25 +223,53 @@ def make_train_loader(
   return iter(iter_ds)
 
 
-def eval_order(source) -> list[int]:
-  """Record indices ordered by (case_id, view_index)."""
+def _view_rank(row: Mapping[str, Any]) -> tuple[bool, str, int]:
+  """Which views of a case come first under a view cap: by view position
+  (DICOM ViewPosition, e.g. 'AP' < 'LL' < 'OBL'; views without one last), then
+  by file name (view_index is the file's rank in its case, sorted by name)."""
+  position = row['view_position']
+  return (not position, position, row['view_index'])
+
+
+def eval_order(source, max_views_per_case: int = 0) -> list[int]:
+  """Record indices ordered by (case_id, view_index).
+
+  Args:
+    source: a data source from `load_split`.
+    max_views_per_case: 0 keeps every view; N > 0 keeps the first N views of
+      each case by (view position, file name) (`_view_rank`).
+  """
+  if max_views_per_case < 0:
+    raise ValueError(f'max_views_per_case={max_views_per_case} must be >= 0')
   meta = _metadata(source)
+  indices = range(len(meta))
+  if max_views_per_case:
+    by_case: dict[str, list[int]] = {}
+    for i in indices:
+      by_case.setdefault(meta[i]['case_id'], []).append(i)
+    indices = [
+        i
+        for rows in by_case.values()
+        for i in sorted(rows, key=lambda i: _view_rank(meta[i]))[
+            :max_views_per_case
+        ]
+    ]
   return sorted(
-      range(len(meta)),
-      key=lambda i: (meta[i]['case_id'], meta[i]['view_index']),
+      indices, key=lambda i: (meta[i]['case_id'], meta[i]['view_index'])
   )
 
 
 def iterate_eval_batches(
-    source, *, batch_size: int, image_size: int
+    source, *, batch_size: int, image_size: int, max_views_per_case: int = 0
 ) -> Iterator[dict]:
-  """Yields every view once, ordered by (case_id, view_index), in fixed-size
-  padded batches.
+  """Yields every view once (or the first `max_views_per_case` of each case),
+  ordered by (case_id, view_index), in fixed-size padded batches.
 
   Args:
     source: a data source from `load_split`.
     batch_size: rows per batch; the last batch is padded to it.
     image_size: output side.
+    max_views_per_case: 0 = every view; else `eval_order`'s cap.
 
   Yields:
     {'image': float32 [B, S, S, 1], 'label': int32 [B], 'case_id': object [B] of
@@ -245,7 +277,7 @@ def iterate_eval_batches(
      'view_index': int32 [B], 'mask': bool [B]} (padding rows: mask False, image
      0, label 0, case_id '', view_index -1).
   """
-  order = eval_order(source)
+  order = eval_order(source, max_views_per_case)
   for start in range(0, len(order), batch_size):
     rows = order[start : start + batch_size]
     batch = {

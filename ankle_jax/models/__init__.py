@@ -32,6 +32,8 @@ MODEL_REGISTRY: dict[str, Any] = {
     'xception': xception.Xception,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_REGISTRY)
+# config.model.kernel_init values (layers.initializers says what each is).
+KERNEL_INITS: tuple[str, ...] = layers.KERNEL_INITS
 
 # Family-specific keyword arguments accepted by `build`.
 FAMILY_KWARGS: dict[str, tuple[str, ...]] = {
@@ -49,6 +51,7 @@ def build(
     dropout_rate: float = 0.0,
     width_multiplier: float = 1.0,
     dtype: str | Any = jnp.float32,
+    kernel_init: str = layers.DEFAULT_KERNEL_INIT,
     **family_kwargs,
 ) -> nn.Module:
   """Builds model `name` (one of MODEL_NAMES) as a linen Module.
@@ -61,6 +64,10 @@ def build(
     width_multiplier: scales channel widths (1.0 = the paper's models).
     dtype: computation dtype (jnp dtype or name, e.g. 'bfloat16'); params and
       BatchNorm statistics stay float32.
+    kernel_init: initialization of every conv and dense kernel and bias, one
+      of KERNEL_INITS: 'lecun_normal' (default, Flax's), 'glorot_uniform'
+      (Keras'), 'authors' (truncated normal std 0.1, biases 0.1;
+      docs/paper.md, section 2). See layers.initializers.
     **family_kwargs: resnet101_v2: stride_in_first_unit (True = paper, False =
       Keras), keras_stem; xception: valid_stem (False = paper, True = Keras),
       aux_block (1-based middle-flow block for the aux tower, default 3).
@@ -69,7 +76,7 @@ def build(
     The unbound module.
 
   Raises:
-    ValueError: unknown name or family keyword argument.
+    ValueError: unknown name, kernel_init or family keyword argument.
   """
   if name not in MODEL_REGISTRY:
     raise ValueError(
@@ -85,12 +92,14 @@ def build(
     raise ValueError(f'dropout_rate={dropout_rate} must be in [0, 1)')
   if width_multiplier <= 0:
     raise ValueError(f'width_multiplier={width_multiplier} must be positive')
+  layers.initializers(kernel_init)  # ValueError naming the valid values.
   return MODEL_REGISTRY[name](
       num_classes=num_classes,
       aux_head=aux_head,
       dropout_rate=dropout_rate,
       width_multiplier=width_multiplier,
       dtype=jnp.dtype(dtype),
+      kernel_init=kernel_init,
       **family_kwargs,
   )
 
@@ -105,7 +114,9 @@ def from_config(
 
   Args:
     model_config: a mapping (e.g. a ConfigDict) with `name`, `aux_head`,
-      `dropout_rate`, `width_multiplier` and optional `kwargs` (family options).
+      `dropout_rate`, `width_multiplier`, optional `kernel_init` (default
+      'lecun_normal', also for runs saved before the field existed) and
+      optional `kwargs` (family options).
     num_classes: classifier outputs.
     dtype: computation dtype.
 
@@ -135,12 +146,14 @@ def from_config(
       dropout_rate=float(model_config.get('dropout_rate', 0.0)),
       width_multiplier=float(model_config.get('width_multiplier', 1.0)),
       dtype=dtype,
+      kernel_init=model_config.get('kernel_init', layers.DEFAULT_KERNEL_INIT),
       **kwargs,
   )
 
 
 __all__ = [
     'FAMILY_KWARGS',
+    'KERNEL_INITS',
     'MODEL_NAMES',
     'MODEL_REGISTRY',
     'ModelOutputs',

@@ -184,6 +184,8 @@ class InceptionV3(nn.Module):
     dropout_rate: dropout before the final Dense (train mode only).
     width_multiplier: scales every channel width (1.0 = Table 1 / Keras).
     dtype: computation dtype; params and BN statistics stay float32.
+    kernel_init: initialization of every conv and dense layer
+      (layers.KERNEL_INITS).
   """
 
   num_classes: int = 2
@@ -191,6 +193,7 @@ class InceptionV3(nn.Module):
   dropout_rate: float = 0.0
   width_multiplier: float = 1.0
   dtype: Any = jnp.float32
+  kernel_init: str = layers.DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> layers.ModelOutputs:
@@ -203,8 +206,10 @@ class InceptionV3(nn.Module):
         use_scale=False,
         epsilon=1e-3,
         dtype=self.dtype,
+        kernel_init=self.kernel_init,
     )
     block = dict(conv=conv, width=w)
+    init = {'dtype': self.dtype, 'kernel_init': self.kernel_init}
 
     def stage(name, y):
       self.sow('intermediates', f'{name}_output', y)
@@ -246,7 +251,7 @@ class InceptionV3(nn.Module):
           self.num_classes,
           conv_features=w(128),
           hidden_features=w(700),
-          dtype=self.dtype,
+          **init,
           name='aux_tower',
       )(x, train)
 
@@ -256,6 +261,6 @@ class InceptionV3(nn.Module):
     x = stage('inception6', x)
 
     logits = layers.ClassifierHead(
-        self.num_classes, self.dropout_rate, dtype=self.dtype, name='head'
+        self.num_classes, self.dropout_rate, **init, name='head'
     )(x, train)
     return layers.ModelOutputs(logits, aux_logits)

@@ -8,9 +8,11 @@ Conventions (all modules here):
     statistics + no dropout (False).
   * Fully connected weights are exactly the params named 'kernel' with
     ndim == 2 (the L2 "dense" scope); conv kernels are 4-D.
+  * `kernel_init` names the initialization of every Conv and Dense kernel (and
+    bias), one of KERNEL_INITS; see `initializers`.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import functools
 from typing import Any, NamedTuple
 
@@ -22,6 +24,15 @@ from ankle_jax.models import depthwise
 
 Dtype = Any
 Padding = str | Sequence[tuple[int, int]]
+Initializer = Callable[..., jax.Array]
+
+# config.model.kernel_init values; the first is the default.
+KERNEL_INITS = ('lecun_normal', 'glorot_uniform', 'authors')
+DEFAULT_KERNEL_INIT = KERNEL_INITS[0]
+# The authors' TensorFlow code: tf.truncated_normal_initializer(stddev=0.1)
+# for every weight, tf.constant(0.1) for every bias (docs/paper.md, section 2).
+AUTHORS_STDDEV = 0.1
+AUTHORS_BIAS = 0.1
 
 # Keras BatchNormalization defaults (momentum 0.99, epsilon 1e-3).
 KERAS_BN_MOMENTUM = 0.99
@@ -35,6 +46,53 @@ KERAS_BN_EPSILON = 1e-3
 Conv = functools.partial(
     nn.Conv, conv_general_dilated=depthwise.conv_general_dilated
 )
+
+
+class Initializers(NamedTuple):
+  """The kernel and bias initializers of every Conv and Dense of a model."""
+
+  kernel: Initializer
+  bias: Initializer
+
+  def as_kwargs(self) -> dict[str, Initializer]:
+    """{'kernel_init', 'bias_init'}: keyword arguments of nn.Conv/nn.Dense."""
+    return {'kernel_init': self.kernel, 'bias_init': self.bias}
+
+
+@functools.cache
+def initializers(kernel_init: str = DEFAULT_KERNEL_INIT) -> Initializers:
+  """The initializers a KERNEL_INITS name stands for.
+
+  'lecun_normal' (default): Flax's own defaults, truncated normal with
+    variance 1/fan_in, zero biases (nn.Conv / nn.Dense when given nothing, so
+    existing checkpoints and seeds give the same parameters as before).
+  'glorot_uniform': Keras' defaults, uniform in +-sqrt(6 / (fan_in +
+    fan_out)), zero biases.
+  'authors': the authors' code (docs/paper.md, section 2): a normal of std
+    0.1 truncated at 2 std (TF's tf.truncated_normal_initializer(stddev=0.1);
+    the values have std 0.1 * 0.8796 = 0.088), whatever the layer's size, and
+    biases 0.1.
+  BatchNorm keeps scale 1, offset 0 under every choice. Fans follow Flax
+  (in_axis -2, out_axis -1, the rest the receptive field); a depthwise kernel
+  [kh, kw, 1, C] has fan_in kh*kw.
+
+  Raises:
+    ValueError: an unknown name.
+  """
+  zeros = nn.initializers.zeros_init()
+  if kernel_init == 'lecun_normal':
+    return Initializers(nn.initializers.lecun_normal(), zeros)
+  if kernel_init == 'glorot_uniform':
+    return Initializers(nn.initializers.glorot_uniform(), zeros)
+  if kernel_init == 'authors':
+    return Initializers(
+        nn.initializers.truncated_normal(AUTHORS_STDDEV),
+        nn.initializers.constant(AUTHORS_BIAS),
+    )
+  raise ValueError(
+      f'kernel_init={kernel_init!r} is unknown; valid values: '
+      + ', '.join(KERNEL_INITS)
+  )
 
 
 class ModelOutputs(NamedTuple):
@@ -99,6 +157,7 @@ class ConvBN(nn.Module):
     epsilon: BN epsilon.
     momentum: BN running-average momentum (Keras convention, 0.99).
     dtype: computation dtype.
+    kernel_init: the conv's initialization (KERNEL_INITS).
   """
 
   features: int
@@ -111,6 +170,7 @@ class ConvBN(nn.Module):
   epsilon: float = KERAS_BN_EPSILON
   momentum: float = KERAS_BN_MOMENTUM
   dtype: Dtype = jnp.float32
+  kernel_init: str = DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -122,6 +182,7 @@ class ConvBN(nn.Module):
         use_bias=self.use_bias,
         dtype=self.dtype,
         name='conv',
+        **initializers(self.kernel_init).as_kwargs(),
     )(x)
     x = nn.BatchNorm(
         use_running_average=not train,
@@ -138,7 +199,7 @@ class SeparableConv(nn.Module):
   """Depthwise KxK + pointwise 1x1 convolution, no bias (Keras SeparableConv2D).
 
   Params: 'depthwise_kernel' [kh, kw, 1, C_in] and 'pointwise/kernel'
-  [1, 1, C_in, features].
+  [1, 1, C_in, features], both initialized by `kernel_init` (KERNEL_INITS).
   """
 
   features: int
@@ -146,13 +207,15 @@ class SeparableConv(nn.Module):
   strides: tuple[int, int] = (1, 1)
   padding: Padding = 'SAME'
   dtype: Dtype = jnp.float32
+  kernel_init: str = DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     channels = x.shape[-1]
+    init = initializers(self.kernel_init)
     kernel = self.param(
         'depthwise_kernel',
-        nn.initializers.lecun_normal(),
+        init.kernel,
         (*self.kernel_size, 1, channels),
         jnp.float32,
     )
@@ -168,6 +231,7 @@ class SeparableConv(nn.Module):
         use_bias=False,
         dtype=self.dtype,
         name='pointwise',
+        **init.as_kwargs(),
     )(x)
 
 
@@ -187,18 +251,27 @@ class AuxTower(nn.Module):
   conv_features: int = 128
   hidden_features: int = 700
   dtype: Dtype = jnp.float32
+  kernel_init: str = DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     window = (min(5, x.shape[1]), min(5, x.shape[2]))
     x = nn.avg_pool(x, window, strides=(3, 3), padding='VALID')
-    x = ConvBN(self.conv_features, (1, 1), dtype=self.dtype, name='conv')(
-        x, train
-    )
+    x = ConvBN(
+        self.conv_features,
+        (1, 1),
+        dtype=self.dtype,
+        kernel_init=self.kernel_init,
+        name='conv',
+    )(x, train)
     x = x.reshape((x.shape[0], -1))
-    x = nn.Dense(self.hidden_features, dtype=self.dtype, name='dense1')(x)
-    x = nn.relu(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name='dense2')(x)
+    dense = functools.partial(
+        nn.Dense,
+        dtype=self.dtype,
+        **initializers(self.kernel_init).as_kwargs(),
+    )
+    x = nn.relu(dense(self.hidden_features, name='dense1')(x))
+    x = dense(self.num_classes, name='dense2')(x)
     return x.astype(jnp.float32)
 
 
@@ -213,10 +286,16 @@ class ClassifierHead(nn.Module):
   num_classes: int
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  kernel_init: str = DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, features_bhwc: jax.Array, train: bool) -> jax.Array:
     x = jnp.mean(features_bhwc, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name='dense')(x)
+    x = nn.Dense(
+        self.num_classes,
+        dtype=self.dtype,
+        name='dense',
+        **initializers(self.kernel_init).as_kwargs(),
+    )(x)
     return x.astype(jnp.float32)

@@ -46,6 +46,7 @@ class PreActBottleneck(nn.Module):
   stride: int = 1
   projection: bool = False
   dtype: Any = jnp.float32
+  kernel_init: str = layers.DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -57,18 +58,26 @@ class PreActBottleneck(nn.Module):
         dtype=self.dtype,
     )
     conv_bn = functools.partial(
-        layers.ConvBN, use_bias=False, epsilon=BN_EPSILON, dtype=self.dtype
+        layers.ConvBN,
+        use_bias=False,
+        epsilon=BN_EPSILON,
+        dtype=self.dtype,
+        kernel_init=self.kernel_init,
+    )
+    conv = functools.partial(
+        layers.Conv,
+        dtype=self.dtype,
+        **layers.initializers(self.kernel_init).as_kwargs(),
     )
     strides = (self.stride, self.stride)
     preact = nn.relu(bn(name='preact_bn')(x))
     if self.projection:
-      shortcut = layers.Conv(
+      shortcut = conv(
           4 * self.filters,
           (1, 1),
           strides=strides,
           padding='VALID',
           use_bias=True,
-          dtype=self.dtype,
           name='shortcut_conv',
       )(preact)
     else:
@@ -81,9 +90,7 @@ class PreActBottleneck(nn.Module):
         padding=((1, 1), (1, 1)),
         name='conv2',
     )(y, train)
-    y = layers.Conv(
-        4 * self.filters, (1, 1), use_bias=True, dtype=self.dtype, name='conv3'
-    )(y)
+    y = conv(4 * self.filters, (1, 1), use_bias=True, name='conv3')(y)
     return shortcut + y
 
 
@@ -102,6 +109,8 @@ class Model(nn.Module):
       paper's VALID conv + SAME pool (300 -> 147 -> 74); None = Keras stem
       exactly when stride_in_first_unit is False.
     stage_sizes: units per stage conv2..conv5 ((3, 4, 23, 3) = ResNet-101).
+    kernel_init: initialization of every conv and dense layer
+      (layers.KERNEL_INITS).
   """
 
   num_classes: int = 2
@@ -112,6 +121,7 @@ class Model(nn.Module):
   stride_in_first_unit: bool = True
   keras_stem: bool | None = None
   stage_sizes: tuple[int, ...] = (3, 4, 23, 3)
+  kernel_init: str = layers.DEFAULT_KERNEL_INIT
 
   def _unit_stride(self, stage: int, unit: int) -> int:
     """Stride of unit `unit` (0-based) of stage `stage` (0 = conv2)."""
@@ -130,6 +140,7 @@ class Model(nn.Module):
         if self.keras_stem is None
         else self.keras_stem
     )
+    init = {'dtype': self.dtype, 'kernel_init': self.kernel_init}
 
     def stage(name, y):
       self.sow('intermediates', f'{name}_output', y)
@@ -147,6 +158,7 @@ class Model(nn.Module):
             use_bias=True,
             dtype=self.dtype,
             name='conv1',
+            **layers.initializers(self.kernel_init).as_kwargs(),
         )(x),
     )
     if keras_stem:  # ZeroPadding2D(1) then a VALID max pool, as Keras.
@@ -164,7 +176,7 @@ class Model(nn.Module):
             filters,
             stride=self._unit_stride(s, u),
             projection=(u == 0),
-            dtype=self.dtype,
+            **init,
             name=f'conv{s + 2}_block{u + 1}',
         )(x, train)
         if self.aux_head and s == 2 and u == 0:
@@ -172,7 +184,7 @@ class Model(nn.Module):
               self.num_classes,
               conv_features=w(128),
               hidden_features=w(700),
-              dtype=self.dtype,
+              **init,
               name='aux_tower',
           )(x, train)
       if s < len(self.stage_sizes) - 1:
@@ -187,7 +199,7 @@ class Model(nn.Module):
     )(x)
     x = stage(f'conv{len(self.stage_sizes) + 1}', nn.relu(x))
     logits = layers.ClassifierHead(
-        self.num_classes, self.dropout_rate, dtype=self.dtype, name='head'
+        self.num_classes, self.dropout_rate, **init, name='head'
     )(x, train)
     return layers.ModelOutputs(logits, aux_logits)
 

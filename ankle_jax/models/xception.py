@@ -34,10 +34,16 @@ class SepConvBN(nn.Module):
 
   features: int
   dtype: Any = jnp.float32
+  kernel_init: str = layers.DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = layers.SeparableConv(self.features, dtype=self.dtype, name='sepconv')(x)
+    x = layers.SeparableConv(
+        self.features,
+        dtype=self.dtype,
+        kernel_init=self.kernel_init,
+        name='sepconv',
+    )(x)
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=layers.KERAS_BN_MOMENTUM,
@@ -58,6 +64,7 @@ class DownBlock(nn.Module):
   features: tuple[int, int]
   pre_relu: bool = True
   dtype: Any = jnp.float32
+  kernel_init: str = layers.DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -68,14 +75,16 @@ class DownBlock(nn.Module):
         padding='SAME',
         relu=False,
         dtype=self.dtype,
+        kernel_init=self.kernel_init,
         name='residual',
     )(x, train)
     if self.pre_relu:
       x = nn.relu(x)
-    x = SepConvBN(self.features[0], dtype=self.dtype, name='sepconv1')(x, train)
-    x = SepConvBN(self.features[1], dtype=self.dtype, name='sepconv2')(
-        nn.relu(x), train
+    sep = functools.partial(
+        SepConvBN, dtype=self.dtype, kernel_init=self.kernel_init
     )
+    x = sep(self.features[0], name='sepconv1')(x, train)
+    x = sep(self.features[1], name='sepconv2')(nn.relu(x), train)
     pre_pool = x
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
     return pre_pool, x + residual
@@ -86,14 +95,18 @@ class MiddleBlock(nn.Module):
 
   features: int
   dtype: Any = jnp.float32
+  kernel_init: str = layers.DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     residual = x
     for i in range(3):
-      x = SepConvBN(self.features, dtype=self.dtype, name=f'sepconv{i + 1}')(
-          nn.relu(x), train
-      )
+      x = SepConvBN(
+          self.features,
+          dtype=self.dtype,
+          kernel_init=self.kernel_init,
+          name=f'sepconv{i + 1}',
+      )(nn.relu(x), train)
     return x + residual
 
 
@@ -109,6 +122,8 @@ class Xception(nn.Module):
     valid_stem: Keras' VALID stem convs instead of Table 3's SAME ones.
     aux_block: 1-based middle-flow block after which the aux tower attaches.
     num_middle_blocks: middle-flow repetitions (8).
+    kernel_init: initialization of every conv and dense layer
+      (layers.KERNEL_INITS).
   """
 
   num_classes: int = 2
@@ -119,6 +134,7 @@ class Xception(nn.Module):
   valid_stem: bool = False
   aux_block: int = 3
   num_middle_blocks: int = 8
+  kernel_init: str = layers.DEFAULT_KERNEL_INIT
 
   def __post_init__(self):
     if not 1 <= self.aux_block <= self.num_middle_blocks:
@@ -133,8 +149,9 @@ class Xception(nn.Module):
     w = functools.partial(
         layers.scale_width, width_multiplier=self.width_multiplier
     )
-    conv = functools.partial(layers.ConvBN, use_bias=False, dtype=self.dtype)
-    block = functools.partial(DownBlock, dtype=self.dtype)
+    init = {'dtype': self.dtype, 'kernel_init': self.kernel_init}
+    conv = functools.partial(layers.ConvBN, use_bias=False, **init)
+    block = functools.partial(DownBlock, **init)
     stem_padding = 'VALID' if self.valid_stem else 'SAME'
 
     def stage(name, y):
@@ -172,13 +189,13 @@ class Xception(nn.Module):
     # Middle flow.
     aux_logits = None
     for i in range(self.num_middle_blocks):
-      x = MiddleBlock(w(728), dtype=self.dtype, name=f'block{i + 5}')(x, train)
+      x = MiddleBlock(w(728), **init, name=f'block{i + 5}')(x, train)
       if self.aux_head and i + 1 == self.aux_block:
         aux_logits = layers.AuxTower(
             self.num_classes,
             conv_features=w(128),
             hidden_features=w(700),
-            dtype=self.dtype,
+            **init,
             name='aux_tower',
         )(x, train)
     stage('conv6', x)
@@ -190,19 +207,15 @@ class Xception(nn.Module):
     stage('max_pool4', x)
     last_name = f'block{self.num_middle_blocks + 6}'
     x = nn.relu(
-        SepConvBN(w(1536), dtype=self.dtype, name=f'{last_name}_sepconv1')(
-            x, train
-        )
+        SepConvBN(w(1536), **init, name=f'{last_name}_sepconv1')(x, train)
     )
     stage('conv8', x)
     x = nn.relu(
-        SepConvBN(w(2048), dtype=self.dtype, name=f'{last_name}_sepconv2')(
-            x, train
-        )
+        SepConvBN(w(2048), **init, name=f'{last_name}_sepconv2')(x, train)
     )
     stage('conv9', x)
 
     logits = layers.ClassifierHead(
-        self.num_classes, self.dropout_rate, dtype=self.dtype, name='head'
+        self.num_classes, self.dropout_rate, **init, name='head'
     )(x, train)
     return layers.ModelOutputs(logits, aux_logits)

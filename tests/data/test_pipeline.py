@@ -169,3 +169,81 @@ def test_eval_batches_ordered_grouped_and_padded(data_dir):
       seen.add(case)
       current = case
   assert len(seen) == 6  # 3 normal + 3 fracture validation cases
+
+
+def _view_record(case_id, view_index, view_position, label=0):
+  return {
+      'image': np.full((8, 8, 1), 1000 * view_index, np.uint16),
+      'label': np.int64(label),
+      'case_id': case_id.encode(),
+      'view_index': np.int32(view_index),
+      'num_views': np.int32(0),
+      'view_position': view_position.encode(),
+  }
+
+
+def _kept(source, max_views):
+  batches = pipeline.iterate_eval_batches(
+      source, batch_size=3, image_size=8, max_views_per_case=max_views
+  )
+  return [
+      (c, int(v))
+      for b in batches
+      for c, v, m in zip(b['case_id'], b['view_index'], b['mask'])
+      if m
+  ]
+
+
+def test_max_views_per_case_keeps_the_first_by_view_position_then_file():
+  """data.max_eval_views: per case, the first N views by view position (views
+  without one last), then file name (view_index); kept in view_index order."""
+  records = [
+      _view_record('b', 1, ''),
+      _view_record('a', 3, 'OBL'),
+      _view_record('a', 0, 'LL'),
+      _view_record('c', 1, 'AP'),
+      _view_record('a', 2, 'AP'),
+      _view_record('b', 0, 'AP'),
+      _view_record('c', 0, 'AP'),
+      _view_record('a', 1, ''),
+      _view_record('c', 2, 'AP'),
+  ]
+  every = [
+      ('a', 0), ('a', 1), ('a', 2), ('a', 3),
+      ('b', 0), ('b', 1),
+      ('c', 0), ('c', 1), ('c', 2),
+  ]  # fmt: skip
+  assert _kept(records, 0) == every
+  assert _kept(records, 9) == every
+  # a: AP (2), LL (0), OBL (3), then the view without a position (1).
+  assert _kept(records, 3) == [
+      ('a', 0), ('a', 2), ('a', 3), ('b', 0), ('b', 1),
+      ('c', 0), ('c', 1), ('c', 2),
+  ]  # fmt: skip
+  # c: three AP views, so file name order decides.
+  assert _kept(records, 2) == [
+      ('a', 0), ('a', 2), ('b', 0), ('b', 1), ('c', 0), ('c', 1),
+  ]  # fmt: skip
+  assert _kept(records, 1) == [('a', 2), ('b', 0), ('c', 0)]
+  with pytest.raises(ValueError, match='max_views_per_case=-1'):
+    pipeline.eval_order(records, -1)
+
+
+def test_max_views_per_case_on_a_built_split(data_dir):
+  source = pipeline.load_split(data_dir, 'validation')
+  every = _kept(source, 0)
+  kept = _kept(source, 2)
+  by_case = {}
+  for case, view in every:
+    by_case.setdefault(case, []).append(view)
+  assert any(len(views) == 3 for views in by_case.values())
+  position = {
+      (pipeline._to_str(source[i]['case_id']), int(source[i]['view_index'])): (
+          pipeline._to_str(source[i]['view_position'])
+      )
+      for i in range(len(source))
+  }
+  for case, views in by_case.items():
+    expected = sorted(views, key=lambda v: (position[(case, v)], v))[:2]
+    assert [v for c, v in kept if c == case] == sorted(expected)
+  assert len(kept) == sum(min(2, len(v)) for v in by_case.values())
