@@ -281,6 +281,51 @@ def test_l2_term_equals_hand_computation():
   )
 
 
+def _log_softmax(logits):
+  logits = np.asarray(logits, np.float64)
+  shifted = logits - logits.max(axis=1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def test_loss_with_aux_weight_equals_hand_computation():
+  """total = CE + A * CE_aux + alpha * sum(W^2)/2 (docs/paper.md, section 2),
+  each term recomputed by hand from the model's logits and params."""
+  config = tiny_config(
+      l2_alpha=0.7, aux_loss_weight=0.4, class_weights=(1.0, 2.5)
+  )
+  state = train.create_train_state(
+      config, TinyNet(aux_head=True), jax.random.PRNGKey(3), IMAGE_SIZE
+  )
+  batch = jax.tree.map(jnp.asarray, fixed_batch())
+  _, metrics = jitted_train_step(config)(state, batch)
+
+  # No augmentation (AugmentSettings()) and no dropout: the step's forward
+  # is this one.
+  outputs, _ = state.apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      train.augment.standardize_per_image(batch['image']),
+      train=True,
+      mutable=['batch_stats'],
+  )
+  labels = np.asarray(batch['label'])
+  assert 0 < labels.sum() < len(labels)
+  weights = np.array([1.0, 2.5])[labels]
+  rows = np.arange(len(labels))
+  ce = np.mean(-_log_softmax(outputs.logits)[rows, labels] * weights)
+  aux_ce = np.mean(-_log_softmax(outputs.aux_logits)[rows, labels] * weights)
+  l2 = 0.7 * sum(
+      np.sum(np.asarray(state.params[name]['kernel'], np.float64) ** 2) / 2
+      for name in ('head', 'aux_dense')
+  )
+  assert abs(aux_ce - ce) > 1e-3  # the two heads differ: the test can tell
+  assert float(metrics['ce']) == pytest.approx(ce, rel=1e-5)
+  assert float(metrics['aux_ce']) == pytest.approx(aux_ce, rel=1e-5)
+  assert float(metrics['l2']) == pytest.approx(l2, rel=1e-5)
+  assert float(metrics['loss']) == pytest.approx(
+      ce + 0.4 * aux_ce + l2, rel=1e-5
+  )
+
+
 def test_class_weighted_cross_entropy():
   logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
   labels = jnp.array([0, 1, 1])

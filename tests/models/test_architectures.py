@@ -3,6 +3,7 @@ shapes (all through jax.eval_shape, no compute), small-variant forward passes,
 dropout behaviour, `build` errors and `summarize`."""
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -392,3 +393,211 @@ def test_from_config_checks_family_options_in_one_place():
   config.kwargs.no_such_option = 1
   with pytest.raises(ValueError, match='no_such_option'):
     models.from_config(config)
+
+
+# The layer whose output the aux tower reads (docs/paper.md, section 2):
+# Inception after the last 17x17 block, ResNet the first conv4 unit, Xception
+# middle-flow block 3 (block5 is the first).
+AUX_SOURCE = {
+    'inception_v3': ('mixed7',),
+    'resnet101_v2': ('conv4_block1',),
+    'xception': ('block7',),
+}
+
+
+def _aux_tower_source(module, images) -> list[tuple[str, ...]]:
+  """Paths of the modules whose output IS the aux tower's input (the same
+  traced array, not merely one of the same shape)."""
+  outputs, tower_inputs = [], []
+
+  def record(next_fun, args, kwargs, context):
+    if context.method_name != '__call__':
+      return next_fun(*args, **kwargs)
+    if isinstance(context.module, layers.AuxTower):
+      tower_inputs.append(args[0])
+    out = next_fun(*args, **kwargs)
+    outputs.append((tuple(context.module.path), out))
+    return out
+
+  with nn.intercept_methods(record):
+    _abstract_init(module, images)
+  assert len(tower_inputs) == 1
+  return [
+      path
+      for path, out in outputs
+      if any(leaf is tower_inputs[0] for leaf in jax.tree_util.tree_leaves(out))
+  ]
+
+
+@pytest.mark.parametrize('name', models.MODEL_NAMES)
+def test_aux_tower_reads_the_documented_layer(name):
+  """By the layer it reads: mixed5-7, conv4_block1-23 and block5-12 share
+  their shapes, so a shape check could not tell them apart."""
+  module = models.build(name, aux_head=True, width_multiplier=SMALL_WIDTH)
+  assert _aux_tower_source(module, _images(75)) == [AUX_SOURCE[name]]
+
+
+def test_aux_tower_source_check_has_teeth():
+  """The same check names another block when the tower moves."""
+  module = models.build(
+      'xception', aux_head=True, aux_block=4, width_multiplier=SMALL_WIDTH
+  )
+  assert _aux_tower_source(module, _images(75)) == [('block8',)]
+
+
+def _init_functions(module, images) -> tuple[list[Any], list[str]]:
+  """The (kernel_init, bias_init) of every nn.Conv / nn.Dense the module
+  calls, and the kernel_init name of every SeparableConv (whose depthwise
+  kernel is its own param)."""
+  dense_and_conv, separable = [], []
+
+  def record(next_fun, args, kwargs, context):
+    if context.method_name == '__call__':
+      if isinstance(context.module, (nn.Conv, nn.Dense)):
+        dense_and_conv.append(
+            (context.module.kernel_init, context.module.bias_init)
+        )
+      elif isinstance(context.module, layers.SeparableConv):
+        separable.append(context.module.kernel_init)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    variables = _abstract_init(module, images)
+  kernels = [
+      path
+      for path, _ in jax.tree_util.tree_leaves_with_path(variables['params'])
+      if path[-1].key == 'kernel'
+  ]
+  assert len(dense_and_conv) == len(kernels)
+  return dense_and_conv, separable
+
+
+@pytest.mark.parametrize('name', models.MODEL_NAMES)
+def test_kernel_init_reaches_every_conv_and_dense(name):
+  module = models.from_config(
+      {
+          'name': name,
+          'aux_head': True,
+          'width_multiplier': SMALL_WIDTH,
+          'kernel_init': 'authors',
+      }
+  )
+  authors = layers.initializers('authors')
+  dense_and_conv, separable = _init_functions(module, _images(75))
+  assert dense_and_conv
+  assert set(dense_and_conv) == {(authors.kernel, authors.bias)}
+  assert set(separable) <= {'authors'}
+  assert bool(separable) == (name == 'xception')
+
+
+def test_kernel_init_default_is_flax_lecun_normal():
+  """No kernel_init (and runs saved before the field) means lecun_normal."""
+  module = models.from_config({'name': 'xception', 'aux_head': True})
+  assert module.kernel_init == 'lecun_normal'
+  lecun = layers.initializers('lecun_normal')
+  assert set(_init_functions(module, _images(75))[0]) == {
+      (lecun.kernel, lecun.bias)
+  }
+  with pytest.raises(ValueError, match='lecun_normal, glorot_uniform, authors'):
+    models.build('xception', kernel_init='he_normal')
+
+
+# sum(|kernel|) of small layers initialized with jax.random.key(0) before
+# kernel_init existed (Flax's nn.Conv / nn.Dense defaults): the default must
+# keep giving every existing seed the same parameters.
+DEFAULT_INIT_KERNEL_ABS_SUMS = {
+    'convbn': {"['conv']['kernel']": 30.726502297911793},
+    'sepconv': {
+        "['depthwise_kernel']": 11.282342120073736,
+        "['pointwise']['kernel']": 10.968506217002869,
+    },
+    'aux': {
+        "['conv']['conv']['kernel']": 12.72528694011271,
+        "['dense1']['kernel']": 185.72193282647675,
+        "['dense2']['kernel']": 5.980661457404494,
+    },
+    'head': {"['dense']['kernel']": 3.163863611407578},
+    'unit': {
+        "['conv1']['conv']['kernel']": 4.651490826159716,
+        "['conv2']['conv']['kernel']": 13.29603422852233,
+        "['conv3']['kernel']": 15.998040215024957,
+        "['shortcut_conv']['kernel']": 21.768215842545033,
+    },
+}
+
+
+def test_default_init_gives_the_same_parameters_as_before():
+  x = jnp.ones((1, 17, 17, 4))
+  modules = {
+      'convbn': layers.ConvBN(6, (3, 3), use_bias=True),
+      'sepconv': layers.SeparableConv(6),
+      'aux': layers.AuxTower(2, conv_features=8, hidden_features=16),
+      'head': layers.ClassifierHead(2),
+      'unit': resnet_v2.PreActBottleneck(3, projection=True),
+  }
+  for name, module in modules.items():
+    args = (x,) if name == 'sepconv' else (x, False)
+    params = module.init(jax.random.key(0), *args)['params']
+    sums = {
+        jax.tree_util.keystr(path): float(np.sum(np.abs(leaf)))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if path[-1].key in ('kernel', 'depthwise_kernel')
+    }
+    assert sums == pytest.approx(
+        DEFAULT_INIT_KERNEL_ABS_SUMS[name], rel=1e-5
+    ), name
+    biases = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if path[-1].key == 'bias'
+    ]
+    assert all(np.all(np.asarray(b) == 0.0) for b in biases)
+
+
+# Full-size aux tower (3200 -> 700 -> 2) and head (2048 -> 2) at 300 px.
+# (std of the 3200x700 kernel, bound on |w|, bias, L2 sum(W^2)/2 of the
+# three dense kernels): lecun_normal std sqrt(1/3200); glorot_uniform
+# std sqrt(2/3900), bound sqrt(6/3900); authors 0.1 x the std of a standard
+# normal cut at +-2 (0.8796), bound 0.2, biases 0.1. L2: the numbers in the
+# config docstrings (x l2_alpha 0.7: ~246, ~405, ~6,080).
+INIT_STATISTICS = {
+    'lecun_normal': (
+        np.sqrt(1 / 3200),
+        2 * np.sqrt(1 / 3200) / 0.8796,
+        0.0,
+        352,
+    ),
+    'glorot_uniform': (np.sqrt(2 / 3900), np.sqrt(6 / 3900), 0.0, 578),
+    'authors': (0.1 * 0.8796, 0.2, 0.1, 8687),
+}
+
+
+@pytest.mark.parametrize('kernel_init', layers.KERNEL_INITS)
+def test_kernel_statistics_of_each_init(kernel_init):
+  std, bound, bias, l2 = INIT_STATISTICS[kernel_init]
+  tower = layers.AuxTower(2, kernel_init=kernel_init)
+  head = layers.ClassifierHead(2, kernel_init=kernel_init)
+  params = {
+      'aux_tower': tower.init(
+          jax.random.key(0), jnp.ones((1, 19, 19, 8)), False
+      )['params'],
+      'head': head.init(jax.random.key(1), jnp.ones((1, 10, 10, 2048)), False)[
+          'params'
+      ],
+  }
+  kernel = np.asarray(params['aux_tower']['dense1']['kernel'])
+  assert kernel.shape == (3200, 700)
+  assert kernel.std() == pytest.approx(std, rel=0.01)
+  assert abs(kernel.mean()) < 0.01 * std
+  assert np.abs(kernel).max() <= bound * (1 + 1e-6)
+  assert np.abs(kernel).max() >= 0.97 * bound  # the tails reach the bound
+  for layer in ('dense1', 'dense2'):
+    np.testing.assert_array_equal(
+        params['aux_tower'][layer]['bias'], np.float32(bias)
+    )
+  dense_l2 = sum(
+      float(np.sum(np.square(leaf, dtype=np.float64))) / 2
+      for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+      if path[-1].key == 'kernel' and leaf.ndim == 2
+  )
+  assert dense_l2 == pytest.approx(l2, rel=0.01)
