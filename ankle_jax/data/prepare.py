@@ -132,6 +132,32 @@ def check_build_input(manual_dir: os.PathLike | str, config: str) -> None:
     )
 
 
+def _make_builder(
+    data_dir: os.PathLike | str,
+    config: str,
+    options: radiograph_studies.BuildOptions,
+    config_overrides: Mapping[str, Any],
+) -> radiograph_studies.Builder:
+  """The radiograph_studies builder of `config`, with overridden fields."""
+  base = {c.name: c for c in radiograph_studies.Builder.BUILDER_CONFIGS}[config]
+  return radiograph_studies.Builder(
+      config=(
+          dataclasses.replace(base, **config_overrides)
+          if config_overrides
+          else base
+      ),
+      data_dir=os.fspath(data_dir),
+      file_format='array_record',
+      build_options=options,
+  )
+
+
+def _is_built(builder: radiograph_studies.Builder) -> bool:
+  """Whether the builder's own version is built (an older version beside it
+  is not reused: the builder builds this one next to it)."""
+  return (pathlib.Path(builder.data_dir) / 'dataset_info.json').exists()
+
+
 def build_dataset(
     manual_dir: os.PathLike | str,
     data_dir: os.PathLike | str,
@@ -148,8 +174,7 @@ def build_dataset(
   """Builds radiograph_studies/<config> into data_dir; returns the build report.
 
   Args:
-    manual_dir: the folder with the radiographs (layout: see the builder's
-      instructions).
+    manual_dir: the folder with the radiographs (the builder's layout).
     data_dir: TFDS data directory to write to.
     config: builder config name: 'dicom_cases', 'mura' or 'fracatlas'.
     strict: fail on the first unreadable file instead of skipping and reporting
@@ -162,9 +187,7 @@ def build_dataset(
     warn_default_salt: warn when dicom_cases/mura are built with the public
       default salt (False for synthetic studies).
     **config_overrides: fields of `RadiographStudiesConfig` (image_size, salt,
-      num_validation_per_label, num_test_per_label, min_eval_views,
-      validation_fraction, body_parts, include_hardware, include_multiscan,
-      near_duplicate_bits).
+      validation_fraction, body_parts, near_duplicate_bits, ...).
 
   Returns:
     The build report (also written as build_report.json / .md next to the
@@ -176,27 +199,18 @@ def build_dataset(
       splits.csv (a console.UserError).
   """
   check_build_input(manual_dir, config)
-  base = {c.name: c for c in radiograph_studies.Builder.BUILDER_CONFIGS}[config]
-  builder = radiograph_studies.Builder(
-      config=(
-          dataclasses.replace(base, **config_overrides)
-          if config_overrides
-          else base
-      ),
-      data_dir=os.fspath(data_dir),
-      file_format='array_record',
-      build_options=radiograph_studies.BuildOptions(
+  builder = _make_builder(
+      data_dir,
+      config,
+      radiograph_studies.BuildOptions(
           num_workers=num_workers,
           strict=strict,
           progress=progress,
           warn_default_salt=warn_default_salt,
       ),
+      config_overrides,
   )
-  # This version built (an older version beside it is not reused: the builder
-  # builds this one next to it).
-  reused = (
-      pathlib.Path(builder.data_dir) / 'dataset_info.json'
-  ).exists() and not overwrite
+  reused = _is_built(builder) and not overwrite
   if echo:
     print(
         f'Using the existing {DATASET_NAME}/{config} in {builder.data_dir} '
