@@ -8,12 +8,9 @@ Faithful to the authors' code (docs/paper.md, section 2):
 batch 20, Adam at a constant 6e-6
 (the authors used 4e-6 or 6e-6), 2000 epochs.
 
-As the authors, evaluate and predict restore the last checkpoint
-(eval_checkpoint='latest'; the best by validation is saved too, for
-`--checkpoint=best`), and validation and evaluate score the first 3 views of
-each case (data.max_eval_views=3: by view position, then file name).
-Initialization is Flax's lecun_normal, not the authors' truncated normal std
-0.1 (--config.model.kernel_init=authors; docs/paper.md, section 7).
+Evaluation as the authors' (the last checkpoint, the first 3 views of each
+case) and the deviations (initialization): configs/default.py and
+docs/paper.md, section 7.
 
 L2 at initialization (l2_alpha=0.7 x sum(W^2)/2 over the dense kernels):
 only the 2048x2 head, 0.7 x 1 = 0.7, next to a cross-entropy of ~0.69
