@@ -237,17 +237,26 @@ def make_forward(module: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
 
 @dataclasses.dataclass
 class SplitPredictions:
-  """Every run's probability for every view of one split.
+  """Every run's probability for every view (and case) of one split.
 
   Attributes:
     case_ids_v: str [views]. view_index_v: int [views]. labels_v: int [views].
-    probs_rv: float64 [runs, views] fracture probabilities.
+    probs_rv: float64 [runs, views] fracture probabilities. A multi-view
+      run's view probability is its case head on that view alone
+      (models.multiview).
+    case_probs_rc: float64 [runs, cases], cases in `cases().case_ids_c`
+      order: a multi-view run's fused case probability; a per-view run's row
+      is its soft vote (the mean of its view probabilities). None when no
+      run is multi-view (then every case probability is a soft vote).
+    multiview_r: bool [runs], which runs are multi-view (None: none).
   """
 
   case_ids_v: np.ndarray
   view_index_v: np.ndarray
   labels_v: np.ndarray
   probs_rv: np.ndarray
+  case_probs_rc: np.ndarray | None = None
+  multiview_r: np.ndarray | None = None
 
   def cases(self) -> voting.CaseIndex:
     return voting.index_cases(self.case_ids_v, self.labels_v)
