@@ -21,6 +21,11 @@ from ankle_jax import console
 DATA_AXIS = 'data'
 
 
+# The batch entries that go to the devices (a multi-view batch adds its
+# view mask [B, V]); the rest (case ids, masks of padding rows) stays on host.
+DEVICE_KEYS = ('image', 'view_mask', 'label')
+
+
 def initialize(distributed: bool) -> None:
   """Starts jax.distributed (multi-host runs); must precede any JAX work."""
   if distributed:
@@ -67,7 +72,7 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, field: str) -> None:
 def shard_batch(
     batch: Mapping[str, np.ndarray],
     mesh: Mesh,
-    keys: Sequence[str] = ('image', 'label'),
+    keys: Sequence[str] | None = None,
 ) -> dict[str, jax.Array]:
   """Places the global host batch on the mesh, sharded on axis 0.
 
@@ -75,13 +80,16 @@ def shard_batch(
     batch: host arrays with the global batch on axis 0 (e.g. 'image' [B, S, S,
       1] float32 in [0, 1], 'label' int [B]); the same on every process.
     mesh: the data-parallel mesh.
-    keys: the entries to place.
+    keys: the entries to place (default: those of DEVICE_KEYS the batch
+      has).
 
   Returns:
     {key: jax.Array} of the same global shapes; each process transfers only the
     slices of its own devices.
   """
   sharding = data_sharded(mesh)
+  if keys is None:
+    keys = [key for key in DEVICE_KEYS if key in batch]
   placed = {}
   for key in keys:
     value = np.asarray(batch[key])

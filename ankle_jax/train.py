@@ -10,9 +10,18 @@ Loss (docs/paper.md):
                                     'kernel' with ndim == 2, main and aux
                                     heads; 'all': every 'kernel')
        + aux_loss_weight * CE(aux_logits, labels; class weights)
+       + view_loss_weight * mean over real views of CE(view_logits, case label)
+                                    (multi-view models only; default 0)
 CE is the per-example softmax cross-entropy times the weight of the example's
 class, averaged over the batch (tf.losses' SUM_BY_NONZERO_WEIGHTS with positive
 weights).
+
+Multi-view runs (config.model.multiview.enabled, ankle_jax.models.multiview)
+train on batches of cases ({'image' [B, V, S, S, 1], 'view_mask' [B, V],
+'label' [B]}; pipeline.make_case_train_loader), each view augmented on its
+own, views dropped at random (`multiview.drop_views`), and validate on case
+batches (pipeline.iterate_case_batches); checkpoints, resume, logging and the
+NaN stop are shared with per-view runs.
 
 Devices: ankle_jax.sharding (the state replicated, batches sharded on axis 0).
 The loop (`train_and_evaluate`) carries a `LoopState` (best validation so far,
@@ -141,12 +150,31 @@ class AugmentSettings:
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
-  """Static loss settings."""
+  """Static loss settings (view_loss_weight: multi-view runs only)."""
 
   l2_alpha: float = 0.0
   l2_scope: str = 'dense'
   aux_loss_weight: float = 0.0
   class_weights: tuple[float, ...] | None = None
+  view_loss_weight: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSettings:
+  """Static settings of a multi-view run (config.model.multiview)."""
+
+  max_views: int
+  view_dropout: float = 0.0
+
+  @classmethod
+  def from_config(
+      cls, config: ml_collections.ConfigDict
+  ) -> 'ViewSettings | None':
+    """None for a per-view run."""
+    if not models.is_multiview(config.model):
+      return None
+    views = config.model.multiview
+    return cls(int(views.max_views), float(views.view_dropout))
 
 
 def _check_choice(config: ml_collections.ConfigDict, field: str, valid) -> None:
@@ -197,6 +225,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         '[w_normal, w_fracture]'
     )
   _validate_augment_config(config.augment)
+  if models.is_multiview(config.model):
+    _validate_multiview_config(config)
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise console.UserError(
         'set config.num_train_steps > 0 or config.num_epochs > 0'
@@ -224,6 +254,23 @@ def _validate_augment_config(augment_config: ml_collections.ConfigDict):
         f'config.augment.crop_scale_lower={augment_config.crop_scale_lower}; '
         'expected 0 < crop_scale_lower <= 1 (1 = off)'
     )
+
+
+def _validate_multiview_config(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first model.multiview.* field out of range."""
+  _check_choice(config, 'model.multiview.fusion', models.multiview.FUSIONS)
+  views = config.model.multiview
+  checks = (
+      ('max_views', views.max_views >= 1, '>= 1 (views per case)'),
+      ('view_dropout', 0.0 <= views.view_dropout < 1.0, 'in [0, 1)'),
+      ('view_loss_weight', views.view_loss_weight >= 0.0, '>= 0'),
+  )
+  for field, ok, expected in checks:
+    if not ok:
+      raise console.UserError(
+          f'config.model.multiview.{field}={views[field]!r}; expected '
+          f'{expected}'
+      )
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
@@ -273,8 +320,12 @@ def create_optimizer(
 def initialized(
     key: jax.Array, image_size: int, model: nn.Module
 ) -> tuple[Any, Any]:
-  """(params, batch_stats) of `model` for [1, S, S, 1] images."""
+  """(params, batch_stats) of `model` for [1, S, S, 1] images (a multi-view
+  model: one case of one view, [1, 1, S, S, 1]; its variables do not depend
+  on the number of views)."""
   images = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
+  if isinstance(model, models.multiview.Model):
+    images = images[None]
   variables = jax.jit(functools.partial(model.init, train=False))(key, images)
   return variables['params'], variables.get('batch_stats', {})
 
@@ -313,6 +364,7 @@ def create_train_state(
 
 def loss_settings(config: ml_collections.ConfigDict) -> LossSettings:
   class_weights = config.get('class_weights')
+  views = config.model.get('multiview') or {}
   return LossSettings(
       l2_alpha=float(config.l2_alpha),
       l2_scope=config.l2_scope,
@@ -322,6 +374,7 @@ def loss_settings(config: ml_collections.ConfigDict) -> LossSettings:
           if class_weights is None
           else tuple(float(w) for w in class_weights)
       ),
+      view_loss_weight=float(views.get('view_loss_weight', 0.0)),
   )
 
 
@@ -349,20 +402,60 @@ def cross_entropy(
     labels: int [B].
     class_weights: None (all 1) or C weights.
   """
+  return jnp.mean(weighted_cross_entropy(logits, labels, class_weights))
+
+
+def weighted_cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    class_weights: Sequence[float] | None = None,
+) -> jax.Array:
+  """Per-example softmax CE times the class weight: [..., C], int [...] ->
+  float32 [...]."""
   per_example = optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), labels
   )
   if class_weights is not None:
     per_example = per_example * jnp.asarray(class_weights, jnp.float32)[labels]
-  return jnp.mean(per_example)
+  return per_example
+
+
+def view_cross_entropy(
+    view_logits_bvc: jax.Array,
+    labels_b: jax.Array,
+    view_mask_bv: jax.Array,
+    class_weights: Sequence[float] | None = None,
+) -> jax.Array:
+  """Mean over the real views of each view's CE against its case's label."""
+  labels_bv = jnp.broadcast_to(labels_b[:, None], view_mask_bv.shape)
+  per_view = weighted_cross_entropy(view_logits_bvc, labels_bv, class_weights)
+  weights = view_mask_bv.astype(jnp.float32)
+  return jnp.sum(per_view * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def preprocess_train_images(
-    key: jax.Array, images_bhwc: jax.Array, aug: AugmentSettings
+    key: jax.Array, images_xhwc: jax.Array, aug: AugmentSettings
 ) -> jax.Array:
-  """Random augmentation then per-image standardization (train images)."""
-  images = augment.augment_batch(key, images_bhwc, **dataclasses.asdict(aug))
-  return augment.standardize_per_image(images)
+  """Random augmentation then per-image standardization (train images).
+
+  images_xhwc: [B, H, W, 1] or, for multi-view batches, [B, V, H, W, 1]; every
+  image gets its own random draws.
+  """
+  shape = images_xhwc.shape
+  images = images_xhwc.reshape((-1,) + shape[-3:])
+  images = augment.augment_batch(key, images, **dataclasses.asdict(aug))
+  return augment.standardize_per_image(images).reshape(shape)
+
+
+def standardized_inputs(batch: Mapping[str, jax.Array]) -> tuple[Any, ...]:
+  """The model's eval inputs: (standardized images,), plus the view mask
+  for a multi-view batch."""
+  images = batch['image']
+  shape = images.shape
+  flat = augment.standardize_per_image(images.reshape((-1,) + shape[-3:]))
+  if 'view_mask' in batch:
+    return flat.reshape(shape), batch['view_mask']
+  return (flat,)
 
 
 def step_keys(
@@ -373,6 +466,61 @@ def step_keys(
   return aug_key, dropout_key
 
 
+def view_dropout_key(base_rng: jax.Array, step: jax.Array) -> jax.Array:
+  """The key of a step's view dropout (multi-view runs): the third of the
+  step's split, after `step_keys`' two."""
+  return jax.random.split(jax.random.fold_in(base_rng, step), 3)[2]
+
+
+def train_inputs(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    aug: AugmentSettings,
+    views: ViewSettings | None,
+) -> tuple[jax.Array, ...]:
+  """The model's train-mode inputs of a step: (augmented, standardized
+  images,), plus, for a multi-view batch, its view mask after view dropout."""
+  aug_key, _ = step_keys(state.rng, state.step)
+  images = preprocess_train_images(aug_key, batch['image'], aug)
+  if views is None:
+    return (images,)
+  view_mask = models.multiview.drop_views(
+      view_dropout_key(state.rng, state.step),
+      batch['view_mask'],
+      views.view_dropout,
+  )
+  return images, view_mask
+
+
+def loss_terms(
+    outputs: Any,
+    labels: jax.Array,
+    params: Any,
+    loss_cfg: LossSettings,
+    view_mask: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+  """loss and its parts: ce, aux_ce, l2 and (multi-view, given view_mask)
+  view_ce, the mean CE of each real view alone."""
+  weights = loss_cfg.class_weights
+  zero = jnp.zeros((), jnp.float32)
+  terms = {
+      'ce': cross_entropy(outputs.logits, labels, weights),
+      'aux_ce': (
+          zero
+          if outputs.aux_logits is None
+          else cross_entropy(outputs.aux_logits, labels, weights)
+      ),
+      'l2': loss_cfg.l2_alpha * l2_sum(params, loss_cfg.l2_scope),
+  }
+  loss = terms['ce'] + loss_cfg.aux_loss_weight * terms['aux_ce'] + terms['l2']
+  if view_mask is not None:
+    terms['view_ce'] = view_cross_entropy(
+        outputs.view_logits, labels, view_mask, weights
+    )
+    loss = loss + loss_cfg.view_loss_weight * terms['view_ce']
+  return {'loss': loss, **terms}
+
+
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -380,47 +528,41 @@ def train_step(
     learning_rate_fn: optax.Schedule,
     aug: AugmentSettings,
     loss_cfg: LossSettings,
+    views: ViewSettings | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on {'image': [B, S, S, 1] in [0, 1], 'label': int [B]}.
+  """One optimizer step.
 
-  Returns the new state and metrics (scalars): loss, ce, aux_ce, l2, accuracy,
-  lr.
+  batch: per-view runs {'image': [B, S, S, 1] in [0, 1], 'label': int [B]};
+  multi-view runs (views given) {'image': [B, V, S, S, 1], 'view_mask': bool
+  [B, V], 'label': int [B]}, B cases.
+
+  Returns the new state and metrics (scalars): loss, ce, aux_ce, l2, accuracy
+  (of the case logits for multi-view runs), lr, and view_ce (multi-view).
   """
-  aug_key, dropout_key = step_keys(state.rng, state.step)
-  images = preprocess_train_images(aug_key, batch['image'], aug)
+  _, dropout_key = step_keys(state.rng, state.step)
+  inputs = train_inputs(state, batch, aug, views)
   labels = batch['label']
 
   def loss_fn(params):
     outputs, new_model_state = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats},
-        images,
+        *inputs,
         train=True,
         rngs={'dropout': dropout_key},
         mutable=['batch_stats'],
     )
-    ce = cross_entropy(outputs.logits, labels, loss_cfg.class_weights)
-    if outputs.aux_logits is not None:
-      aux_ce = cross_entropy(outputs.aux_logits, labels, loss_cfg.class_weights)
-    else:
-      aux_ce = jnp.zeros((), jnp.float32)
-    l2 = loss_cfg.l2_alpha * l2_sum(params, loss_cfg.l2_scope)
-    loss = ce + loss_cfg.aux_loss_weight * aux_ce + l2
-    return loss, (outputs.logits, new_model_state, ce, aux_ce, l2)
+    view_mask = inputs[1] if views is not None else None
+    terms = loss_terms(outputs, labels, params, loss_cfg, view_mask)
+    return terms['loss'], (outputs.logits, new_model_state, terms)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, (logits, new_model_state, ce, aux_ce, l2)), grads = grad_fn(
-      state.params
-  )
+  (_, (logits, new_model_state, terms)), grads = grad_fn(state.params)
   new_state = state.apply_gradients(
       grads=grads, batch_stats=new_model_state['batch_stats']
   )
-  accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
   metrics = {
-      'loss': loss,
-      'ce': ce,
-      'aux_ce': aux_ce,
-      'l2': l2,
-      'accuracy': accuracy,
+      **terms,
+      'accuracy': jnp.mean(jnp.argmax(logits, axis=-1) == labels),
       'lr': learning_rate_fn(state.step),
   }
   return new_state, metrics
@@ -429,17 +571,20 @@ def train_step(
 def eval_step(
     state: TrainState, batch: Mapping[str, jax.Array]
 ) -> dict[str, jax.Array]:
-  """Per-example outputs: 'probs' [B, C] and 'ce' [B] (softmax CE, unweighted).
+  """Per-example outputs: 'probs' [B, C] and 'ce' [B] (softmax CE, unweighted);
+  for a multi-view batch (with 'view_mask') the examples are cases and
+  'view_probs' [B, V, C] adds each view's own probabilities.
 
   Eval mode: the running BatchNorm statistics, nothing mutable.
   """
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  outputs = state.apply_fn(
-      variables, augment.standardize_per_image(batch['image']), train=False
-  )
+  outputs = state.apply_fn(variables, *standardized_inputs(batch), train=False)
   logits = outputs.logits.astype(jnp.float32)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-  return {'probs': jax.nn.softmax(logits, axis=-1), 'ce': ce}
+  result = {'probs': jax.nn.softmax(logits, axis=-1), 'ce': ce}
+  if 'view_mask' in batch:
+    result['view_probs'] = jax.nn.softmax(outputs.view_logits, axis=-1)
+  return result
 
 
 class CompiledSteps(NamedTuple):
@@ -455,8 +600,10 @@ def compile_steps(
     learning_rate_fn: optax.Schedule,
     aug: AugmentSettings,
     loss_cfg: LossSettings,
+    views: ViewSettings | None = None,
 ) -> CompiledSteps:
-  """Jits train_step, eval_step and the augmentation preview for `mesh`."""
+  """Jits train_step, eval_step and the augmentation preview for `mesh`
+  (views: a multi-view run's settings, None for per-view runs)."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
   train = jax.jit(
       functools.partial(
@@ -464,6 +611,7 @@ def compile_steps(
           learning_rate_fn=learning_rate_fn,
           aug=aug,
           loss_cfg=loss_cfg,
+          views=views,
       ),
       in_shardings=(repl, data),
       out_shardings=(repl, repl),
@@ -481,6 +629,35 @@ def compile_steps(
   )
 
 
+def eval_outputs(
+    eval_fn: Any,
+    state: TrainState,
+    batches: Iterator[Mapping[str, Any]],
+    mesh: Mesh,
+) -> dict[str, np.ndarray]:
+  """Host arrays over the batches' real rows: 'probs' [n, C], 'ce' [n],
+  'label' [n], 'case_id' [n] (when the batches have them) and, for
+  multi-view case batches, 'view_probs' [views, C] and 'view_label' [views]
+  over the real views."""
+  parts: dict[str, list[np.ndarray]] = {}
+  for batch in batches:
+    out = jax.device_get(eval_fn(state, sharding.shard_batch(batch, mesh)))
+    mask = np.asarray(
+        batch.get('mask', np.ones(len(batch['label']), bool)), bool
+    )
+    rows = {'probs': out['probs'], 'ce': out['ce'], 'label': batch['label']}
+    if 'case_id' in batch:
+      rows['case_id'] = batch['case_id']
+    for key, value in rows.items():
+      parts.setdefault(key, []).append(np.asarray(value)[mask])
+    if 'view_probs' in out:
+      view_mask = np.asarray(batch['view_mask'], bool) & mask[:, None]
+      labels_bv = np.broadcast_to(batch['label'][:, None], view_mask.shape)
+      parts.setdefault('view_probs', []).append(out['view_probs'][view_mask])
+      parts.setdefault('view_label', []).append(labels_bv[view_mask])
+  return {key: np.concatenate(value) for key, value in parts.items()}
+
+
 def evaluate(
     eval_fn: Any,
     state: TrainState,
@@ -492,33 +669,30 @@ def evaluate(
   Votes and the case level are those of the evaluation command
   (ankle_jax.voting): a view votes fracture when p(fracture) >= 0.5; a case is
   the majority of its views' votes, ties (2-view cases) going to fracture.
+  Multi-view case batches: val_loss and val_case_accuracy are the case
+  head's; val_accuracy and val_auc score each view alone (its own
+  probability against its case's label).
   """
-  probs, losses, labels, case_ids = [], [], [], []
-  for batch in batches:
-    out = jax.device_get(eval_fn(state, sharding.shard_batch(batch, mesh)))
-    mask = np.asarray(
-        batch.get('mask', np.ones(len(batch['label']), bool)), bool
-    )
-    probs.append(np.asarray(out['probs'])[mask])
-    losses.append(np.asarray(out['ce'])[mask])
-    labels.append(np.asarray(batch['label'])[mask])
-    if 'case_id' in batch:
-      case_ids.append(np.asarray(batch['case_id'])[mask])
-  if not probs:
+  out = eval_outputs(eval_fn, state, batches, mesh)
+  if not out:
     return {}
-  fracture_probs = np.concatenate(probs)[:, -1]
-  labels = np.concatenate(labels)
-  votes = voting.image_votes(fracture_probs)
+  multiview = 'view_probs' in out
+  view_probs = out['view_probs' if multiview else 'probs'][:, -1]
+  view_labels = out['view_label' if multiview else 'label']
+  votes = voting.image_votes(view_probs)
   view_metrics = metrics_lib.classification_metrics(
-      labels, votes, fracture_probs
+      view_labels, votes, view_probs
   )
   metrics = {
-      'val_loss': float(np.mean(np.concatenate(losses))),
+      'val_loss': float(np.mean(out['ce'])),
       'val_accuracy': view_metrics['accuracy'],
       'val_auc': view_metrics['roc_auc'],
   }
-  if case_ids:
-    cases = voting.index_cases(np.concatenate(case_ids), labels)
+  if multiview:
+    case_votes = voting.image_votes(out['probs'][:, -1])
+    metrics['val_case_accuracy'] = float(np.mean(case_votes == out['label']))
+  elif 'case_id' in out:
+    cases = voting.index_cases(out['case_id'], out['label'])
     case_votes = voting.case_hard_votes(votes, cases)
     metrics['val_case_accuracy'] = float(np.mean(case_votes == cases.labels_c))
   return metrics
@@ -713,6 +887,8 @@ class Schedule:
 class Run:
   """Everything the loop works with; `state`, `loop` and the log clock change.
 
+  steps_views: a multi-view run's ViewSettings (None: per-view).
+
   last_log_time, last_log_step: the wall time (s) and step of the last train
   record, for steps/s and images/s.
   """
@@ -728,6 +904,7 @@ class Run:
   eval_source: Any
   state: TrainState
   loop: LoopState
+  steps_views: ViewSettings | None = None
   bar: Any = None
   last_log_time: float = 0.0
   last_log_step: int = 0
@@ -796,6 +973,13 @@ def check_finite(run: Run, history: Sequence[tuple[int, Any]]) -> None:
       )
 
 
+def images_per_step(run: Run) -> int:
+  """Images through the model per step: the batch, or for a multi-view run
+  its cases x max_views (padded view slots included)."""
+  views = run.steps_views
+  return run.config.batch_size * (views.max_views if views else 1)
+
+
 def train_record(
     run: Run, step: int, history: Sequence[tuple[int, Any]]
 ) -> dict[str, float]:
@@ -805,7 +989,9 @@ def train_record(
   elapsed = max(now - run.last_log_time, 1e-9)
   steps_done = step - run.last_log_step
   run.last_log_time, run.last_log_step = now, step
+  views = {'train_view_loss': mean['view_ce']} if 'view_ce' in mean else {}
   return {
+      **views,
       'train_loss': mean['loss'],
       'train_ce': mean['ce'],
       'train_aux_loss': mean['aux_ce'],
@@ -813,20 +999,35 @@ def train_record(
       'train_accuracy': mean['accuracy'],
       'learning_rate': mean['lr'],
       'steps_per_second': steps_done / elapsed,
-      'images_per_second': steps_done * run.config.batch_size / elapsed,
+      'images_per_second': steps_done * images_per_step(run) / elapsed,
       'epoch': step / run.schedule.steps_per_epoch,
   }
+
+
+def validation_batches(
+    config: ml_collections.ConfigDict,
+    eval_source: Any,
+    views: ViewSettings | None,
+) -> Iterator[dict[str, Any]]:
+  """Batches of views (per-view runs) or of cases (multi-view runs), every
+  case's first data.max_eval_views views (0 = all)."""
+  iterate = (
+      pipeline.iterate_case_batches
+      if views is not None
+      else pipeline.iterate_eval_batches
+  )
+  return iterate(
+      eval_source,
+      batch_size=config.eval_batch_size,
+      image_size=config.image_size,
+      max_views_per_case=config.data.max_eval_views,
+  )
 
 
 def evaluate_and_select(run: Run, step: int) -> dict[str, Any]:
   """Validates; saves a new best checkpoint; notes early stopping."""
   config = run.config
-  batches = pipeline.iterate_eval_batches(
-      run.eval_source,
-      batch_size=config.eval_batch_size,
-      image_size=config.image_size,
-      max_views_per_case=config.data.max_eval_views,
-  )
+  batches = validation_batches(config, run.eval_source, run.steps_views)
   val = evaluate(run.steps.eval, run.state, batches, run.mesh)
   is_best = record_evaluation(
       run.loop, step, val, config.best_metric, config.early_stopping_patience
@@ -856,8 +1057,13 @@ def take_step(run: Run, step: int) -> Any:
   placed = sharding.shard_batch(batch, run.mesh)
   if run.schedule.images_due(step) and sharding.is_chief():
     images = jax.device_get(run.steps.preview(run.state, placed['image']))
+    labels = np.asarray(batch['label'])
+    if 'view_mask' in batch:  # The real views of the cases, one per tile.
+      real = np.asarray(batch['view_mask'], bool)
+      images = images[real]
+      labels = np.broadcast_to(labels[:, None], real.shape)[real]
     run.writer.write_images(
-        step, 'train/augmented_images', images, labels=batch['label']
+        step, 'train/augmented_images', images, labels=labels
     )
   run.state, metrics = run.steps.train(run.state, placed)
   if run.bar is not None:
@@ -899,6 +1105,37 @@ def train_loop(run: Run) -> None:
       history = after_step(run, step, history)
 
 
+def num_train_examples(
+    config: ml_collections.ConfigDict, sources: tuple[Any, Any]
+) -> int:
+  """What an epoch counts: training views, or cases for a multi-view run."""
+  if models.is_multiview(config.model):
+    return pipeline.num_cases(sources[0])
+  return len(sources[0])
+
+
+def make_train_iterator(
+    config: ml_collections.ConfigDict,
+    train_source: Any,
+    views: ViewSettings | None,
+) -> Any:
+  """The resumable training iterator: batches of views, or of cases padded
+  to views.max_views for a multi-view run."""
+  options = {
+      'global_batch_size': config.batch_size,
+      'image_size': config.image_size,
+      'seed': config.seed,
+      'shuffle': True,
+      'worker_count': config.data.worker_count,
+      'sample_weights_by_label': config.data.get('sample_weights_by_label'),
+  }
+  if views is not None:
+    return pipeline.make_case_train_loader(
+        train_source, max_views=views.max_views, **options
+    )
+  return pipeline.make_train_loader(train_source, **options)
+
+
 def start_run(
     config: ml_collections.ConfigDict,
     workdir: epath.Path,
@@ -908,7 +1145,8 @@ def start_run(
 ) -> Run:
   """A fresh or resumed Run; the chief writes config.json (and HParams)."""
   train_source, eval_source = sources
-  schedule = Schedule.from_config(config, len(train_source))
+  views = ViewSettings.from_config(config)
+  schedule = Schedule.from_config(config, num_train_examples(config, sources))
   learning_rate_fn = create_learning_rate_fn(config, schedule.num_train_steps)
   state = create_train_state(
       config,
@@ -918,15 +1156,7 @@ def start_run(
       schedule.num_train_steps,
       learning_rate_fn,
   )
-  train_iter = pipeline.make_train_loader(
-      train_source,
-      global_batch_size=config.batch_size,
-      image_size=config.image_size,
-      seed=config.seed,
-      shuffle=True,
-      worker_count=config.data.worker_count,
-      sample_weights_by_label=config.data.get('sample_weights_by_label'),
-  )
+  train_iter = make_train_iterator(config, train_source, views)
   run = Run(
       config=config,
       workdir=workdir,
@@ -936,6 +1166,7 @@ def start_run(
           learning_rate_fn,
           AugmentSettings.from_config(config.augment),
           loss_settings(config),
+          views,
       ),
       schedule=schedule,
       ckpts=checkpoint.RunCheckpoints(
@@ -946,6 +1177,7 @@ def start_run(
       eval_source=eval_source,
       state=jax.device_put(state, sharding.replicated(mesh)),
       loop=LoopState(),
+      steps_views=views,
   )
   restore_latest(run)
   if sharding.is_chief():
@@ -973,12 +1205,15 @@ def start_message(run: Run, num_train: int, num_eval: int) -> str:
       if start
       else f'{schedule.num_train_steps} steps'
   )
+  model, batch = config.model.name, f'batch {config.batch_size}'
+  if run.steps_views is not None:
+    model = f'a multi-view {config.model.multiview.fusion} {model}'
+    batch += f' cases of up to {run.steps_views.max_views} views'
   return (
-      f'Training {config.model.name} on {prepare.DATASET_NAME}/'
+      f'Training {model} on {prepare.DATASET_NAME}/'
       f'{config.data.dataset_config} ({num_train} train / {num_eval} '
       f'{config.data.eval_split} views{cap}, {config.image_size} px): '
-      f'{steps}, '
-      f'batch {config.batch_size} '
+      f'{steps}, {batch} '
       f'({schedule.num_train_steps / schedule.steps_per_epoch:.1f} epochs) '
       f'on {devices} {platform} device{"s" if devices > 1 else ""}.'
   )

@@ -72,6 +72,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.kernel_init = 'lecun_normal'
   # Family-specific build() kwargs.
   config.model.kwargs = ml_collections.ConfigDict()
+  # Multi-view model (ankle_jax.models.multiview; configs/multiview_demo.py):
+  # the family above becomes a shared trunk over all views of a case, fused
+  # by 'mean' | 'max' | 'attention' (gated attention MIL). Batches then count
+  # cases (batch_size, eval_batch_size), of up to max_views views each;
+  # training drops each view with probability view_dropout (at least one
+  # kept per case). The loss adds view_loss_weight x the mean CE of each
+  # view alone (the case head on that view, with the case's label).
+  config.model.multiview = ml_collections.ConfigDict()
+  config.model.multiview.enabled = False
+  config.model.multiview.fusion = 'attention'
+  config.model.multiview.max_views = 3
+  config.model.multiview.view_dropout = 0.0
+  config.model.multiview.view_loss_weight = 0.0
   config.num_classes = 2
   config.image_size = 300  # Paper: 300x300x1.
   config.dtype = 'float32'  # Computation dtype: 'float32' | 'bfloat16'.

@@ -9,6 +9,10 @@ Calling convention (every family):
                                   rngs={'dropout': key},
                                   mutable=['batch_stats'])
 images_bhwc: float32 [B, H, W, 1], H, W >= 75. Logits are float32 [B, classes].
+
+`from_config` with model.multiview.enabled wraps the family in
+`multiview.Model`, which takes a case at a time: apply(variables,
+images_bvhw1, view_mask_bv, train=...) -> multiview.MultiViewOutputs.
 """
 
 from collections.abc import Mapping
@@ -20,6 +24,7 @@ import jax.numpy as jnp
 
 from ankle_jax.models import inception_v3
 from ankle_jax.models import layers
+from ankle_jax.models import multiview
 from ankle_jax.models import resnet_v2
 from ankle_jax.models import xception
 from ankle_jax.models.layers import ModelOutputs
@@ -122,7 +127,10 @@ def from_config(
 
   Family options that belong to another family (a config made for Xception,
   run with `--config.model.name=resnet101_v2`) are dropped with a warning;
-  options of no family raise ValueError, as in `build`.
+  options of no family raise ValueError, as in `build`. With
+  model.multiview.enabled the family becomes the trunk of a
+  `multiview.Model` (fusion from model.multiview.fusion; the case head gets
+  the trunk's dropout_rate and kernel_init).
   """
   if hasattr(model_config, 'to_dict'):
     model_config = model_config.to_dict()
@@ -139,16 +147,35 @@ def from_config(
         'config.model.kwargs %s do not apply to %s; ignored.', dropped, name
     )
     kwargs = {k: v for k, v in kwargs.items() if k not in dropped}
-  return build(
+  kernel_init = model_config.get('kernel_init', layers.DEFAULT_KERNEL_INIT)
+  dropout_rate = float(model_config.get('dropout_rate', 0.0))
+  trunk = build(
       name,
       num_classes=num_classes,
       aux_head=bool(model_config.get('aux_head', False)),
-      dropout_rate=float(model_config.get('dropout_rate', 0.0)),
+      dropout_rate=dropout_rate,
       width_multiplier=float(model_config.get('width_multiplier', 1.0)),
       dtype=dtype,
-      kernel_init=model_config.get('kernel_init', layers.DEFAULT_KERNEL_INIT),
+      kernel_init=kernel_init,
       **kwargs,
   )
+  if not is_multiview(model_config):
+    return trunk
+  return multiview.Model(
+      trunk=trunk,
+      num_classes=num_classes,
+      fusion=model_config['multiview'].get('fusion', 'attention'),
+      dropout_rate=dropout_rate,
+      dtype=jnp.dtype(dtype),
+      kernel_init=kernel_init,
+  )
+
+
+def is_multiview(model_config: Mapping[str, Any]) -> bool:
+  """Whether a config.model block describes a multi-view model (runs saved
+  before model.multiview existed are per-view)."""
+  views = model_config.get('multiview') or {}
+  return bool(views.get('enabled', False))
 
 
 __all__ = [
@@ -160,6 +187,8 @@ __all__ = [
     'build',
     'from_config',
     'format_summary',
+    'is_multiview',
+    'multiview',
     'inception_v3',
     'layers',
     'resnet_v2',
