@@ -247,3 +247,172 @@ def test_max_views_per_case_on_a_built_split(data_dir):
     expected = sorted(views, key=lambda v: (position[(case, v)], v))[:2]
     assert [v for c, v in kept if c == case] == sorted(expected)
   assert len(kept) == sum(min(2, len(v)) for v in by_case.values())
+
+
+def _case_source():
+  """Fake source: case 'a' (4 views, label 1), 'b' (1 view, label 0), 'c'
+  (2 views, label 0), 'd' (3 views, label 0), records out of order."""
+  views = {'a': (4, 1), 'b': (1, 0), 'c': (2, 0), 'd': (3, 0)}
+  records = [
+      _view_record(case, v, 'AP', label)
+      for case, (n, label) in views.items()
+      for v in range(n)
+  ]
+  return records[::-1]
+
+
+def _real_view_keys(batch):
+  """{(case_id, view_index)} of the real views of an iterate_case_batches
+  batch."""
+  return {
+      (c, int(v))
+      for c, vs, ms in zip(
+          batch['case_id'], batch['view_index'], batch['view_mask']
+      )
+      for v, m in zip(vs, ms)
+      if m
+  }
+
+
+def test_case_groups_num_cases_and_max_case_views():
+  source = _case_source()
+  groups = pipeline.case_groups(source)
+  assert [c for c, _ in groups] == ['a', 'b', 'c', 'd']
+  assert [[source[i]['view_index'] for i in g] for _, g in groups] == [
+      [0, 1, 2, 3], [0], [0, 1], [0, 1, 2],
+  ]  # fmt: skip
+  capped = pipeline.case_groups(source, 2)
+  assert [i for _, g in capped for i in g] == pipeline.eval_order(source, 2)
+  assert pipeline.num_cases(source) == 4
+  assert pipeline.max_case_views(source) == 4
+  assert pipeline.max_case_views(source, 2) == 2
+  assert pipeline.max_case_views([]) == 0
+
+
+def test_case_train_loader_shapes_masks_and_epoch_coverage():
+  source = _case_source()
+  one_epoch = list(
+      pipeline.make_case_train_loader(
+          source,
+          global_batch_size=1,
+          max_views=3,
+          image_size=8,
+          seed=0,
+          num_epochs=1,
+      )
+  )
+  assert len(one_epoch) == 4
+  b = one_epoch[0]
+  assert b['image'].shape == (1, 3, 8, 8, 1) and b['image'].dtype == np.float32
+  assert b['view_mask'].shape == (1, 3) and b['view_mask'].dtype == bool
+  assert b['label'].shape == (1,) and b['label'].dtype == np.int32
+  # A view's pixels are 1000 * view_index / 65535: they identify the view.
+  by_count = {}
+  for b in one_epoch:
+    mask, image = b['view_mask'][0], b['image'][0]
+    n = int(mask.sum())
+    assert mask[:n].all() and not mask[n:].any()  # real views first
+    assert not image[n:].any()  # padded slots exactly 0
+    views = np.round(image[:n, 0, 0, 0] * 65535 / 1000).astype(int)
+    by_count[n] = (sorted(views), int(b['label'][0]))
+  # Every case once: 'b' (1 view), 'c' (2), and 'a' and 'd' both at 3 slots.
+  assert sorted(int(b['view_mask'].sum()) for b in one_epoch) == [1, 2, 3, 3]
+  assert by_count[1] == ([0], 0) and by_count[2] == ([0, 1], 0)
+  assert sorted(int(b['label'][0]) for b in one_epoch) == [0, 0, 0, 1]
+  with pytest.raises(ValueError, match='empty'):
+    pipeline.make_case_train_loader(
+        [], global_batch_size=1, max_views=3, image_size=8, seed=0
+    )
+  with pytest.raises(ValueError, match='max_views=0'):
+    pipeline.make_case_train_loader(
+        source, global_batch_size=1, max_views=0, image_size=8, seed=0
+    )
+
+
+def test_case_train_loader_draws_view_subsets_afresh():
+  source = [r for r in _case_source() if r['case_id'] == b'a']  # 4 views
+  loader = pipeline.make_case_train_loader(
+      source, global_batch_size=1, max_views=2, image_size=8, seed=5
+  )
+  subsets = set()
+  for _ in range(12):
+    b = next(loader)
+    assert b['view_mask'].all() and int(b['label'][0]) == 1
+    views = np.round(b['image'][0, :, 0, 0, 0] * 65535 / 1000).astype(int)
+    assert len(set(views)) == 2 and set(views) <= {0, 1, 2, 3}
+    subsets.add(tuple(views))
+  assert len(subsets) > 2
+
+
+def test_case_train_loader_resumes_exactly(data_dir):
+  source = pipeline.load_split(data_dir, 'train')
+  kwargs = dict(global_batch_size=3, max_views=2, image_size=16, seed=7)
+  loader = pipeline.make_case_train_loader(source, **kwargs)
+  for _ in range(pipeline.num_cases(source) // 3 + 2):  # cross an epoch
+    next(loader)
+  state = loader.get_state()
+  expected = [next(loader) for _ in range(4)]
+  resumed = pipeline.make_case_train_loader(source, **kwargs)
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    for key in ('image', 'view_mask', 'label'):
+      np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_case_train_loader_balanced_sampling(data_dir):
+  source = pipeline.load_split(data_dir, 'train')
+  case_labels = [
+      int(source[g[0]]['label']) for _, g in pipeline.case_groups(source)
+  ]
+  kwargs = dict(global_batch_size=16, max_views=1, image_size=8, seed=1)
+  plain = pipeline.make_case_train_loader(source, **kwargs)
+  balanced = pipeline.make_case_train_loader(
+      source, sample_weights_by_label=[1.0, 6.0], **kwargs
+  )
+  plain_rate = np.mean([next(plain)['label'].mean() for _ in range(4)])
+  rate = np.mean([next(balanced)['label'].mean() for _ in range(4)])
+  assert rate > plain_rate + 0.2 and rate > np.mean(case_labels) + 0.2
+
+
+def test_case_batches_cover_the_eval_views_and_pad(data_dir):
+  source = pipeline.load_split(data_dir, 'validation')
+  for cap in (0, 2):
+    batches = list(
+        pipeline.iterate_case_batches(
+            source, batch_size=4, image_size=16, max_views_per_case=cap
+        )
+    )
+    slots = pipeline.max_case_views(source, cap)
+    assert slots == (3 if cap == 0 else 2)
+    assert len(batches) == 2  # 6 validation cases, batches of 4
+    for b in batches:
+      assert b['image'].shape == (4, slots, 16, 16, 1)
+      assert b['view_mask'].shape == b['view_index'].shape == (4, slots)
+      assert b['view_index'].dtype == b['label'].dtype == np.int32
+      assert b['mask'].dtype == b['view_mask'].dtype == bool
+      assert not b['image'][~b['view_mask']].any()
+      assert (b['view_index'][~b['view_mask']] == -1).all()
+      assert b['view_mask'][b['mask']].any(axis=1).all()
+    last = batches[-1]
+    assert last['mask'].tolist() == [True, True, False, False]
+    assert list(last['case_id'][2:]) == ['', '']
+    assert not last['view_mask'][2:].any()
+    case_ids = [
+        c for b in batches for c, m in zip(b['case_id'], b['mask']) if m
+    ]
+    assert case_ids == sorted(case_ids) and len(case_ids) == 6
+    views = set().union(*(_real_view_keys(b) for b in batches))
+    assert sorted(views) == _kept(source, cap)
+  with pytest.raises(ValueError, match=r'has 3 views .*num_view_slots=2'):
+    pipeline.iterate_case_batches(
+        source, batch_size=4, image_size=16, num_view_slots=2
+    )
+  wide = next(
+      pipeline.iterate_case_batches(
+          source, batch_size=4, image_size=8, num_view_slots=5
+      )
+  )
+  assert (
+      wide['view_mask'].shape == (4, 5) and not wide['view_mask'][:, 3:].any()
+  )
