@@ -17,8 +17,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import dataclasses
+import itertools
 import json
 import os
 from typing import Any
@@ -206,12 +207,35 @@ def fracture_log_probability(
   if standardize:
     images_bhwc = augment.standardize_per_image(images_bhwc.astype(jnp.float32))
   logits = module.apply(variables, images_bhwc, train=False).logits
-  logits = logits.astype(jnp.float32)
-  # log p1 = -log(1 + sum_{j != 1} exp(l_j - l_1)) = -softplus(logsumexp(.)).
-  # `log_softmax(logits)[:, 1]` = l_1 - logsumexp(l) rounds to exactly 0 in
-  # float32 once l_1 - l_0 > ~17; this form keeps ~7 digits of 1 - p.
+  return log_fracture(logits)
+
+
+def log_fracture(logits_xc: jax.Array) -> jax.Array:
+  """log p(fracture), float32 [...], of logits [..., C] (class 1 = fracture).
+
+  log p1 = -log(1 + sum_{j != 1} exp(l_j - l_1)) = -softplus(logsumexp(.)).
+  `log_softmax(logits)[..., 1]` = l_1 - logsumexp(l) rounds to exactly 0 in
+  float32 once l_1 - l_0 > ~17; this form keeps ~7 digits of 1 - p.
+  """
+  logits = logits_xc.astype(jnp.float32)
   others = jnp.delete(logits, 1, axis=-1, assume_unique_indices=True)
-  return -jax.nn.softplus(jax.nn.logsumexp(others - logits[:, 1:2], axis=-1))
+  return -jax.nn.softplus(jax.nn.logsumexp(others - logits[..., 1:2], axis=-1))
+
+
+def case_log_fracture(
+    module: nn.Module,
+    variables: Any,
+    images_bvhw1: jax.Array,
+    view_mask_bv: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+  """A multi-view run in eval mode: (case log p(fracture) float32 [B], each
+  view's own log p(fracture) float32 [B, V]); images in [0, 1]."""
+  shape = images_bvhw1.shape
+  images = augment.standardize_per_image(
+      images_bvhw1.reshape((-1,) + shape[2:]).astype(jnp.float32)
+  ).reshape(shape)
+  outputs = module.apply(variables, images, view_mask_bv, train=False)
+  return log_fracture(outputs.logits), log_fracture(outputs.view_logits)
 
 
 def probability_from_log(log_probs: Any) -> np.ndarray:
@@ -231,6 +255,22 @@ def make_forward(module: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
     return jax.vmap(lambda v: fracture_log_probability(module, v, images_bhwc))(
         variables_r
     )
+
+  return jax.jit(forward)
+
+
+def make_case_forward(module: nn.Module) -> Callable[..., Any]:
+  """A jitted forward of stacked multi-view runs.
+
+  Returns:
+    f(variables_r, images_bvhw1, view_mask_bv) -> (case log p [runs, B],
+    view log p [runs, B, V]), float32, images in [0, 1].
+  """
+
+  def forward(variables_r, images_bvhw1, view_mask_bv):
+    return jax.vmap(
+        lambda v: case_log_fracture(module, v, images_bvhw1, view_mask_bv)
+    )(variables_r)
 
   return jax.jit(forward)
 
@@ -310,27 +350,148 @@ def _align(reference: SplitPredictions, other: SplitPredictions) -> np.ndarray:
   return np.array([position[(c, int(v))] for c, v in keys])
 
 
+def _cases_of(
+    view_batches: Iterable[Mapping[str, Any]],
+) -> Iterator[tuple[str, int, list[int], list[np.ndarray]]]:
+  """(case_id, label, view indices, images [S, S, 1]) per case, from eval
+  batches of views in which each case's views are adjacent."""
+  case = None
+  for batch in view_batches:
+    mask = np.asarray(batch.get('mask', np.ones(len(batch['label']), bool)))
+    case_ids = _as_str(batch['case_id'])
+    for j in np.flatnonzero(mask):
+      if case is None or case[0] != case_ids[j]:
+        if case is not None:
+          yield case
+        case = (case_ids[j], int(batch['label'][j]), [], [])
+      case[2].append(int(batch['view_index'][j]))
+      case[3].append(np.asarray(batch['image'][j]))
+  if case is not None:
+    yield case
+
+
+def case_batches(
+    view_batches: Iterable[Mapping[str, Any]], cases_per_batch: int
+) -> Iterator[dict[str, np.ndarray]]:
+  """Regroups eval batches of views into batches of `cases_per_batch` cases.
+
+  Yields {'image': float32 [B, V, S, S, 1], 'view_mask': bool [B, V],
+  'view_index': int [B, V] (-1 at padding), 'label': int [B], 'case_id':
+  object [B], 'mask': bool [B]}; V is the most views of a case in that batch
+  (so each V met compiles once), the last batch is padded with empty cases.
+  """
+  stream = _cases_of(view_batches)
+  cases = list(itertools.islice(stream, cases_per_batch))
+  while cases:
+    num_slots = max(len(c[2]) for c in cases)
+    shape = cases[0][3][0].shape
+    batch = {
+        'image': np.zeros((cases_per_batch, num_slots) + shape, np.float32),
+        'view_mask': np.zeros((cases_per_batch, num_slots), bool),
+        'view_index': np.full((cases_per_batch, num_slots), -1, np.int64),
+        'label': np.zeros((cases_per_batch,), np.int32),
+        'case_id': np.full((cases_per_batch,), '', dtype=object),
+        'mask': np.zeros((cases_per_batch,), bool),
+    }
+    for b, (case_id, label, view_index, images) in enumerate(cases):
+      n = len(view_index)
+      batch['image'][b, :n] = np.stack(images)
+      batch['view_mask'][b, :n] = True
+      batch['view_index'][b, :n] = view_index
+      batch['label'][b], batch['case_id'][b], batch['mask'][b] = (
+          label,
+          case_id,
+          True,
+      )
+    yield batch
+    cases = list(itertools.islice(stream, cases_per_batch))
+
+
+def predict_case_group(
+    forward: Callable[..., Any],
+    variables_r: Any,
+    batches: Iterable[Mapping[str, Any]],
+) -> SplitPredictions:
+  """One group of stacked multi-view runs over case batches: each view's
+  own probability in probs_rv, the case probability in case_probs_rc."""
+  case_ids, view_index, labels, log_probs = [], [], [], []
+  case_log_probs, case_order = [], []
+  for batch in batches:
+    case_log_rb, view_log_rbv = (
+        np.asarray(x)
+        for x in forward(
+            variables_r,
+            jnp.asarray(batch['image']),
+            jnp.asarray(batch['view_mask']),
+        )
+    )
+    real_bv = batch['view_mask'] & batch['mask'][:, None]
+    case_ids.append(np.repeat(batch['case_id'], real_bv.sum(axis=1)))
+    view_index.append(batch['view_index'][real_bv])
+    labels.append(np.repeat(batch['label'], real_bv.sum(axis=1)))
+    log_probs.append(view_log_rbv[:, real_bv])
+    case_log_probs.append(case_log_rb[:, batch['mask']])
+    case_order.append(_as_str(batch['case_id'][batch['mask']]))
+  if not case_ids:
+    raise ValueError('The split has no views to evaluate.')
+  preds = SplitPredictions(
+      case_ids_v=np.concatenate(case_ids).astype(str),
+      view_index_v=np.concatenate(view_index).astype(np.int64),
+      labels_v=np.concatenate(labels).astype(np.int64),
+      probs_rv=probability_from_log(np.concatenate(log_probs, axis=1)),
+  )
+  # Rows in cases().case_ids_c order (sorted), whatever order cases came in.
+  position = {c: i for i, c in enumerate(np.concatenate(case_order))}
+  order = [position[c] for c in preds.cases().case_ids_c]
+  case_log_rc = np.concatenate(case_log_probs, axis=1)[:, order]
+  preds.case_probs_rc = probability_from_log(case_log_rc)
+  preds.multiview_r = np.ones(len(case_log_rc), bool)
+  return preds
+
+
+def predict_run_group(
+    config: Any,
+    variables_r: Any,
+    batches_for: Callable[[int], Iterable[Mapping[str, Any]]],
+    cases_per_batch: int,
+) -> SplitPredictions:
+  """One group of stacked runs (per-view or multi-view) over a split."""
+  module = create_model(config)
+  view_batches = batches_for(int(config.image_size))
+  if not models.is_multiview(config.model):
+    return predict_group(make_forward(module), variables_r, view_batches)
+  return predict_case_group(
+      make_case_forward(module),
+      variables_r,
+      case_batches(view_batches, cases_per_batch),
+  )
+
+
 def predict_split(
     runs: Sequence[Run],
     batches_for: Callable[[int], Iterable[Mapping[str, Any]]],
+    cases_per_batch: int = 8,
 ) -> SplitPredictions:
   """All runs' probabilities on one split: one vmapped forward per group.
 
   Args:
     runs: the restored runs.
-    batches_for: image_size -> iterable of eval batches ('image' [B,S,S,1] in
-      [0, 1], 'label', 'case_id', 'view_index', 'mask').
+    batches_for: image_size -> iterable of eval batches of views ('image'
+      [B,S,S,1] in [0, 1], 'label', 'case_id', 'view_index', 'mask'), each
+      case's views adjacent; multi-view runs regroup them (`case_batches`).
+    cases_per_batch: cases per forward batch of a multi-view run.
 
   Returns:
-    SplitPredictions with probs_rv in the order of `runs`.
+    SplitPredictions with probs_rv in the order of `runs` and, when a run is
+    multi-view, case_probs_rc and multiview_r.
   """
-  result, probs_rv = None, None
+  result, probs_rv, group_cases = None, None, {}
   for indices in group_runs([r.config for r in runs]).values():
-    config = runs[indices[0]].config
-    group = predict_group(
-        make_forward(create_model(config)),
+    group = predict_run_group(
+        runs[indices[0]].config,
         stack_variables([runs[i].variables for i in indices]),
-        batches_for(int(config.image_size)),
+        batches_for,
+        cases_per_batch,
     )
     if result is None:
       result = group
@@ -339,5 +500,16 @@ def predict_split(
     else:
       order = _align(result, group)
     probs_rv[indices] = group.probs_rv[:, order]
+    if group.case_probs_rc is not None:
+      group_cases.update(zip(indices, group.case_probs_rc))
   result.probs_rv = probs_rv
+  if group_cases:
+    cases = result.cases()
+    result.case_probs_rc = np.stack(
+        [
+            group_cases.get(r, voting.case_soft_probs(probs_rv[r], cases))
+            for r in range(len(runs))
+        ]
+    )
+    result.multiview_r = np.array([r in group_cases for r in range(len(runs))])
   return result

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ankle_jax.models import multiview
+
 AUX_SCOPE = 'aux_tower'
 
 
@@ -23,10 +25,12 @@ def count_elements(tree: Any) -> int:
 def abstract_variables(
     module: nn.Module, image_size: int, batch_size: int = 1
 ) -> tuple[Any, jax.ShapeDtypeStruct]:
-  """(variables, images) as ShapeDtypeStructs for [B, S, S, 1] inputs."""
-  images = jax.ShapeDtypeStruct(
-      (batch_size, image_size, image_size, 1), jnp.float32
-  )
+  """(variables, images) as ShapeDtypeStructs for [B, S, S, 1] inputs (a
+  multi-view model: B cases of one view, [B, 1, S, S, 1])."""
+  shape = (batch_size, image_size, image_size, 1)
+  if isinstance(module, multiview.Model):
+    shape = shape[:1] + (1,) + shape[1:]
+  images = jax.ShapeDtypeStruct(shape, jnp.float32)
   variables = jax.eval_shape(
       functools.partial(module.init, train=False), jax.random.key(0), images
   )
@@ -78,6 +82,8 @@ def summarize(
   )
   trainable = count_elements(params)
   num_stats = count_elements(stats)
+  if isinstance(module, multiview.Model):  # The trunk holds the aux tower.
+    params, stats = params['trunk'], stats.get('trunk', {})
   return {
       'total_params': trainable + num_stats,
       'trainable_params': trainable,
