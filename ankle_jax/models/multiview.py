@@ -73,7 +73,7 @@ class MultiViewOutputs(NamedTuple):
 def _with_a_view(view_mask_bv: jax.Array) -> jax.Array:
   """The mask, with slot 0 marked real in cases with no view (padding cases
   of an eval batch), so that no softmax or mean divides by zero."""
-  view_mask_bv = view_mask_bv.astype(bool)
+  view_mask_bv = jnp.asarray(view_mask_bv, bool)
   empty_b = ~view_mask_bv.any(axis=1)
   return view_mask_bv.at[:, 0].set(view_mask_bv[:, 0] | empty_b)
 
@@ -251,7 +251,7 @@ def drop_views(
   """Training-time view dropout: each real view is dropped with probability
   `rate`; a case that would lose every view keeps one, drawn uniformly from
   its real views. bool [B, V] -> bool [B, V]."""
-  view_mask_bv = view_mask_bv.astype(bool)
+  view_mask_bv = jnp.asarray(view_mask_bv, bool)
   if rate <= 0.0:
     return view_mask_bv
   drop_key, keep_key = jax.random.split(key)
