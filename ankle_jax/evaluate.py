@@ -20,12 +20,19 @@ How it works:
    of different architectures go in a Python loop. Every model runs once over
    each split needed: the asked split and `validation` (for the honest
    protocol and the operating points).
-3. The fracture probabilities are written to predictions.csv and everything
-   else is computed from that file alone, with array operations
-   (ankle_jax.results, ankle_jax.voting, ankle_jax.metrics): per model and
-   per odd-size ensemble, image and case level, hard and soft voting, the six
-   metrics with 95% intervals (Wilson for the proportions, a case bootstrap
-   for ROC AUC).
+3. The fracture probabilities are written to predictions.csv (per view) and
+   case_predictions.csv (per case), and everything else is computed from
+   these files alone, with array operations (ankle_jax.results,
+   ankle_jax.voting, ankle_jax.metrics): per model and per odd-size
+   ensemble, image and case level, hard and soft voting, the six metrics
+   with 95% intervals (Wilson for the proportions, a case bootstrap for ROC
+   AUC).
+
+Per-view and multi-view runs (models.multiview: all views of a case at once)
+are evaluated together. Each run has one case probability: a per-view run's
+soft vote (the mean of its view probabilities), a multi-view run's own; at
+image level a multi-view run counts with its case head on each view alone.
+How ensembles vote at case level: ankle_jax.voting.
 
 Protocols:
   paper:  the best subset chosen on validation+test pooled and reported on the
@@ -37,8 +44,20 @@ then by the larger ensemble, then by the members' order.
 
 Outputs in OUT:
   predictions.csv  columns run,case_id,view_index,label,probability,split: one
-                   row per run and view, for the asked split and validation.
+                   row per run and view, for the asked split and validation
+                   (a multi-view run: its case head on that view alone).
                    The case level uses exactly the views listed.
+  case_predictions.csv  columns run,case_id,label,probability,split,kind,
+                   hard_vote,num_views: one row per run and case. probability
+                   is the run's case probability (kind 'multi_view': the
+                   run's own; 'per_view': its soft vote), hard_vote (0/1)
+                   the run's own case vote (a per-view run: the majority of
+                   its view votes, ties to fracture; a multi-view run:
+                   probability >= 0.5), num_views the views the case had.
+                   Every case-level number of results.json follows from this
+                   file, but for hard voting of ensembles of per-view runs
+                   only: those vote per view first, members then views, and
+                   need predictions.csv.
   results.json     a list of {members, level, voting, split, metrics, ci95}
                    for every subset x level (image|case) x voting (hard|soft)
                    x split (validation, the asked split, and the pooled
@@ -89,10 +108,12 @@ def evaluate_predictions(
     checkpoints: dict[str, results.CheckpointInfo] | None = None,
     max_eval_views: int = 0,
 ) -> results.Evaluation:
-  """Everything from OUT/predictions.csv: results, protocols, report, plots.
+  """Everything from OUT/predictions.csv and OUT/case_predictions.csv:
+  results, protocols, report, plots.
 
   checkpoints and max_eval_views (0 = every view) are stated in the report;
-  the views themselves are those predictions.csv lists.
+  the views themselves are those predictions.csv lists. Without a
+  case_predictions.csv (older evaluations) every run counts as per-view.
   """
   run_names, by_split = results.read_predictions_csv(
       os.path.join(out_dir, 'predictions.csv')
@@ -269,8 +290,12 @@ def evaluate_runs(
     )
   by_split = predict_splits(runs, split, batches_fn)
   os.makedirs(out_dir, exist_ok=True)
+  run_names = [r.name for r in runs]
   results.write_predictions_csv(
-      os.path.join(out_dir, 'predictions.csv'), [r.name for r in runs], by_split
+      os.path.join(out_dir, 'predictions.csv'), run_names, by_split
+  )
+  results.write_case_predictions_csv(
+      os.path.join(out_dir, results.CASE_PREDICTIONS_FILE), run_names, by_split
   )
   return evaluate_predictions(
       out_dir,

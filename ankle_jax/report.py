@@ -38,6 +38,7 @@ from ankle_jax.results import Evaluation
 from ankle_jax.results import OperatingPoint
 from ankle_jax.results import ResultEntry
 from ankle_jax.results import ResultKey
+from ankle_jax.results import decide_split
 
 FIGURE_DPI = 200
 FILES = (
@@ -45,6 +46,7 @@ FILES = (
     'results.json',
     'summary.json',
     'predictions.csv',
+    'case_predictions.csv',
     'roc.png',
     'confusion.png',
 )
@@ -81,6 +83,11 @@ def members_label(members: Sequence[str]) -> str:
   return '+'.join(members)
 
 
+def run_label(ev: Evaluation, name: str) -> str:
+  """The run's name, marked '(multi-view)' for a multi-view run."""
+  return f'{name} (multi-view)' if name in ev.multiview_runs else name
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
   return [
       '| ' + ' | '.join(header) + ' |',
@@ -103,10 +110,14 @@ def _overview(ev: Evaluation) -> list[str]:
   if ev.checkpoints:
     lines += _table(
         ['Run', 'Checkpoint', 'Step'],
-        [[n, c.which, str(c.step)] for n, c in ev.checkpoints.items()],
+        [
+            [run_label(ev, n), c.which, str(c.step)]
+            for n, c in ev.checkpoints.items()
+        ],
     ) + ['']
   else:
-    lines += [f'Runs: {", ".join(ev.run_names)}.', '']
+    runs = ', '.join(run_label(ev, n) for n in ev.run_names)
+    lines += [f'Runs: {runs}.', '']
   lines += _table(
       ['Split', 'Cases (normal / fracture)', 'Views (normal / fracture)'],
       [
@@ -133,6 +144,7 @@ def _overview(ev: Evaluation) -> list[str]:
       'then of the views per case (ties, e.g. in 2-view cases, go to '
       'fracture). Soft voting: mean probabilities. ROC AUC always from the '
       'soft scores (mean probabilities).',
+      *_multiview_note(ev),
       '',
       '95% intervals: accuracy, sensitivity, specificity, PPV and NPV: '
       "Wilson score intervals over the rows' items (views at single-view "
@@ -140,6 +152,22 @@ def _overview(ev: Evaluation) -> list[str]:
       'single-view intervals are optimistic). ROC AUC: percentile interval '
       f'of a case-level bootstrap ({ev.num_bootstrap} resamples).',
       '',
+  ]
+
+
+def _multiview_note(ev: Evaluation) -> list[str]:
+  """How multi-view runs count at case level (nothing without one)."""
+  if not ev.multiview_runs:
+    return []
+  return [
+      '',
+      'Multi-view runs read all views of a case at once: their case '
+      'probability is their own (at single-view level, their case head on '
+      "each view alone); a per-view run's is its soft vote. Soft voting "
+      "averages the members' case probabilities. Hard voting of an "
+      'ensemble with a multi-view member: each member votes once per case '
+      '(a per-view member by the majority of its views), then the members '
+      'vote (ties to fracture).',
   ]
 
 
@@ -157,7 +185,7 @@ def _protocol_section(ev: Evaluation, protocol: str, vote: str) -> list[str]:
   for name in ev.run_names:
     for level in voting.LEVELS:
       e = ev.results[ResultKey((name,), reported_on, level, vote)]
-      rows.append([name, LEVEL_TITLES[level], *_metric_cells(e)])
+      rows.append([run_label(ev, name), LEVEL_TITLES[level], *_metric_cells(e)])
   chosen_by: dict[tuple[str, ...], list[str]] = {}
   for s in selections:
     chosen_by.setdefault(s.members, []).append(LEVEL_TITLES[s.level])
@@ -266,9 +294,7 @@ def _decisions(
     preds: SplitPredictions, run_names: Sequence[str], members, level, vote
 ) -> voting.Decisions:
   idx = [run_names.index(m) for m in members]
-  return voting.decide(
-      preds.probs_rv, preds.labels_v, preds.cases(), idx, level, vote
-  )
+  return decide_split(preds, idx, level, vote)
 
 
 def _roc_label(ev: Evaluation, level: str, members, d) -> str:

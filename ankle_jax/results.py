@@ -1,7 +1,7 @@
 """The typed results of an evaluation, computed from predictions alone.
 
 `evaluate_splits` turns every run's probabilities (`SplitPredictions`, read
-back from predictions.csv) into
+back from predictions.csv and case_predictions.csv) into
   * one `ResultEntry` per subset x level (image|case) x voting (hard|soft) x
     split, keyed by `ResultKey(members, split, level, voting)`;
   * the protocols' `Selection`s: paper (best subset chosen on
@@ -13,6 +13,13 @@ back from predictions.csv) into
   * the class counts of each split.
 The files' JSON structures (results.json, summary.json) are built here too
 (`Evaluation.results_json`, `Evaluation.summary_json`).
+
+predictions.csv holds one row per run and view (a multi-view run's rows: its
+case head on each view alone); case_predictions.csv one row per run and case:
+the run's case probability (a multi-view run's own, a per-view run's soft
+vote) and its own hard case vote (voting.run_case_hard_votes). Without a
+multi-view run, case_predictions.csv is read for nothing (everything follows
+from predictions.csv, exactly as before multi-view runs existed).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import csv
 import dataclasses
 import math
+import os
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -37,6 +45,21 @@ PREDICTION_COLUMNS = (
     'probability',
     'split',
 )
+# The first five columns are the interface; kind is 'per_view' or
+# 'multi_view', hard_vote (0/1) the run's own case vote, num_views the views
+# the case had.
+CASE_PREDICTION_COLUMNS = (
+    'run',
+    'case_id',
+    'label',
+    'probability',
+    'split',
+    'kind',
+    'hard_vote',
+    'num_views',
+)
+CASE_PREDICTIONS_FILE = 'case_predictions.csv'
+KINDS = ('per_view', 'multi_view')
 VALIDATION = 'validation'
 PROTOCOLS = ('paper', 'honest')
 LEVEL_TITLES = {'image': 'single view', 'case': 'all views (case)'}
@@ -91,35 +114,195 @@ def _split_from_rows(
   )
 
 
-def read_predictions_csv(
+def multiview_of(preds: SplitPredictions) -> np.ndarray:
+  """bool [runs]: which runs are multi-view (all False when none is)."""
+  if preds.multiview_r is None:
+    return np.zeros(len(preds.probs_rv), dtype=bool)
+  return np.asarray(preds.multiview_r, dtype=bool)
+
+
+def case_rows(
+    preds: SplitPredictions,
+) -> tuple[voting.CaseIndex, np.ndarray, np.ndarray]:
+  """(cases, float64 [runs, cases] case probabilities, bool [runs, cases]
+  each run's own hard case vote) of one split."""
+  cases = preds.cases()
+  probs_rc = voting.run_case_probs(preds.probs_rv, cases, preds.case_probs_rc)
+  votes_rc = voting.run_case_hard_votes(
+      preds.probs_rv, cases, preds.case_probs_rc, preds.multiview_r
+  )
+  return cases, probs_rc, votes_rc
+
+
+def write_case_predictions_csv(
     path: str,
-) -> tuple[list[str], dict[str, SplitPredictions]]:
-  """Reads predictions.csv back: (run names, {split: SplitPredictions})."""
+    run_names: Sequence[str],
+    by_split: Mapping[str, SplitPredictions],
+) -> None:
+  """One row per run and case (CASE_PREDICTION_COLUMNS), cases sorted by id;
+  probabilities written exactly (repr)."""
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(CASE_PREDICTION_COLUMNS)
+    for split, preds in by_split.items():
+      cases, probs_rc, votes_rc = case_rows(preds)
+      kinds = [KINDS[int(m)] for m in multiview_of(preds)]
+      for r, run in enumerate(run_names):
+        for c, case_id in enumerate(cases.case_ids_c):
+          writer.writerow(
+              [
+                  run,
+                  case_id,
+                  int(cases.labels_c[c]),
+                  repr(float(probs_rc[r, c])),
+                  split,
+                  kinds[r],
+                  int(votes_rc[r, c]),
+                  int(cases.views_per_case_c[c]),
+              ]
+          )
+
+
+def _read_rows(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
   with open(path, newline='') as f:
     rows = list(csv.DictReader(f))
   if not rows:
     raise ValueError(f'{path} has no rows.')
-  missing = set(PREDICTION_COLUMNS[:5]) - set(rows[0])
+  missing = set(columns) - set(rows[0])
   if missing:
     raise ValueError(f'{path} lacks the column(s) {sorted(missing)}.')
+  return rows
+
+
+def _with_case_rows(
+    path: str,
+    split: str,
+    preds: SplitPredictions,
+    rows: Sequence[dict[str, str]],
+    run_names: Sequence[str],
+) -> SplitPredictions:
+  """preds with case_probs_rc and multiview_r from one split's rows."""
+  case_ids_c = preds.cases().case_ids_c
+  case_pos = {c: i for i, c in enumerate(case_ids_c)}
+  run_index = {n: i for i, n in enumerate(run_names)}
+  case_probs_rc = np.full((len(run_names), len(case_ids_c)), np.nan)
+  multiview_r = np.zeros(len(run_names), dtype=bool)
+  for row in rows:
+    if row['case_id'] not in case_pos or row['run'] not in run_index:
+      raise ValueError(
+          f'{path}: split {split!r} lists run {row["run"]!r} / case '
+          f'{row["case_id"]!r}, which predictions.csv lacks.'
+      )
+    r = run_index[row['run']]
+    case_probs_rc[r, case_pos[row['case_id']]] = float(row['probability'])
+    multiview_r[r] = row['kind'] == 'multi_view'
+  if np.isnan(case_probs_rc).any():
+    raise ValueError(f'{path}: split {split!r} lacks some run/case rows.')
+  return dataclasses.replace(
+      preds, case_probs_rc=case_probs_rc, multiview_r=multiview_r
+  )
+
+
+def read_case_predictions_csv(
+    path: str,
+    run_names: Sequence[str],
+    by_split: Mapping[str, SplitPredictions],
+) -> dict[str, SplitPredictions]:
+  """by_split with case_probs_rc and multiview_r read from `path`.
+
+  When no run there is multi-view, by_split comes back as it was (every case
+  probability is then a soft vote of predictions.csv).
+  """
+  rows = _read_rows(path, CASE_PREDICTION_COLUMNS[:6])
+  unknown = {r['kind'] for r in rows} - set(KINDS)
+  if unknown:
+    raise ValueError(f'{path}: unknown kind(s) {sorted(unknown)}.')
+  if all(r['kind'] == 'per_view' for r in rows):
+    return dict(by_split)
+  out = {}
+  for split, preds in by_split.items():
+    split_rows = [r for r in rows if r['split'] == split]
+    out[split] = _with_case_rows(path, split, preds, split_rows, run_names)
+  return out
+
+
+def read_predictions_csv(
+    path: str,
+) -> tuple[list[str], dict[str, SplitPredictions]]:
+  """Reads predictions.csv back: (run names, {split: SplitPredictions}).
+
+  A case_predictions.csv next to it fills case_probs_rc and multiview_r
+  when a run is multi-view (read_case_predictions_csv); without one (older
+  evaluations), every run is per-view.
+  """
+  rows = _read_rows(path, PREDICTION_COLUMNS[:5])
   run_names = list(dict.fromkeys(r['run'] for r in rows))
   by_split = {}
   for split in dict.fromkeys(r.get('split', 'test') for r in rows):
     split_rows = [r for r in rows if r.get('split', 'test') == split]
     by_split[split] = _split_from_rows(path, split, split_rows, run_names)
+  case_path = os.path.join(os.path.dirname(path), CASE_PREDICTIONS_FILE)
+  if os.path.exists(case_path):
+    by_split = read_case_predictions_csv(case_path, run_names, by_split)
   return run_names, by_split
 
 
+def _pooled_case_probs(
+    by_split: Mapping[str, SplitPredictions], pooled_case_ids_c: np.ndarray
+) -> np.ndarray:
+  """float64 [runs, pooled cases]: each split's case probabilities, columns
+  in the pooled (sorted '<split>/<case_id>') order."""
+  columns = {}
+  for split, preds in by_split.items():
+    cases = preds.cases()
+    probs_rc = voting.run_case_probs(preds.probs_rv, cases, preds.case_probs_rc)
+    for c, case_id in enumerate(cases.case_ids_c):
+      columns[f'{split}/{case_id}'] = probs_rc[:, c]
+  return np.stack([columns[c] for c in pooled_case_ids_c], axis=1)
+
+
 def pool_splits(by_split: Mapping[str, SplitPredictions]) -> SplitPredictions:
-  """Concatenates splits; a pooled case is '<split>/<case_id>'."""
+  """Concatenates splits; a pooled case is '<split>/<case_id>'.
+
+  case_probs_rc (when a split has them) follows the pooled cases().case_ids_c
+  order (sorted pooled ids, not the splits' order).
+  """
   parts = list(by_split.items())
-  return SplitPredictions(
+  pooled = SplitPredictions(
       case_ids_v=np.concatenate(
           [np.char.add(f'{s}/', p.case_ids_v.astype(str)) for s, p in parts]
       ),
       view_index_v=np.concatenate([p.view_index_v for _, p in parts]),
       labels_v=np.concatenate([p.labels_v for _, p in parts]),
       probs_rv=np.concatenate([p.probs_rv for _, p in parts], axis=1),
+  )
+  multiview = [p.multiview_r for _, p in parts if p.multiview_r is not None]
+  if any(p.case_probs_rc is not None for _, p in parts):
+    pooled.case_probs_rc = _pooled_case_probs(
+        by_split, pooled.cases().case_ids_c
+    )
+    pooled.multiview_r = np.any(multiview, axis=0) if multiview else None
+  return pooled
+
+
+def decide_split(
+    preds: SplitPredictions,
+    members: Sequence[int],
+    level: str,
+    vote: str,
+    cases: voting.CaseIndex | None = None,
+) -> voting.Decisions:
+  """voting.decide on one split's predictions (cases: preds.cases(), passed
+  in to compute it once)."""
+  return voting.decide(
+      preds.probs_rv,
+      preds.labels_v,
+      cases if cases is not None else preds.cases(),
+      members,
+      level,
+      vote,
+      case_probs_rc=preds.case_probs_rc,
+      multiview_r=preds.multiview_r,
   )
 
 
@@ -187,9 +370,7 @@ def evaluate_subsets(
   for members in subsets:
     for level in voting.LEVELS:
       for vote in voting.VOTINGS:
-        d = voting.decide(
-            preds.probs_rv, preds.labels_v, cases, members, level, vote
-        )
+        d = decide_split(preds, members, level, vote, cases)
         point, ci = evaluator(d.labels, d.preds, d.scores, d.clusters)
         entries.append(
             ResultEntry(
@@ -316,12 +497,8 @@ def compute_operating_points(
   out = []
   for members in members_list:
     for level in voting.LEVELS:
-      dv = voting.decide(
-          val.probs_rv, val.labels_v, val_cases, members, level, 'soft'
-      )
-      dt = voting.decide(
-          test.probs_rv, test.labels_v, test_cases, members, level, 'soft'
-      )
+      dv = decide_split(val, members, level, 'soft', val_cases)
+      dt = decide_split(test, members, level, 'soft', test_cases)
       if np.unique(dv.labels).size < 2:
         continue
       for name, description in metrics_lib.OPERATING_POINTS.items():
@@ -411,6 +588,8 @@ class Evaluation:
   )
   # Views kept per case (the first by view position, then file name); 0 = all.
   max_eval_views: int = 0
+  # The runs that read all views of a case at once (models.multiview).
+  multiview_runs: tuple[str, ...] = ()
 
   @property
   def headline_protocol(self) -> str:
@@ -448,6 +627,7 @@ class Evaluation:
             k: dataclasses.asdict(c) for k, c in self.checkpoints.items()
         },
         'max_eval_views': self.max_eval_views,
+        'multiview_runs': list(self.multiview_runs),
         'protocols': protocols,
         'operating_points': [op.to_json() for op in self.operating_points],
     }
@@ -515,4 +695,7 @@ def evaluate_splits(
       num_bootstrap=num_bootstrap,
       seed=seed,
       selection_metric=selection_metric,
+      multiview_runs=tuple(
+          n for n, m in zip(run_names, multiview_of(by_split[split])) if m
+      ),
   )

@@ -25,6 +25,21 @@ Conventions (the paper's, made explicit):
     the views).
 * Scores for ROC AUC are always the soft ones (mean probabilities), also for
   hard-voting entries.
+
+Multi-view runs (models.multiview) read all views of a case at once and give
+a case probability directly (`case_probs_rc`); their per-view probabilities
+(their case head on each view alone) stay in `probs_rv`. A run's case
+probability is then: a multi-view run's own, a per-view run's soft vote.
+  - image level: unchanged (a multi-view run's per-view probabilities).
+  - case level, soft: the mean over the members of their case probabilities.
+  - case level, hard, no member multi-view: unchanged (members first, then
+    views). With a multi-view member, each member votes once per case (a
+    per-view member: the majority of its view votes, ties to fracture; a
+    multi-view member: its case probability >= 0.5), then the members' case
+    votes vote (majority, ties to fracture). The views-first order is the only
+    one a multi-view run has: it never votes per view.
+Without any multi-view run (`case_probs_rc` None) every number is computed
+exactly as before they existed.
 """
 
 from __future__ import annotations
@@ -170,6 +185,117 @@ class Decisions:
   clusters: np.ndarray
 
 
+def run_case_probs(
+    probs_rv: np.ndarray,
+    cases: CaseIndex,
+    case_probs_rc: np.ndarray | None = None,
+) -> np.ndarray:
+  """Each run's case probability. float64 [runs, cases].
+
+  Args:
+    probs_rv: float [runs, views] fracture probabilities.
+    cases: the CaseIndex of the views.
+    case_probs_rc: float [runs, cases] or None (no run is multi-view).
+
+  Returns:
+    case_probs_rc when given, else each run's soft vote, computed as `decide`
+    computes a single run's soft case score (bit for bit).
+  """
+  if case_probs_rc is not None:
+    return np.asarray(case_probs_rc, dtype=np.float64)
+  return np.stack(
+      [
+          case_soft_probs(ensemble_soft_probs(probs_rv, [r]), cases)
+          for r in range(len(probs_rv))
+      ]
+  )
+
+
+def run_case_hard_votes(
+    probs_rv: np.ndarray,
+    cases: CaseIndex,
+    case_probs_rc: np.ndarray | None = None,
+    multiview_r: np.ndarray | None = None,
+) -> np.ndarray:
+  """Each run's own case vote. bool [runs, cases].
+
+  A per-view run: the majority of its view votes (ties to fracture); a
+  multi-view run (multiview_r, float [runs, cases] case_probs_rc needed): its
+  case probability >= THRESHOLD.
+  """
+  votes_rc = case_hard_votes(image_votes(probs_rv), cases)
+  if multiview_r is not None and np.any(multiview_r):
+    multiview_r = np.asarray(multiview_r, dtype=bool)
+    votes_rc[multiview_r] = image_votes(np.asarray(case_probs_rc)[multiview_r])
+  return votes_rc
+
+
+def _has_multiview(
+    multiview_r: np.ndarray | None, members: Sequence[int]
+) -> bool:
+  return multiview_r is not None and bool(
+      np.asarray(multiview_r, dtype=bool)[list(members)].any()
+  )
+
+
+def case_decisions(
+    probs_rv: np.ndarray,
+    cases: CaseIndex,
+    members: Sequence[int],
+    voting: str,
+    case_probs_rc: np.ndarray | None = None,
+    multiview_r: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Case-level (preds bool [cases], scores float64 [cases]) of an ensemble.
+
+  See the module docstring; with case_probs_rc None, exactly the per-view
+  rules (members first, then views).
+  """
+  members = list(members)
+  if case_probs_rc is None:
+    scores_c = case_soft_probs(ensemble_soft_probs(probs_rv, members), cases)
+  else:
+    scores_c = np.asarray(case_probs_rc, dtype=np.float64)[members].mean(0)
+  if voting == 'soft':
+    return image_votes(scores_c), scores_c
+  if not _has_multiview(multiview_r, members):
+    votes_v = ensemble_hard_votes(probs_rv, members)
+    return case_hard_votes(votes_v, cases), scores_c
+  member_votes_mc = run_case_hard_votes(
+      np.asarray(probs_rv)[members],
+      cases,
+      np.asarray(case_probs_rc)[members],
+      np.asarray(multiview_r)[members],
+  )
+  return member_votes_mc.mean(axis=0) >= 0.5, scores_c
+
+
+def _check_case_probs(
+    probs_rv: np.ndarray,
+    cases: CaseIndex,
+    case_probs_rc: np.ndarray | None,
+    multiview_r: np.ndarray | None,
+) -> None:
+  """Raises ValueError when the case inputs do not fit probs_rv and cases."""
+  num_runs = len(probs_rv)
+  if case_probs_rc is not None and np.shape(case_probs_rc) != (
+      num_runs,
+      cases.num_cases,
+  ):
+    raise ValueError(
+        f'case_probs_rc must be [runs, cases] = {(num_runs, cases.num_cases)}'
+        f', got {np.shape(case_probs_rc)}.'
+    )
+  if multiview_r is not None:
+    if np.shape(multiview_r) != (num_runs,):
+      raise ValueError(
+          f'multiview_r must be [runs] = ({num_runs},), got '
+          f'{np.shape(multiview_r)}.'
+      )
+    if case_probs_rc is None and np.any(multiview_r):
+      raise ValueError('Multi-view runs need case_probs_rc.')
+
+
 def decide(
     probs_rv: np.ndarray,
     labels_v: np.ndarray,
@@ -177,6 +303,9 @@ def decide(
     members: Sequence[int],
     level: str,
     voting: str,
+    *,
+    case_probs_rc: np.ndarray | None = None,
+    multiview_r: np.ndarray | None = None,
 ) -> Decisions:
   """Decisions of an ensemble (1 member = a single model) on one split.
 
@@ -187,6 +316,10 @@ def decide(
     members: indices into the runs axis.
     level: 'image' (each view on its own) or 'case' (vote over the views).
     voting: 'hard' (majority votes) or 'soft' (mean probabilities).
+    case_probs_rc: float [runs, cases] each run's case probability (a
+      multi-view run's own, a per-view run's soft vote), cases in
+      cases.case_ids_c order; None: no run is multi-view.
+    multiview_r: bool [runs], which runs are multi-view (None: none).
 
   Returns:
     The Decisions.
@@ -197,8 +330,9 @@ def decide(
     raise ValueError(f'voting must be one of {VOTINGS}, got {voting!r}.')
   if not members:
     raise ValueError('An ensemble needs at least one member.')
-  soft_v = ensemble_soft_probs(probs_rv, members)
+  _check_case_probs(probs_rv, cases, case_probs_rc, multiview_r)
   if level == 'image':
+    soft_v = ensemble_soft_probs(probs_rv, members)
     preds = (
         ensemble_hard_votes(probs_rv, members)
         if voting == 'hard'
@@ -210,15 +344,13 @@ def decide(
         scores=soft_v,
         clusters=cases.case_index_v,
     )
-  soft_c = case_soft_probs(soft_v, cases)
-  if voting == 'hard':
-    preds = case_hard_votes(ensemble_hard_votes(probs_rv, members), cases)
-  else:
-    preds = image_votes(soft_c)
+  preds, scores_c = case_decisions(
+      probs_rv, cases, members, voting, case_probs_rc, multiview_r
+  )
   return Decisions(
       labels=cases.labels_c,
       preds=preds,
-      scores=soft_c,
+      scores=scores_c,
       clusters=np.arange(cases.num_cases),
   )
 

@@ -27,6 +27,7 @@ from ankle_jax import evaluate
 from ankle_jax import inference
 from ankle_jax import metrics
 from ankle_jax import results as results_lib
+from ankle_jax import voting
 from ankle_jax import writers
 from ankle_jax.data import augment
 from ankle_jax.models import layers
@@ -300,6 +301,7 @@ def test_outputs_exist(fake_evaluation):
   out_dir = fake_evaluation['out_dir']
   for name in (
       'predictions.csv',
+      'case_predictions.csv',
       'results.json',
       'summary.json',
       'report.md',
@@ -405,18 +407,22 @@ def _independent_decisions(runs, case_ids, labels, probs, members, level, vote):
   )
 
 
-def check_results_recomputable(out_dir, num_bootstrap, seed):
-  """Every results.json number from predictions.csv alone."""
-  by_split = _load_predictions(out_dir)
-  pooled = 'validation+test'
+def _with_pooled(by_split):
+  """_load_predictions' splits and the pooled 'validation+test'."""
   if 'validation' in by_split:
     v, t = by_split['validation'], by_split['test']
-    by_split[pooled] = (
+    by_split['validation+test'] = (
         v[0],
         v[1] + t[1],
         np.concatenate([v[2], t[2]]),
         np.concatenate([v[3], t[3]], axis=1),
     )
+  return by_split
+
+
+def check_results_recomputable(out_dir, num_bootstrap, seed):
+  """Every results.json number from predictions.csv alone."""
+  by_split = _with_pooled(_load_predictions(out_dir))
   results = json.loads(
       pathlib.Path(os.path.join(out_dir, 'results.json')).read_text()
   )
@@ -425,36 +431,41 @@ def check_results_recomputable(out_dir, num_bootstrap, seed):
     assert set(e) == {'members', 'level', 'voting', 'split', 'metrics', 'ci95'}
     assert set(e['metrics']) == set(metrics.METRIC_NAMES)
     runs, case_ids, labels, probs = by_split[e['split']]
-    y, pred, score, clusters = _independent_decisions(
+    decisions = _independent_decisions(
         runs, case_ids, labels, probs, e['members'], e['level'], e['voting']
     )
-    tn, fp, fn, tp = sk.confusion_matrix(
-        y, pred.astype(int), labels=[0, 1]
-    ).ravel()
-    expected = {
-        'accuracy': sk.accuracy_score(y, pred.astype(int)),
-        'sensitivity': tp / (tp + fn),
-        'specificity': tn / (tn + fp),
-        'ppv': tp / (tp + fp) if tp + fp else None,
-        'npv': tn / (tn + fn) if tn + fn else None,
-        'roc_auc': sk.roc_auc_score(y, score),
-    }
-    for k, value in expected.items():
-      if value is None:
-        assert e['metrics'][k] is None, (e, k)
-      else:
-        assert e['metrics'][k] == pytest.approx(value, abs=1e-9), (e, k)
-    # Wilson intervals for the proportions, a case bootstrap for ROC AUC.
-    ci = metrics.proportion_intervals(y, pred)
-    ci['roc_auc'] = metrics.bootstrap_ci(
-        y, pred, score, clusters, num_resamples=num_bootstrap, seed=seed
-    )['roc_auc']
-    for k in metrics.METRIC_NAMES:
-      if e['ci95'][k][0] is not None:
-        np.testing.assert_allclose(e['ci95'][k], ci[k], atol=1e-9)
-      else:
-        assert e['metrics'][k] is None, (e, k)
+    _check_entry(e, *decisions, num_bootstrap, seed)
   return results
+
+
+def _check_entry(e, y, pred, score, clusters, num_bootstrap, seed):
+  """An entry's metrics and intervals equal those of (y, pred, score)."""
+  tn, fp, fn, tp = sk.confusion_matrix(
+      y, pred.astype(int), labels=[0, 1]
+  ).ravel()
+  expected = {
+      'accuracy': sk.accuracy_score(y, pred.astype(int)),
+      'sensitivity': tp / (tp + fn),
+      'specificity': tn / (tn + fp),
+      'ppv': tp / (tp + fp) if tp + fp else None,
+      'npv': tn / (tn + fn) if tn + fn else None,
+      'roc_auc': sk.roc_auc_score(y, score),
+  }
+  for k, value in expected.items():
+    if value is None:
+      assert e['metrics'][k] is None, (e, k)
+    else:
+      assert e['metrics'][k] == pytest.approx(value, abs=1e-9), (e, k)
+  # Wilson intervals for the proportions, a case bootstrap for ROC AUC.
+  ci = metrics.proportion_intervals(y, pred)
+  ci['roc_auc'] = metrics.bootstrap_ci(
+      y, pred, score, clusters, num_resamples=num_bootstrap, seed=seed
+  )['roc_auc']
+  for k in metrics.METRIC_NAMES:
+    if e['ci95'][k][0] is not None:
+      np.testing.assert_allclose(e['ci95'][k], ci[k], atol=1e-9)
+    else:
+      assert e['metrics'][k] is None, (e, k)
 
 
 def test_results_recomputable_from_predictions_csv(fake_evaluation):
@@ -466,6 +477,94 @@ def test_results_recomputable_from_predictions_csv(fake_evaluation):
       'validation',
       'validation+test',
   }
+
+
+def _load_case_predictions(out_dir):
+  """{split: (runs, case ids, labels_c, probs_rc, votes_rc, multiview)} read
+  with csv from case_predictions.csv alone; cases sorted by '<split>/<id>',
+  the pooled split 'validation+test' as both splits together."""
+  header, rows = _read_csv(os.path.join(out_dir, 'case_predictions.csv'))
+  assert header == [
+      'run',
+      'case_id',
+      'label',
+      'probability',
+      'split',
+      'kind',
+      'hard_vote',
+      'num_views',
+  ]
+  col = {name: i for i, name in enumerate(header)}
+  runs = list(dict.fromkeys(r[col['run']] for r in rows))
+  splits = {r[col['split']]: [r[col['split']]] for r in rows}
+  if 'validation' in splits:
+    splits['validation+test'] = ['validation', 'test']
+  out = {}
+  for name, parts in splits.items():
+    mine = [r for r in rows if r[col['split']] in parts]
+    ids = sorted({f'{r[col["split"]]}/{r[col["case_id"]]}' for r in mine})
+    probs, votes = np.zeros((2, len(runs), len(ids)))
+    labels, multiview = np.zeros(len(ids), int), np.zeros(len(runs), bool)
+    for r in mine:
+      i, c = runs.index(r[col['run']]), ids.index(f'{r[4]}/{r[1]}')
+      probs[i, c] = float(r[col['probability']])
+      votes[i, c] = int(r[col['hard_vote']])
+      labels[c] = int(r[col['label']])
+      multiview[i] = r[col['kind']] == 'multi_view'
+    out[name] = (runs, ids, labels, probs, votes, multiview)
+  return out
+
+
+def check_case_results_from_case_csv(out_dir, num_bootstrap, seed):
+  """Every case-level results.json entry from case_predictions.csv alone,
+  but hard votes of per-view-only ensembles (from predictions.csv)."""
+  by_split = _load_case_predictions(out_dir)
+  results = json.loads(_read_text(out_dir, 'results.json'))
+  checked = {'csv': 0, 'predictions.csv': 0}
+  for e in results:
+    if e['level'] != 'case':
+      continue
+    runs, ids, labels, probs, votes, multiview = by_split[e['split']]
+    idx = [runs.index(m) for m in e['members']]
+    scores = probs[idx].mean(axis=0)
+    if e['voting'] == 'soft':
+      preds = scores >= 0.5
+    elif len(idx) == 1 or multiview[idx].any():
+      preds = 2 * votes[idx].sum(axis=0) >= len(idx)  # ties to fracture
+    else:  # members first, then views: needs predictions.csv
+      view_split = _with_pooled(_load_predictions(out_dir))
+      _, preds, _, _ = _independent_decisions(
+          *view_split[e['split']], e['members'], 'case', 'hard'
+      )
+      checked['predictions.csv'] += 1
+    checked['csv'] += 1
+    _check_entry(
+        e, labels, preds, scores, np.arange(len(ids)), num_bootstrap, seed
+    )
+  return checked
+
+
+def test_case_predictions_csv_of_per_view_runs(fake_evaluation):
+  """Per-view runs: probability = soft vote, hard_vote = majority of the
+  view votes; every case-level entry follows from the CSV files."""
+  out_dir = fake_evaluation['out_dir']
+  by_case = _load_case_predictions(out_dir)
+  by_view = _load_predictions(out_dir)
+  for split in ('test', 'validation'):
+    runs, ids, labels, probs, votes, multiview = by_case[split]
+    assert not multiview.any()
+    for m in runs:
+      _, _, score, _ = _independent_decisions(
+          *by_view[split], [m], 'case', 'soft'
+      )
+      _, hard, _, _ = _independent_decisions(
+          *by_view[split], [m], 'case', 'hard'
+      )
+      np.testing.assert_allclose(probs[runs.index(m)], score, rtol=1e-12)
+      np.testing.assert_array_equal(votes[runs.index(m)], hard)
+  checked = check_case_results_from_case_csv(out_dir, 300, 3)
+  # 4 subsets x 2 votings x 3 splits; 1 ensemble x 3 splits from the views.
+  assert checked == {'csv': 24, 'predictions.csv': 3}
 
 
 def test_protocols_and_operating_points(fake_evaluation):
@@ -534,6 +633,177 @@ def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
   assert out.operating_points == []
   assert len(out.results) == 1 * 2 * 2 * 1
   check_results_recomputable(str(tmp_path / 'out'), 50, 0)
+
+
+# ------------------------------------------------ multi-view runs
+def mixed_split(split, num_cases, seed, multiview=(False, True, False, False)):
+  """Hand-made SplitPredictions of per-view and multi-view runs (2- and
+  3-view cases, views in a shuffled case order)."""
+  rng = np.random.default_rng(seed)
+  case_ids, view_index = [], []
+  for c in rng.permutation(num_cases):
+    for v in range(2 + c % 2):
+      case_ids.append(f'{split[:3]}{c:03d}hash')
+      view_index.append(v)
+  labels = np.array([int(c[3:6]) % 3 == 0 for c in case_ids], np.int64)
+  probs_rv = np.clip(
+      rng.uniform(size=(len(multiview), len(case_ids))) + 0.25 * labels, 0, 1
+  )
+  preds = inference.SplitPredictions(
+      np.array(case_ids), np.array(view_index), labels, probs_rv
+  )
+  cases = preds.cases()
+  case_probs_rc = voting.run_case_probs(probs_rv, cases)
+  multiview_r = np.array(multiview)
+  own = np.clip(rng.uniform(size=cases.num_cases) + 0.3 * cases.labels_c, 0, 1)
+  case_probs_rc[multiview_r] = own
+  preds.case_probs_rc, preds.multiview_r = case_probs_rc, multiview_r
+  return preds
+
+
+MIXED_RUNS = ['run_a', 'run_mv', 'run_c', 'run_d']
+
+
+@pytest.fixture(scope='module')
+def mixed_evaluation(tmp_path_factory):
+  out_dir = str(tmp_path_factory.mktemp('mixed'))
+  by_split = {
+      'test': mixed_split('test', 17, 0),
+      'validation': mixed_split('validation', 15, 1),
+  }
+  results_lib.write_predictions_csv(
+      os.path.join(out_dir, 'predictions.csv'), MIXED_RUNS, by_split
+  )
+  results_lib.write_case_predictions_csv(
+      os.path.join(out_dir, 'case_predictions.csv'), MIXED_RUNS, by_split
+  )
+  out = evaluate.evaluate_predictions(
+      out_dir, split='test', num_bootstrap=100, seed=1
+  )
+  return {'out_dir': out_dir, 'out': out, 'by_split': by_split}
+
+
+def test_mixed_evaluation_recomputable_from_the_csv_files(mixed_evaluation):
+  out_dir = mixed_evaluation['out_dir']
+  checked = check_case_results_from_case_csv(out_dir, 100, 1)
+  # 8 subsets x 2 votings x 3 splits; the hard votes of run_a+run_c+run_d
+  # (per-view runs only) from the views.
+  assert checked == {'csv': 48, 'predictions.csv': 3}
+  # Image level: every run's per-view probabilities (predictions.csv).
+  by_view = _with_pooled(_load_predictions(out_dir))
+  results = json.loads(_read_text(out_dir, 'results.json'))
+  assert len(results) == 8 * 2 * 2 * 3
+  for e in results:
+    if e['level'] == 'image':
+      decisions = _independent_decisions(
+          *by_view[e['split']], e['members'], 'image', e['voting']
+      )
+      _check_entry(e, *decisions, 100, 1)
+
+
+def test_mixed_case_csv_holds_the_multiview_runs_own_probability(
+    mixed_evaluation,
+):
+  by_case = _load_case_predictions(mixed_evaluation['out_dir'])
+  runs, ids, _, probs, votes, multiview = by_case['test']
+  preds = mixed_evaluation['by_split']['test']
+  np.testing.assert_array_equal(multiview, [False, True, False, False])
+  assert ids == [f'test/{c}' for c in preds.cases().case_ids_c]
+  assert (probs == preds.case_probs_rc).all()  # written exactly
+  np.testing.assert_array_equal(votes[1], preds.case_probs_rc[1] >= 0.5)
+  # The multi-view run's case probability is not its soft vote.
+  soft = voting.run_case_probs(preds.probs_rv, preds.cases())[1]
+  assert np.abs(probs[1] - soft).max() > 0.05
+  _, by_split = results_lib.read_predictions_csv(
+      os.path.join(mixed_evaluation['out_dir'], 'predictions.csv')
+  )
+  np.testing.assert_array_equal(by_split['test'].multiview_r, multiview)
+  assert (by_split['test'].case_probs_rc == preds.case_probs_rc).all()
+
+
+def test_mixed_report_marks_multiview_runs(mixed_evaluation):
+  out_dir = mixed_evaluation['out_dir']
+  report = _read_text(out_dir, 'report.md')
+  assert 'Runs: run_a, run_mv (multi-view), run_c, run_d.' in report
+  assert '| run_mv (multi-view) | all views (case) |' in report
+  assert '| run_a (multi-view)' not in report
+  assert 'each member votes once per case' in report
+  summary = json.loads(_read_text(out_dir, 'summary.json'))
+  assert summary['multiview_runs'] == ['run_mv']
+
+
+def test_per_view_results_unchanged_by_case_predictions_csv(tmp_path):
+  """Per-view runs only: the same results.json with case_predictions.csv,
+  without it (older evaluations), and from memory."""
+  by_split = {
+      'test': mixed_split('test', 13, 2, multiview=(False,) * 4),
+      'validation': mixed_split('validation', 11, 3, multiview=(False,) * 4),
+  }
+  for preds in by_split.values():
+    preds.case_probs_rc = preds.multiview_r = None
+  expected = results_lib.evaluate_splits(
+      by_split, MIXED_RUNS, split='test', num_bootstrap=50
+  ).results_json()
+  for with_case_csv in (True, False):
+    out_dir = str(tmp_path / f'case_csv_{with_case_csv}')
+    os.makedirs(out_dir)
+    results_lib.write_predictions_csv(
+        os.path.join(out_dir, 'predictions.csv'), MIXED_RUNS, by_split
+    )
+    if with_case_csv:
+      results_lib.write_case_predictions_csv(
+          os.path.join(out_dir, 'case_predictions.csv'), MIXED_RUNS, by_split
+      )
+    evaluate.evaluate_predictions(out_dir, split='test', num_bootstrap=50)
+    assert json.loads(_read_text(out_dir, 'results.json')) == expected
+
+
+def test_pool_splits_orders_case_probabilities_by_pooled_case_id():
+  """Validation first, test second; case ids interleave across the splits
+  (b, d / a, c, e); the pooled rows follow the sorted pooled ids."""
+
+  def split_of(case_ids, probs_c):
+    n = len(case_ids)
+    return inference.SplitPredictions(
+        case_ids_v=np.repeat(case_ids, 2),
+        view_index_v=np.tile([0, 1], n),
+        labels_v=np.zeros(2 * n, np.int64),
+        probs_rv=np.full((2, 2 * n), 0.5),
+        case_probs_rc=np.array([probs_c, np.full(n, 0.5)]),
+        multiview_r=np.array([True, False]),
+    )
+
+  pooled = results_lib.pool_splits(
+      {
+          'validation': split_of(['d', 'b'], [0.4, 0.2]),  # by view order
+          'test': split_of(['e', 'a', 'c'], [0.5, 0.1, 0.3]),
+      }
+  )
+  cases = pooled.cases()
+  np.testing.assert_array_equal(
+      cases.case_ids_c,
+      ['test/a', 'test/c', 'test/e', 'validation/b', 'validation/d'],
+  )
+  # Each split's case_probs_rc is in its sorted case order: validation
+  # (b, d) = (0.4, 0.2), test (a, c, e) = (0.5, 0.1, 0.3).
+  np.testing.assert_array_equal(
+      pooled.case_probs_rc[0], [0.5, 0.1, 0.3, 0.4, 0.2]
+  )
+  np.testing.assert_array_equal(pooled.multiview_r, [True, False])
+  d = results_lib.decide_split(pooled, [0], 'case', 'soft')
+  np.testing.assert_array_equal(d.scores, [0.5, 0.1, 0.3, 0.4, 0.2])
+
+
+def test_case_predictions_csv_missing_rows_is_an_error(tmp_path):
+  by_split = {'test': mixed_split('test', 5, 0)}
+  pred_path = str(tmp_path / 'predictions.csv')
+  case_path = str(tmp_path / 'case_predictions.csv')
+  results_lib.write_predictions_csv(pred_path, MIXED_RUNS, by_split)
+  results_lib.write_case_predictions_csv(case_path, MIXED_RUNS, by_split)
+  lines = pathlib.Path(case_path).read_text().splitlines()
+  pathlib.Path(case_path).write_text('\n'.join(lines[:-1]) + '\n')
+  with pytest.raises(ValueError, match='lacks some run/case rows'):
+    results_lib.read_predictions_csv(pred_path)
 
 
 # ------------------------------------ trained runs, real data, end to end

@@ -158,3 +158,133 @@ def test_subset_cap_keeps_singles_and_full_ensemble_and_is_seeded():
   assert len(voting.odd_subsets(40, max_subsets=50)) == 50
   with pytest.raises(ValueError, match='max_subsets'):
     voting.odd_subsets(5, max_subsets=3)
+
+
+# --------------------------------------------------------- multi-view runs
+def _old_decide(probs_rv, labels_v, cases, members, level, vote):
+  """The rules before multi-view runs, written out (members, then views)."""
+  soft_v = probs_rv[list(members)].mean(axis=0)
+  hard_v = (probs_rv[list(members)] >= 0.5).mean(axis=0) >= 0.5
+  if level == 'image':
+    return (hard_v if vote == 'hard' else soft_v >= 0.5), soft_v
+  onehot_vc = np.zeros((cases.num_views, cases.num_cases))
+  onehot_vc[np.arange(cases.num_views), cases.case_index_v] = 1.0
+  soft_c = (soft_v @ onehot_vc) / cases.views_per_case_c
+  if vote == 'soft':
+    return soft_c >= 0.5, soft_c
+  hard_c = (hard_v.astype(float) @ onehot_vc) / cases.views_per_case_c >= 0.5
+  return hard_c, soft_c
+
+
+def test_decide_without_case_probs_is_bit_identical_to_the_per_view_rules():
+  rng = np.random.default_rng(0)
+  case_ids = [f'c{c:02d}' for c in rng.permutation(40) for _ in range(2)]
+  case_ids += [f'd{c:02d}' for c in range(30) for _ in range(3)]
+  labels_v = np.array([int(c[1:]) % 2 for c in case_ids])
+  cases = _cases(case_ids, labels_v)
+  probs_rv = rng.uniform(size=(5, len(case_ids)))
+  probs_rv[:, ::5] = 0.5  # exact ties
+  for members in voting.odd_subsets(5):
+    for level in voting.LEVELS:
+      for vote in voting.VOTINGS:
+        d = voting.decide(probs_rv, labels_v, cases, members, level, vote)
+        preds, scores = _old_decide(
+            probs_rv, labels_v, cases, members, level, vote
+        )
+        np.testing.assert_array_equal(d.preds, preds)
+        assert (d.scores == scores).all()  # bit for bit, not approximately
+
+
+def _mixed_example():
+  """One 3-view fracture case; runs a, c, d per-view, b multi-view.
+
+  View votes (rows: runs a, b, c, d):  0 1 1 / 0 0 0 / 1 0 1 / 0 0 0.
+  """
+  probs_rv = np.array(
+      [
+          [0.2, 0.7, 0.9],  # a: case vote 1 (2 of 3 views)
+          [0.3, 0.45, 0.1],  # b: its case head on each view alone
+          [0.8, 0.1, 0.6],  # c: case vote 1
+          [0.1, 0.2, 0.4],  # d: case vote 0
+      ]
+  )
+  labels_v = np.array([1, 1, 1])
+  cases = _cases(['x', 'x', 'x'], labels_v)
+  case_probs_rc = probs_rv.mean(axis=1, keepdims=True)
+  case_probs_rc[1] = 0.3  # b's own case probability: case vote 0
+  multiview_r = np.array([False, True, False, False])
+  return probs_rv, labels_v, cases, case_probs_rc, multiview_r
+
+
+def test_mixed_hard_vote_is_each_members_case_vote_then_their_majority():
+  probs_rv, labels_v, cases, case_probs_rc, multiview_r = _mixed_example()
+  kw = dict(case_probs_rc=case_probs_rc, multiview_r=multiview_r)
+  # Members first, then views would say normal: per view the votes of a,
+  # b, c are (0,0,1), (1,0,0), (1,0,1) -> 0, 0, 1 -> 1 of 3.
+  members_first = voting.case_hard_votes(
+      voting.ensemble_hard_votes(probs_rv, (0, 1, 2)), cases
+  )
+  np.testing.assert_array_equal(members_first, [False])
+  # Each member's case vote: a 1, b 0 (0.3 < 0.5), c 1 -> fracture.
+  np.testing.assert_array_equal(
+      voting.run_case_hard_votes(probs_rv, cases, **kw)[:, 0],
+      [True, False, True, False],
+  )
+  d = voting.decide(probs_rv, labels_v, cases, (0, 1, 2), 'case', 'hard', **kw)
+  np.testing.assert_array_equal(d.preds, [True])
+  # Soft: the mean of the members' case probabilities (b's own, 0.3).
+  np.testing.assert_allclose(d.scores, [case_probs_rc[:3].mean()])
+  d = voting.decide(probs_rv, labels_v, cases, (1,), 'case', 'soft', **kw)
+  np.testing.assert_array_equal(d.scores, [0.3])
+  # Image level: b's per-view probabilities, as before.
+  d = voting.decide(probs_rv, labels_v, cases, (1,), 'image', 'hard', **kw)
+  np.testing.assert_array_equal(d.preds, [False, False, False])
+  np.testing.assert_array_equal(d.scores, probs_rv[1])
+
+
+def test_mixed_evaluation_keeps_per_view_ensembles_members_first():
+  probs_rv, labels_v, cases, case_probs_rc, multiview_r = _mixed_example()
+  kw = dict(case_probs_rc=case_probs_rc, multiview_r=multiview_r)
+  # a, c, d are per-view: members first (per view 0, 0, 1 -> normal), though
+  # their own case votes (1, 1, 0) would say fracture.
+  d = voting.decide(probs_rv, labels_v, cases, (0, 2, 3), 'case', 'hard', **kw)
+  np.testing.assert_array_equal(d.preds, [False])
+  # Soft scores come from case_probs_rc once given.
+  np.testing.assert_allclose(d.scores, [case_probs_rc[[0, 2, 3]].mean()])
+
+
+def test_decide_rejects_case_inputs_of_the_wrong_shape():
+  probs_rv, labels_v, cases, case_probs_rc, multiview_r = _mixed_example()
+  with pytest.raises(ValueError, match='case_probs_rc must be'):
+    voting.decide(
+        probs_rv,
+        labels_v,
+        cases,
+        (0,),
+        'case',
+        'soft',
+        case_probs_rc=case_probs_rc[:2],
+        multiview_r=multiview_r,
+    )
+  with pytest.raises(ValueError, match='need case_probs_rc'):
+    voting.decide(
+        probs_rv,
+        labels_v,
+        cases,
+        (0,),
+        'case',
+        'soft',
+        multiview_r=multiview_r,
+    )
+
+
+def test_run_case_probs_are_single_run_soft_scores_bit_for_bit():
+  rng = np.random.default_rng(1)
+  case_ids = [f'c{c}' for c in rng.permutation(9) for _ in range(3)]
+  labels_v = np.zeros(len(case_ids), int)
+  cases = _cases(case_ids, labels_v)
+  probs_rv = rng.uniform(size=(3, len(case_ids)))
+  probs_rc = voting.run_case_probs(probs_rv, cases)
+  for r in range(3):
+    d = voting.decide(probs_rv, labels_v, cases, (r,), 'case', 'soft')
+    assert (probs_rc[r] == d.scores).all()
