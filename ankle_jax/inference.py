@@ -227,15 +227,35 @@ def case_log_fracture(
     variables: Any,
     images_bvhw1: jax.Array,
     view_mask_bv: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
+    with_attention: bool = False,
+) -> tuple[jax.Array, ...]:
   """A multi-view run in eval mode: (case log p(fracture) float32 [B], each
-  view's own log p(fracture) float32 [B, V]); images in [0, 1]."""
+  view's own log p(fracture) float32 [B, V]) and, with_attention, the fusion
+  weights float32 [B, V]; images in [0, 1]."""
   shape = images_bvhw1.shape
   images = augment.standardize_per_image(
       images_bvhw1.reshape((-1,) + shape[2:]).astype(jnp.float32)
   ).reshape(shape)
   outputs = module.apply(variables, images, view_mask_bv, train=False)
-  return log_fracture(outputs.logits), log_fracture(outputs.view_logits)
+  logs = log_fracture(outputs.logits), log_fracture(outputs.view_logits)
+  return logs + (outputs.attention,) if with_attention else logs
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewsAsCase:
+  """A multi-view model behind the per-view calling convention, for the
+  saliency maps: apply(variables, images [V, H, W, 1]) reads the V images as
+  ONE case (one_case=True: logits [1, C], so Grad-CAM differentiates the case
+  evidence and gets one map per view) or each image as a one-view case
+  (one_case=False: logits [V, C]; occlusion of a view judged alone)."""
+
+  model: nn.Module
+  one_case: bool = True
+
+  def apply(self, variables, images_bhwc, train=False, **kwargs):
+    x = images_bhwc[None] if self.one_case else images_bhwc[:, None]
+    outputs = self.model.apply(variables, x, None, train=train, **kwargs)
+    return models.ModelOutputs(outputs.logits, outputs.aux_logits)
 
 
 def probability_from_log(log_probs: Any) -> np.ndarray:
@@ -259,17 +279,22 @@ def make_forward(module: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
   return jax.jit(forward)
 
 
-def make_case_forward(module: nn.Module) -> Callable[..., Any]:
+def make_case_forward(
+    module: nn.Module, with_attention: bool = False
+) -> Callable[..., Any]:
   """A jitted forward of stacked multi-view runs.
 
   Returns:
     f(variables_r, images_bvhw1, view_mask_bv) -> (case log p [runs, B],
-    view log p [runs, B, V]), float32, images in [0, 1].
+    view log p [runs, B, V]) and, with_attention, the fusion weights [runs,
+    B, V]; float32, images in [0, 1].
   """
 
   def forward(variables_r, images_bvhw1, view_mask_bv):
     return jax.vmap(
-        lambda v: case_log_fracture(module, v, images_bvhw1, view_mask_bv)
+        lambda v: case_log_fracture(
+            module, v, images_bvhw1, view_mask_bv, with_attention
+        )
     )(variables_r)
 
   return jax.jit(forward)
@@ -503,13 +528,10 @@ def predict_split(
     if group.case_probs_rc is not None:
       group_cases.update(zip(indices, group.case_probs_rc))
   result.probs_rv = probs_rv
-  if group_cases:
-    cases = result.cases()
-    result.case_probs_rc = np.stack(
-        [
-            group_cases.get(r, voting.case_soft_probs(probs_rv[r], cases))
-            for r in range(len(runs))
-        ]
-    )
+  if group_cases:  # Per-view runs' rows: their soft votes.
+    case_probs_rc = voting.run_case_probs(probs_rv, result.cases())
+    for r, case_probs_c in group_cases.items():
+      case_probs_rc[r] = case_probs_c
+    result.case_probs_rc = case_probs_rc
     result.multiview_r = np.array([r in group_cases for r in range(len(runs))])
   return result

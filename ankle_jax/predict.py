@@ -18,10 +18,14 @@ warning; the case is predicted from the views that could be read.
 Printed: for every run, each view's fracture probability and vote, the case
 probability (mean over views) and the case vote (majority of the view votes,
 ties to fracture); then the same for the ensemble of all runs, with hard
-(majority of the runs' votes) and soft (mean probability) voting.
+(majority of the runs' votes) and soft (mean probability) voting. A
+multi-view run (ankle_jax.models.multiview) prints its case probability and,
+per view, its attention weight in the fusion and its probability alone; an
+ensemble with one votes per case (ankle_jax.voting).
 
 --heatmap=OUT.png writes Grad-CAM overlays (last conv stage, the mean of the
-runs' normalized maps) of each view, titled with the view's file name, with a
+runs' normalized maps; for a multi-view run, of its case evidence over all
+views at once) of each view, titled with the view's file name, with a
 colour bar; --occlusion adds a row of occlusion maps (see ankle_jax.saliency
 for the layout and size).
 """
@@ -40,6 +44,7 @@ import numpy as np
 from ankle_jax import checkpoint as checkpoint_lib
 from ankle_jax import console
 from ankle_jax import inference
+from ankle_jax import models
 from ankle_jax import saliency
 from ankle_jax import voting
 from ankle_jax.data import augment
@@ -111,28 +116,43 @@ class CasePrediction:
 
   Attributes:
     files: the view files predicted from.
-    probs_rv: float64 [runs, views] fracture probabilities.
+    probs_rv: float64 [runs, views] fracture probabilities (a multi-view
+      run's: each view alone).
     gradcam_vhw: float [views, P, P] mean over runs, if asked.
     occlusion_vhw: float [views, P, P] mean over runs, if asked.
+    case_probs_r: float64 [runs] multi-view runs' case probabilities (NaN
+      for per-view runs), None when no run is multi-view.
+    attention_rv: float [runs, views] multi-view runs' fusion weights (NaN
+      for per-view runs), None when no run is multi-view.
   """
 
   files: list[str]
   probs_rv: np.ndarray
   gradcam_vhw: np.ndarray | None = None
   occlusion_vhw: np.ndarray | None = None
+  case_probs_r: np.ndarray | None = None
+  attention_rv: np.ndarray | None = None
 
 
 def _group_saliency(
     module, variables_list, images, *, heatmap, occlusion, panel_size
 ):
-  """Grad-CAM / occlusion maps [runs, views, P, P] of one group's runs."""
+  """Grad-CAM / occlusion maps [runs, views, P, P] of one group's runs.
+
+  A multi-view model's Grad-CAM differentiates its case evidence over all
+  views at once (one map per view); its occlusion judges each view alone.
+  """
   standardized = augment.standardize_per_image(jnp.asarray(images))
   size = images.shape[1]
   cams, occs = [], []
-  grad_cam = saliency.make_grad_cam(module) if heatmap else None
+  cam_module, occlusion_module = module, module
+  if isinstance(module, models.multiview.Model):
+    cam_module = inference.ViewsAsCase(module, one_case=True)
+    occlusion_module = inference.ViewsAsCase(module, one_case=False)
+  grad_cam = saliency.make_grad_cam(cam_module) if heatmap else None
   occlude = (
       saliency.make_occlusion(
-          module, patch=max(size // 8, 1), stride=max(size // 16, 1)
+          occlusion_module, patch=max(size // 8, 1), stride=max(size // 16, 1)
       )
       if occlusion
       else None
@@ -161,16 +181,25 @@ def predict_case(
 ) -> CasePrediction:
   """Every run's probabilities for the views (readable files), and maps."""
   probs_rv = np.zeros((len(runs), len(files)))
+  case_probs_r = np.full(len(runs), np.nan)
+  attention_rv = np.full((len(runs), len(files)), np.nan)
   cams, occs = [], []
   for indices in inference.group_runs([r.config for r in runs]).values():
     config = runs[indices[0]].config
     module = inference.create_model(config)
     images = load_views(files, int(config.image_size))
     variables_list = [runs[i].variables for i in indices]
-    log_probs = inference.make_forward(module)(
-        inference.stack_variables(variables_list), jnp.asarray(images)
-    )
-    probs_rv[indices] = inference.probability_from_log(log_probs)
+    stacked = inference.stack_variables(variables_list)
+    if isinstance(module, models.multiview.Model):
+      case_log, view_log, attention = inference.make_case_forward(
+          module, with_attention=True
+      )(stacked, jnp.asarray(images)[None], jnp.ones((1, len(files)), bool))
+      probs_rv[indices] = inference.probability_from_log(view_log[:, 0])
+      case_probs_r[indices] = inference.probability_from_log(case_log[:, 0])
+      attention_rv[indices] = np.asarray(attention[:, 0])
+    else:
+      log_probs = inference.make_forward(module)(stacked, jnp.asarray(images))
+      probs_rv[indices] = inference.probability_from_log(log_probs)
     if heatmap or occlusion:
       group_cams, group_occs = _group_saliency(
           module,
@@ -187,6 +216,8 @@ def predict_case(
       probs_rv=probs_rv,
       gradcam_vhw=np.mean(cams, axis=0) if cams else None,
       occlusion_vhw=np.mean(occs, axis=0) if occs else None,
+      case_probs_r=None if np.isnan(case_probs_r).all() else case_probs_r,
+      attention_rv=None if np.isnan(case_probs_r).all() else attention_rv,
   )
 
 
@@ -209,6 +240,17 @@ def _run_lines(name, files, probs_v, cases) -> list[str]:
       f'hard vote={"fracture" if case_hard else "normal"} '
       f'({int(votes_v.sum())} of {len(files)} views)'
   )
+  return lines
+
+
+def _multiview_lines(name, files, probs_v, case_p, attention_v) -> list[str]:
+  lines = [f'run {name} (multi-view):']
+  for v, (f, p) in enumerate(zip(files, probs_v)):
+    lines.append(
+        f'  view {v + 1} ({os.path.basename(f)}): attention={attention_v[v]:.3f}'
+        f' p(fracture) alone={p:.4f}'
+    )
+  lines.append(f'  case: p(fracture)={case_p:.4f} vote={_vote(case_p)}')
   return lines
 
 
@@ -235,16 +277,50 @@ def _ensemble_lines(num_runs, num_views, probs_rv, cases) -> list[str]:
 
 
 def format_predictions(
-    run_names: Sequence[str], files: Sequence[str], probs_rv: np.ndarray
+    run_names: Sequence[str],
+    files: Sequence[str],
+    probs_rv: np.ndarray,
+    case_probs_r: np.ndarray | None = None,
+    attention_rv: np.ndarray | None = None,
 ) -> str:
-  """The text predict prints."""
+  """The text predict prints (case_probs_r, attention_rv: CasePrediction's;
+  NaN rows are per-view runs)."""
   cases = voting.index_cases(['case'] * len(files), [0] * len(files))
+  multiview_r = np.zeros(len(run_names), bool)
+  if case_probs_r is not None:
+    multiview_r = ~np.isnan(case_probs_r)
   lines = []
-  for name, probs_v in zip(run_names, probs_rv):
-    lines += _run_lines(name, files, probs_v, cases)
-  if len(run_names) > 1:
+  for r, (name, probs_v) in enumerate(zip(run_names, probs_rv)):
+    if multiview_r[r]:
+      lines += _multiview_lines(
+          name, files, probs_v, case_probs_r[r], attention_rv[r]
+      )
+    else:
+      lines += _run_lines(name, files, probs_v, cases)
+  if len(run_names) > 1 and multiview_r.any():
+    lines += _mixed_ensemble_lines(probs_rv, case_probs_r, multiview_r, cases)
+  elif len(run_names) > 1:
     lines += _ensemble_lines(len(run_names), len(files), probs_rv, cases)
   return '\n'.join(lines)
+
+
+def _mixed_ensemble_lines(probs_rv, case_probs_r, multiview_r, cases):
+  """An ensemble with multi-view runs votes per case (ankle_jax.voting)."""
+  members = list(range(len(probs_rv)))
+  case_probs_rc = voting.run_case_probs(probs_rv, cases)
+  case_probs_rc[multiview_r, 0] = case_probs_r[multiview_r]
+  soft, case_p = voting.case_decisions(
+      probs_rv, cases, members, 'soft', case_probs_rc, multiview_r
+  )
+  hard, _ = voting.case_decisions(
+      probs_rv, cases, members, 'hard', case_probs_rc, multiview_r
+  )
+  return [
+      f'ensemble of {len(members)} runs (multi-view runs vote per case):',
+      f'  case: mean p(fracture)={float(case_p[0]):.4f} soft vote='
+      f'{_vote(float(case_p[0]))} hard vote='
+      f'{"fracture" if hard[0] else "normal"}',
+  ]
 
 
 def write_heatmap(
@@ -291,7 +367,15 @@ def run_predict(
       occlusion=occlusion and heatmap_path is not None,
       panel_size=panel_size,
   )
-  print(format_predictions([r.name for r in runs], files, prediction.probs_rv))
+  print(
+      format_predictions(
+          [r.name for r in runs],
+          files,
+          prediction.probs_rv,
+          prediction.case_probs_r,
+          prediction.attention_rv,
+      )
+  )
   if heatmap_path:
     height, width = write_heatmap(heatmap_path, prediction, panel_size)
     print(f'heatmap: {heatmap_path} ({width}x{height} px)')

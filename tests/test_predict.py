@@ -221,3 +221,28 @@ def test_predict_skips_unreadable_files(
   (only_text / 'notes.txt').write_text('x')
   with pytest.raises(console.UserError, match='none of the 1 file'):
     predict.run_predict([run_dir], [str(only_text)])
+
+
+def test_format_predictions_of_a_multiview_run_and_a_mixed_ensemble():
+  probs_rv = np.array([[0.9, 0.2], [0.3, 0.1], [0.8, 0.45]])
+  case_probs_r = np.array([np.nan, 0.7, np.nan])  # r1 is multi-view.
+  attention_rv = np.array([[np.nan] * 2, [0.75, 0.25], [np.nan] * 2])
+  text = predict.format_predictions(
+      ['r0', 'r1', 'r2'],
+      ['v1.dcm', 'v2.dcm'],
+      probs_rv,
+      case_probs_r,
+      attention_rv,
+  )
+  lines = text.splitlines()
+  assert lines[4] == 'run r1 (multi-view):'
+  assert lines[5] == (
+      '  view 1 (v1.dcm): attention=0.750 p(fracture) alone=0.3000'
+  )
+  assert lines[7] == '  case: p(fracture)=0.7000 vote=fracture'
+  # Soft: mean of 0.55 (r0's soft vote), 0.7 and 0.625 = 0.625. Hard: r0
+  # ties (1 of 2 views) -> fracture, r1 0.7 -> fracture, r2 ties -> fracture.
+  assert lines[-2].startswith('ensemble of 3 runs (multi-view runs vote')
+  assert lines[-1] == (
+      '  case: mean p(fracture)=0.6250 soft vote=fracture hard vote=fracture'
+  )
