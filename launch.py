@@ -102,7 +102,10 @@ def main(argv):
       sharding.initialize(config.distributed)
       train.prepare_data(config, workdir)
     summary = models.summarize(model, config.image_size)
-    print(models.format_summary(summary, title=config.model.name), flush=True)
+    title = config.model.name
+    if models.is_multiview(config.model):
+      title = f'multi-view {config.model.multiview.fusion} {title}, per view'
+    print(models.format_summary(summary, title=title), flush=True)
     if FLAGS.summary_only:
       return 0
     summary = train.train_and_evaluate(config, workdir, model=model)

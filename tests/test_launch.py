@@ -87,7 +87,11 @@ def _get(config, dotted):
   return config
 
 
-@pytest.mark.parametrize('name', sorted(FAITHFUL) + ['demo', 'local'])
+@pytest.mark.parametrize(
+    'name',
+    sorted(FAITHFUL)
+    + ['demo', 'local', 'multiview_demo', 'multiview_xception'],
+)
 def test_every_config_has_the_contract_fields_and_validates(name):
   config = _config(name)
   for field in CONTRACT_FIELDS:
