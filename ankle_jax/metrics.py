@@ -207,6 +207,50 @@ def bootstrap_ci(
   return out
 
 
+def paired_auc_difference(
+    labels,
+    scores_a,
+    scores_b,
+    clusters=None,
+    *,
+    num_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, float]:
+  """ROC AUC of scores_a minus that of scores_b on the same items, with a
+  paired case bootstrap (each resample draws cases once for both).
+
+  Args:
+    labels: int [n]. scores_a, scores_b: float [n] (e.g. two models' case
+      probabilities on the same cases).
+    clusters: int [n] the case of each item (None: each item its own case).
+
+  Returns:
+    {'difference', 'lo', 'hi', 'p_not_better'}: the observed AUC(a) -
+    AUC(b), its percentile interval, and the fraction of resamples where
+    a's AUC is not above b's (a one-sided bootstrap p-value).
+  """
+  labels = np.asarray(labels, np.int64).ravel()
+  if clusters is None:
+    clusters = np.arange(labels.size)
+  weights_bn = bootstrap_weights(
+      clusters, num_resamples=num_resamples, seed=seed
+  )
+  ones = np.ones((1, labels.size))
+  preds = np.zeros(labels.size, bool)
+  auc = lambda w, s: weighted_metrics(w, labels, preds, s)['roc_auc']
+  observed = float(auc(ones, scores_a)[0] - auc(ones, scores_b)[0])
+  diffs = auc(weights_bn, scores_a) - auc(weights_bn, scores_b)
+  diffs = diffs[np.isfinite(diffs)]
+  alpha = (1.0 - confidence) / 2.0
+  return {
+      'difference': observed,
+      'lo': float(np.quantile(diffs, alpha)),
+      'hi': float(np.quantile(diffs, 1.0 - alpha)),
+      'p_not_better': float(np.mean(diffs <= 0.0)),
+  }
+
+
 def proportion_counts(labels, preds) -> dict[str, tuple[int, int]]:
   """(successes k, trials n) of the five proportions.
 

@@ -229,3 +229,18 @@ def test_bootstrap_roc_band_brackets_the_curve():
   assert lo.shape == hi.shape == (21,)
   assert (lo <= curve + 1e-9).all() and (curve <= hi + 1e-9).all()
   assert (hi - lo)[5:15].min() > 0.01
+
+
+def test_paired_auc_difference_is_exact_and_paired():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 200)
+  good = labels + rng.normal(0, 0.6, 200)
+  poor = labels + rng.normal(0, 1.5, 200)
+  result = metrics.paired_auc_difference(labels, good, poor, num_resamples=500)
+  expected = sk.roc_auc_score(labels, good) - sk.roc_auc_score(labels, poor)
+  assert result['difference'] == pytest.approx(expected, abs=1e-12)
+  assert result['lo'] < result['difference'] < result['hi']
+  assert result['lo'] > 0 and result['p_not_better'] < 0.01
+  # A model against itself: every resample's difference is exactly 0.
+  same = metrics.paired_auc_difference(labels, good, good, num_resamples=100)
+  assert same['lo'] == same['hi'] == same['difference'] == 0.0
