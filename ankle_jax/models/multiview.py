@@ -118,11 +118,16 @@ class GatedAttention(nn.Module):
   @nn.compact
   def __call__(self, features_bvd: jax.Array, view_mask_bv: jax.Array):
     init = layers.initializers(self.kernel_init).as_kwargs()
-    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name, **init)
+    dense = lambda n, name, **kw: nn.Dense(
+        n, dtype=self.dtype, name=name, **init, **kw
+    )
     x = features_bvd.astype(self.dtype)
     gate = nn.tanh(dense(self.hidden_features, 'attention_v')(x))
     gate = gate * nn.sigmoid(dense(self.hidden_features, 'attention_u')(x))
-    scores_bv = dense(1, 'attention_w')(gate)[..., 0].astype(jnp.float32)
+    # No bias: the softmax over views ignores a shift (it would get no
+    # gradient, and Adam would walk it on rounding noise).
+    w = dense(1, 'attention_w', use_bias=False)
+    scores_bv = w(gate)[..., 0].astype(jnp.float32)
     scores_bv = jnp.where(view_mask_bv, scores_bv, -jnp.inf)
     return jax.nn.softmax(scores_bv, axis=1)
 

@@ -23,7 +23,7 @@ class TinyTrunk(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    x = nn.Conv(8, (3, 3), strides=(2, 2))(x)
+    x = nn.Conv(8, (3, 3), strides=(2, 2), use_bias=False)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
     x = nn.relu(x)
     aux = nn.Dense(2, name='aux')(jnp.mean(x, axis=(1, 2)))
