@@ -1,6 +1,7 @@
 """Multi-view runs through the real loop (case loader, view dropout, case
 validation, checkpoints, exact resume) and through evaluate's forward."""
 
+import csv
 import json
 import os
 import pathlib
@@ -9,6 +10,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -17,6 +19,7 @@ if str(REPO_ROOT) not in sys.path:
 import test_train  # noqa: E402
 
 from ankle_jax import checkpoint  # noqa: E402
+from ankle_jax import evaluate  # noqa: E402
 from ankle_jax import inference  # noqa: E402
 from ankle_jax import train  # noqa: E402
 from ankle_jax.data import pipeline  # noqa: E402
@@ -211,3 +214,62 @@ def test_two_devices_match_one_for_a_multiview_run():
   assert 'TWO_DEVICES_OK' in result.stdout, (
       result.stdout[-2000:] + result.stderr[-4000:]
   )
+
+
+def test_evaluate_runs_scores_a_multiview_run_next_to_a_per_view_one(
+    tmp_path, monkeypatch
+):
+  """The whole evaluate command's library path on a multi-view run and a
+  per-view run: case_predictions.csv holds the multi-view case probability,
+  and results.json's single-run case entries are computed from it."""
+  mv_dir, pv_dir = tmp_path / 'mv', tmp_path / 'pv'
+  run(multiview_config(num_train_steps=3), mv_dir, monkeypatch)
+  test_train.run(test_train.tiny_config(num_train_steps=3), pv_dir, monkeypatch)
+  trunk_model = multiview.Model(trunk=TinyTrunk(), fusion='attention')
+  per_view_model = test_train.TinyNet(aux_head=True, bn_momentum=0.8)
+  monkeypatch.setattr(
+      inference,
+      'create_model',
+      lambda config: trunk_model
+      if config.model.multiview.enabled
+      else per_view_model,
+  )
+  sources_by_split = {
+      'test': test_train.make_records(15, seed=3, views=3)[:-1],
+      'validation': test_train.make_records(12, seed=4, views=3),
+  }
+
+  def batches_fn(split):
+    return lambda size: pipeline.iterate_eval_batches(
+        sources_by_split[split], batch_size=4, image_size=size
+    )
+
+  out = tmp_path / 'eval'
+  evaluate.evaluate_runs(
+      [str(mv_dir), str(pv_dir)],
+      split='test',
+      out_dir=str(out),
+      checkpoint='latest',
+      num_bootstrap=50,
+      batches_fn=batches_fn,
+  )
+  with open(out / 'case_predictions.csv', newline='') as f:
+    rows = list(csv.DictReader(f))
+  kinds = {r['run']: r['kind'] for r in rows}
+  assert kinds == {'mv': 'multi_view', 'pv': 'per_view'}
+  entries = json.loads((out / 'results.json').read_text())
+  mv_case = next(
+      e
+      for e in entries
+      if e['members'] == ['mv']
+      and e['level'] == 'case'
+      and e['voting'] == 'soft'
+      and e['split'] == 'test'
+      and not e.get('subgroup')
+  )
+  test_rows = [r for r in rows if r['run'] == 'mv' and r['split'] == 'test']
+  labels = np.array([int(r['label']) for r in test_rows])
+  probs = np.array([float(r['probability']) for r in test_rows])
+  assert len(test_rows) == 5  # 5 cases, the last with 2 views.
+  accuracy = float(np.mean((probs >= 0.5) == labels))
+  assert mv_case['metrics']['accuracy'] == pytest.approx(accuracy)
