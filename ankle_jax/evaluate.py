@@ -3,7 +3,7 @@ r"""Evaluates trained runs, alone and as ensembles, at image and case level.
   python -m ankle_jax.evaluate --runs=RUN1,RUN2,... --split=test --out=OUT \
       [--checkpoint=best|latest] [--max_eval_views=N] [--data_dir=DIR] \
       [--dataset_config=NAME] [--max_subsets=N] [--num_bootstrap=2000] \
-      [--seed=0] [--batch_size=16]
+      [--seed=0] [--batch_size=16] [--html|--no_html]
 
 How it works:
 
@@ -69,6 +69,14 @@ Outputs in OUT:
   confusion.png    its confusion matrices (hard voting).
   events.out.tfevents.*  the results' scalars for TensorBoard (`eval/...`,
                    see ankle_jax.report).
+  report.html      one self-contained page (images embedded): protocol and
+                   data, report.md's tables, ROC, reliability, confusion
+                   matrices, subgroups and the error gallery: the headline
+                   model's most confident false negatives and false
+                   positives, with Grad-CAM thumbnails (ankle_jax.html_report;
+                   --no_html skips it).
+  MODEL_CARD.md    the model card, every number copied from results.json and
+                   summary.json (ankle_jax.model_card).
 
 Case identifiers are the dataset's salted hashes; nothing else identifying is
 written.
@@ -77,16 +85,21 @@ written.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+import functools
 import os
 import sys
+from typing import Any
 
 from absl import flags
 from etils import epath
+import numpy as np
 
 from ankle_jax import checkpoint as checkpoint_lib
 from ankle_jax import console
+from ankle_jax import html_report
 from ankle_jax import inference
 from ankle_jax import metrics as metrics_lib
+from ankle_jax import model_card
 from ankle_jax import report
 from ankle_jax import results
 from ankle_jax.data import pipeline
@@ -133,17 +146,16 @@ def evaluate_predictions(
   return evaluation
 
 
-def dataset_batches(
+def dataset_location(
     runs: Sequence[inference.Run],
-    split: str,
-    *,
     data_dir: str | None,
     dataset_config: str | None,
-    batch_size: int,
-    max_eval_views: int = 0,
-) -> BatchesFn:
-  """batches_fn over the TFDS dataset (default: the first run's); each case
-  keeps its first `max_eval_views` views (0 = all; pipeline.eval_order)."""
+) -> tuple[epath.Path, str]:
+  """(data_dir, dataset_config) to evaluate on (default: the first run's).
+
+  Raises:
+    console.UserError: no such built dataset.
+  """
   first = runs[0]
   data = first.config.data
   default_dir, manual_dir = prepare.resolve_data_dirs(
@@ -167,10 +179,21 @@ def dataset_batches(
           f'({dataset_config}).',
           file=sys.stderr,
       )
+  return data_dir, dataset_config
+
+
+def _split_batches(
+    load: Callable[[str], Any],
+    split: str,
+    data_dir: epath.Path,
+    batch_size: int,
+    max_eval_views: int,
+) -> BatchesFn:
+  """batches_fn over the sources `load(name)` returns."""
 
   def batches_fn(name: str) -> Callable[[int], Iterator] | None:
     try:
-      source = pipeline.load_split(data_dir, name, dataset_config)
+      source = load(name)
     except (prepare.DatasetMissingError, FileNotFoundError) as e:
       if name == split:
         raise console.UserError(str(e)) from e
@@ -188,6 +211,67 @@ def dataset_batches(
     )
 
   return batches_fn
+
+
+def dataset_batches(
+    runs: Sequence[inference.Run],
+    split: str,
+    *,
+    data_dir: str | None,
+    dataset_config: str | None,
+    batch_size: int,
+    max_eval_views: int = 0,
+) -> BatchesFn:
+  """batches_fn over the TFDS dataset (default: the first run's); each case
+  keeps its first `max_eval_views` views (0 = all; pipeline.eval_order)."""
+  data_dir, dataset_config = dataset_location(runs, data_dir, dataset_config)
+  return _split_batches(
+      lambda name: pipeline.load_split(data_dir, name, dataset_config),
+      split,
+      data_dir,
+      batch_size,
+      max_eval_views,
+  )
+
+
+def source_case_images(
+    load_source: Callable[[], Any], max_eval_views: int
+) -> html_report.CaseImagesFn:
+  """A case's evaluated views (pipeline.case_groups), read by record index
+  from the TFDS source `load_source()` returns (loaded on first use)."""
+  found = {}
+
+  def case_images(case_id: str, image_size: int) -> np.ndarray:
+    if not found:
+      found['source'] = load_source()
+      found['groups'] = dict(
+          pipeline.case_groups(found['source'], max_eval_views)
+      )
+    return pipeline.case_images(
+        found['source'], found['groups'][case_id], image_size
+    )
+
+  return case_images
+
+
+def batches_case_images(
+    batches_fn: BatchesFn, split: str
+) -> html_report.CaseImagesFn:
+  """A case's views found by walking the split's eval batches (for injected
+  batches_fn; the TFDS path reads records directly)."""
+
+  def case_images(case_id: str, image_size: int) -> np.ndarray:
+    views = []
+    for batch in batches_fn(split)(image_size):
+      mask = np.asarray(batch.get('mask', np.ones(len(batch['label']), bool)))
+      for j in np.flatnonzero(mask):
+        found = batch['case_id'][j]
+        found = found.decode() if isinstance(found, bytes) else str(found)
+        if found == case_id:
+          views.append((int(batch['view_index'][j]), batch['image'][j]))
+    return np.stack([image for _, image in sorted(views, key=lambda v: v[0])])
+
+  return case_images
 
 
 def predict_splits(
@@ -251,6 +335,7 @@ def evaluate_runs(
     seed: int = 0,
     selection_metric: str = 'accuracy',
     batches_fn: BatchesFn | None = None,
+    html: bool = True,
 ) -> results.Evaluation:
   """Restores runs, predicts the needed splits, and writes OUT's files.
 
@@ -273,21 +358,26 @@ def evaluate_runs(
     batches_fn: (split) -> batches_for(image_size) or None when the split
       does not exist; defaults to the TFDS pipeline (tests inject fakes; an
       injected one applies no view cap itself).
+    html: whether to write report.html with its error gallery (one Grad-CAM
+      pass of the headline model over at most 24 cases).
 
   Raises:
     console.UserError: no run directory, no checkpoint, or no dataset/split.
   """
   runs = inference.load_runs(run_dirs, checkpoint)
   max_eval_views = views_per_case(runs, max_eval_views)
+  location, case_images = None, None
   if batches_fn is None:
-    batches_fn = dataset_batches(
-        runs,
-        split,
-        data_dir=data_dir,
-        dataset_config=dataset_config,
-        batch_size=batch_size,
-        max_eval_views=max_eval_views,
+    location = dataset_location(runs, data_dir, dataset_config)
+    load = functools.cache(
+        lambda name: pipeline.load_split(location[0], name, location[1])
     )
+    batches_fn = _split_batches(
+        load, split, location[0], batch_size, max_eval_views
+    )
+    case_images = source_case_images(lambda: load(split), max_eval_views)
+  else:
+    case_images = batches_case_images(batches_fn, split)
   by_split = predict_splits(runs, split, batches_fn)
   os.makedirs(out_dir, exist_ok=True)
   run_names = [r.name for r in runs]
@@ -297,7 +387,7 @@ def evaluate_runs(
   results.write_case_predictions_csv(
       os.path.join(out_dir, results.CASE_PREDICTIONS_FILE), run_names, by_split
   )
-  return evaluate_predictions(
+  evaluation = evaluate_predictions(
       out_dir,
       split=split,
       max_subsets=max_subsets,
@@ -308,6 +398,45 @@ def evaluate_runs(
           r.name: results.CheckpointInfo(r.which, r.step) for r in runs
       },
       max_eval_views=max_eval_views,
+  )
+  write_documents(
+      out_dir,
+      evaluation,
+      runs,
+      case_images if html else None,
+      location=location,
+  )
+  return evaluation
+
+
+def write_documents(
+    out_dir: str,
+    ev: results.Evaluation,
+    runs: Sequence[inference.Run],
+    case_images: html_report.CaseImagesFn | None,
+    *,
+    location: tuple[epath.Path, str] | None = None,
+) -> None:
+  """report.html (when case_images is given: with the error gallery; else no
+  report.html, and an older one is removed) and MODEL_CARD.md, from the
+  files already in OUT."""
+  html_path = os.path.join(out_dir, html_report.HTML_FILE)
+  if case_images is not None:
+    _, by_split = results.read_predictions_csv(
+        os.path.join(out_dir, 'predictions.csv')
+    )
+    gallery = html_report.build_gallery(
+        ev, by_split[ev.split], runs, case_images
+    )
+    html_report.write_html(out_dir, ev, gallery)
+  elif os.path.exists(html_path):
+    os.remove(html_path)
+  model_card.write_model_card(
+      out_dir,
+      {r.name: r.workdir for r in runs},
+      data_dir=str(location[0]) if location else None,
+      dataset_config=location[1] if location else None,
+      html_written=case_images is not None,
   )
 
 
@@ -352,6 +481,12 @@ def define_flags() -> None:
   )
   flags.DEFINE_integer('seed', 0, 'Bootstrap / subset sampling seed.')
   flags.DEFINE_integer('batch_size', 16, 'Views per forward batch.')
+  flags.DEFINE_bool(
+      'html',
+      True,
+      'Write report.html with the error gallery (Grad-CAM of the headline '
+      "model's most confident wrong cases); --no_html skips it.",
+  )
   flags.DEFINE_enum(
       'selection_metric',
       'accuracy',
@@ -388,8 +523,11 @@ def main(argv: Sequence[str]) -> None:
       num_bootstrap=f.num_bootstrap,
       seed=f.seed,
       selection_metric=f.selection_metric,
+      html=f.html,
   )
   print(report.console_summary(evaluation, f.out))
+  written = [html_report.HTML_FILE] if f.html else []
+  print(f'Wrote {", ".join(written + [model_card.MODEL_CARD_FILE])} too.')
 
 
 if __name__ == '__main__':

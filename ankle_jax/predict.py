@@ -145,11 +145,10 @@ def _group_saliency(
   standardized = augment.standardize_per_image(jnp.asarray(images))
   size = images.shape[1]
   cams, occs = [], []
-  cam_module, occlusion_module = module, module
+  occlusion_module = module
   if isinstance(module, models.multiview.Model):
-    cam_module = inference.ViewsAsCase(module, one_case=True)
     occlusion_module = inference.ViewsAsCase(module, one_case=False)
-  grad_cam = saliency.make_grad_cam(cam_module) if heatmap else None
+  grad_cam = saliency.make_case_grad_cam(module) if heatmap else None
   occlude = (
       saliency.make_occlusion(
           occlusion_module, patch=max(size // 8, 1), stride=max(size // 16, 1)

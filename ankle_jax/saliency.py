@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from ankle_jax import inference
+from ankle_jax import models
 from ankle_jax.models import layers
 
 PANEL_SIZE = 300
@@ -122,6 +123,20 @@ def make_grad_cam(module) -> Callable:
     return jnp.clip(cam, 0.0, 1.0), logits
 
   return jax.jit(grad_cam)
+
+
+def make_case_grad_cam(module) -> Callable:
+  """make_grad_cam for any run's module: a multi-view model reads the images
+  as ONE case (inference.ViewsAsCase), so each view's map shows the case
+  evidence; a per-view model judges each image alone.
+
+  Returns:
+    f(variables, images_vhwc) -> (cam_vhw, logits): as make_grad_cam, the
+    images being one case's standardized views [V, H, W, 1].
+  """
+  if isinstance(module, models.multiview.Model):
+    module = inference.ViewsAsCase(module, one_case=True)
+  return make_grad_cam(module)
 
 
 def occlusion_positions(

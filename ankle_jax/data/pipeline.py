@@ -364,6 +364,16 @@ def case_groups(
   return list(groups.items())
 
 
+def case_images(
+    source, record_indices: Sequence[int], image_size: int
+) -> np.ndarray:
+  """float32 [V, S, S, 1] in [0, 1]: the records' images (e.g. one case's
+  views from `case_groups`), in the order given."""
+  return np.stack(
+      [_to_image(source[i]['image'], image_size) for i in record_indices]
+  )
+
+
 def num_cases(source) -> int:
   """Number of distinct case_ids in a source (from the cached metadata)."""
   return len({row['case_id'] for row in _metadata(source)})
