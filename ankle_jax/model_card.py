@@ -19,20 +19,13 @@ from typing import Any
 
 from ankle_jax import metrics as metrics_lib
 from ankle_jax import writers
+from ankle_jax.report import METRIC_TITLES
 from ankle_jax.report import format_threshold
 from ankle_jax.report import format_value
 from ankle_jax.report import members_label
 from ankle_jax.results import LEVEL_TITLES
 
 MODEL_CARD_FILE = 'MODEL_CARD.md'
-METRIC_TITLES = {
-    'accuracy': 'Accuracy',
-    'sensitivity': 'Sensitivity',
-    'specificity': 'Specificity',
-    'ppv': 'PPV',
-    'npv': 'NPV',
-    'roc_auc': 'ROC AUC',
-}
 # The calibration block's values shown, with their titles (others are kept
 # in results.json).
 CALIBRATION_FIELDS = {

@@ -50,7 +50,7 @@ FILES = (
     'roc.png',
     'confusion.png',
 )
-_METRIC_TITLES = {
+METRIC_TITLES = {
     'accuracy': 'Accuracy',
     'sensitivity': 'Sensitivity',
     'specificity': 'Specificity',
@@ -202,7 +202,7 @@ def _protocol_section(ev: Evaluation, protocol: str, vote: str) -> list[str]:
       label = f'Best ensemble (by {by}): {members_label(members)}'
       rows.append([label, LEVEL_TITLES[level], *_metric_cells(e)])
   header = ['Model', 'Views'] + [
-      _METRIC_TITLES[m] for m in metrics_lib.METRIC_NAMES
+      METRIC_TITLES[m] for m in metrics_lib.METRIC_NAMES
   ]
   chosen = (
       f'Best ensemble chosen on `{chosen_on}`, every row'
@@ -466,7 +466,7 @@ def console_summary(ev: Evaluation, out_dir: str) -> str:
       names.append(best)
   metric_names = ('accuracy', 'sensitivity', 'specificity', 'roc_auc')
   header = f'  {"model":<24} {"voting":<6} ' + ' '.join(
-      f'{_METRIC_TITLES[m]:<18}' for m in metric_names
+      f'{METRIC_TITLES[m]:<18}' for m in metric_names
   )
   lines = [
       f'{protocol.title()} protocol, all views (case level): chosen on '
