@@ -187,7 +187,9 @@ def weighted_slope_intercept(
       a[active], b[active] = a[active] + d_a, b[active] + d_b
       step = np.maximum(np.abs(d_a), np.abs(d_b))
       converged[active] = step < 1e-10
-      active = active[~(step <= 1e-10) & np.isfinite(step)]
+      # Coefficients past 1e3 only grow: separable classes, no finite fit.
+      bounded = (np.abs(a[active]) < 1e3) & (np.abs(b[active]) < 1e3)
+      active = active[~(step <= 1e-10) & np.isfinite(step) & bounded]
       if not active.size:
         break
   return np.where(converged, a, np.nan), np.where(converged, b, np.nan)
