@@ -65,6 +65,10 @@ Outputs in OUT:
   summary.json     checkpoints, class counts, the protocols' selections and the
                    operating points.
   report.md        Table-4-style tables for both protocols, operating points.
+  Both CSV files end with probability_calibrated: the probability at the
+                   run's own temperature at that level (ankle_jax.calibration).
+  reliability.png  the reliability diagram of the headline model (case level)
+                   before and after temperature scaling.
   roc.png          single-view vs case-level ROC of the best ensemble.
   confusion.png    its confusion matrices (hard voting).
   events.out.tfevents.*  the results' scalars for TensorBoard (`eval/...`,
@@ -77,6 +81,13 @@ Outputs in OUT:
                    --no_html skips it).
   MODEL_CARD.md    the model card, every number copied from results.json and
                    summary.json (ankle_jax.model_card).
+
+Calibration: each run and ensemble's soft-voted probability is temperature
+scaled, the temperature fitted on validation and applied to the reported
+split (results.json's "calibration" blocks; ankle_jax.calibration). On
+another dataset than the first run's own (an external test set), or one
+without a validation split, validation comes from the run's own dataset
+(summary.json's validation_source).
 
 Case identifiers are the dataset's salted hashes; nothing else identifying is
 written.
@@ -94,6 +105,7 @@ from absl import flags
 from etils import epath
 import numpy as np
 
+from ankle_jax import calibration
 from ankle_jax import checkpoint as checkpoint_lib
 from ankle_jax import console
 from ankle_jax import html_report
@@ -120,11 +132,13 @@ def evaluate_predictions(
     selection_metric: str = 'accuracy',
     checkpoints: dict[str, results.CheckpointInfo] | None = None,
     max_eval_views: int = 0,
+    validation_source: str | None = None,
 ) -> results.Evaluation:
   """Everything from OUT/predictions.csv and OUT/case_predictions.csv:
-  results, protocols, report, plots.
+  results, protocols, calibration, report, plots.
 
-  checkpoints and max_eval_views (0 = every view) are stated in the report;
+  checkpoints, max_eval_views (0 = every view) and validation_source (where
+  validation came from on an external test set) are stated in the report;
   the views themselves are those predictions.csv lists. Without a
   case_predictions.csv (older evaluations) every run counts as per-view.
   """
@@ -142,8 +156,51 @@ def evaluate_predictions(
   )
   evaluation.checkpoints = dict(checkpoints or {})
   evaluation.max_eval_views = max_eval_views
+  evaluation.validation_source = validation_source
+  calibration.calibrate(out_dir, evaluation, by_split)
   report.write_all(out_dir, evaluation, by_split)
   return evaluation
+
+
+def own_dataset(run: inference.Run) -> tuple[epath.Path, str]:
+  """(data_dir, dataset_config) a run was trained and validated on."""
+  data = run.config.data
+  data_dir, _ = prepare.resolve_data_dirs(
+      data.get('data_dir', ''), data.get('manual_dir', ''), run.workdir
+  )
+  return data_dir, data.get('dataset_config', 'dicom_cases')
+
+
+def _load_split(data_dir: epath.Path, name: str, dataset_config: str):
+  """The split's data source, or None when it (or the dataset) is missing."""
+  if not prepare.dataset_exists(data_dir, dataset_config):
+    return None
+  try:
+    return pipeline.load_split(data_dir, name, dataset_config)
+  except (prepare.DatasetMissingError, FileNotFoundError):
+    return None
+
+
+def validation_split_source(
+    asked: tuple[epath.Path, str], own: tuple[epath.Path, str]
+) -> tuple[Any, str | None]:
+  """(validation data source or None, the run's own data_dir when validation
+  comes from there, else None).
+
+  On another dataset than the run's own (an external test set), or one
+  without a validation split, validation comes from the run's own dataset
+  when it has one (the temperature, the operating points and the honest
+  protocol's choice need it), else from the asked dataset's.
+  """
+  external = (os.path.realpath(asked[0]), asked[1]) != (
+      os.path.realpath(own[0]),
+      own[1],
+  )
+  if external:
+    source = _load_split(own[0], results.VALIDATION, own[1])
+    if source is not None:
+      return source, str(own[0])
+  return _load_split(asked[0], results.VALIDATION, asked[1]), None
 
 
 def dataset_location(
@@ -158,11 +215,12 @@ def dataset_location(
   """
   first = runs[0]
   data = first.config.data
-  default_dir, manual_dir = prepare.resolve_data_dirs(
+  own = own_dataset(first)
+  _, manual_dir = prepare.resolve_data_dirs(
       data.get('data_dir', ''), data.get('manual_dir', ''), first.workdir
   )
-  data_dir = epath.Path(data_dir or default_dir)
-  dataset_config = dataset_config or data.get('dataset_config', 'dicom_cases')
+  data_dir = epath.Path(data_dir or own[0])
+  dataset_config = dataset_config or own[1]
   if not prepare.dataset_exists(data_dir, dataset_config):
     manual_dir = str(manual_dir) if manual_dir.exists() else ''
     error = prepare.missing_dataset_error(data_dir, dataset_config, manual_dir)
@@ -182,6 +240,36 @@ def dataset_location(
   return data_dir, dataset_config
 
 
+def split_loader(
+    split: str, location: tuple[epath.Path, str], own: tuple[epath.Path, str]
+) -> tuple[Callable[[str], Any], str | None]:
+  """(load(name) -> the TFDS source of a split, the validation source).
+
+  On an external test set validation comes from the runs' own dataset
+  (validation_split_source); the validation source is then its data_dir,
+  else None. load raises FileNotFoundError for a missing split.
+  """
+  validation, validation_source = None, None
+  if split != results.VALIDATION:
+    validation, validation_source = validation_split_source(location, own)
+  if validation_source:
+    print(
+        f'note: {location[0]} is not the dataset the runs were trained on: '
+        'validation (temperature, operating points, honest protocol) comes '
+        f'from their own, {validation_source}.',
+        file=sys.stderr,
+    )
+
+  def load(name: str) -> Any:
+    if name == results.VALIDATION and name != split:
+      if validation is None:
+        raise FileNotFoundError(f'no {name!r} split')
+      return validation
+    return pipeline.load_split(location[0], name, location[1])
+
+  return load, validation_source
+
+
 def _split_batches(
     load: Callable[[str], Any],
     split: str,
@@ -198,8 +286,8 @@ def _split_batches(
       if name == split:
         raise console.UserError(str(e)) from e
       print(
-          f'note: no {name!r} split in {data_dir}: no honest protocol and no '
-          'operating points.',
+          f"note: no {name!r} split in {data_dir} nor in the runs' own "
+          'dataset: no honest protocol, no operating points, no temperature.',
           file=sys.stderr,
       )
       return None
@@ -211,27 +299,6 @@ def _split_batches(
     )
 
   return batches_fn
-
-
-def dataset_batches(
-    runs: Sequence[inference.Run],
-    split: str,
-    *,
-    data_dir: str | None,
-    dataset_config: str | None,
-    batch_size: int,
-    max_eval_views: int = 0,
-) -> BatchesFn:
-  """batches_fn over the TFDS dataset (default: the first run's); each case
-  keeps its first `max_eval_views` views (0 = all; pipeline.eval_order)."""
-  data_dir, dataset_config = dataset_location(runs, data_dir, dataset_config)
-  return _split_batches(
-      lambda name: pipeline.load_split(data_dir, name, dataset_config),
-      split,
-      data_dir,
-      batch_size,
-      max_eval_views,
-  )
 
 
 def source_case_images(
@@ -366,12 +433,13 @@ def evaluate_runs(
   """
   runs = inference.load_runs(run_dirs, checkpoint)
   max_eval_views = views_per_case(runs, max_eval_views)
-  location, case_images = None, None
+  location, case_images, validation_source = None, None, None
   if batches_fn is None:
     location = dataset_location(runs, data_dir, dataset_config)
-    load = functools.cache(
-        lambda name: pipeline.load_split(location[0], name, location[1])
+    loader, validation_source = split_loader(
+        split, location, own_dataset(runs[0])
     )
+    load = functools.cache(loader)
     batches_fn = _split_batches(
         load, split, location[0], batch_size, max_eval_views
     )
@@ -398,6 +466,7 @@ def evaluate_runs(
           r.name: results.CheckpointInfo(r.which, r.step) for r in runs
       },
       max_eval_views=max_eval_views,
+      validation_source=validation_source,
   )
   write_documents(
       out_dir,

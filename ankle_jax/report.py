@@ -29,6 +29,7 @@ import numpy as np
 from sklearn import metrics as sk
 from tensorboardX import SummaryWriter
 
+from ankle_jax import calibration
 from ankle_jax import metrics as metrics_lib
 from ankle_jax import voting
 from ankle_jax.inference import SplitPredictions
@@ -49,6 +50,7 @@ FILES = (
     'case_predictions.csv',
     'roc.png',
     'confusion.png',
+    'reliability.png',
 )
 METRIC_TITLES = {
     'accuracy': 'Accuracy',
@@ -145,6 +147,7 @@ def _overview(ev: Evaluation) -> list[str]:
       'fracture). Soft voting: mean probabilities. ROC AUC always from the '
       'soft scores (mean probabilities).',
       *_multiview_note(ev),
+      *_validation_source_note(ev),
       '',
       '95% intervals: accuracy, sensitivity, specificity, PPV and NPV: '
       "Wilson score intervals over the rows' items (views at single-view "
@@ -152,6 +155,18 @@ def _overview(ev: Evaluation) -> list[str]:
       'single-view intervals are optimistic). ROC AUC: percentile interval '
       f'of a case-level bootstrap ({ev.num_bootstrap} resamples).',
       '',
+  ]
+
+
+def _validation_source_note(ev: Evaluation) -> list[str]:
+  """Where validation came from on an external test set (else nothing)."""
+  if not ev.validation_source:
+    return []
+  return [
+      '',
+      f'External test set: validation (the temperature, the operating points '
+      f"and the honest protocol's choice) comes from the runs' own dataset, "
+      f'{ev.validation_source}.',
   ]
 
 
@@ -275,6 +290,7 @@ def write_report(path: str, ev: Evaluation) -> None:
       if (protocol, 'case', vote) in ev.protocols:
         lines += _protocol_section(ev, protocol, vote)
   lines += _operating_points_section(ev)
+  lines += calibration.report_section(ev)
   with open(path, 'w') as f:
     f.write('\n'.join(lines).rstrip('\n') + '\n')
 

@@ -590,6 +590,13 @@ class Evaluation:
   max_eval_views: int = 0
   # The runs that read all views of a case at once (models.multiview).
   multiview_runs: tuple[str, ...] = ()
+  # {key: results.json's "calibration" block} (ankle_jax.calibration).
+  calibration: dict[ResultKey, dict[str, Any]] = dataclasses.field(
+      default_factory=dict
+  )
+  # Where validation came from when not from the evaluated dataset (an
+  # external test set: the runs' own dataset directory); None otherwise.
+  validation_source: str | None = None
 
   @property
   def headline_protocol(self) -> str:
@@ -602,7 +609,10 @@ class Evaluation:
     return max(steps, default=0)
 
   def results_json(self) -> list[dict[str, Any]]:
-    return [e.to_json() for e in self.results.values()]
+    return [
+        {**e.to_json(), 'calibration': self.calibration.get(k)}
+        for k, e in self.results.items()
+    ]
 
   def summary_json(self) -> dict[str, Any]:
     protocols: dict[str, dict[str, Any]] = {}
@@ -628,6 +638,7 @@ class Evaluation:
         },
         'max_eval_views': self.max_eval_views,
         'multiview_runs': list(self.multiview_runs),
+        'validation_source': self.validation_source,
         'protocols': protocols,
         'operating_points': [op.to_json() for op in self.operating_points],
     }

@@ -19,8 +19,10 @@ import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
+from scipy import special
 from sklearn import metrics as sk
 
+from ankle_jax import calibration
 from ankle_jax import checkpoint
 from ankle_jax import console
 from ankle_jax import evaluate
@@ -327,7 +329,8 @@ def test_predictions_csv_rows_and_columns(fake_evaluation):
       os.path.join(fake_evaluation['out_dir'], 'predictions.csv')
   )
   assert header[:5] == ['run', 'case_id', 'view_index', 'label', 'probability']
-  assert header == list(results_lib.PREDICTION_COLUMNS)
+  assert header[:6] == list(results_lib.PREDICTION_COLUMNS)
+  assert header[-1] == 'probability_calibrated'
   splits = fake_evaluation['splits']
   num_views = sum(len(s[2]) for s in splits.values())
   assert len(rows) == 3 * num_views  # one row per run and view
@@ -428,7 +431,8 @@ def check_results_recomputable(out_dir, num_bootstrap, seed):
   )
   assert results
   for e in results:
-    assert set(e) == {'members', 'level', 'voting', 'split', 'metrics', 'ci95'}
+    keys = {'members', 'level', 'voting', 'split', 'metrics', 'ci95'}
+    assert keys | {'calibration'} <= set(e)
     assert set(e['metrics']) == set(metrics.METRIC_NAMES)
     runs, case_ids, labels, probs = by_split[e['split']]
     decisions = _independent_decisions(
@@ -484,7 +488,8 @@ def _load_case_predictions(out_dir):
   with csv from case_predictions.csv alone; cases sorted by '<split>/<id>',
   the pooled split 'validation+test' as both splits together."""
   header, rows = _read_csv(os.path.join(out_dir, 'case_predictions.csv'))
-  assert header == [
+  assert header[-1] == 'probability_calibrated'
+  assert header[:8] == [
       'run',
       'case_id',
       'label',
@@ -633,6 +638,135 @@ def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
   assert out.operating_points == []
   assert len(out.results) == 1 * 2 * 2 * 1
   check_results_recomputable(str(tmp_path / 'out'), 50, 0)
+  # No validation: no temperature, the metrics before scaling only.
+  block = next(iter(out.calibration.values()))
+  assert block['temperature'] is None and block['ece_calibrated'] is None
+  assert block['ece'] is not None
+
+
+# ------------------------------------------------------------ calibration
+def check_calibration_from_the_csvs(out_dir):
+  """Each single run's ECE and Brier, before and after scaling, recomputed
+  from predictions.csv (image level) and case_predictions.csv (case level)
+  alone; returns how many entries were checked."""
+  results = json.loads(_read_text(out_dir, 'results.json'))
+  files = {'image': 'predictions.csv', 'case': 'case_predictions.csv'}
+  rows_of = {}
+  for level, name in files.items():
+    header, rows = _read_csv(os.path.join(out_dir, name))
+    assert header[-1] == 'probability_calibrated'
+    col = {h: i for i, h in enumerate(header)}
+    rows_of[level] = [
+        (r[col['run']], r[col['split']], int(r[col['label']]))
+        + (float(r[col['probability']]), float(r[-1]))
+        for r in rows
+    ]
+  checked = 0
+  for e in results:
+    block = e['calibration']
+    twin = next(
+        o
+        for o in results
+        if (o['members'], o['level'], o['split'])
+        == (e['members'], e['level'], e['split'])
+        and o['voting'] != e['voting']
+    )
+    assert twin['calibration'] == block  # hard and soft share it
+    if len(e['members']) > 1:
+      continue
+    parts = e['split'].split('+')
+    mine = [
+        r
+        for r in rows_of[e['level']]
+        if r[0] == e['members'][0] and r[1] in parts
+    ]
+    y, p, p_cal = (np.array([r[i] for r in mine]) for i in (2, 3, 4))
+    t = block['temperature']
+    np.testing.assert_allclose(
+        p_cal, special.expit(calibration.logit(p) / t), rtol=1e-12
+    )
+    for name, q in (('', p), ('_calibrated', p_cal)):
+      assert block['ece' + name] == pytest.approx(calibration.ece(q, y))
+      assert block['brier' + name] == pytest.approx(sk.brier_score_loss(y, q))
+      lo, hi = block['ci95']['ece' + name]
+      assert lo <= block['ece' + name] <= hi
+    assert block['fitted_on'] == 'validation'
+    assert block['in_sample'] == (e['split'] != 'test')
+    checked += 1
+  return checked
+
+
+def test_calibration_recomputable_from_the_csvs(fake_evaluation):
+  out_dir = fake_evaluation['out_dir']
+  # 3 runs x 2 levels x 2 votings x 3 splits.
+  assert check_calibration_from_the_csvs(out_dir) == 36
+  assert os.path.getsize(os.path.join(out_dir, 'reliability.png')) > 0
+  report = _read_text(out_dir, 'report.md')
+  assert '## Calibration' in report and 'ECE scaled' in report
+
+
+def _patch_datasets(monkeypatch, datasets):
+  """pipeline/prepare stand-ins over {data_dir: {split: fake_split}}."""
+  from ankle_jax.data import pipeline
+  from ankle_jax.data import prepare
+
+  def load_split(data_dir, split, dataset_config='dicom_cases'):
+    if split not in datasets[str(data_dir)]:
+      raise FileNotFoundError(f'no {split} in {data_dir}')
+    return datasets[str(data_dir)][split]
+
+  def iterate(source, *, batch_size, image_size, max_views_per_case=0):
+    return fake_batches_fn({'s': source}, batch_size)('s')(image_size)
+
+  monkeypatch.setattr(
+      prepare, 'dataset_exists', lambda d, c: str(d) in datasets
+  )
+  monkeypatch.setattr(pipeline, 'load_split', load_split)
+  monkeypatch.setattr(pipeline, 'iterate_eval_batches', iterate)
+
+
+@pytest.mark.parametrize('external_has_validation', [False, True])
+def test_external_test_set_takes_validation_from_the_runs_own_dataset(
+    tmp_path, monkeypatch, external_has_validation
+):
+  monkeypatch.setattr(inference, 'create_model', tiny_create_model)
+  own, other = str(tmp_path / 'own'), str(tmp_path / 'other')
+  run_dir = make_fake_run(str(tmp_path / 'run'), 0)
+  _set_config(run_dir, **{'data.data_dir': own})
+  external = {'test': fake_split('test', 7, 5)}
+  if external_has_validation:
+    ids, *rest = fake_split('validation', 8, 6)
+    external['validation'] = (np.char.add('ext', ids.astype(str)), *rest)
+  _patch_datasets(
+      monkeypatch,
+      {
+          own: {
+              'test': fake_split('test', 9, 0),
+              'validation': fake_split('validation', 10, 1),
+          },
+          other: external,
+      },
+  )
+  out_dir = str(tmp_path / 'out')
+  out = evaluate.evaluate_runs(
+      [run_dir], split='test', out_dir=out_dir, data_dir=other, num_bootstrap=50
+  )
+  _, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
+  own_val = set(fake_split('validation', 10, 1)[0])
+  assert {r[1] for r in rows if r[5] == 'validation'} == own_val
+  assert out.counts['test'].cases == 7  # the external test split
+  assert out.validation_source == own and out.operating_points
+  assert ('honest', 'case', 'hard') in out.protocols
+  summary = json.loads(_read_text(out_dir, 'summary.json'))
+  assert summary['validation_source'] == own
+  assert f"runs' own dataset, {own}" in _read_text(out_dir, 'report.md')
+  results = json.loads(_read_text(out_dir, 'results.json'))
+  assert all(e['calibration']['temperature'] for e in results)
+  # On the run's own dataset nothing changes: no validation_source.
+  out = evaluate.evaluate_runs(
+      [run_dir], split='test', out_dir=out_dir, num_bootstrap=50
+  )
+  assert out.validation_source is None and out.counts['test'].cases == 9
 
 
 # ------------------------------------------------ multi-view runs
@@ -689,6 +823,8 @@ def test_mixed_evaluation_recomputable_from_the_csv_files(mixed_evaluation):
   # 8 subsets x 2 votings x 3 splits; the hard votes of run_a+run_c+run_d
   # (per-view runs only) from the views.
   assert checked == {'csv': 48, 'predictions.csv': 3}
+  # 4 runs x 2 levels x 2 votings x 3 splits, case level: each run's own.
+  assert check_calibration_from_the_csvs(out_dir) == 48
   # Image level: every run's per-view probabilities (predictions.csv).
   by_view = _with_pooled(_load_predictions(out_dir))
   results = json.loads(_read_text(out_dir, 'results.json'))
