@@ -11,9 +11,9 @@ each field the prediction rows carry (`partitions`):
     for the flags 1/0/-1), and any other feature column;
   * case level: the number of views per case (the views evaluated, as
     case_predictions.csv's num_views) and, where some case has more than one
-    view, each per-view field: a case's value where all its views share it,
-    else 'varies' (a field that varies within every case, such as the view
-    position of multi-view cases, has none).
+    view, each per-view field but the view position (a property of a
+    view): a case's value where all its views share it, else 'varies' (none
+    for a field that varies within every case).
 A subgroup's rows are exactly the views (image level) or the cases, with all
 their views (case level), that have its value; its entries are
 results.evaluate_subsets' on those rows alone (the main entries' metrics and
@@ -171,7 +171,8 @@ def case_values(values_v: np.ndarray, cases: voting.CaseIndex) -> np.ndarray:
 def partitions(preds: SplitPredictions) -> list[Partition]:
   """Image-level partitions of the per-view fields, then the case-level
   ones: views per case and, where a case has several views, the per-view
-  fields' case values (but those that vary within every case)."""
+  fields' case values (but the view position's, a property of a view, and
+  those of fields that vary within every case)."""
   views = view_partitions(preds)
   cases = preds.cases()
   num_views_v = cases.views_per_case_c[cases.case_index_v].astype(str)
@@ -179,7 +180,7 @@ def partitions(preds: SplitPredictions) -> list[Partition]:
   if cases.num_views > cases.num_cases:
     for p in views:
       values_v = case_values(p.values_v, cases)
-      if (values_v != VARIES).any():  # else a view-level field (position)
+      if p.field != VIEW_POSITION and (values_v != VARIES).any():
         out.append(Partition(p.field, 'case', values_v))
   return out
 
