@@ -46,7 +46,11 @@ Outputs in OUT:
   predictions.csv  columns run,case_id,view_index,label,probability,split: one
                    row per run and view, for the asked split and validation
                    (a multi-view run: its case head on that view alone).
-                   The case level uses exactly the views listed.
+                   The case level uses exactly the views listed. Then one
+                   column per field the dataset stores per view
+                   (data.pipeline.VIEW_FEATURES): view_position, num_views
+                   and, for FracAtlas, its flags (hand, leg, hip, shoulder,
+                   mixed, hardware, multiscan: 1 yes, 0 no, -1 unknown).
   case_predictions.csv  columns run,case_id,label,probability,split,kind,
                    hard_vote,num_views: one row per run and case. probability
                    is the run's case probability (kind 'multi_view': the
@@ -57,16 +61,25 @@ Outputs in OUT:
                    Every case-level number of results.json follows from this
                    file, but for hard voting of ensembles of per-view runs
                    only: those vote per view first, members then views, and
-                   need predictions.csv.
-  results.json     a list of {members, level, voting, split, metrics, ci95}
-                   for every subset x level (image|case) x voting (hard|soft)
-                   x split (validation, the asked split, and the pooled
-                   'validation+<split>', whose cases are (split, case_id)).
+                   need predictions.csv. Both CSV files end with
+                   probability_calibrated: the probability at the run's own
+                   temperature at that level (ankle_jax.calibration).
+  results.json     a list of {members, level, voting, split, metrics, ci95,
+                   subgroup, calibration} for every subset x level
+                   (image|case) x voting (hard|soft) x split (validation,
+                   the asked split, and the pooled 'validation+<split>',
+                   whose cases are (split, case_id)), subgroup null; then the subgroups' entries
+                   (ankle_jax.subgroups): each single run and the honest
+                   protocol's chosen ensembles on the asked split, per view
+                   position, body part, hardware (image level) and number
+                   of views per case (case level), subgroup {field, value,
+                   positives, negatives, small}. Main entries carry a
+                   "calibration" block (see Calibration below).
   summary.json     checkpoints, class counts, the protocols' selections and the
                    operating points.
-  report.md        Table-4-style tables for both protocols, operating points.
-  Both CSV files end with probability_calibrated: the probability at the
-                   run's own temperature at that level (ankle_jax.calibration).
+  report.md        Table-4-style tables for both protocols, operating points,
+                   calibration, the subgroups (soft voting; small ones
+                   flagged).
   reliability.png  the reliability diagram of the headline model (case level)
                    before and after temperature scaling.
   roc.png          single-view vs case-level ROC of the best ensemble.
@@ -114,6 +127,7 @@ from ankle_jax import metrics as metrics_lib
 from ankle_jax import model_card
 from ankle_jax import report
 from ankle_jax import results
+from ankle_jax import subgroups
 from ankle_jax.data import pipeline
 from ankle_jax.data import prepare
 
@@ -158,6 +172,7 @@ def evaluate_predictions(
   evaluation.max_eval_views = max_eval_views
   evaluation.validation_source = validation_source
   calibration.calibrate(out_dir, evaluation, by_split)
+  evaluation.subgroups = subgroups.evaluate(evaluation, by_split)
   report.write_all(out_dir, evaluation, by_split)
   return evaluation
 

@@ -300,6 +300,11 @@ def make_case_forward(
   return jax.jit(forward)
 
 
+# The keys of a batch of views (data.pipeline.iterate_eval_batches) that are
+# not per-view features.
+VIEW_BATCH_KEYS = ('image', 'label', 'case_id', 'view_index', 'mask')
+
+
 @dataclasses.dataclass
 class SplitPredictions:
   """Every run's probability for every view (and case) of one split.
@@ -314,6 +319,9 @@ class SplitPredictions:
       is its soft vote (the mean of its view probabilities). None when no
       run is multi-view (then every case probability is a soft vote).
     multiview_r: bool [runs], which runs are multi-view (None: none).
+    features_v: {field: str [views]} the views' VIEW_FEATURES fields
+      (data.pipeline: view_position, num_views, FracAtlas flags), as the
+      batches carried them; None when they carried none.
   """
 
   case_ids_v: np.ndarray
@@ -322,6 +330,7 @@ class SplitPredictions:
   probs_rv: np.ndarray
   case_probs_rc: np.ndarray | None = None
   multiview_r: np.ndarray | None = None
+  features_v: dict[str, np.ndarray] | None = None
 
   def cases(self) -> voting.CaseIndex:
     return voting.index_cases(self.case_ids_v, self.labels_v)
@@ -337,13 +346,33 @@ def _as_str(values: Any) -> np.ndarray:
   )
 
 
+def feature_names(batch: Mapping[str, Any]) -> list[str]:
+  """The per-view features of a batch of views: its keys beyond
+  VIEW_BATCH_KEYS (data.pipeline.VIEW_FEATURES, where the dataset has them)."""
+  return [k for k in batch if k not in VIEW_BATCH_KEYS]
+
+
+def _joined_features(
+    parts: Mapping[str, list[np.ndarray]], num_batches: int
+) -> dict[str, np.ndarray] | None:
+  """{field: str [views]} of the fields every batch carried, or None."""
+  joined = {
+      k: np.concatenate(v).astype(str)
+      for k, v in parts.items()
+      if len(v) == num_batches
+  }
+  return joined or None
+
+
 def predict_group(
     forward: Callable[[Any, jax.Array], jax.Array],
     variables_r: Any,
     batches: Iterable[Mapping[str, Any]],
 ) -> SplitPredictions:
-  """Runs one group's stacked models over a split's batches of views."""
+  """Runs one group's stacked models over a split's batches of views; the
+  batches' features (`feature_names`) go to features_v."""
   case_ids, view_index, labels, log_probs = [], [], [], []
+  features: dict[str, list[np.ndarray]] = {}
   for batch in batches:
     mask = np.asarray(batch.get('mask', np.ones(len(batch['label']), bool)))
     log_probs_rb = np.asarray(forward(variables_r, jnp.asarray(batch['image'])))
@@ -351,6 +380,8 @@ def predict_group(
     view_index.append(np.asarray(batch['view_index'])[mask])
     labels.append(np.asarray(batch['label'])[mask])
     log_probs.append(log_probs_rb[:, mask])
+    for name in feature_names(batch):
+      features.setdefault(name, []).append(_as_str(batch[name])[mask])
   if not case_ids:
     raise ValueError('The split has no views to evaluate.')
   return SplitPredictions(
@@ -358,6 +389,7 @@ def predict_group(
       view_index_v=np.concatenate(view_index).astype(np.int64),
       labels_v=np.concatenate(labels).astype(np.int64),
       probs_rv=probability_from_log(np.concatenate(log_probs, axis=1)),
+      features_v=_joined_features(features, len(case_ids)),
   )
 
 
@@ -375,22 +407,27 @@ def _align(reference: SplitPredictions, other: SplitPredictions) -> np.ndarray:
   return np.array([position[(c, int(v))] for c, v in keys])
 
 
-def _cases_of(
-    view_batches: Iterable[Mapping[str, Any]],
-) -> Iterator[tuple[str, int, list[int], list[np.ndarray]]]:
-  """(case_id, label, view indices, images [S, S, 1]) per case, from eval
-  batches of views in which each case's views are adjacent."""
+_Case = tuple[str, int, list[int], list[np.ndarray], dict[str, list[str]]]
+
+
+def _cases_of(view_batches: Iterable[Mapping[str, Any]]) -> Iterator[_Case]:
+  """(case_id, label, view indices, images [S, S, 1], {feature: values per
+  view}) per case, from eval batches of views in which each case's views are
+  adjacent."""
   case = None
   for batch in view_batches:
     mask = np.asarray(batch.get('mask', np.ones(len(batch['label']), bool)))
     case_ids = _as_str(batch['case_id'])
+    features = {k: _as_str(batch[k]) for k in feature_names(batch)}
     for j in np.flatnonzero(mask):
       if case is None or case[0] != case_ids[j]:
         if case is not None:
           yield case
-        case = (case_ids[j], int(batch['label'][j]), [], [])
+        case = (case_ids[j], int(batch['label'][j]), [], [], {})
       case[2].append(int(batch['view_index'][j]))
       case[3].append(np.asarray(batch['image'][j]))
+      for k, values in features.items():
+        case[4].setdefault(k, []).append(values[j])
   if case is not None:
     yield case
 
@@ -402,8 +439,10 @@ def case_batches(
 
   Yields {'image': float32 [B, V, S, S, 1], 'view_mask': bool [B, V],
   'view_index': int [B, V] (-1 at padding), 'label': int [B], 'case_id':
-  object [B], 'mask': bool [B]}; V is the most views of a case in that batch
-  (so each V met compiles once), the last batch is padded with empty cases.
+  object [B], 'mask': bool [B], 'features': {field: object [B, V] of str
+  ('' at padding)} (the view batches' `feature_names`; may be empty)}; V is
+  the most views of a case in that batch (so each V met compiles once), the
+  last batch is padded with empty cases.
   """
   stream = _cases_of(view_batches)
   cases = list(itertools.islice(stream, cases_per_batch))
@@ -417,9 +456,16 @@ def case_batches(
         'label': np.zeros((cases_per_batch,), np.int32),
         'case_id': np.full((cases_per_batch,), '', dtype=object),
         'mask': np.zeros((cases_per_batch,), bool),
+        'features': {
+            k: np.full((cases_per_batch, num_slots), '', dtype=object)
+            for k in cases[0][4]
+        },
     }
-    for b, (case_id, label, view_index, images) in enumerate(cases):
+    for b, (case_id, label, view_index, images, features) in enumerate(cases):
       n = len(view_index)
+      for k, values in features.items():
+        if k in batch['features']:
+          batch['features'][k][b, :n] = values
       batch['image'][b, :n] = np.stack(images)
       batch['view_mask'][b, :n] = True
       batch['view_index'][b, :n] = view_index
@@ -438,9 +484,11 @@ def predict_case_group(
     batches: Iterable[Mapping[str, Any]],
 ) -> SplitPredictions:
   """One group of stacked multi-view runs over case batches: each view's
-  own probability in probs_rv, the case probability in case_probs_rc."""
+  own probability in probs_rv, the case probability in case_probs_rc, the
+  batches' per-view features in features_v."""
   case_ids, view_index, labels, log_probs = [], [], [], []
   case_log_probs, case_order = [], []
+  features: dict[str, list[np.ndarray]] = {}
   for batch in batches:
     case_log_rb, view_log_rbv = (
         np.asarray(x)
@@ -457,6 +505,8 @@ def predict_case_group(
     log_probs.append(view_log_rbv[:, real_bv])
     case_log_probs.append(case_log_rb[:, batch['mask']])
     case_order.append(_as_str(batch['case_id'][batch['mask']]))
+    for k, values_bv in batch.get('features', {}).items():
+      features.setdefault(k, []).append(values_bv[real_bv])
   if not case_ids:
     raise ValueError('The split has no views to evaluate.')
   preds = SplitPredictions(
@@ -464,6 +514,7 @@ def predict_case_group(
       view_index_v=np.concatenate(view_index).astype(np.int64),
       labels_v=np.concatenate(labels).astype(np.int64),
       probs_rv=probability_from_log(np.concatenate(log_probs, axis=1)),
+      features_v=_joined_features(features, len(case_ids)),
   )
   # Rows in cases().case_ids_c order (sorted), whatever order cases came in.
   position = {c: i for i, c in enumerate(np.concatenate(case_order))}
@@ -508,7 +559,8 @@ def predict_split(
 
   Returns:
     SplitPredictions with probs_rv in the order of `runs` and, when a run is
-    multi-view, case_probs_rc and multiview_r.
+    multi-view, case_probs_rc and multiview_r; features_v is the first
+    group's (every group sees the same views, `_align`).
   """
   result, probs_rv, group_cases = None, None, {}
   for indices in group_runs([r.config for r in runs]).values():

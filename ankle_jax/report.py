@@ -40,6 +40,8 @@ from ankle_jax.results import OperatingPoint
 from ankle_jax.results import ResultEntry
 from ankle_jax.results import ResultKey
 from ankle_jax.results import decide_split
+from ankle_jax.subgroups import MIN_CLASS_COUNT
+from ankle_jax.subgroups import Subgroup
 
 FIGURE_DPI = 200
 FILES = (
@@ -282,6 +284,64 @@ def _operating_points_section(ev: Evaluation) -> list[str]:
   ]
 
 
+def _subgroup_cell(s: Subgroup) -> str:
+  return f'{s.field} = {s.value}' + (' †' if s.small else '')
+
+
+def subgroup_section(ev: Evaluation) -> list[str]:
+  """The subgroups' soft-voting entries, by model; small ones flagged with a
+  dagger and a footnote (nothing without subgroups)."""
+  if not ev.subgroups:
+    return []
+  order = {n: i for i, n in enumerate(ev.run_names)}
+  soft = sorted(
+      (s for s in ev.subgroups if s.entry.voting == 'soft'),
+      key=lambda s: (
+          len(s.entry.members) > 1,
+          [order[m] for m in s.entry.members],
+      ),
+  )
+  rows = [
+      [
+          run_label(ev, s.entry.members[0])
+          if len(s.entry.members) == 1
+          else members_label(s.entry.members),
+          LEVEL_TITLES[s.entry.level],
+          _subgroup_cell(s.subgroup),
+          f'{s.subgroup.positives} / {s.subgroup.negatives}',
+          *_metric_cells(s.entry),
+      ]
+      for s in soft
+  ]
+  header = ['Model', 'Views', 'Subgroup', 'Fracture / normal'] + [
+      METRIC_TITLES[m] for m in metrics_lib.METRIC_NAMES
+  ]
+  models = (
+      "Each single run and the honest protocol's chosen ensembles"
+      if ev.headline_protocol == 'honest'
+      else 'Each single run (no validation split to choose an ensemble on)'
+  )
+  lines = [
+      '## Subgroups',
+      '',
+      f'{models} on `{ev.split}`, soft voting (hard voting: results.json). '
+      'A subgroup is '
+      'the views (single view) or the cases (all views) with that value; a '
+      "case's value of a per-view field is its views' value where they all "
+      "share one, else 'varies'. num_views: the views evaluated per case.",
+      '',
+      *_table(header, rows),
+  ]
+  if any(s.subgroup.small for s in soft):
+    lines += [
+        '',
+        f'† Fewer than {MIN_CLASS_COUNT} fractures or {MIN_CLASS_COUNT} '
+        'normals: shown with its counts, but its intervals are wide and its '
+        'metrics unstable.',
+    ]
+  return lines + ['']
+
+
 def write_report(path: str, ev: Evaluation) -> None:
   """Writes report.md."""
   lines = _overview(ev)
@@ -291,6 +351,7 @@ def write_report(path: str, ev: Evaluation) -> None:
         lines += _protocol_section(ev, protocol, vote)
   lines += _operating_points_section(ev)
   lines += calibration.report_section(ev)
+  lines += subgroup_section(ev)
   with open(path, 'w') as f:
     f.write('\n'.join(lines).rstrip('\n') + '\n')
 

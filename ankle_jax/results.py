@@ -29,13 +29,16 @@ import csv
 import dataclasses
 import math
 import os
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from ankle_jax import metrics as metrics_lib
 from ankle_jax import voting
 from ankle_jax.inference import SplitPredictions
+
+if TYPE_CHECKING:
+  from ankle_jax.subgroups import SubgroupEntry
 
 PREDICTION_COLUMNS = (
     'run',
@@ -66,16 +69,38 @@ LEVEL_TITLES = {'image': 'single view', 'case': 'all views (case)'}
 
 
 # ------------------------------------------------------- predictions.csv
+def feature_columns(header: Sequence[str]) -> list[str]:
+  """The per-view feature columns of a predictions.csv header: those after
+  PREDICTION_COLUMNS but the further probabilities (probability_...)."""
+  return [
+      c
+      for c in header[len(PREDICTION_COLUMNS) :]
+      if c not in PREDICTION_COLUMNS and not c.startswith('probability')
+  ]
+
+
 def write_predictions_csv(
     path: str,
     run_names: Sequence[str],
     by_split: Mapping[str, SplitPredictions],
 ) -> None:
-  """One row per run and view; probabilities written exactly (repr)."""
+  """One row per run and view; probabilities written exactly (repr).
+
+  After PREDICTION_COLUMNS, one column per feature of the views
+  (SplitPredictions.features_v: view_position, num_views, FracAtlas flags),
+  named after it; '' in a split without it. None without features.
+  """
+  features = list(
+      dict.fromkeys(k for p in by_split.values() for k in p.features_v or {})
+  )
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(PREDICTION_COLUMNS)
+    writer.writerow([*PREDICTION_COLUMNS, *features])
     for split, preds in by_split.items():
+      columns = [
+          (preds.features_v or {}).get(k, [''] * len(preds.labels_v))
+          for k in features
+      ]
       for r, run in enumerate(run_names):
         for v in range(len(preds.labels_v)):
           writer.writerow(
@@ -86,8 +111,23 @@ def write_predictions_csv(
                   int(preds.labels_v[v]),
                   repr(float(preds.probs_rv[r, v])),
                   split,
+                  *(column[v] for column in columns),
               ]
           )
+
+
+def _features_from_rows(
+    rows: Sequence[dict[str, str]], view_pos: Mapping[tuple[str, int], int]
+) -> dict[str, np.ndarray] | None:
+  """{field: str [views]} of the feature columns with a value in `rows`."""
+  names = feature_columns(list(rows[0]))
+  features = {k: np.full(len(view_pos), '', dtype=object) for k in names}
+  for r in rows:
+    v = view_pos[(r['case_id'], int(r['view_index']))]
+    for k in names:
+      features[k][v] = r[k] or ''
+  kept = {k: f.astype(str) for k, f in features.items() if any(f)}
+  return kept or None
 
 
 def _split_from_rows(
@@ -111,6 +151,7 @@ def _split_from_rows(
       view_index_v=np.array([v for _, v in views], np.int64),
       labels_v=labels_v,
       probs_rv=probs_rv,
+      features_v=_features_from_rows(rows, view_pos),
   )
 
 
@@ -231,6 +272,7 @@ def read_predictions_csv(
 ) -> tuple[list[str], dict[str, SplitPredictions]]:
   """Reads predictions.csv back: (run names, {split: SplitPredictions}).
 
+  Feature columns (`feature_columns`), where present, fill features_v.
   A case_predictions.csv next to it fills case_probs_rc and multiview_r
   when a run is multi-view (read_case_predictions_csv); without one (older
   evaluations), every run is per-view.
@@ -261,11 +303,25 @@ def _pooled_case_probs(
   return np.stack([columns[c] for c in pooled_case_ids_c], axis=1)
 
 
+def _pooled_features(
+    parts: Sequence[SplitPredictions],
+) -> dict[str, np.ndarray] | None:
+  """The features every split has, concatenated (None: none in common)."""
+  if any(p.features_v is None for p in parts):
+    return None
+  common = [
+      k for k in parts[0].features_v if all(k in p.features_v for p in parts)
+  ]
+  pooled = {k: np.concatenate([p.features_v[k] for p in parts]) for k in common}
+  return pooled or None
+
+
 def pool_splits(by_split: Mapping[str, SplitPredictions]) -> SplitPredictions:
   """Concatenates splits; a pooled case is '<split>/<case_id>'.
 
   case_probs_rc (when a split has them) follows the pooled cases().case_ids_c
-  order (sorted pooled ids, not the splits' order).
+  order (sorted pooled ids, not the splits' order); features_v holds the
+  features every split has.
   """
   parts = list(by_split.items())
   pooled = SplitPredictions(
@@ -275,6 +331,7 @@ def pool_splits(by_split: Mapping[str, SplitPredictions]) -> SplitPredictions:
       view_index_v=np.concatenate([p.view_index_v for _, p in parts]),
       labels_v=np.concatenate([p.labels_v for _, p in parts]),
       probs_rv=np.concatenate([p.probs_rv for _, p in parts], axis=1),
+      features_v=_pooled_features([p for _, p in parts]),
   )
   multiview = [p.multiview_r for _, p in parts if p.multiview_r is not None]
   if any(p.case_probs_rc is not None for _, p in parts):
@@ -351,6 +408,8 @@ class ResultEntry:
         'split': self.split,
         'metrics': dict(self.metrics),
         'ci95': {k: list(v) for k, v in self.ci95.items()},
+        # A subgroup's entry (ankle_jax.subgroups) says which one here.
+        'subgroup': None,
     }
 
 
@@ -363,12 +422,14 @@ def evaluate_subsets(
     run_names: Sequence[str],
     subsets: Sequence[Sequence[int]],
     evaluator: metrics_lib.BinaryEvaluator,
+    levels: Sequence[str] = voting.LEVELS,
 ) -> list[ResultEntry]:
-  """The entries of every subset x level x voting on one split."""
+  """The entries of every subset x level (of `levels`) x voting on one
+  split."""
   cases = preds.cases()
   entries = []
   for members in subsets:
-    for level in voting.LEVELS:
+    for level in levels:
       for vote in voting.VOTINGS:
         d = decide_split(preds, members, level, vote, cases)
         point, ci = evaluator(d.labels, d.preds, d.scores, d.clusters)
@@ -597,6 +658,8 @@ class Evaluation:
   # Where validation came from when not from the evaluated dataset (an
   # external test set: the runs' own dataset directory); None otherwise.
   validation_source: str | None = None
+  # The headline members' entries per subgroup (ankle_jax.subgroups).
+  subgroups: list[SubgroupEntry] = dataclasses.field(default_factory=list)
 
   @property
   def headline_protocol(self) -> str:
@@ -609,10 +672,12 @@ class Evaluation:
     return max(steps, default=0)
 
   def results_json(self) -> list[dict[str, Any]]:
+    """Every entry ("subgroup": null, with its "calibration" block), then
+    the subgroups' entries."""
     return [
         {**e.to_json(), 'calibration': self.calibration.get(k)}
         for k, e in self.results.items()
-    ]
+    ] + [s.to_json() for s in self.subgroups]
 
   def summary_json(self) -> dict[str, Any]:
     protocols: dict[str, dict[str, Any]] = {}
@@ -644,10 +709,11 @@ class Evaluation:
     }
 
 
-def _operating_members(
+def headline_members(
     run_names: Sequence[str], protocols: Mapping[SelectionKey, Selection]
 ) -> list[tuple[int, ...]]:
-  """Each single run, and the honest protocol's chosen ensembles."""
+  """Each single run, and the honest protocol's chosen ensembles (run
+  indices): the operating points' and the subgroups' members."""
   members_list = [(i,) for i in range(len(run_names))]
   for (protocol, _, _), selection in protocols.items():
     best = tuple(run_names.index(m) for m in selection.members)
@@ -692,7 +758,7 @@ def evaluate_splits(
   operating_points = []
   if has_validation:
     operating_points = compute_operating_points(
-        by_split, run_names, _operating_members(run_names, protocols), split
+        by_split, run_names, headline_members(run_names, protocols), split
     )
   return Evaluation(
       run_names=list(run_names),

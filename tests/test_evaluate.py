@@ -118,13 +118,16 @@ def fake_split(split, num_cases, seed, two_view_every=4):
   )
 
 
-def fake_batches_fn(splits, batch_size=8):
-  """batches_fn(split) -> batches_for(image_size), with padding and masks."""
+def fake_batches_fn(splits, batch_size=8, features=None):
+  """batches_fn(split) -> batches_for(image_size), with padding and masks;
+  features: {split: {field: object [views]}} extra per-view keys (padding
+  '')."""
 
   def batches_fn(split):
     if split not in splits:
       return None
     case_ids, view_index, labels, images = splits[split]
+    extra = (features or {}).get(split, {})
 
     def batches_for(image_size):
       resized = np.asarray(
@@ -148,6 +151,10 @@ def fake_batches_fn(splits, batch_size=8):
                 [view_index[sl], np.zeros(pad, np.int32)]
             ),
             'mask': np.arange(batch_size) < n,
+            **{
+                k: np.concatenate([v[sl], np.array([''] * pad, object)])
+                for k, v in extra.items()
+            },
         }
 
     return batches_for
@@ -423,16 +430,31 @@ def _with_pooled(by_split):
   return by_split
 
 
+def main_entries(results):
+  """results.json's entries but the subgroups' (ankle_jax.subgroups)."""
+  return [e for e in results if e['subgroup'] is None]
+
+
 def check_results_recomputable(out_dir, num_bootstrap, seed):
-  """Every results.json number from predictions.csv alone."""
+  """Every results.json number but the subgroups' from predictions.csv
+  alone."""
   by_split = _with_pooled(_load_predictions(out_dir))
-  results = json.loads(
-      pathlib.Path(os.path.join(out_dir, 'results.json')).read_text()
+  results = main_entries(
+      json.loads(
+          pathlib.Path(os.path.join(out_dir, 'results.json')).read_text()
+      )
   )
   assert results
   for e in results:
-    keys = {'members', 'level', 'voting', 'split', 'metrics', 'ci95'}
-    assert keys | {'calibration'} <= set(e)
+    assert {
+        'members',
+        'level',
+        'voting',
+        'split',
+        'metrics',
+        'ci95',
+        'subgroup',
+    } <= set(e)
     assert set(e['metrics']) == set(metrics.METRIC_NAMES)
     runs, case_ids, labels, probs = by_split[e['split']]
     decisions = _independent_decisions(
@@ -449,11 +471,11 @@ def _check_entry(e, y, pred, score, clusters, num_bootstrap, seed):
   ).ravel()
   expected = {
       'accuracy': sk.accuracy_score(y, pred.astype(int)),
-      'sensitivity': tp / (tp + fn),
-      'specificity': tn / (tn + fp),
+      'sensitivity': tp / (tp + fn) if tp + fn else None,
+      'specificity': tn / (tn + fp) if tn + fp else None,
       'ppv': tp / (tp + fp) if tp + fp else None,
       'npv': tn / (tn + fn) if tn + fn else None,
-      'roc_auc': sk.roc_auc_score(y, score),
+      'roc_auc': sk.roc_auc_score(y, score) if 0 < y.sum() < len(y) else None,
   }
   for k, value in expected.items():
     if value is None:
@@ -524,7 +546,7 @@ def check_case_results_from_case_csv(out_dir, num_bootstrap, seed):
   """Every case-level results.json entry from case_predictions.csv alone,
   but hard votes of per-view-only ensembles (from predictions.csv)."""
   by_split = _load_case_predictions(out_dir)
-  results = json.loads(_read_text(out_dir, 'results.json'))
+  results = main_entries(json.loads(_read_text(out_dir, 'results.json')))
   checked = {'csv': 0, 'predictions.csv': 0}
   for e in results:
     if e['level'] != 'case':
@@ -572,6 +594,208 @@ def test_case_predictions_csv_of_per_view_runs(fake_evaluation):
   assert checked == {'csv': 24, 'predictions.csv': 3}
 
 
+def check_num_views_subgroups(out_dir, num_bootstrap, seed):
+  """Every case-level subgroup entry by number of views, by hand: the cases
+  of case_predictions.csv with that num_views (hard votes of per-view-only
+  ensembles: their views in predictions.csv)."""
+  by_case = _load_case_predictions(out_dir)
+  by_view = _load_predictions(out_dir)
+  _, rows = _read_csv(os.path.join(out_dir, 'case_predictions.csv'))
+  num_views = {f'{r[4]}/{r[1]}': int(r[7]) for r in rows}
+  results = json.loads(_read_text(out_dir, 'results.json'))
+  checked = set()
+  for e in results:
+    sub = e['subgroup']
+    if sub is None or sub['field'] != 'num_views':
+      continue
+    assert e['level'] == 'case' and e['split'] == 'test'
+    runs, ids, labels, probs, votes, multiview = by_case['test']
+    keep = np.array([num_views[c] == int(sub['value']) for c in ids])
+    idx = [runs.index(m) for m in e['members']]
+    scores = probs[idx][:, keep].mean(axis=0)
+    if e['voting'] == 'soft':
+      preds = scores >= 0.5
+    elif len(idx) == 1 or multiview[idx].any():
+      preds = 2 * votes[idx][:, keep].sum(axis=0) >= len(idx)
+    else:
+      view_runs, view_ids, view_labels, view_probs = by_view['test']
+      kept_ids = set(np.array(ids)[keep])
+      kv = np.array([c in kept_ids for c in view_ids])
+      _, preds, _, _ = _independent_decisions(
+          view_runs,
+          list(np.array(view_ids)[kv]),
+          view_labels[kv],
+          view_probs[:, kv],
+          e['members'],
+          'case',
+          'hard',
+      )
+    y = labels[keep]
+    counts = (int((y == 1).sum()), int((y == 0).sum()))
+    assert (sub['positives'], sub['negatives']) == counts
+    assert sub['small'] == (min(counts) < 10)
+    _check_entry(
+        e, y, preds, scores, np.arange(keep.sum()), num_bootstrap, seed
+    )
+    checked.add((tuple(e['members']), sub['value'], e['voting']))
+  return checked
+
+
+def test_case_subgroups_by_number_of_views(fake_evaluation, mixed_evaluation):
+  """The headline members (single runs, honest ensembles) per number of
+  views per case, equal to the metrics of those cases alone; small ones
+  (fewer than 10 fractures or normals) kept and flagged."""
+  checked = check_num_views_subgroups(fake_evaluation['out_dir'], 300, 3)
+  singles = {(m,) for m in ('run_a', 'run_b', 'run_c')}
+  assert {c[0] for c in checked} >= singles
+  assert {c[1] for c in checked} == {'2', '3'}
+  assert {c[2] for c in checked} == {'hard', 'soft'}
+  # The 2-view test cases are all normal: kept, with no sensitivity.
+  two = [s for s in fake_evaluation['out'].subgroups if s.subgroup.value == '2']
+  assert two and all(
+      s.subgroup.positives == 0 and s.subgroup.small for s in two
+  )
+  assert all(s.entry.metrics['sensitivity'] is None for s in two)
+  mixed = check_num_views_subgroups(mixed_evaluation['out_dir'], 100, 1)
+  assert {c[1] for c in mixed} == {'2', '3'}
+  assert ('run_mv',) in {c[0] for c in mixed}  # multi-view runs too
+  report = _read_text(fake_evaluation['out_dir'], 'report.md')
+  assert '| run_a | all views (case) | num_views = 2 † | 0 / 4 |' in report
+  assert '† Fewer than 10 fractures or 10 normals' in report
+
+
+def _fake_features(split_views):
+  """view_position cycling AP/LAT/'' per view; hardware 1/0/-1 per case,
+  but the last case's views disagree."""
+  case_ids, view_index, _, _ = split_views
+  cases = sorted(set(case_ids))
+  case_v = np.array([cases.index(c) for c in case_ids])
+  hardware = np.array([1, 0, -1])[case_v % 3]
+  last = case_v == len(cases) - 1
+  hardware[last] = np.arange(last.sum()) % 2
+  return {
+      'view_position': np.array(['AP', 'LAT', ''], object)[view_index % 3],
+      'hardware': hardware.astype(object),
+  }
+
+
+@pytest.fixture(scope='module')
+def featured_evaluation(tmp_path_factory):
+  """Two fake runs whose batches carry view_position and hardware."""
+  root = tmp_path_factory.mktemp('featured')
+  run_dirs = [
+      make_fake_run(str(root / f'run_{k}'), i) for i, k in enumerate('ab')
+  ]
+  splits = {
+      'test': fake_split('test', 40, 5, two_view_every=3),
+      'validation': fake_split('validation', 12, 6),
+  }
+  features = {k: _fake_features(v) for k, v in splits.items()}
+  out_dir = str(root / 'out')
+  mp = pytest.MonkeyPatch()
+  mp.setattr(inference, 'create_model', tiny_create_model)
+  try:
+    out = evaluate.evaluate_runs(
+        run_dirs,
+        split='test',
+        out_dir=out_dir,
+        num_bootstrap=50,
+        seed=2,
+        batches_fn=fake_batches_fn(splits, features=features),
+    )
+  finally:
+    mp.undo()
+  return {'out_dir': out_dir, 'out': out, 'features': features}
+
+
+def test_view_features_reach_predictions_csv_and_read_back(
+    featured_evaluation,
+):
+  out_dir = featured_evaluation['out_dir']
+  header, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
+  assert header == [
+      *results_lib.PREDICTION_COLUMNS,
+      'view_position',
+      'hardware',
+  ]
+  for split, features in featured_evaluation['features'].items():
+    mine = [r for r in rows if r[0] == 'run_b' and r[5] == split]
+    assert [r[6] for r in mine] == list(features['view_position'])
+    assert [r[7] for r in mine] == [str(h) for h in features['hardware']]
+  _, by_split = results_lib.read_predictions_csv(
+      os.path.join(out_dir, 'predictions.csv')
+  )
+  assert by_split['test'].features_v['hardware'].tolist() == [
+      str(h) for h in featured_evaluation['features']['test']['hardware']
+  ]
+
+
+def test_subgroups_equal_the_metrics_of_their_rows(featured_evaluation):
+  """Image level per view position and hardware, case level per hardware
+  (where the case's views agree, else 'varies'): each entry equals the
+  metrics of exactly those rows of predictions.csv, computed by hand."""
+  out_dir = featured_evaluation['out_dir']
+  _, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
+  runs, case_ids, labels, probs = _load_predictions(out_dir)['test']
+  test_rows = [r for r in rows if r[0] == 'run_a' and r[5] == 'test']
+  position = np.array([r[6] or 'unknown' for r in test_rows])
+  hardware = np.array(
+      [{'1': 'yes', '0': 'no', '-1': 'unknown'}[r[7]] for r in test_rows]
+  )
+  by_case = {}
+  for c, h in zip(case_ids, hardware):
+    by_case.setdefault(c, set()).add(h)
+  case_value = {
+      c: min(h) if len(h) == 1 else 'varies' for c, h in by_case.items()
+  }
+  case_hardware = np.array([case_value[c] for c in case_ids])
+  values = {
+      ('image', 'view_position'): position,
+      ('image', 'hardware'): hardware,
+      ('case', 'hardware'): case_hardware,
+  }
+  results = json.loads(_read_text(out_dir, 'results.json'))
+  checked = set()
+  for e in results:
+    sub = e['subgroup']
+    if sub is None or sub['field'] == 'num_views':
+      continue
+    keep = values[(e['level'], sub['field'])] == sub['value']
+    decisions = _independent_decisions(
+        runs,
+        list(np.array(case_ids)[keep]),
+        labels[keep],
+        probs[:, keep],
+        e['members'],
+        e['level'],
+        e['voting'],
+    )
+    _check_entry(e, *decisions, 50, 2)
+    y = decisions[0]
+    assert (sub['positives'], sub['negatives']) == (
+        (y == 1).sum(),
+        (y == 0).sum(),
+    )
+    assert sub['small'] == (min(sub['positives'], sub['negatives']) < 10)
+    checked.add((e['level'], sub['field'], sub['value']))
+  assert checked == {
+      ('image', 'view_position', 'AP'),
+      ('image', 'view_position', 'LAT'),
+      ('image', 'view_position', 'unknown'),
+      ('image', 'hardware', 'yes'),
+      ('image', 'hardware', 'no'),
+      ('image', 'hardware', 'unknown'),
+      ('case', 'hardware', 'yes'),
+      ('case', 'hardware', 'no'),
+      ('case', 'hardware', 'unknown'),
+      ('case', 'hardware', 'varies'),
+  }  # no case-level view position: it varies within every case
+  report = _read_text(out_dir, 'report.md')
+  assert '## Subgroups' in report
+  assert '| run_a | single view | view_position = AP | 20 / 20 |' in report
+  assert 'hardware = varies †' in report
+
+
 def test_protocols_and_operating_points(fake_evaluation):
   out_dir = fake_evaluation['out_dir']
   results = json.loads(
@@ -585,6 +809,7 @@ def test_protocols_and_operating_points(fake_evaluation):
   assert honest['chosen_on'] == 'validation' and honest['reported_on'] == 'test'
   assert paper['chosen_on'] == paper['reported_on'] == 'validation+test'
 
+  results = main_entries(results)
   by_key = {
       (tuple(e['members']), e['split'], e['level'], e['voting']): e
       for e in results
@@ -833,7 +1058,7 @@ def test_mixed_evaluation_recomputable_from_the_csv_files(mixed_evaluation):
   assert check_calibration_from_the_csvs(out_dir) == 48
   # Image level: every run's per-view probabilities (predictions.csv).
   by_view = _with_pooled(_load_predictions(out_dir))
-  results = json.loads(_read_text(out_dir, 'results.json'))
+  results = main_entries(json.loads(_read_text(out_dir, 'results.json')))
   assert len(results) == 8 * 2 * 2 * 3
   for e in results:
     if e['level'] == 'image':
@@ -886,6 +1111,7 @@ def test_per_view_results_unchanged_by_case_predictions_csv(tmp_path):
   expected = results_lib.evaluate_splits(
       by_split, MIXED_RUNS, split='test', num_bootstrap=50
   ).results_json()
+  written = []
   for with_case_csv in (True, False):
     out_dir = str(tmp_path / f'case_csv_{with_case_csv}')
     os.makedirs(out_dir)
@@ -897,11 +1123,13 @@ def test_per_view_results_unchanged_by_case_predictions_csv(tmp_path):
           os.path.join(out_dir, 'case_predictions.csv'), MIXED_RUNS, by_split
       )
     evaluate.evaluate_predictions(out_dir, split='test', num_bootstrap=50)
-    written = json.loads(_read_text(out_dir, 'results.json'))
+    written.append(json.loads(_read_text(out_dir, 'results.json')))
     # Calibration blocks are added after evaluate_splits (checked elsewhere).
-    for entry in written:
+    main = main_entries(written[-1])
+    for entry in main:
       entry.pop('calibration')
-    assert written == expected
+    assert main == expected
+  assert written[0] == written[1]  # the subgroups' entries too
 
 
 def test_pool_splits_orders_case_probabilities_by_pooled_case_id():
@@ -1023,6 +1251,22 @@ def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
   assert header[:5] == ['run', 'case_id', 'view_index', 'label', 'probability']
   test_ids = {r[1] for r in rows if r[5] == 'test'}
   assert test_ids == _test_case_ids(trained['data_dirs'][0])
+  # The dataset's per-view fields, as columns after split.
+  assert header[6:] == ['view_position', 'num_views']
+  from ankle_jax.data import pipeline
+
+  source = pipeline.load_split(trained['data_dirs'][0], 'test')
+  records = {
+      (pipeline._to_str(r['case_id']), int(r['view_index'])): r
+      for r in (source[i] for i in range(len(source)))
+  }
+  for r in rows:
+    if r[5] == 'test':
+      record = records[(r[1], int(r[2]))]
+      assert r[6] == pipeline._to_str(record['view_position'])
+      assert int(r[7]) == int(record['num_views'])
+  assert {r[6] for r in rows} - {''}
+  assert any(s.subgroup.field == 'view_position' for s in out.subgroups)
   assert out.counts['test'].cases == len(test_ids) > 20
   # Case identifiers are the dataset's 16-hex salted hashes, nothing else.
   assert all(len(c) == 16 and int(c, 16) >= 0 for c in test_ids)

@@ -11,7 +11,9 @@ Evaluation: `iterate_eval_batches` walks a split ordered by (case_id,
 view_index), so all views of a case are adjacent, and pads the last batch (mask
 False) to a fixed batch size. `max_views_per_case` (config.data.max_eval_views)
 keeps the first N views of each case, ordered by view position, then file name
-(`eval_order`): the paper scored exactly three views per case.
+(`eval_order`): the paper scored exactly three views per case. Each batch
+also carries the records' VIEW_FEATURES (view position, number of views,
+FracAtlas flags), which evaluate writes next to the predictions.
 
 Case level (multi-view models, which read all views of a case at once):
 `make_case_train_loader` and `iterate_case_batches` are the training and
@@ -35,6 +37,23 @@ import tensorflow_datasets as tfds
 
 from ankle_jax.data import dicom
 from ankle_jax.data import prepare
+
+# Per-view fields an evaluation carries to its prediction rows (the subgroups
+# of ankle_jax.subgroups), where the dataset has them: the DICOM
+# ViewPosition (FracAtlas: frontal/lateral/oblique, which its flags of those
+# names repeat, so they are left out), the case's number of views, and the
+# FracAtlas dataset.csv flags (1 yes, 0 no, -1 unknown).
+VIEW_FEATURES = (
+    'view_position',
+    'num_views',
+    'hand',
+    'leg',
+    'hip',
+    'shoulder',
+    'mixed',
+    'hardware',
+    'multiscan',
+)
 
 
 def load_split(
@@ -306,6 +325,14 @@ def eval_order(source, max_views_per_case: int = 0) -> list[int]:
   )
 
 
+def view_features(source) -> tuple[str, ...]:
+  """The VIEW_FEATURES the records of `source` have (none when empty)."""
+  if not len(source):
+    return ()
+  first = source[0]
+  return tuple(name for name in VIEW_FEATURES if name in first)
+
+
 def iterate_eval_batches(
     source, *, batch_size: int, image_size: int, max_views_per_case: int = 0
 ) -> Iterator[dict]:
@@ -322,9 +349,12 @@ def iterate_eval_batches(
     {'image': float32 [B, S, S, 1], 'label': int32 [B], 'case_id': object [B] of
     str,
      'view_index': int32 [B], 'mask': bool [B]} (padding rows: mask False, image
-     0, label 0, case_id '', view_index -1).
+     0, label 0, case_id '', view_index -1), and one key per VIEW_FEATURES
+     field the records have (`view_features`): 'view_position' object [B] of
+     str (padding ''), the others int32 [B] (padding -1).
   """
   order = eval_order(source, max_views_per_case)
+  features = view_features(source)
   for start in range(0, len(order), batch_size):
     rows = order[start : start + batch_size]
     batch = {
@@ -334,6 +364,12 @@ def iterate_eval_batches(
         'view_index': np.full((batch_size,), -1, np.int32),
         'mask': np.zeros((batch_size,), bool),
     }
+    for name in features:
+      batch[name] = (
+          np.full((batch_size,), '', dtype=object)
+          if name == 'view_position'
+          else np.full((batch_size,), -1, np.int32)
+      )
     for j, i in enumerate(rows):
       ex = source[i]
       batch['image'][j] = _to_image(ex['image'], image_size)
@@ -341,6 +377,11 @@ def iterate_eval_batches(
       batch['case_id'][j] = _to_str(ex['case_id'])
       batch['view_index'][j] = int(ex['view_index'])
       batch['mask'][j] = True
+      for name in features:
+        value = ex[name]
+        batch[name][j] = (
+            _to_str(value) if name == 'view_position' else int(value)
+        )
     yield batch
 
 

@@ -171,6 +171,53 @@ def test_eval_batches_ordered_grouped_and_padded(data_dir):
   assert len(seen) == 6  # 3 normal + 3 fracture validation cases
 
 
+def test_eval_batches_carry_the_view_features(data_dir):
+  """view_position and num_views of each real view, as the records have
+  them; padding '' and -1; a dicom_cases dataset has no FracAtlas flags."""
+  source = pipeline.load_split(data_dir, 'validation')
+  assert pipeline.view_features(source) == ('view_position', 'num_views')
+  size = len(source) + 1  # one batch, with one padding row
+  batches = list(
+      pipeline.iterate_eval_batches(source, batch_size=size, image_size=16)
+  )
+  records = {
+      (pipeline._to_str(r['case_id']), int(r['view_index'])): r
+      for r in (source[i] for i in range(len(source)))
+  }
+  seen = set()
+  for b in batches:
+    assert b['num_views'].dtype == np.int32
+    for j in range(size):
+      if not b['mask'][j]:
+        assert (b['view_position'][j], b['num_views'][j]) == ('', -1)
+        continue
+      r = records[(b['case_id'][j], int(b['view_index'][j]))]
+      assert b['view_position'][j] == pipeline._to_str(r['view_position'])
+      assert b['num_views'][j] == int(r['num_views'])
+      seen.add(b['view_position'][j])
+  assert seen - {''}  # the synthetic studies have view positions
+  assert not batches[-1]['mask'].all()  # a padding row was checked
+
+
+def test_eval_batches_carry_fracatlas_flags_where_records_have_them():
+  records = [_view_record('a', 0, 'frontal'), _view_record('b', 0, 'lateral')]
+  for r, hardware in zip(records, (1, -1)):
+    r.update(hardware=np.int32(hardware), leg=np.int32(1))
+    r.update(frontal=np.int32(1))  # repeats view_position: not carried
+  assert pipeline.view_features(records) == (
+      'view_position',
+      'num_views',
+      'leg',
+      'hardware',
+  )
+  (batch,) = pipeline.iterate_eval_batches(records, batch_size=3, image_size=8)
+  assert batch['hardware'].tolist() == [1, -1, -1]
+  assert batch['leg'].tolist() == [1, 1, -1]
+  assert batch['view_position'].tolist() == ['frontal', 'lateral', '']
+  assert 'frontal' not in batch
+  assert pipeline.view_features([]) == ()
+
+
 def _view_record(case_id, view_index, view_position, label=0):
   return {
       'image': np.full((8, 8, 1), 1000 * view_index, np.uint16),
