@@ -717,6 +717,7 @@ def test_view_features_reach_predictions_csv_and_read_back(
       *results_lib.PREDICTION_COLUMNS,
       'view_position',
       'hardware',
+      'probability_calibrated',
   ]
   for split, features in featured_evaluation['features'].items():
     mine = [r for r in rows if r[0] == 'run_b' and r[5] == split]
@@ -887,7 +888,7 @@ def check_calibration_from_the_csvs(out_dir):
         for r in rows
     ]
   checked = 0
-  for e in results:
+  for e in main_entries(results):
     block = e['calibration']
     twin = next(
         o
@@ -992,7 +993,7 @@ def test_external_test_set_takes_validation_from_the_runs_own_dataset(
   assert summary['validation_source'] == own
   assert f"runs' own dataset, {own}" in _read_text(out_dir, 'report.md')
   results = json.loads(_read_text(out_dir, 'results.json'))
-  assert all(e['calibration']['temperature'] for e in results)
+  assert all(e['calibration']['temperature'] for e in main_entries(results))
   # On the run's own dataset nothing changes: no validation_source.
   out = evaluate.evaluate_runs(
       [run_dir], split='test', out_dir=out_dir, num_bootstrap=50, html=False
@@ -1126,8 +1127,8 @@ def test_per_view_results_unchanged_by_case_predictions_csv(tmp_path):
     written.append(json.loads(_read_text(out_dir, 'results.json')))
     # Calibration blocks are added after evaluate_splits (checked elsewhere).
     main = main_entries(written[-1])
-    for entry in main:
-      entry.pop('calibration')
+    for entry in main + expected:
+      entry.pop('calibration', None)
     assert main == expected
   assert written[0] == written[1]  # the subgroups' entries too
 
@@ -1252,7 +1253,7 @@ def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
   test_ids = {r[1] for r in rows if r[5] == 'test'}
   assert test_ids == _test_case_ids(trained['data_dirs'][0])
   # The dataset's per-view fields, as columns after split.
-  assert header[6:] == ['view_position', 'num_views']
+  assert header[6:] == ['view_position', 'num_views', 'probability_calibrated']
   from ankle_jax.data import pipeline
 
   source = pipeline.load_split(trained['data_dirs'][0], 'test')

@@ -295,7 +295,8 @@ def test_evaluate_writes_html_with_grad_cams_and_no_html_skips_it(
   assert errors  # the tiny untrained runs make mistakes
   assert len(errors) <= 2 * html_report.MAX_PER_KIND
   assert [c['case_id'] for c in page.cases] == [e.case_id for e in errors]
-  thumbnails = [decode_png(u) for u in page.images[2:]]
+  # roc.png, reliability.png and confusion.png come first.
+  thumbnails = [decode_png(u) for u in page.images[3:]]
   assert len(thumbnails) == sum(len(e.view_index_v) for e in errors)
   side = html_report.THUMBNAIL_PX
   assert all(t.shape[:2] == (side, side) for t in thumbnails)
@@ -351,4 +352,10 @@ def test_model_card_numbers_come_from_results_json(fake_runs_evaluation):
   ):
     assert f'## {heading}\n' in card
   assert 'report.html#gallery' in card and 'not a medical device' in card
-  assert 'Not computed in this evaluation.' in card
+  calibration = card.split('## Calibration\n')[1].split('\n## ')[0]
+  temperatures = {
+      f'{e["calibration"]["temperature"]:.3f}'
+      for e in entries
+      if e.get('calibration') and e['calibration']['temperature']
+  }
+  assert any(t in calibration for t in temperatures)

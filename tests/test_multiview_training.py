@@ -252,6 +252,7 @@ def test_evaluate_runs_scores_a_multiview_run_next_to_a_per_view_one(
       checkpoint='latest',
       num_bootstrap=50,
       batches_fn=batches_fn,
+      html=False,  # The per-view TinyNet has no ClassifierHead for Grad-CAM.
   )
   with open(out / 'case_predictions.csv', newline='') as f:
     rows = list(csv.DictReader(f))
