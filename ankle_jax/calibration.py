@@ -520,6 +520,15 @@ def _cell(value: float | None, ci: Sequence[float | None] | None) -> str:
   return f'{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]'
 
 
+def _applied_to(split: str) -> str:
+  if split == results_lib.VALIDATION:
+    return (
+        'reported on `validation` itself (in sample, so the scaled numbers '
+        'are optimistic: there is no other split to apply it to)'
+    )
+  return f'applied to `{split}`, never refitted there'
+
+
 def report_section(ev: results_lib.Evaluation) -> list[str]:
   """report.md's calibration section: each run and the chosen ensembles on
   the reported split, image and case level (empty before `calibrate`)."""
@@ -550,7 +559,7 @@ def report_section(ev: results_lib.Evaluation) -> list[str]:
       '',
       'Temperature scaling of the soft-voted fracture probability: '
       'p_T = sigmoid(logit(p) / T), T fitted on `validation` (minimum '
-      f'log-loss) and applied to `{ev.split}`, never refitted there; hard- '
+      f'log-loss) and {_applied_to(ev.split)}; hard- '
       'and soft-voting entries share it. ECE: '
       f'{NUM_BINS} equal-width bins; Brier: mean squared error of p. '
       f'95% intervals: case-level bootstrap ({ev.num_bootstrap} resamples). '
