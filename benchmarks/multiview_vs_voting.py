@@ -85,6 +85,31 @@ def fmt(entry, metric):
   return f'{entry["metrics"][metric]:.3f} [{lo:.2f}, {hi:.2f}]'
 
 
+def markdown_table(table, kinds, differences, baseline) -> str:
+  """The README's table: per seed, case-level ROC AUC and accuracy with
+  their intervals, and AUC minus the per-view soft vote's."""
+  num_seeds = len(next(iter(table.values())))
+  header = ['model (test, case level)'] + [
+      f'seed {s}: ROC AUC / accuracy' for s in range(num_seeds)
+  ]
+  header += ['mean AUC / accuracy', 'AUC - soft vote, per seed']
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for (kind, vote), entries in table.items():
+    name = f'multi-view, {kind}' if kind in kinds else f'{kind}, {vote} vote'
+    cells = [f'{fmt(e, "roc_auc")} / {fmt(e, "accuracy")}' for e in entries]
+    aucs = [e['metrics']['roc_auc'] for e in entries]
+    accs = [e['metrics']['accuracy'] for e in entries]
+    diff = ''
+    if kind in kinds:
+      diff = '; '.join(
+          f'{d["difference"]:+.3f} [{d["lo"]:+.2f}, {d["hi"]:+.2f}]'
+          for d in differences[kind]
+      )
+    cells += [f'{np.mean(aucs):.3f} / {np.mean(accs):.3f}', diff]
+    lines.append('| ' + ' | '.join([name] + cells) + ' |')
+  return '\n'.join(lines)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--evals', required=True)
@@ -123,6 +148,7 @@ def main() -> None:
         )
     )
     summary['rows'][name] = {'roc_auc': aucs, 'accuracy': accs}
+  print(markdown_table(table, kinds, differences, args.baseline))
   for kind, diffs in differences.items():
     print(
         f'AUC({kind}) - AUC({args.baseline} soft vote): '
