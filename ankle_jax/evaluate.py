@@ -571,6 +571,8 @@ def define_flags() -> None:
       'Write report.html with the error gallery (Grad-CAM of the headline '
       "model's most confident wrong cases); --no_html skips it.",
   )
+  # absl spells a bool's negation --nohtml; --no_html is the documented one.
+  flags.DEFINE_bool('no_html', False, 'Skip report.html (same as --nohtml).')
   flags.DEFINE_enum(
       'selection_metric',
       'accuracy',
@@ -594,6 +596,7 @@ def main(argv: Sequence[str]) -> None:
     names = ' and '.join(f'--{m}' for m in missing)
     verb = 'are' if len(missing) > 1 else 'is'
     raise console.UserError(f'{names} {verb} required.\n{USAGE}')
+  html = f.html and not f.no_html
   evaluation = evaluate_runs(
       f.runs,
       split=f.split,
@@ -607,10 +610,10 @@ def main(argv: Sequence[str]) -> None:
       num_bootstrap=f.num_bootstrap,
       seed=f.seed,
       selection_metric=f.selection_metric,
-      html=f.html,
+      html=html,
   )
   print(report.console_summary(evaluation, f.out))
-  written = [html_report.HTML_FILE] if f.html else []
+  written = [html_report.HTML_FILE] if html else []
   print(f'Wrote {", ".join(written + [model_card.MODEL_CARD_FILE])} too.')
 
 

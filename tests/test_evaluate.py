@@ -1338,6 +1338,7 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
           '--dataset_config=dicom_cases',
           '--num_bootstrap=100',
           '--max_subsets=2',
+          '--no_html',
       ],
       capture_output=True,
       text=True,
@@ -1345,6 +1346,8 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
       timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not os.path.exists(os.path.join(out_dir, 'report.html'))
+  assert 'Wrote MODEL_CARD.md too.' in proc.stdout
   assert 'protocol, all views (case level): chosen on' in proc.stdout
   assert 'Wrote report.md' in proc.stdout and out_dir in proc.stdout
   assert 'is illegal' not in proc.stderr  # valid TensorBoard tags
