@@ -887,7 +887,7 @@ class Schedule:
 class Run:
   """Everything the loop works with; `state`, `loop` and the log clock change.
 
-  steps_views: a multi-view run's ViewSettings (None: per-view).
+  view_settings: a multi-view run's ViewSettings (None: per-view).
 
   last_log_time, last_log_step: the wall time (s) and step of the last train
   record, for steps/s and images/s.
@@ -904,7 +904,7 @@ class Run:
   eval_source: Any
   state: TrainState
   loop: LoopState
-  steps_views: ViewSettings | None = None
+  view_settings: ViewSettings | None = None
   bar: Any = None
   last_log_time: float = 0.0
   last_log_step: int = 0
@@ -976,7 +976,7 @@ def check_finite(run: Run, history: Sequence[tuple[int, Any]]) -> None:
 def images_per_step(run: Run) -> int:
   """Images through the model per step: the batch, or for a multi-view run
   its cases x max_views (padded view slots included)."""
-  views = run.steps_views
+  views = run.view_settings
   return run.config.batch_size * (views.max_views if views else 1)
 
 
@@ -1027,7 +1027,7 @@ def validation_batches(
 def evaluate_and_select(run: Run, step: int) -> dict[str, Any]:
   """Validates; saves a new best checkpoint; notes early stopping."""
   config = run.config
-  batches = validation_batches(config, run.eval_source, run.steps_views)
+  batches = validation_batches(config, run.eval_source, run.view_settings)
   val = evaluate(run.steps.eval, run.state, batches, run.mesh)
   is_best = record_evaluation(
       run.loop, step, val, config.best_metric, config.early_stopping_patience
@@ -1177,7 +1177,7 @@ def start_run(
       eval_source=eval_source,
       state=jax.device_put(state, sharding.replicated(mesh)),
       loop=LoopState(),
-      steps_views=views,
+      view_settings=views,
   )
   restore_latest(run)
   if sharding.is_chief():
@@ -1206,9 +1206,9 @@ def start_message(run: Run, num_train: int, num_eval: int) -> str:
       else f'{schedule.num_train_steps} steps'
   )
   model, batch = config.model.name, f'batch {config.batch_size}'
-  if run.steps_views is not None:
+  if run.view_settings is not None:
     model = f'a multi-view {config.model.multiview.fusion} {model}'
-    batch += f' cases of up to {run.steps_views.max_views} views'
+    batch += f' cases of up to {run.view_settings.max_views} views'
   return (
       f'Training {model} on {prepare.DATASET_NAME}/'
       f'{config.data.dataset_config} ({num_train} train / {num_eval} '
