@@ -463,12 +463,6 @@ def plot_reliability(
   fig.savefig(path, dpi=200)
 
 
-def headline_members(ev: results_lib.Evaluation) -> tuple[str, ...]:
-  """The report's headline model: its protocol's chosen ensemble (case
-  level, hard voting, as roc.png)."""
-  return ev.protocols[(ev.headline_protocol, 'case', 'hard')].members
-
-
 def calibrate(
     out_dir: str,
     ev: results_lib.Evaluation,
@@ -489,7 +483,7 @@ def calibrate(
       add_calibrated_column(
           path, {r: cal.temperatures[((r,), level)] for r in ev.run_names}
       )
-  members = headline_members(ev)
+  members = ev.headline_members()
   preds = by_split[ev.split]
   d = _soft_decisions(ev, preds, members, 'case', preds.cases())
   temperature = cal.temperatures[(members, 'case')]

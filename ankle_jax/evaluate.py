@@ -109,6 +109,7 @@ written.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+import dataclasses
 import functools
 import os
 import sys
@@ -402,6 +403,68 @@ def views_per_case(
   return max_eval_views
 
 
+@dataclasses.dataclass(frozen=True)
+class EvaluationInputs:
+  """Where evaluate_runs reads its views and the gallery its images.
+
+  Attributes:
+    batches_fn: (split) -> batches_for(image_size) or None.
+    case_images: (case_id, image_size) -> a case's evaluated views.
+    location: (data_dir, dataset_config) of the TFDS dataset, None for an
+      injected batches_fn.
+    validation_source: the runs' own data_dir when validation comes from
+      there (an external test set), else None.
+  """
+
+  batches_fn: BatchesFn
+  case_images: html_report.CaseImagesFn
+  location: tuple[epath.Path, str] | None = None
+  validation_source: str | None = None
+
+  @classmethod
+  def of(
+      cls,
+      runs: Sequence[inference.Run],
+      split: str,
+      *,
+      batches_fn: BatchesFn | None,
+      data_dir: str | None,
+      dataset_config: str | None,
+      batch_size: int,
+      max_eval_views: int,
+  ) -> EvaluationInputs:
+    """The TFDS dataset's inputs (each split loaded once, shared by the
+    forward and the gallery), or an injected batches_fn's."""
+    if batches_fn is not None:
+      return cls(batches_fn, batches_case_images(batches_fn, split))
+    location = dataset_location(runs, data_dir, dataset_config)
+    loader, validation_source = split_loader(
+        split, location, own_dataset(runs[0])
+    )
+    load = functools.cache(loader)
+    return cls(
+        _split_batches(load, split, location[0], batch_size, max_eval_views),
+        source_case_images(lambda: load(split), max_eval_views),
+        location,
+        validation_source,
+    )
+
+
+def write_prediction_files(
+    out_dir: str,
+    run_names: Sequence[str],
+    by_split: dict[str, inference.SplitPredictions],
+) -> None:
+  """OUT/predictions.csv and OUT/case_predictions.csv (OUT created)."""
+  os.makedirs(out_dir, exist_ok=True)
+  results.write_predictions_csv(
+      os.path.join(out_dir, 'predictions.csv'), run_names, by_split
+  )
+  results.write_case_predictions_csv(
+      os.path.join(out_dir, results.CASE_PREDICTIONS_FILE), run_names, by_split
+  )
+
+
 def evaluate_runs(
     run_dirs: Sequence[str],
     *,
@@ -448,28 +511,17 @@ def evaluate_runs(
   """
   runs = inference.load_runs(run_dirs, checkpoint)
   max_eval_views = views_per_case(runs, max_eval_views)
-  location, case_images, validation_source = None, None, None
-  if batches_fn is None:
-    location = dataset_location(runs, data_dir, dataset_config)
-    loader, validation_source = split_loader(
-        split, location, own_dataset(runs[0])
-    )
-    load = functools.cache(loader)
-    batches_fn = _split_batches(
-        load, split, location[0], batch_size, max_eval_views
-    )
-    case_images = source_case_images(lambda: load(split), max_eval_views)
-  else:
-    case_images = batches_case_images(batches_fn, split)
-  by_split = predict_splits(runs, split, batches_fn)
-  os.makedirs(out_dir, exist_ok=True)
-  run_names = [r.name for r in runs]
-  results.write_predictions_csv(
-      os.path.join(out_dir, 'predictions.csv'), run_names, by_split
+  inputs = EvaluationInputs.of(
+      runs,
+      split,
+      batches_fn=batches_fn,
+      data_dir=data_dir,
+      dataset_config=dataset_config,
+      batch_size=batch_size,
+      max_eval_views=max_eval_views,
   )
-  results.write_case_predictions_csv(
-      os.path.join(out_dir, results.CASE_PREDICTIONS_FILE), run_names, by_split
-  )
+  by_split = predict_splits(runs, split, inputs.batches_fn)
+  write_prediction_files(out_dir, [r.name for r in runs], by_split)
   evaluation = evaluate_predictions(
       out_dir,
       split=split,
@@ -481,14 +533,14 @@ def evaluate_runs(
           r.name: results.CheckpointInfo(r.which, r.step) for r in runs
       },
       max_eval_views=max_eval_views,
-      validation_source=validation_source,
+      validation_source=inputs.validation_source,
   )
   write_documents(
       out_dir,
       evaluation,
       runs,
-      case_images if html else None,
-      location=location,
+      inputs.case_images if html else None,
+      location=inputs.location,
   )
   return evaluation
 

@@ -112,16 +112,12 @@ class ErrorCase:
   thumbnails_vhw3: np.ndarray | None = None
 
 
-def headline_members(ev: Evaluation) -> tuple[str, ...]:
-  return ev.protocols[(ev.headline_protocol, 'case', 'soft')].members
-
-
 def find_errors(
     ev: Evaluation, preds: SplitPredictions, max_per_kind: int = MAX_PER_KIND
 ) -> list[ErrorCase]:
   """The headline model's most confident false negatives, then false
   positives, on the reported split (module docstring), without images."""
-  members = [ev.run_names.index(m) for m in headline_members(ev)]
+  members = [ev.run_names.index(m) for m in ev.headline_members('soft')]
   cases = preds.cases()
   case_d = decide_split(preds, members, 'case', 'soft', cases)
   view_d = decide_split(preds, members, 'image', 'soft', cases)
@@ -208,7 +204,7 @@ def build_gallery(
   least those members, by name)."""
   errors = find_errors(ev, preds, max_per_kind)
   by_name = {r.name: r for r in runs}
-  members = [by_name[m] for m in headline_members(ev)]
+  members = [by_name[m] for m in ev.headline_members('soft')]
   return add_grad_cams(errors, members, case_images) if errors else []
 
 
@@ -323,7 +319,9 @@ def _reliability_body(out_dir: str, ev: Evaluation, entries) -> str:
   body = _figure_body(
       out_dir, 'reliability.png', 'reliability diagram', 'Not computed.'
   )
-  table = model_card.calibration_table(entries, list(headline_members(ev)))
+  table = model_card.calibration_table(
+      entries, list(ev.headline_members('soft'))
+  )
   if table[1]:
     body += html_table(*table)
   return body
@@ -359,7 +357,7 @@ def _case_html(rank: int, error: ErrorCase) -> str:
 def _gallery_body(ev: Evaluation, gallery: Sequence[ErrorCase] | None) -> str:
   if gallery is None:
     return '<p class="note">Not computed (no images or runs given).</p>'
-  members = members_label(headline_members(ev))
+  members = members_label(ev.headline_members('soft'))
   parts = [
       f'<p>{html.escape(members)} on <code>{html.escape(ev.split)}</code>, '
       f'case level, soft voting, threshold {voting.THRESHOLD}: the most '

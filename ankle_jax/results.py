@@ -666,6 +666,11 @@ class Evaluation:
     """'honest' when there is a validation split to choose on, else 'paper'."""
     return 'honest' if ('honest', 'case', 'hard') in self.protocols else 'paper'
 
+  def headline_members(self, vote: str = 'hard') -> tuple[str, ...]:
+    """The headline protocol's chosen ensemble at case level under `vote`
+    (roc.png and reliability.png: hard; the error gallery: soft)."""
+    return self.protocols[(self.headline_protocol, 'case', vote)].members
+
   def step_of(self, members: Sequence[str]) -> int:
     """TensorBoard step of an ensemble: its members' largest training step."""
     steps = [self.checkpoints[m].step for m in members if m in self.checkpoints]

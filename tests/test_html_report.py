@@ -124,7 +124,7 @@ def _fake_thumbnails(error, size=20):
 
 def test_gallery_lists_the_most_confident_errors_in_order(synthetic):
   ev, preds = synthetic['ev'], synthetic['by_split']['test']
-  members = html_report.headline_members(ev)
+  members = ev.headline_members('soft')
   assert members == ev.protocols[('honest', 'case', 'soft')].members
   errors = html_report.find_errors(ev, preds, max_per_kind=3)
   # Independently: the members' mean probability per view, then per case.
@@ -224,7 +224,7 @@ def test_html_and_card_show_calibration_and_subgroups(synthetic, tmp_path):
     src = pathlib.Path(synthetic['out_dir'], name)
     pathlib.Path(out_dir, name).write_bytes(src.read_bytes())
   ev = synthetic['ev']
-  members = list(html_report.headline_members(ev))
+  members = list(ev.headline_members('soft'))
   entries = _with_calibration_and_subgroups(out_dir, members)
   mpl_image.imsave(os.path.join(out_dir, 'reliability.png'), np.zeros((30, 40)))
   page = parse_page(html_report.write_html(out_dir, ev, None))

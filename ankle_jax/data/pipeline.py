@@ -37,22 +37,17 @@ import tensorflow_datasets as tfds
 
 from ankle_jax.data import dicom
 from ankle_jax.data import prepare
+from ankle_jax.data import radiograph_studies
 
 # Per-view fields an evaluation carries to its prediction rows (the subgroups
 # of ankle_jax.subgroups), where the dataset has them: the DICOM
 # ViewPosition (FracAtlas: frontal/lateral/oblique, which its flags of those
 # names repeat, so they are left out), the case's number of views, and the
 # FracAtlas dataset.csv flags (1 yes, 0 no, -1 unknown).
-VIEW_FEATURES = (
-    'view_position',
-    'num_views',
-    'hand',
-    'leg',
-    'hip',
-    'shoulder',
-    'mixed',
-    'hardware',
-    'multiscan',
+VIEW_FEATURES = ('view_position', 'num_views') + tuple(
+    flag
+    for flag in radiograph_studies.FRACATLAS_FLAGS
+    if flag not in ('frontal', 'lateral', 'oblique')
 )
 
 

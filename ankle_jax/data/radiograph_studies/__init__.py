@@ -10,6 +10,7 @@ BuildOptions = _builder.BuildOptions
 RadiographStudiesConfig = _builder.RadiographStudiesConfig
 case_id_for = _builder.case_id_for
 DEFAULT_SALT = _builder.DEFAULT_SALT
+FRACATLAS_FLAGS = _builder.FRACATLAS_FLAGS
 LABEL_NAMES = _builder.LABEL_NAMES
 LAYOUTS = _builder.LAYOUTS
 SPLITS = _builder.SPLITS
