@@ -19,6 +19,12 @@ then the model summary (parameters, forward FLOPs from XLA's cost analysis,
 output shapes) is printed, a progress bar runs, and a closing summary says
 where the checkpoints and the TensorBoard logs are. --verbosity=1 shows the
 libraries' logging too.
+
+Several processes (one per GPU or host; README "Several machines"): start the
+same command in each with --config.distributed=True, and JAX_COORDINATOR_ADDRESS
+(host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID set, or under
+SLURM / Open MPI / Kubernetes, which JAX detects. Only process 0 prints and
+writes logs; a process that fails ends the others.
 """
 
 import sys
@@ -74,14 +80,49 @@ def closing_summary(summary, workdir: str, seconds: float) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  started = time.time()
-  # Imported here so that --help answers at once (these take ~5 s).
+def model_summary(config) -> str:
+  """The model summary lines: parameters, forward FLOPs, output shapes."""
   from ankle_jax import models  # noqa: PLC0415
+  from ankle_jax import train  # noqa: PLC0415
+
+  summary = models.summarize(train.build_model(config), config.image_size)
+  title = config.model.name
+  if models.is_multiview(config.model):
+    title = f'multi-view {config.model.multiview.fusion} {title}, per view'
+  return models.format_summary(summary, title=title)
+
+
+def train_run(config, workdir: str, started: float) -> int:
+  """Prepares the data, trains and prints the closing summary (the chief
+  prints); returns the exit status."""
   from ankle_jax import sharding  # noqa: PLC0415
   from ankle_jax import train  # noqa: PLC0415
   from ankle_jax import writers  # noqa: PLC0415
   from ankle_jax.data import prepare  # noqa: PLC0415
+
+  try:
+    writers.ensure_writable_dir(workdir)
+    train.prepare_data(config, workdir)
+    if sharding.is_chief():
+      print(model_summary(config), flush=True)
+    summary = train.train_and_evaluate(
+        config, workdir, model=train.build_model(config)
+    )
+  except (writers.WorkdirNotWritableError, prepare.DatasetMissingError) as e:
+    raise console.UserError(str(e)) from e
+  except (train.NonFiniteLossError, OSError) as e:  # OSError: disk full...
+    print(f'error: {e}', file=sys.stderr)
+    return EXIT_TRAINING_ERROR
+  if sharding.is_chief():
+    print(closing_summary(summary, workdir, time.time() - started))
+  return 0
+
+
+def main(argv):
+  started = time.time()
+  # Imported here so that --help answers at once (these take ~5 s).
+  from ankle_jax import sharding  # noqa: PLC0415
+  from ankle_jax import train  # noqa: PLC0415
 
   if len(argv) > 1:
     raise console.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -91,32 +132,22 @@ def main(argv):
         '--config is required, e.g. --config=configs/demo.py (see --help)'
     )
   train.validate_config(config)
-  model = train.build_model(config)
-  if not (FLAGS.summary_only or workdir):
+  if FLAGS.summary_only:
+    print(model_summary(config), flush=True)
+    return 0
+  if not workdir:
     raise console.UserError(
         '--workdir is required: the run directory, e.g. --workdir=runs/demo'
     )
-  try:
-    if not FLAGS.summary_only:
-      writers.ensure_writable_dir(workdir)
-      sharding.initialize(config.distributed)
-      train.prepare_data(config, workdir)
-    summary = models.summarize(model, config.image_size)
-    title = config.model.name
-    if models.is_multiview(config.model):
-      title = f'multi-view {config.model.multiview.fusion} {title}, per view'
-    print(models.format_summary(summary, title=title), flush=True)
-    if FLAGS.summary_only:
-      return 0
-    summary = train.train_and_evaluate(config, workdir, model=model)
-  except (writers.WorkdirNotWritableError, prepare.DatasetMissingError) as e:
-    raise console.UserError(str(e)) from e
-  except (train.NonFiniteLossError, OSError) as e:  # OSError: disk full...
-    print(f'error: {e}', file=sys.stderr)
-    return EXIT_TRAINING_ERROR
-  if sharding.is_chief():
-    print(closing_summary(summary, workdir, time.time() - started))
-  return 0
+  # jax.distributed must start before any other JAX work.
+  sharding.initialize(
+      config.distributed,
+      timeout_s=config.distributed_timeout_s,
+      heartbeat_timeout_s=config.distributed_heartbeat_timeout_s,
+  )
+  return sharding.end_together(
+      lambda: train_run(config, workdir, started), FLAGS.verbosity
+  )
 
 
 if __name__ == '__main__':

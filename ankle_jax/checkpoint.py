@@ -6,23 +6,36 @@ Layout under a run's workdir:
   checkpoints/latest/<step>/  the latest `keep` checkpoints, each with the items
       state      the whole train state as a pytree: step, params, batch_stats,
                  opt_state, rng;
-      data_iter  the grain iterator state (JSON): the exact data order on
-                 resume;
+      data_iter  the grain iterator state of every process (JSON): the exact
+                 data order on resume;
       loop       the loop's own state (JSON, train.LoopState): best validation
-                 so far, early stopping.
+                 so far, early stopping;
+      sha256.json  a SHA-256 of every saved array (DIGEST_FILE).
   checkpoints/best/<step>/    the single best checkpoint by the chosen metric:
       variables  {'params', 'batch_stats'};
-      meta       JSON {'step', 'metrics'}.
+      meta       JSON {'step', 'metrics'};
+      sha256.json.
 
 Saves are synchronous, so a checkpoint on disk is always complete; a state with
 a non-finite loss is never handed to `save_latest` (train.py checks first).
+With several processes, every process calls the saves and restores: orbax
+writes one checkpoint cooperatively (the state is replicated, so it does not
+depend on the number of processes: a checkpoint of 2 processes restores in 1,
+and the reverse), and process 0 writes the JSON items and the digests.
+
+Integrity: orbax keeps no checksums, so a flipped bit in an array's data file
+would restore silently as a wrong weight. After each save, process 0 writes
+the SHA-256 of every array's bytes beside it (`sha256.json`), and a restore
+recomputes them from what it read: a mismatch makes the step unreadable (below).
+A checkpoint without the file (older runs) restores unverified.
 
 Faults:
   * A save interrupted by a crash or SIGKILL leaves an orbax temporary directory
     (`<step>.orbax-checkpoint-tmp-<time>`), which is never read as a step and is
     removed when the run restarts.
-  * An unreadable checkpoint (truncated or garbled files) is skipped with a
-    warning, and the next older step is restored instead; in a training run the
+  * An unreadable checkpoint (truncated or garbled files, or arrays that do
+    not match their digests) is skipped with a warning naming the step, and
+    the next older step is restored instead; in a training run the
     unreadable step directories are moved to `checkpoints/unreadable/` so they
     are not picked up again.
   * A save that fails (disk full, directory not writable) raises
@@ -30,8 +43,9 @@ Faults:
 """
 
 import base64
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 import contextlib
+import hashlib
 import json
 import logging as py_logging
 import os
@@ -46,6 +60,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ankle_jax import sharding
 from ankle_jax import writers
 
 LATEST_DIR = 'checkpoints/latest'
@@ -57,6 +72,8 @@ UNREADABLE_DIR = 'checkpoints/unreadable'
 # docs/paper.md, section 2).
 CHECKPOINT_CHOICES = ('best', 'latest')
 DEFAULT_CHECKPOINT = 'best'
+# In each step directory: {'arrays': {path: {'sha256', 'dtype', 'shape'}}}.
+DIGEST_FILE = 'sha256.json'
 
 
 class CheckpointWriteError(OSError):
@@ -65,6 +82,10 @@ class CheckpointWriteError(OSError):
 
 class CheckpointReadError(ValueError):
   """No checkpoint of a directory could be read back."""
+
+
+class CheckpointIntegrityError(ValueError):
+  """Restored arrays differ from the digests written when they were saved."""
 
 
 # best_metric -> 'max' or 'min'.
@@ -146,6 +167,109 @@ def decode_iterator_state(encoded: Mapping[str, Any]) -> Any:
   raise ValueError(f'unknown data iterator state kind {kind!r} in checkpoint')
 
 
+def encode_iterator_states(states: Sequence[Any]) -> dict[str, Any]:
+  """Every process's grain iterator state (in process order) as JSON."""
+  return {
+      'kind': 'per_process',
+      'states': [encode_iterator_state(state) for state in states],
+  }
+
+
+def decode_iterator_states(encoded: Mapping[str, Any]) -> list[Any]:
+  """Inverse of `encode_iterator_states`; a single state (checkpoints of
+  single-process runs before the per-process format) becomes a list of one."""
+  if encoded.get('kind') == 'per_process':
+    return [decode_iterator_state(state) for state in encoded['states']]
+  return [decode_iterator_state(encoded)]
+
+
+def iterator_state_for(
+    states: Sequence[Any], process_index: int, process_count: int
+) -> Any:
+  """This process's iterator state among a checkpoint's `states`.
+
+  The same number of processes: its own. A different number: the common state
+  when all are equal (the loaders' state counts global batches, so it does not
+  depend on the number of processes).
+
+  Raises:
+    ValueError: the states differ and the process count changed.
+  """
+  if len(states) == process_count:
+    return states[process_index]
+  if all(state == states[0] for state in states):
+    return states[0]
+  raise ValueError(
+      f'the checkpoint holds the data iterator states of {len(states)} '
+      f'processes, which differ, so they cannot resume {process_count} '
+      f'processes; restart with {len(states)} processes'
+  )
+
+
+def _path_name(path: Sequence[Any]) -> str:
+  """'params/conv1/kernel': a pytree path by its keys, the same whether a
+  level is a dict, a list or a NamedTuple (orbax restores the latter two as
+  dicts when no target is given)."""
+  names = []
+  for key in path:
+    for attr in ('key', 'idx', 'name'):
+      if hasattr(key, attr):
+        names.append(str(getattr(key, attr)))
+        break
+    else:
+      names.append(str(key))
+  return '/'.join(names)
+
+
+def array_digests(tree: Any) -> dict[str, dict[str, Any]]:
+  """{path: {'sha256', 'dtype', 'shape'}} of every array of `tree` (jax arrays,
+  replicated or on one process's devices, or numpy), hashed over its C-order
+  host bytes."""
+  digests = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    value = np.ascontiguousarray(jax.device_get(leaf))
+    digests[_path_name(path)] = {
+        'sha256': hashlib.sha256(value.tobytes()).hexdigest(),
+        'dtype': str(value.dtype),
+        'shape': list(value.shape),
+    }
+  return digests
+
+
+def write_digests(step_dir: epath.Path, tree: Any) -> None:
+  """Writes DIGEST_FILE of `tree` into a saved step's directory (atomically:
+  a temporary file, then a rename)."""
+  payload = json.dumps({'arrays': array_digests(tree)}, indent=1)
+  temporary = step_dir / f'{DIGEST_FILE}.tmp'
+  temporary.write_text(payload)
+  temporary.rename(step_dir / DIGEST_FILE)
+
+
+def verify_digests(step_dir: epath.Path, tree: Any) -> None:
+  """Checks restored arrays against the step's DIGEST_FILE (none: no check).
+
+  Raises:
+    CheckpointIntegrityError: an array is missing or differs, naming it.
+  """
+  path = step_dir / DIGEST_FILE
+  if not path.exists():
+    logging.info('%s has no %s; restored unverified.', step_dir, DIGEST_FILE)
+    return
+  expected = json.loads(path.read_text())['arrays']
+  actual = array_digests(tree)
+  bad = sorted(
+      name
+      for name, digest in expected.items()
+      if actual.get(name, {}).get('sha256') != digest['sha256']
+  )
+  if bad:
+    raise CheckpointIntegrityError(
+        f'{len(bad)} of {len(expected)} arrays of {step_dir} differ from the '
+        f'SHA-256 written when they were saved (first: {bad[0]}); the files '
+        'were altered or corrupted on disk'
+    )
+
+
 def _describe(error: BaseException) -> str:
   """A one-line reason: the exception type and the first line of its message."""
   lines = str(error).strip().splitlines()
@@ -218,8 +342,11 @@ class RunCheckpoints:
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
-  def _save(self, manager: ocp.CheckpointManager, step: int, args: Any) -> None:
-    """Saves synchronously, replacing an existing `step`; failures ->
+  def _save(
+      self, manager: ocp.CheckpointManager, step: int, args: Any, arrays: Any
+  ) -> None:
+    """Saves synchronously, replacing an existing `step`, then (process 0)
+    the digests of `arrays`, the pytree saved; failures ->
     CheckpointWriteError.
 
     A step can already exist when a killed run is replayed from an older
@@ -232,6 +359,8 @@ class RunCheckpoints:
         manager.delete(step)
       manager.save(step, args=args, force=True)
       manager.wait_until_finished()
+      if sharding.is_chief():
+        write_digests(epath.Path(manager.directory) / str(step), arrays)
     except Exception as e:  # orbax wraps OSErrors variously.
       raise CheckpointWriteError(
           f'could not write the checkpoint of step {step} to '
@@ -243,25 +372,30 @@ class RunCheckpoints:
       self,
       step: int,
       state_tree: Any,
-      data_iter_state: Any,
+      data_iter_states: Sequence[Any],
       loop_state: Mapping[str, Any],
   ) -> None:
-    """Saves the whole train state, the data iterator and the loop state."""
+    """Saves the whole train state, the data iterators (one state per
+    process, in process order) and the loop state."""
     self._save(
         self.latest,
         step,
         ocp.args.Composite(
             state=ocp.args.PyTreeSave(state_tree),
-            data_iter=ocp.args.JsonSave(encode_iterator_state(data_iter_state)),
+            data_iter=ocp.args.JsonSave(
+                encode_iterator_states(data_iter_states)
+            ),
             loop=ocp.args.JsonSave(dict(loop_state)),
         ),
+        state_tree,
     )
 
   def restore_latest(
       self, target_state_tree: Any
-  ) -> tuple[Any, Any, dict[str, Any]]:
-    """Restores (state_tree, data_iter_state, loop_state) of the latest
-    checkpoint.
+  ) -> tuple[Any, list[Any], dict[str, Any]]:
+    """Restores (state_tree, data_iter_states, loop_state) of the latest
+    checkpoint that reads back and matches its digests; data_iter_states has
+    one state per process of the run that saved it (`iterator_state_for`).
 
     Args:
       target_state_tree: a pytree of jax arrays with the expected structure,
@@ -282,9 +416,10 @@ class RunCheckpoints:
               loop=ocp.args.JsonRestore(),
           ),
       )
+      verify_digests(directory / str(step), restored['state'])
       return (
           restored['state'],
-          decode_iterator_state(restored['data_iter']),
+          decode_iterator_states(restored['data_iter']),
           dict(restored['loop']),
       )
 
@@ -292,8 +427,11 @@ class RunCheckpoints:
     result, _, unreadable = _restore_newest_readable(
         self.latest, directory, restore
     )
-    if unreadable and jax.process_index() == 0:
-      self._move_aside(unreadable)
+    if unreadable:
+      if sharding.is_chief():
+        self._move_aside(unreadable)
+      sharding.sync_processes('checkpoints_moved_aside')
+      self.latest.reload()
     return result
 
   def _move_aside(self, steps: list[int]) -> None:
@@ -307,7 +445,6 @@ class RunCheckpoints:
       logging.warning(
           'Moved the unreadable checkpoint %s to %s.', source, destination
       )
-    self.latest.reload()
 
   def save_best(
       self, step: int, variables: Any, metrics: Mapping[str, float]
@@ -325,6 +462,7 @@ class RunCheckpoints:
             variables=ocp.args.PyTreeSave(variables),
             meta=ocp.args.JsonSave(meta),
         ),
+        variables,
     )
     # max_to_keep=1 keeps the newest save, which is the best by construction
     # (train.py only calls save_best on an improvement).
@@ -401,7 +539,7 @@ def _restore_variables(
   def restore(step):
     metadata = manager.item_metadata(step)[item]
     metadata_tree = getattr(metadata, 'tree', metadata)
-    return manager.restore(
+    restored = manager.restore(
         step,
         args=ocp.args.Composite(
             **{
@@ -411,6 +549,8 @@ def _restore_variables(
             }
         ),
     )[item]
+    verify_digests(directory / str(step), restored)
+    return restored
 
   try:
     restored, step, _ = _restore_newest_readable(manager, directory, restore)

@@ -629,30 +629,66 @@ def compile_steps(
   )
 
 
+def host_rows(batch: Mapping[str, Any]) -> dict[str, list[Any]]:
+  """What validation needs of a batch besides the device outputs, as lists:
+  'mask' (padding rows False), 'label', and 'case_id' / 'view_mask' where the
+  batch has them."""
+  mask = batch.get('mask', np.ones(len(batch['label']), bool))
+  rows = {'mask': np.asarray(mask, bool).tolist()}
+  for key in ('label', 'case_id', 'view_mask'):
+    if key in batch:
+      rows[key] = np.asarray(batch[key]).tolist()
+  return rows
+
+
+def global_host_rows(
+    local: Sequence[Mapping[str, list[Any]]],
+) -> list[dict[str, np.ndarray]]:
+  """Each global batch's `host_rows`, from this process's blocks: the
+  processes' blocks joined in process order (the order of the rows of the
+  global batch, `sharding.shard_batch`). A collective with several
+  processes."""
+  per_process = sharding.allgather_json(list(local))
+  return [
+      {
+          key: np.concatenate(
+              [np.asarray(blocks[k][key]) for blocks in per_process]
+          )
+          for key in block
+      }
+      for k, block in enumerate(local)
+  ]
+
+
 def eval_outputs(
     eval_fn: Any,
     state: TrainState,
     batches: Iterator[Mapping[str, Any]],
     mesh: Mesh,
 ) -> dict[str, np.ndarray]:
-  """Host arrays over the batches' real rows: 'probs' [n, C], 'ce' [n],
-  'label' [n], 'case_id' [n] (when the batches have them) and, for
+  """Host arrays over the real rows of all processes' batches: 'probs' [n, C],
+  'ce' [n], 'label' [n], 'case_id' [n] (when the batches have them) and, for
   multi-view case batches, 'view_probs' [views, C] and 'view_label' [views]
-  over the real views."""
-  parts: dict[str, list[np.ndarray]] = {}
+  over the real views. Every process gets them all, each row once.
+
+  batches: this process's blocks of the global batches (`validation_batches`).
+  """
+  outputs, local = [], []
   for batch in batches:
-    out = jax.device_get(eval_fn(state, sharding.shard_batch(batch, mesh)))
-    mask = np.asarray(
-        batch.get('mask', np.ones(len(batch['label']), bool)), bool
-    )
-    rows = {'probs': out['probs'], 'ce': out['ce'], 'label': batch['label']}
-    if 'case_id' in batch:
-      rows['case_id'] = batch['case_id']
+    out = eval_fn(state, sharding.shard_batch(batch, mesh))
+    outputs.append(jax.device_get(out))  # Replicated: every process has all.
+    local.append(host_rows(batch))
+  parts: dict[str, list[np.ndarray]] = {}
+  for out, host in zip(outputs, global_host_rows(local)):
+    mask = host['mask']
+    rows = {'probs': out['probs'], 'ce': out['ce'], 'label': host['label']}
+    if 'case_id' in host:
+      rows['case_id'] = host['case_id']
     for key, value in rows.items():
       parts.setdefault(key, []).append(np.asarray(value)[mask])
     if 'view_probs' in out:
-      view_mask = np.asarray(batch['view_mask'], bool) & mask[:, None]
-      labels_bv = np.broadcast_to(batch['label'][:, None], view_mask.shape)
+      view_mask = host['view_mask'].astype(bool) & mask[:, None]
+      labels_bv = np.broadcast_to(host['label'][:, None], view_mask.shape)
       parts.setdefault('view_probs', []).append(out['view_probs'][view_mask])
       parts.setdefault('view_label', []).append(labels_bv[view_mask])
   return {key: np.concatenate(value) for key, value in parts.items()}
@@ -937,21 +973,37 @@ def with_tree(state: TrainState, tree: Mapping[str, Any]) -> TrainState:
 
 
 def save_latest(run: Run, step: int) -> None:
+  """Saves the latest checkpoint (a collective: every process's iterator
+  state goes into it)."""
+  iter_states = sharding.allgather_json(
+      checkpoint.encode_iterator_state(run.train_iter.get_state())
+  )
   run.ckpts.save_latest(
       step,
       state_tree(run.state),
-      run.train_iter.get_state(),
+      [checkpoint.decode_iterator_state(state) for state in iter_states],
       run.loop.to_json(),
   )
 
 
 def restore_latest(run: Run) -> None:
-  """Continues from the latest checkpoint, if any: state, data order, loop."""
+  """Continues from the latest checkpoint, if any: state, data order, loop.
+
+  Raises:
+    console.UserError: the checkpoint's data order cannot be carried over to
+      this number of processes (`checkpoint.iterator_state_for`).
+  """
   if run.ckpts.latest_step() is None:
     return
-  tree, iter_state, loop = run.ckpts.restore_latest(state_tree(run.state))
+  tree, iter_states, loop = run.ckpts.restore_latest(state_tree(run.state))
   run.state = with_tree(run.state, tree)
   run.loop = LoopState.from_json(loop)
+  try:
+    iter_state = checkpoint.iterator_state_for(
+        iter_states, jax.process_index(), jax.process_count()
+    )
+  except ValueError as e:
+    raise console.UserError(f'{run.workdir}: {e}') from e
   if iter_state is not None:
     run.train_iter.set_state(iter_state)
   step = int(run.state.step)
@@ -1010,7 +1062,8 @@ def validation_batches(
     views: ViewSettings | None,
 ) -> Iterator[dict[str, Any]]:
   """Batches of views (per-view runs) or of cases (multi-view runs), every
-  case's first data.max_eval_views views (0 = all)."""
+  case's first data.max_eval_views views (0 = all); this process's block of
+  each global batch."""
   iterate = (
       pipeline.iterate_case_batches
       if views is not None
@@ -1021,6 +1074,8 @@ def validation_batches(
       batch_size=config.eval_batch_size,
       image_size=config.image_size,
       max_views_per_case=config.data.max_eval_views,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
   )
 
 
@@ -1051,20 +1106,32 @@ def evaluate_and_select(run: Run, step: int) -> dict[str, Any]:
   return {**val, 'best_step': run.loop.best_step}
 
 
+def write_preview(
+    run: Run,
+    step: int,
+    batch: Mapping[str, np.ndarray],
+    placed: Mapping[str, jax.Array],
+) -> None:
+  """The chief writes the step's augmented images to TensorBoard (every
+  process computes them: the preview is a collective over the mesh)."""
+  images = jax.device_get(run.steps.preview(run.state, placed['image']))
+  (host,) = global_host_rows([host_rows(batch)])
+  if not sharding.is_chief():
+    return
+  labels = host['label']
+  if 'view_mask' in host:  # The real views of the cases, one per tile.
+    real = host['view_mask'].astype(bool)
+    images = images[real]
+    labels = np.broadcast_to(labels[:, None], real.shape)[real]
+  run.writer.write_images(step, 'train/augmented_images', images, labels=labels)
+
+
 def take_step(run: Run, step: int) -> Any:
   """One training step (and its image summary when due); device metrics."""
   batch = next(run.train_iter)
   placed = sharding.shard_batch(batch, run.mesh)
-  if run.schedule.images_due(step) and sharding.is_chief():
-    images = jax.device_get(run.steps.preview(run.state, placed['image']))
-    labels = np.asarray(batch['label'])
-    if 'view_mask' in batch:  # The real views of the cases, one per tile.
-      real = np.asarray(batch['view_mask'], bool)
-      images = images[real]
-      labels = np.broadcast_to(labels[:, None], real.shape)[real]
-    run.writer.write_images(
-        step, 'train/augmented_images', images, labels=labels
-    )
+  if run.schedule.images_due(step):
+    write_preview(run, step, batch, placed)
   run.state, metrics = run.steps.train(run.state, placed)
   if run.bar is not None:
     run.bar.update(1)
@@ -1120,7 +1187,8 @@ def make_train_iterator(
     views: ViewSettings | None,
 ) -> Any:
   """The resumable training iterator: batches of views, or of cases padded
-  to views.max_views for a multi-view run."""
+  to views.max_views for a multi-view run; this process's block of each
+  global batch."""
   options = {
       'global_batch_size': config.batch_size,
       'image_size': config.image_size,
@@ -1128,6 +1196,8 @@ def make_train_iterator(
       'shuffle': True,
       'worker_count': config.data.worker_count,
       'sample_weights_by_label': config.data.get('sample_weights_by_label'),
+      'process_index': jax.process_index(),
+      'process_count': jax.process_count(),
   }
   if views is not None:
     return pipeline.make_case_train_loader(

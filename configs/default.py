@@ -182,6 +182,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.progress_bar = True
 
   # Devices and reproducibility.
-  config.distributed = False  # True: jax.distributed.initialize() (multi-host).
+  # Several processes (README "Several machines"): True starts
+  # jax.distributed, from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  # JAX_PROCESS_ID when set, else from the cluster (SLURM, Open MPI,
+  # Kubernetes). batch_size and eval_batch_size stay global: each process
+  # reads batch_size / processes of every batch.
+  config.distributed = False
+  # Seconds to wait for every process at the start (then exit naming the
+  # coordinator), and without heartbeats before a process counts as dead
+  # (then the others end).
+  config.distributed_timeout_s = 300
+  config.distributed_heartbeat_timeout_s = 100
   config.seed = 0
   return config

@@ -37,12 +37,12 @@ def test_latest_keeps_n_and_restores_everything(tmp_path):
   ckpts = checkpoint.RunCheckpoints(tmp_path, keep=2, best_metric='val_loss')
   for step in (1, 2, 3):
     ckpts.save_latest(
-        step, _state_tree(step), {'next_index': step}, {'best_step': step}
+        step, _state_tree(step), [{'next_index': step}], {'best_step': step}
     )
   assert ckpts.latest.all_steps() == [2, 3]
-  tree, iter_state, loop = ckpts.restore_latest(_state_tree(0))
+  tree, iter_states, loop = ckpts.restore_latest(_state_tree(0))
   jax.tree.map(np.testing.assert_array_equal, tree, _state_tree(3))
-  assert iter_state == {'next_index': 3}
+  assert iter_states == [{'next_index': 3}]
   assert loop == {'best_step': 3}
   ckpts.close()
   variables, step = checkpoint.restore_variables(tmp_path, 'latest')

@@ -228,7 +228,7 @@ def _set_config(workdir, **fields):
 def _add_latest_checkpoint(workdir, step):
   variables = checkpoint.restore_variables(workdir, 'best')[0]
   ckpt = checkpoint.RunCheckpoints(workdir)
-  ckpt.save_latest(step, {'step': np.int32(step), **variables}, None, {})
+  ckpt.save_latest(step, {'step': np.int32(step), **variables}, [None], {})
   ckpt.close()
 
 

@@ -65,6 +65,8 @@ CONTRACT_FIELDS = (
     'early_stopping_patience',
     'seed',
     'distributed',
+    'distributed_timeout_s',
+    'distributed_heartbeat_timeout_s',
 )
 
 # name -> (model, aux, dropout, batch size, learning rate)

@@ -165,7 +165,7 @@ def test_partial_checkpoint_directory_is_never_read(tmp_path):
   ckpts = checkpoint.RunCheckpoints(tmp_path, keep=3)
   for step in (1, 2):
     ckpts.save_latest(
-        step, test_checkpoint._state_tree(step), None, {'step': step}
+        step, test_checkpoint._state_tree(step), [None], {'step': step}
     )
   ckpts.close()
   latest = tmp_path / checkpoint.LATEST_DIR
@@ -183,7 +183,7 @@ def test_partial_checkpoint_directory_is_never_read(tmp_path):
   assert reopened.latest_step() == 2
   tree, _, loop = reopened.restore_latest(test_checkpoint._state_tree(0))
   assert int(tree['step']) == 2 and loop == {'step': 2}
-  reopened.save_latest(3, test_checkpoint._state_tree(3), None, {'step': 3})
+  reopened.save_latest(3, test_checkpoint._state_tree(3), [None], {'step': 3})
   reopened.close()
   assert (
       not partial.exists()
@@ -198,7 +198,10 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_with_a_warning(
   ckpts = checkpoint.RunCheckpoints(tmp_path, keep=3)
   for step in (1, 2, 3):
     ckpts.save_latest(
-        step, test_checkpoint._state_tree(step), {'next': step}, {'step': step}
+        step,
+        test_checkpoint._state_tree(step),
+        [{'next': step}],
+        {'step': step},
     )
   _corrupt_step(tmp_path / checkpoint.LATEST_DIR / '3', how)
 
@@ -215,7 +218,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_with_a_warning(
   jax.tree.map(
       np.testing.assert_array_equal, tree, test_checkpoint._state_tree(2)
   )
-  assert (iter_state, loop) == ({'next': 2}, {'step': 2})
+  assert (iter_state, loop) == ([{'next': 2}], {'step': 2})
   warnings = [
       r.getMessage() for r in caplog.records if r.levelname == 'WARNING'
   ]
@@ -228,14 +231,14 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_with_a_warning(
   # retried.
   assert _steps(tmp_path / checkpoint.LATEST_DIR) == [1, 2]
   assert list((tmp_path / checkpoint.UNREADABLE_DIR).glob('3-*'))
-  ckpts.save_latest(3, test_checkpoint._state_tree(30), None, {'step': 3})
+  ckpts.save_latest(3, test_checkpoint._state_tree(30), [None], {'step': 3})
   ckpts.close()
   assert checkpoint.restore_variables(tmp_path, 'latest')[1] == 3
 
 
 def test_all_checkpoints_unreadable_is_a_clear_error(tmp_path):
   ckpts = checkpoint.RunCheckpoints(tmp_path, keep=2)
-  ckpts.save_latest(1, test_checkpoint._state_tree(1), None, {})
+  ckpts.save_latest(1, test_checkpoint._state_tree(1), [None], {})
   ckpts.save_best(
       1, {'params': {'w': np.ones(3)}, 'batch_stats': {}}, {'val_accuracy': 1.0}
   )

@@ -189,6 +189,8 @@ def make_train_loader(
     sample_weights_by_label: (
         Sequence[float] | Mapping[int, float] | None
     ) = None,
+    process_index: int = 0,
+    process_count: int = 1,
 ):
   """A resumable grain iterator of training batches.
 
@@ -206,10 +208,14 @@ def make_train_loader(
       or {label: w}); records are then drawn with replacement with probability
       proportional to their label's weight (e.g. [1, 7.7] for balanced sampling
       on FracAtlas); `shuffle` is implied.
+    process_index, process_count: this process and the number of processes
+      of a multi-process run: the iterator yields only this process's block
+      of every global batch (`_batched_iterator`).
 
   Returns:
-    A grain DatasetIterator yielding {'image': float32 [B, S, S, 1], 'label':
-    int32 [B]}, with `get_state()` / `set_state(state)` for an exact resume.
+    A grain DatasetIterator yielding {'image': float32 [B / P, S, S, 1],
+    'label': int32 [B / P]} (P = process_count), with `get_state()` /
+    `set_state(state)` for an exact resume.
   """
   if len(source) == 0:
     raise ValueError('make_train_loader: the source is empty')
@@ -220,7 +226,9 @@ def make_train_loader(
   ds = _epoch_indices(len(source), seed, shuffle, num_epochs, probs)
   ds = ds.map(_Record(source))
   ds = ds.map(_ToTrainExample(image_size))
-  return _batched_iterator(ds, global_batch_size, worker_count)
+  return _batched_iterator(
+      ds, global_batch_size, worker_count, process_index, process_count
+  )
 
 
 class _Record(grain.transforms.Map):
@@ -270,10 +278,32 @@ def _label_probs(
   return probs / probs.sum()
 
 
-def _batched_iterator(ds: grain.MapDataset, batch_size: int, worker_count: int):
+def _batched_iterator(
+    ds: grain.MapDataset,
+    global_batch_size: int,
+    worker_count: int,
+    process_index: int = 0,
+    process_count: int = 1,
+):
   """Batches (dropping the remainder), reads with threads (or `worker_count`
-  grain processes) and returns the resumable grain iterator."""
-  ds = ds.batch(batch_size, drop_remainder=True)
+  grain processes) and returns the resumable grain iterator.
+
+  With several processes, the stream of examples is cut into blocks of
+  global_batch_size / process_count and process p takes blocks p, p + P,
+  p + 2P, ...: global batch k is the processes' k-th blocks in process order,
+  so the examples and their order are those of one process, and only the
+  process's own records are read (the dataset is lazy). The iterator's state
+  counts global batches, so it is the same on every process.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(
+        f'global_batch_size={global_batch_size} does not split over '
+        f'{process_count} processes'
+    )
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  if process_count > 1:
+    ds = ds[: len(ds) // process_count * process_count]
+    ds = ds[process_index::process_count]
   iter_ds = ds.to_iter_dataset(
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
   )
@@ -328,17 +358,55 @@ def view_features(source) -> tuple[str, ...]:
   return tuple(name for name in VIEW_FEATURES if name in first)
 
 
+def process_blocks(
+    items: Sequence[Any],
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[Sequence[Any]]:
+  """This process's block of every global batch of `items`: global batch k is
+  items[k * G : (k + 1) * G] (G = global_batch_size; the last one may be
+  short), and process p's block of it is its p-th slice of G / process_count.
+  Every process gets the same number of blocks; blocks at a ragged end may be
+  short or empty (to be padded).
+
+  Raises:
+    ValueError: global_batch_size does not split over process_count.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(
+        f'global_batch_size={global_batch_size} does not split over '
+        f'{process_count} processes'
+    )
+  local = global_batch_size // process_count
+  first = process_index * local
+  return [
+      items[start + first : start + first + local]
+      for start in range(0, len(items), global_batch_size)
+  ]
+
+
 def iterate_eval_batches(
-    source, *, batch_size: int, image_size: int, max_views_per_case: int = 0
+    source,
+    *,
+    batch_size: int,
+    image_size: int,
+    max_views_per_case: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Iterator[dict]:
   """Yields every view once (or the first `max_views_per_case` of each case),
   ordered by (case_id, view_index), in fixed-size padded batches.
 
   Args:
     source: a data source from `load_split`.
-    batch_size: rows per batch; the last batch is padded to it.
+    batch_size: rows per (global) batch; the last batch is padded to it.
     image_size: output side.
     max_views_per_case: 0 = every view; else `eval_order`'s cap.
+    process_index, process_count: a multi-process run's process and number of
+      processes: the batches are this process's blocks of the global ones
+      (`process_blocks`), B = batch_size / process_count rows each; every
+      process yields the same number of batches.
 
   Yields:
     {'image': float32 [B, S, S, 1], 'label': int32 [B], 'case_id': object [B] of
@@ -350,8 +418,9 @@ def iterate_eval_batches(
   """
   order = eval_order(source, max_views_per_case)
   features = view_features(source)
-  for start in range(0, len(order), batch_size):
-    rows = order[start : start + batch_size]
+  blocks = process_blocks(order, batch_size, process_index, process_count)
+  batch_size //= process_count
+  for rows in blocks:
     batch = {
         'image': np.zeros((batch_size, image_size, image_size, 1), np.float32),
         'label': np.zeros((batch_size,), np.int32),
@@ -490,6 +559,8 @@ def make_case_train_loader(
     sample_weights_by_label: (
         Sequence[float] | Mapping[int, float] | None
     ) = None,
+    process_index: int = 0,
+    process_count: int = 1,
 ):
   """A resumable grain iterator of training batches of whole cases.
 
@@ -513,6 +584,8 @@ def make_case_train_loader(
     sample_weights_by_label: optional weight per label ([w_normal, w_fracture]
       or {label: w}); cases are then drawn with replacement with probability
       proportional to their label's weight; `shuffle` is implied.
+    process_index, process_count: as for `make_train_loader`; B below is then
+      this process's block, global_batch_size / process_count.
 
   Returns:
     A grain DatasetIterator yielding {'image': float32 [B, V, S, S, 1] in
@@ -537,7 +610,9 @@ def make_case_train_loader(
   ds = ds.random_map(
       _ToCaseTrainExample(source, groups, image_size, max_views), seed=seed
   )
-  return _batched_iterator(ds, global_batch_size, worker_count)
+  return _batched_iterator(
+      ds, global_batch_size, worker_count, process_index, process_count
+  )
 
 
 def iterate_case_batches(
@@ -547,6 +622,8 @@ def iterate_case_batches(
     image_size: int,
     max_views_per_case: int = 0,
     num_view_slots: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Iterator[dict]:
   """Yields every case once, in case_id order, in fixed-size padded batches.
 
@@ -560,6 +637,8 @@ def iterate_case_batches(
     image_size: output side S.
     max_views_per_case: 0 = every view; else `eval_order`'s cap.
     num_view_slots: V; None = `max_case_views(source, max_views_per_case)`.
+    process_index, process_count: as for `iterate_eval_batches`; B below is
+      then batch_size / process_count.
 
   Yields:
     {'image': float32 [B, V, S, S, 1] (padding 0), 'view_mask': bool [B, V],
@@ -581,19 +660,22 @@ def iterate_case_batches(
           f'(max_views_per_case={max_views_per_case}) but num_view_slots='
           f'{slots}; raise num_view_slots or set max_views_per_case'
       )
-  return _case_batches(source, groups, batch_size, image_size, slots)
+  blocks = process_blocks(groups, batch_size, process_index, process_count)
+  return _case_batches(
+      source, blocks, batch_size // process_count, image_size, slots
+  )
 
 
 def _case_batches(
     source,
-    groups: Sequence[tuple[str, Sequence[int]]],
+    blocks: Sequence[Sequence[tuple[str, Sequence[int]]]],
     batch_size: int,
     image_size: int,
     slots: int,
 ) -> Iterator[dict]:
-  """`iterate_case_batches`'s generator, after its checks."""
-  for start in range(0, len(groups), batch_size):
-    rows = groups[start : start + batch_size]
+  """`iterate_case_batches`'s generator, after its checks: one padded batch
+  of `batch_size` per block of (case_id, record indices)."""
+  for rows in blocks:
     batch = {
         'image': np.zeros(
             (batch_size, slots, image_size, image_size, 1), np.float32
