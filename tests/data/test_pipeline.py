@@ -463,3 +463,64 @@ def test_case_batches_cover_the_eval_views_and_pad(data_dir):
   assert (
       wide['view_mask'].shape == (4, 5) and not wide['view_mask'][:, 3:].any()
   )
+
+
+def test_per_process_loaders_join_into_the_single_process_batches(data_dir):
+  source = pipeline.load_split(data_dir, 'train')
+  options = {'global_batch_size': 4, 'image_size': 32, 'seed': 3}
+  single = pipeline.make_train_loader(source, **options)
+  shares = [
+      pipeline.make_train_loader(
+          source, process_index=p, process_count=2, **options
+      )
+      for p in (0, 1)
+  ]
+  for _ in range(12):  # Crosses epoch boundaries of the small split.
+    want = next(single)
+    got = [next(share) for share in shares]
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(
+          np.concatenate([g[key] for g in got]), want[key]
+      )
+  states = [share.get_state() for share in shares]
+  assert states[0] == states[1] == single.get_state()
+
+
+def test_case_loaders_split_the_same_way(data_dir):
+  source = pipeline.load_split(data_dir, 'train')
+  options = {'global_batch_size': 4, 'max_views': 3, 'image_size': 16}
+  options.update(seed=1, sample_weights_by_label=[1.0, 2.0])
+  single = pipeline.make_case_train_loader(source, **options)
+  shares = [
+      pipeline.make_case_train_loader(
+          source, process_index=p, process_count=2, **options
+      )
+      for p in (0, 1)
+  ]
+  for _ in range(5):
+    want = next(single)
+    got = [next(share) for share in shares]
+    for key in ('image', 'view_mask', 'label'):
+      np.testing.assert_array_equal(
+          np.concatenate([g[key] for g in got]), want[key]
+      )
+
+
+def test_eval_batches_split_over_processes(data_dir):
+  source = pipeline.load_split(data_dir, 'validation')
+  common = {'batch_size': 4, 'image_size': 16}
+  single = list(pipeline.iterate_eval_batches(source, **common))
+  shares = [
+      list(
+          pipeline.iterate_eval_batches(
+              source, process_index=p, process_count=2, **common
+          )
+      )
+      for p in (0, 1)
+  ]
+  assert len(shares[0]) == len(shares[1]) == len(single)
+  for want, *got in zip(single, *shares):
+    for key in ('label', 'mask', 'case_id', 'image'):
+      np.testing.assert_array_equal(
+          np.concatenate([g[key] for g in got]), want[key]
+      )
