@@ -270,6 +270,20 @@ def verify_digests(step_dir: epath.Path, tree: Any) -> None:
     )
 
 
+def _write_failure_hint(error: BaseException) -> str:
+  """What to check after a failed save: the disk, unless the failure was not
+  an OSError in a run of several processes (a collective with a process that
+  died)."""
+  cause = error
+  while cause is not None:
+    if isinstance(cause, OSError):
+      return 'Is the disk full or the directory not writable?'
+    cause = cause.__cause__ or cause.__context__
+  if jax.process_count() > 1:
+    return 'Did another process of the run stop?'
+  return 'Is the disk full or the directory not writable?'
+
+
 def _describe(error: BaseException) -> str:
   """A one-line reason: the exception type and the first line of its message."""
   lines = str(error).strip().splitlines()
@@ -364,8 +378,7 @@ class RunCheckpoints:
     except Exception as e:  # orbax wraps OSErrors variously.
       raise CheckpointWriteError(
           f'could not write the checkpoint of step {step} to '
-          f'{manager.directory}: '
-          f'{_describe(e)}. Is the disk full or the directory not writable?'
+          f'{manager.directory}: {_describe(e)}. {_write_failure_hint(e)}'
       ) from e
 
   def save_latest(

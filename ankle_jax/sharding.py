@@ -180,10 +180,13 @@ def end_together(run: Callable[[], int], verbosity: int = 0) -> int:
     )
   if not status:
     return 0
+  where = f'process {jax.process_index()} of {jax.process_count()}'
   if message:
+    print(f'error: {where}: {message}', file=sys.stderr)
+  else:  # run() printed its error; say which process, and what next.
     print(
-        f'error: process {jax.process_index()} of {jax.process_count()}: '
-        f'{message}',
+        f'error: {where} stopped (exit status {status}). If another process '
+        'died, restart all of them with the same command.',
         file=sys.stderr,
     )
   sys.stdout.flush()

@@ -85,25 +85,30 @@ def _log(log_prefix, index, stream='stderr') -> str:
   return pathlib.Path(f'{log_prefix}.{index}.{stream}').read_text()
 
 
+def _start_two_devices(command, dataset, log_prefix):
+  """`command` as one process with two forced host devices; its output goes
+  to <log_prefix>.0.{stdout,stderr}."""
+  env = dict(run_helpers.subprocess_env(dataset), XLA_FLAGS=FORCED_TWO_DEVICES)
+  out = open(f'{log_prefix}.0.stdout', 'w')  # noqa: SIM115
+  err = open(f'{log_prefix}.0.stderr', 'w')  # noqa: SIM115
+  return subprocess.Popen(
+      command, cwd=run_helpers.REPO_ROOT, env=env, stdout=out, stderr=err
+  )
+
+
+def _run_both(command_for, dataset, log_dir):
+  """Runs command_for(kind) as two processes ('processes') and, at the same
+  time, as one process with two devices ('devices'); asserts both succeed."""
+  group = _start_group(command_for('processes'), dataset, log_dir / 'group')
+  single = _start_two_devices(command_for('devices'), dataset, log_dir / 'one')
+  statuses = _wait([*group, single])
+  logs = [_log(log_dir / 'group', i)[-3000:] for i in (0, 1)]
+  assert statuses == [0, 0, 0], [*logs, _log(log_dir / 'one', 0)[-3000:]]
+
+
 def _run_group(command, dataset, log_prefix):
   statuses = _wait(_start_group(command, dataset, log_prefix))
   assert statuses == [0, 0], [_log(log_prefix, i)[-3000:] for i in (0, 1)]
-
-
-def _run_two_devices(command, dataset, log_prefix):
-  env = dict(run_helpers.subprocess_env(dataset), XLA_FLAGS=FORCED_TWO_DEVICES)
-  result = subprocess.run(
-      command,
-      cwd=run_helpers.REPO_ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=TIMEOUT_S,
-      check=False,
-  )
-  pathlib.Path(f'{log_prefix}.stdout').write_text(result.stdout)
-  assert result.returncode == 0, run_helpers.fail_message(result)
-  return result
 
 
 def _records(workdir) -> list[dict]:
@@ -124,18 +129,12 @@ def dataset(tmp_path_factory):
 def runs(tmp_path_factory, dataset):
   """(two processes x 1 device, one process x 2 devices): the same run."""
   root = tmp_path_factory.mktemp('distributed')
-  two_processes, two_devices = root / 'processes', root / 'devices'
-  _run_group(
-      run_helpers.launch_command(two_processes, dataset, OVERRIDES),
+  _run_both(
+      lambda kind: run_helpers.launch_command(root / kind, dataset, OVERRIDES),
       dataset,
-      root / 'group',
+      root,
   )
-  _run_two_devices(
-      run_helpers.launch_command(two_devices, dataset, OVERRIDES),
-      dataset,
-      root / 'devices',
-  )
-  return two_processes, two_devices
+  return root / 'processes', root / 'devices'
 
 
 def _assert_close_params(a_dir, b_dir, which='latest'):
@@ -214,23 +213,19 @@ def test_a_checkpoint_resumes_with_the_other_process_count(
   """The 2-process run continued by 1 process, and the 1-process run by 2,
   to step 8: the same parameters (states and data order carried over)."""
   two_processes, two_devices = runs
-  by_one, by_two = tmp_path / 'by_one', tmp_path / 'by_two'
-  shutil.copytree(two_processes, by_one)
-  shutil.copytree(two_devices, by_two)
+  # The 'devices' run continues the 2-process run, and the reverse.
+  shutil.copytree(two_processes, tmp_path / 'devices')
+  shutil.copytree(two_devices, tmp_path / 'processes')
   longer = (*OVERRIDES, '--config.num_train_steps=8')
-  result = _run_two_devices(
-      run_helpers.launch_command(by_one, dataset, longer),
+  _run_both(
+      lambda kind: run_helpers.launch_command(tmp_path / kind, dataset, longer),
       dataset,
-      tmp_path / 'one',
+      tmp_path,
   )
-  assert 'Resumed from' in result.stdout and 'at step 6' in result.stdout
-  _run_group(
-      run_helpers.launch_command(by_two, dataset, longer),
-      dataset,
-      tmp_path / 'two',
-  )
-  assert 'at step 6' in _log(tmp_path / 'two', 0, 'stdout')
-  _assert_close_params(by_one, by_two)
+  for log in ('one', 'group'):
+    assert 'Resumed from' in _log(tmp_path / log, 0, 'stdout')
+    assert 'at step 6' in _log(tmp_path / log, 0, 'stdout')
+  _assert_close_params(tmp_path / 'devices', tmp_path / 'processes')
 
 
 def test_a_killed_process_ends_the_other(dataset, tmp_path):
@@ -257,7 +252,8 @@ def test_a_killed_process_ends_the_other(dataset, tmp_path):
   assert status != 0 and time.monotonic() - killed_at < 90
   assert processes[1].wait() == -signal.SIGKILL
   stderr = _log(tmp_path / 'group', 0)
-  assert 'error: process 0 of 2' in stderr or 'heartbeat' in stderr, stderr
+  assert 'error: process 0 of 2' in stderr, stderr
+  assert 'disk full' not in stderr, stderr
   saved = checkpoint.RunCheckpoints(workdir).latest_step()
   assert saved and saved % 2 == 0
 
@@ -372,12 +368,26 @@ def _orbax_restore(workdir, step):
   return restored['state']
 
 
-def _flip_a_byte_in_the_largest_array_file(step_dir: pathlib.Path) -> None:
-  files = [p for p in (step_dir / 'state').rglob('*') if p.is_file()]
+def _flip_a_byte_silently(workdir, step: int, saved_big: np.ndarray) -> None:
+  """Flips one byte of the largest data file of the step's state where
+  orbax alone then reads the file back without an error but with wrong
+  values of params/big (the data is compressed: a flip can also break the
+  decoding, which orbax reports; those positions are skipped)."""
+  state_dir = workdir / checkpoint.LATEST_DIR / str(step) / 'state'
+  files = [p for p in state_dir.rglob('*') if p.is_file()]
   largest = max(files, key=lambda p: p.stat().st_size)
-  data = bytearray(largest.read_bytes())
-  data[len(data) // 2] ^= 0x10
-  largest.write_bytes(bytes(data))
+  pristine = largest.read_bytes()
+  for offset in range(len(pristine) // 2, len(pristine), 97):
+    data = bytearray(pristine)
+    data[offset] ^= 0x10
+    largest.write_bytes(bytes(data))
+    try:
+      restored = _orbax_restore(workdir, step)
+    except Exception:  # noqa: BLE001 (decoding failed: not silent).
+      continue
+    if np.any(restored['params']['big'] != saved_big):
+      return
+  raise AssertionError(f'no silent flip found in {largest}')
 
 
 def test_a_flipped_byte_in_array_data_falls_back_to_the_previous_step(
@@ -390,13 +400,11 @@ def test_a_flipped_byte_in_array_data_falls_back_to_the_previous_step(
     trees[step] = test_checkpoint._state_tree(step)
     trees[step]['params']['big'] = rng.normal(size=(200, 100)).astype('f4')
     ckpts.save_latest(step, trees[step], [{'next_index': step}], {})
-  step_dir = tmp_path / checkpoint.LATEST_DIR / '2'
-  _flip_a_byte_in_the_largest_array_file(step_dir)
-  # Orbax alone reads the altered file back without an error, one weight off.
-  raw = _orbax_restore(tmp_path, 2)
-  assert np.sum(raw['params']['big'] != trees[2]['params']['big']) == 1
+  _flip_a_byte_silently(tmp_path, 2, trees[2]['params']['big'])
   with pytest.raises(checkpoint.CheckpointIntegrityError, match='SHA-256'):
-    checkpoint.verify_digests(step_dir, raw)
+    checkpoint.verify_digests(
+        tmp_path / checkpoint.LATEST_DIR / '2', _orbax_restore(tmp_path, 2)
+    )
   variables, step = checkpoint.restore_variables(tmp_path, 'latest')
   assert step == 1
   np.testing.assert_array_equal(
