@@ -144,6 +144,7 @@ def initialize(
   }
   if group is None:
     jax.distributed.initialize(**options)
+    sync_processes('jax_distributed_started')
     return
   if group.process_id > 0:
     wait_for_coordinator(group.coordinator_address, timeout_s)
@@ -153,6 +154,9 @@ def initialize(
       process_id=group.process_id,
       **options,
   )
+  # The first collective sets up the CPU (gloo) communicator, which gives up
+  # when the processes arrive more than 30 s apart; now they arrive together.
+  sync_processes('jax_distributed_started')
 
 
 def end_together(run: Callable[[], int], verbosity: int = 0) -> int:

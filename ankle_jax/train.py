@@ -24,6 +24,10 @@ batches (pipeline.iterate_case_batches); checkpoints, resume, logging and the
 NaN stop are shared with per-view runs.
 
 Devices: ankle_jax.sharding (the state replicated, batches sharded on axis 0).
+With several processes every process runs this loop: it reads its block of
+each batch, and validation gathers every process's rows so that each process
+computes the same metrics over every case once (and so takes the same best
+checkpoint and early-stopping decisions); process 0 alone writes the logs.
 The loop (`train_and_evaluate`) carries a `LoopState` (best validation so far,
 early stopping) that is checkpointed with the train state, so a resumed run
 continues exactly where the saved one was.
@@ -741,7 +745,7 @@ def prepare_data(
 
   With config.data.synthetic.enabled and no data.manual_dir, the chief process
   generates the synthetic studies into <workdir>/data/studies and builds them
-  (in this process), while the others wait.
+  (in this process), while the others wait until the built dataset appears.
 
   Raises:
     prepare.DatasetMissingError: the dataset is not built, with the command that
@@ -767,6 +771,9 @@ def prepare_data(
         },
         progress=config.progress_bar,
     )
+  # The others poll rather than wait in a collective, however long the build.
+  while not prepare.dataset_exists(data_dir, data.dataset_config):
+    time.sleep(2)
   sharding.sync_processes('prepare_data')
   return data_dir
 
