@@ -6,12 +6,13 @@ state is replicated (NamedSharding).
 
 Several processes (`jax.distributed`, one per host or GPU): each process reads
 only its share of every global batch, the `process_index`-th of
-`process_count` equal blocks of rows (`process_rows`), and
+`process_count` equal blocks of rows (`data.pipeline`'s loaders), and
 `shard_batch` assembles the global batch from the processes' blocks with
 `jax.make_array_from_process_local_data`. So the global batch, and the order of
 examples over a run, is the same whatever the number of processes and devices.
 Host values that every process needs (validation labels and case ids, the data
-iterators' states) travel with `allgather_json` / `allgather_rows`.
+iterators' states) travel with `allgather_json`. A process that fails ends
+at once (`end_together`), so that the others do not wait for it.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -209,27 +210,6 @@ def sync_processes(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def process_rows(
-    global_size: int,
-    process_index: int | None = None,
-    process_count: int | None = None,
-) -> slice:
-  """This process's rows of a global batch of `global_size`: the
-  process_index-th of process_count equal blocks (default: this process's).
-
-  Raises:
-    ValueError: global_size does not split evenly.
-  """
-  index = jax.process_index() if process_index is None else process_index
-  count = jax.process_count() if process_count is None else process_count
-  if global_size % count:
-    raise ValueError(
-        f'a global batch of {global_size} does not split over {count} processes'
-    )
-  local = global_size // count
-  return slice(index * local, (index + 1) * local)
-
-
 def create_mesh(devices: Sequence[Any] | None = None) -> Mesh:
   """A 1-D mesh with axis 'data' over `devices` (default: all devices), each
   process's devices contiguous and in process order."""
@@ -267,7 +247,8 @@ def shard_batch(
 
   Args:
     batch: host arrays with this process's block of the global batch on axis
-      0 (`process_rows`; with one process, the whole batch), e.g. 'image'
+      0 (its block, from the `data.pipeline` loaders given its
+      process_index; with one process, the whole batch), e.g. 'image'
       [B / P, S, S, 1] float32 in [0, 1], 'label' int [B / P].
     mesh: the data-parallel mesh.
     keys: the entries to place (default: those of DEVICE_KEYS the batch

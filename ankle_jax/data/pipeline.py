@@ -15,6 +15,13 @@ keeps the first N views of each case, ordered by view position, then file name
 also carries the records' VIEW_FEATURES (view position, number of views,
 FracAtlas flags), which evaluate writes next to the predictions.
 
+Several processes (a jax.distributed run): every loader and iterator takes
+`process_index` and `process_count` and yields only this process's block of
+each global batch, `batch_size / process_count` rows: process p's block of
+global batch k holds its rows [p * B/P, (p + 1) * B/P), so the processes' blocks
+joined in process order are exactly the one-process batch, and a process reads
+only its own records.
+
 Case level (multi-view models, which read all views of a case at once):
 `make_case_train_loader` and `iterate_case_batches` are the training and
 evaluation counterparts of the two above, with one row per case: images
@@ -278,6 +285,20 @@ def _label_probs(
   return probs / probs.sum()
 
 
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  """Each process's rows of a global batch.
+
+  Raises:
+    ValueError: global_batch_size does not split over process_count.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(
+        f'global_batch_size={global_batch_size} does not split over '
+        f'{process_count} processes'
+    )
+  return global_batch_size // process_count
+
+
 def _batched_iterator(
     ds: grain.MapDataset,
     global_batch_size: int,
@@ -295,12 +316,9 @@ def _batched_iterator(
   process's own records are read (the dataset is lazy). The iterator's state
   counts global batches, so it is the same on every process.
   """
-  if global_batch_size % process_count:
-    raise ValueError(
-        f'global_batch_size={global_batch_size} does not split over '
-        f'{process_count} processes'
-    )
-  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  ds = ds.batch(
+      local_batch_size(global_batch_size, process_count), drop_remainder=True
+  )
   if process_count > 1:
     ds = ds[: len(ds) // process_count * process_count]
     ds = ds[process_index::process_count]
@@ -373,12 +391,7 @@ def process_blocks(
   Raises:
     ValueError: global_batch_size does not split over process_count.
   """
-  if global_batch_size % process_count:
-    raise ValueError(
-        f'global_batch_size={global_batch_size} does not split over '
-        f'{process_count} processes'
-    )
-  local = global_batch_size // process_count
+  local = local_batch_size(global_batch_size, process_count)
   first = process_index * local
   return [
       items[start + first : start + first + local]
@@ -419,7 +432,7 @@ def iterate_eval_batches(
   order = eval_order(source, max_views_per_case)
   features = view_features(source)
   blocks = process_blocks(order, batch_size, process_index, process_count)
-  batch_size //= process_count
+  batch_size = local_batch_size(batch_size, process_count)
   for rows in blocks:
     batch = {
         'image': np.zeros((batch_size, image_size, image_size, 1), np.float32),
@@ -662,7 +675,11 @@ def iterate_case_batches(
       )
   blocks = process_blocks(groups, batch_size, process_index, process_count)
   return _case_batches(
-      source, blocks, batch_size // process_count, image_size, slots
+      source,
+      blocks,
+      local_batch_size(batch_size, process_count),
+      image_size,
+      slots,
   )
 
 
