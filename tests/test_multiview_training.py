@@ -3,9 +3,7 @@ validation, checkpoints, exact resume) and through evaluate's forward."""
 
 import csv
 import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -195,25 +193,7 @@ print('TWO_DEVICES_OK')
 def test_two_devices_match_one_for_a_multiview_run():
   """Cases sharded over two devices: the same steps, masked BatchNorm
   statistics pooled over both devices' real views."""
-  env = dict(
-      os.environ,
-      XLA_FLAGS='--xla_force_host_platform_device_count=2',
-      JAX_PLATFORMS='cpu',
-  )
-  script = TWO_DEVICES_SCRIPT.format(
-      repo=str(REPO_ROOT), tests=str(REPO_ROOT / 'tests')
-  )
-  result = subprocess.run(
-      [sys.executable, '-c', script],
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=300,
-      check=False,
-  )
-  assert 'TWO_DEVICES_OK' in result.stdout, (
-      result.stdout[-2000:] + result.stderr[-4000:]
-  )
+  test_train.run_on_two_devices(TWO_DEVICES_SCRIPT)
 
 
 def test_evaluate_runs_scores_a_multiview_run_next_to_a_per_view_one(

@@ -495,13 +495,15 @@ TWO_DEVICES_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_devices_match_one():
+def run_on_two_devices(script_template: str) -> None:
+  """Runs a script (with {repo} and {tests} to fill) in a CPU process with
+  two forced host devices; asserts it printed TWO_DEVICES_OK."""
   env = dict(
       os.environ,
       XLA_FLAGS='--xla_force_host_platform_device_count=2',
       JAX_PLATFORMS='cpu',
   )
-  script = TWO_DEVICES_SCRIPT.format(
+  script = script_template.format(
       repo=str(REPO_ROOT), tests=str(REPO_ROOT / 'tests')
   )
   result = subprocess.run(
@@ -515,6 +517,10 @@ def test_two_devices_match_one():
   assert 'TWO_DEVICES_OK' in result.stdout, (
       result.stdout[-2000:] + result.stderr[-4000:]
   )
+
+
+def test_two_devices_match_one():
+  run_on_two_devices(TWO_DEVICES_SCRIPT)
 
 
 def test_tensorboard_groups_tags_and_hparams_show_the_best_checkpoint(
