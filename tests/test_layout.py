@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import dataclasses
 import pathlib
 import re
+import subprocess
+import sys
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = REPO_ROOT / 'ankle_jax'
@@ -24,6 +26,12 @@ COMMANDS = (
     'ankle_jax.data.build',
 )
 MAX_FUNCTION_LINES = 100
+MAX_MODULE_LINES = 600
+# evaluation/ is numpy/scipy only: it never imports these (nor, through another
+# module, anything that does).
+EVALUATION_FORBIDDEN = ('jax', 'flax', 'optax', 'orbax', 'matplotlib')
+# reporting/ modules that are not writers: shared by every writer.
+REPORTING_SHARED = ('ankle_jax.reporting', 'ankle_jax.reporting.format')
 SKIPPED_DIRS = {'.git', '.venv', '.ci-venv', '__pycache__', 'node_modules'}
 
 
@@ -50,23 +58,77 @@ def _all_modules() -> list[Module]:
   return [*_package_modules(), _module(REPO_ROOT / 'launch.py')]
 
 
+def _import_source(module: Module, node: ast.ImportFrom) -> str:
+  """The absolute module name of `from <source> import ...`."""
+  if not node.level:
+    return node.module
+  package = module.name if module.path.name == '__init__.py' else None
+  base = package or module.name.rpartition('.')[0]
+  parent = base.split('.')[: len(base.split('.')) - node.level + 1]
+  return '.'.join(parent + ([node.module] if node.module else []))
+
+
 def _imported(module: Module) -> set[str]:
   """The modules `module` imports (`from a import b` counts a and a.b)."""
   names = set()
-  package = module.name if module.path.name == '__init__.py' else None
-  base = package or module.name.rpartition('.')[0]
   for node in ast.walk(module.tree):
     if isinstance(node, ast.Import):
       names.update(alias.name for alias in node.names)
     elif isinstance(node, ast.ImportFrom):
-      if node.level:
-        parent = base.split('.')[: len(base.split('.')) - node.level + 1]
-        source = '.'.join(parent + ([node.module] if node.module else []))
-      else:
-        source = node.module
+      source = _import_source(module, node)
       names.add(source)
       names.update(f'{source}.{alias.name}' for alias in node.names)
   return names
+
+
+def _module_edges(module: Module, names: set[str]) -> set[str]:
+  """The project modules `module` imports, `TYPE_CHECKING` imports included.
+
+  `from package import submodule` is an edge to the submodule alone (the
+  package's `__init__` runs first, but that is Python's order, not a use).
+  """
+  edges = set()
+  for node in ast.walk(module.tree):
+    if isinstance(node, ast.Import):
+      edges.update(a.name for a in node.names if a.name in names)
+    elif isinstance(node, ast.ImportFrom):
+      source = _import_source(module, node)
+      for alias in node.names:
+        if f'{source}.{alias.name}' in names:
+          edges.add(f'{source}.{alias.name}')
+        elif source in names:
+          edges.add(source)
+  edges.discard(module.name)
+  return edges
+
+
+def _import_graph() -> dict[str, set[str]]:
+  modules = _all_modules()
+  names = {m.name for m in modules}
+  return {m.name: _module_edges(m, names) for m in modules}
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+  """One import cycle of `graph` as a list of modules, or None."""
+  state = {}  # name -> 'open' while on the stack, 'done' after.
+  stack = []
+
+  def visit(name):
+    state[name] = 'open'
+    stack.append(name)
+    for child in sorted(graph.get(name, ())):
+      if state.get(child) == 'open':
+        return [*stack[stack.index(child) :], child]
+      if child not in state and (cycle := visit(child)):
+        return cycle
+    stack.pop()
+    state[name] = 'done'
+    return None
+
+  for name in sorted(graph):
+    if name not in state and (cycle := visit(name)):
+      return cycle
+  return None
 
 
 def _functions(module: Module) -> Iterator[ast.FunctionDef]:
@@ -181,3 +243,85 @@ def test_no_pylint_comments():
       if re.search(r'#\s*pylint:', line)
   ]
   assert not offenders, offenders
+
+
+def test_no_import_cycles():
+  """No cycle among the project's modules, `TYPE_CHECKING` imports included."""
+  cycle = _find_cycle(_import_graph())
+  assert cycle is None, ' -> '.join(cycle)
+
+
+def test_the_cycle_check_finds_a_cycle():
+  assert _find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == [
+      'a',
+      'b',
+      'c',
+      'a',
+  ]
+  assert _find_cycle({'a': {'b'}, 'b': set(), 'c': {'a', 'b'}}) is None
+
+
+def _evaluation_modules() -> list[Module]:
+  return [
+      m for m in _package_modules() if m.name.startswith('ankle_jax.evaluation')
+  ]
+
+
+def test_evaluation_imports_no_jax_matplotlib_or_inference():
+  modules = _evaluation_modules()
+  assert modules, 'ankle_jax/evaluation/ is missing'
+  offenders = []
+  for module in modules:
+    for name in sorted(_imported(module)):
+      top = name.split('.')[0]
+      project_outside = name.startswith('ankle_jax.') and not name.startswith(
+          'ankle_jax.evaluation'
+      )
+      if top in EVALUATION_FORBIDDEN or project_outside:
+        offenders.append(f'{module.name} imports {name}')
+  assert not offenders, offenders
+
+
+def test_evaluation_loads_without_jax_or_matplotlib():
+  """Importing every evaluation module loads neither jax nor matplotlib."""
+  names = [m.name for m in _evaluation_modules()]
+  script = (
+      f'import importlib, sys\nfor n in {names!r}: importlib.import_module(n)\n'
+      f'print(sorted(m for m in {EVALUATION_FORBIDDEN!r} if m in sys.modules))'
+  )
+  result = subprocess.run(
+      [sys.executable, '-c', script],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      check=True,
+  )
+  assert result.stdout.strip() == '[]', result.stdout + result.stderr
+
+
+def test_reporting_writers_do_not_import_each_other():
+  writers = [
+      m
+      for m in _package_modules()
+      if m.name.startswith('ankle_jax.reporting.')
+      and m.name not in REPORTING_SHARED
+  ]
+  assert len(writers) >= 5, [m.name for m in writers]
+  writer_names = {m.name for m in writers}
+  offenders = [
+      f'{m.name} imports {sorted(_imported(m) & (writer_names - {m.name}))}'
+      for m in writers
+      if _imported(m) & (writer_names - {m.name})
+  ]
+  assert not offenders, offenders
+
+
+def test_modules_are_short():
+  offenders = [
+      f'{m.path.relative_to(REPO_ROOT)}: {len(m.lines)} lines'
+      for m in _all_modules()
+      if len(m.lines) > MAX_MODULE_LINES
+  ]
+  assert (
+      not offenders
+  ), f'modules longer than {MAX_MODULE_LINES} lines: {offenders}'

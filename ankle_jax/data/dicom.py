@@ -27,9 +27,9 @@ for a DICOM view:
    Interpretation is MONOCHROME1 *or* the Presentation LUT Shape is INVERSE (in
    DX objects both say the same thing, so a MONOCHROME1 image with PLUT INVERSE
    is inverted once, not twice).
-7. Constant borders (rows/columns at the edges whose values are all equal) are
+7. (`geometry.py`) Constant borders (rows/columns at the edges whose values are all equal) are
   cropped.
-8. The image is shrunk by integer block averaging (the same factor on both
+8. (`geometry.py`) The image is shrunk by integer block averaging (the same factor on both
   axes), zero-padded
    (centred) to a square, so the anatomy keeps its aspect ratio, then resized
    with SciPy to image_size x image_size, anti-aliased when shrinking, and
@@ -60,7 +60,8 @@ from PIL import ImageFile
 import pydicom
 import pydicom.errors
 import pydicom.pixels
-import scipy.ndimage
+
+from ankle_jax.data import geometry
 
 # Refuse images whose declared size exceeds this many megapixels (before
 # allocating memory). The largest detector plates are about 43 x 43 cm at 0.1 mm
@@ -70,11 +71,6 @@ MAX_MEGAPIXELS = 64.0
 
 # Files larger than this are refused without being read.
 MAX_FILE_BYTES = 1 << 30
-
-# Rows/columns whose values spread less than this (on the [0, 1] scale) count as
-# constant when cropping borders; 1% tolerates the noise of lossy
-# (near-lossless) encodings.
-BORDER_TOLERANCE = 1e-2
 
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 _JPEG_MAGIC = b'\xff\xd8\xff'
@@ -159,8 +155,8 @@ def load_radiograph_with_info(
       raise DicomReadError(
           path, 'pixel values are not finite after the modality LUT'
       )
-    image_hw = crop_constant_borders(image_hw)
-    image = _square_and_resize(image_hw, image_size)
+    image_hw = geometry.crop_constant_borders(image_hw)
+    image = geometry.square_and_resize(image_hw, image_size)
   except DicomReadError:
     raise
   except MemoryError:
@@ -177,121 +173,6 @@ def load_radiograph_with_info(
         path, f'unreadable file ({type(e).__name__}: {e})'
     ) from None
   return image[..., None], info
-
-
-def crop_constant_borders(
-    image_hw: np.ndarray, tolerance: float = BORDER_TOLERANCE
-) -> np.ndarray:
-  """Removes edge rows/columns whose values are all equal (within `tolerance`).
-
-  Only contiguous runs at the four edges are removed; a constant image is
-  returned unchanged.
-
-  Args:
-    image_hw: float [H, W] image.
-    tolerance: the largest max-min spread of a row/column that still counts as
-      constant.
-
-  Returns:
-    A view [h, w] of `image_hw`, h <= H, w <= W.
-  """
-  row_flat = (image_hw.max(axis=1) - image_hw.min(axis=1)) <= tolerance
-  col_flat = (image_hw.max(axis=0) - image_hw.min(axis=0)) <= tolerance
-  if row_flat.all() or col_flat.all():
-    return image_hw
-  top = int(np.argmin(row_flat))
-  bottom = len(row_flat) - int(np.argmin(row_flat[::-1]))
-  left = int(np.argmin(col_flat))
-  right = len(col_flat) - int(np.argmin(col_flat[::-1]))
-  return image_hw[top:bottom, left:right]
-
-
-def pad_to_square(image_hw: np.ndarray) -> np.ndarray:
-  """Zero-pads [H, W] symmetrically to [max(H, W), max(H, W)]."""
-  h, w = image_hw.shape
-  if h == w:
-    return image_hw
-  side = max(h, w)
-  out = np.zeros((side, side), image_hw.dtype)
-  top, left = (side - h) // 2, (side - w) // 2
-  out[top : top + h, left : left + w] = image_hw
-  return out
-
-
-def resize_image(img_hw: np.ndarray, size: int) -> np.ndarray:
-  """Resizes [H, W] to float32 [size, size] with SciPy, anti-aliased when
-  shrinking, clipped to [0, 1].
-
-  Shrinking first averages integer blocks (exact box anti-aliasing, cheap on 2k
-  x 2k images), then Gaussian-prefilters for the remaining fractional factor and
-  interpolates linearly (`scipy.ndimage.zoom`, order 1). Enlarging interpolates
-  linearly.
-
-  Args:
-    img_hw: [H, W] image with values in [0, 1].
-    size: output side in pixels.
-
-  Returns:
-    float32 [size, size] in [0, 1].
-  """
-  img = np.asarray(img_hw, np.float32)
-  if img.ndim != 2:
-    raise ValueError(
-        f'resize_image expects a 2-D [H, W] image, got shape {img.shape}'
-    )
-  if img.shape == (size, size):
-    return np.clip(img, 0.0, 1.0)
-  # Integer block averaging per axis.
-  fh, fw = max(1, img.shape[0] // size), max(1, img.shape[1] // size)
-  if fh > 1 or fw > 1:
-    h, w = (img.shape[0] // fh) * fh, (img.shape[1] // fw) * fw
-    img = (
-        img[:h, :w]
-        .reshape(h // fh, fh, w // fw, fw)
-        .mean(axis=(1, 3), dtype=np.float32)
-    )
-  zoom = (size / img.shape[0], size / img.shape[1])
-  sigma = [max(0.0, (1.0 / z - 1.0) / 2.0) if z < 1.0 else 0.0 for z in zoom]
-  if any(s > 0 for s in sigma):
-    img = scipy.ndimage.gaussian_filter(img, sigma, mode='nearest')
-  out = scipy.ndimage.zoom(img, zoom, order=1, mode='nearest', grid_mode=True)
-  if out.shape != (size, size):  # zoom rounds the output shape; fix off-by-one.
-    out = _fit(out, size)
-  return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
-
-
-def _square_and_resize(image_hw: np.ndarray, size: int) -> np.ndarray:
-  """Steps 8: block-mean shrink, zero-pad (centred) to a square, resize; ->
-  float32 [size, size].
-
-  The integer block averaging of `resize_image` happens *before* padding (same
-  factor on both axes, so the aspect ratio is kept), so the padded square is
-  never materialised at full
-  resolution: a 20000 x 1 image must not become a 20000 x 20000 float32 array
-    (1.6 GB).
-  """
-  img = np.asarray(image_hw, np.float32)
-  factor = max(1, max(img.shape) // size)
-  fh, fw = min(factor, img.shape[0]), min(factor, img.shape[1])
-  if fh > 1 or fw > 1:
-    h, w = (img.shape[0] // fh) * fh, (img.shape[1] // fw) * fw
-    img = (
-        img[:h, :w]
-        .reshape(h // fh, fh, w // fw, fw)
-        .mean(axis=(1, 3), dtype=np.float32)
-    )
-  return resize_image(pad_to_square(img), size)
-
-
-def _fit(img: np.ndarray, size: int) -> np.ndarray:
-  out = np.zeros((size, size), img.dtype)
-  h, w = min(size, img.shape[0]), min(size, img.shape[1])
-  out[:h, :w] = img[:h, :w]
-  if h < size:
-    out[h:, :w] = img[h - 1 : h, :w]
-  if w < size:
-    out[:, w:] = out[:, w - 1 : w]
-  return out
 
 
 def _check_megapixels(path, rows: int, cols: int) -> None:

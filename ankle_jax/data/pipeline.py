@@ -42,7 +42,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ankle_jax.data import dicom
+from ankle_jax.data import geometry
 from ankle_jax.data import prepare
 from ankle_jax.data import radiograph_studies
 
@@ -128,7 +128,7 @@ def _to_image(image_u16: np.ndarray, image_size: int) -> np.ndarray:
   """uint16 [S, S, 1] -> float32 [image_size, image_size, 1] in [0, 1]."""
   image = np.asarray(image_u16, np.float32) * np.float32(1.0 / 65535.0)
   if image.shape[0] != image_size or image.shape[1] != image_size:
-    image = dicom.resize_image(image[..., 0], image_size)[..., None]
+    image = geometry.resize_image(image[..., 0], image_size)[..., None]
   return image
 
 

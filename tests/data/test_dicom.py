@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 import pytest
 
 from ankle_jax.data import dicom
+from ankle_jax.data import geometry
 
 RG3_LOSSLESS = ('uncompressed', 'j2kr', 'jlsl', 'jpll', 'rle')
 RG3_LOSSY = ('j2ki', 'jlsn')
@@ -260,12 +261,12 @@ def test_png_and_jpeg_use_the_same_function(tmp_path):
 
 def test_resize_image_antialiases_and_clips():
   checker = (np.indices((600, 600)).sum(0) % 2).astype(np.float32)
-  small = dicom.resize_image(checker, 100)
+  small = geometry.resize_image(checker, 100)
   assert small.shape == (100, 100) and small.dtype == np.float32
   np.testing.assert_allclose(small, 0.5, atol=0.05)  # no aliasing into stripes
-  odd = dicom.resize_image(checker[:517, :301], 300)
+  odd = geometry.resize_image(checker[:517, :301], 300)
   assert odd.shape == (300, 300)
-  up = dicom.resize_image(
+  up = geometry.resize_image(
       np.array([[0.0, 1.0], [1.0, 0.0]], np.float32) * 1.5, 7
   )
   assert up.shape == (7, 7) and up.max() <= 1.0 and up.min() >= 0.0
@@ -274,10 +275,10 @@ def test_resize_image_antialiases_and_clips():
 def test_crop_constant_borders():
   image = np.zeros((50, 60), np.float32)
   image[5:40, 7:55] = np.random.default_rng(0).random((35, 48))
-  cropped = dicom.crop_constant_borders(image)
+  cropped = geometry.crop_constant_borders(image)
   assert cropped.shape == (35, 48)
   flat = np.ones((10, 10), np.float32)
-  assert dicom.crop_constant_borders(flat).shape == (10, 10)
+  assert geometry.crop_constant_borders(flat).shape == (10, 10)
 
 
 def _lossy_and_lossless(tmp_path, header_path, pixels, ratio=5):
