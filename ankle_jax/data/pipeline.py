@@ -93,11 +93,6 @@ def load_split(
   return builder.as_data_source(split=split)
 
 
-def split_size(source) -> int:
-  """Number of views in a source."""
-  return len(source)
-
-
 def _metadata(source) -> list[dict[str, Any]]:
   """label/case_id/view_index/view_position of every record (one pass; cached
   on the source object)."""

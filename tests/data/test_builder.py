@@ -18,9 +18,9 @@ from ankle_jax.data import pipeline
 from ankle_jax.data import prepare
 from ankle_jax.data import radiograph_studies
 from ankle_jax.data import synthetic
-from ankle_jax.data.radiograph_studies import (
-    radiograph_studies_dataset_builder as rsb,
-)
+from ankle_jax.data.radiograph_studies import build_report
+from ankle_jax.data.radiograph_studies import layouts
+from ankle_jax.data.radiograph_studies import splits as splits_lib
 
 SPLITS = ('train', 'validation', 'test')
 
@@ -243,25 +243,25 @@ def test_assignment_stable_when_cases_are_added():
     cases = []
     for i in range(n):
       key = f"{('normal', 'fracture')[i % 2]}/case{i}"
-      case = rsb._Case(
+      case = layouts.Case(
           key, (key,), i % 2, [], radiograph_studies.case_id_for(key)
       )
       case.views = [(0, '', {})] * 3
       cases.append(case)
     return cases
 
-  report = {'warnings': []}
-  before = rsb._assign_splits(
+  report = build_report.BuildReport.new(cfg, 'test')
+  before = splits_lib.assign_splits(
       make(100), cfg, pathlib.Path('/nonexistent'), report
   )
-  after = rsb._assign_splits(
+  after = splits_lib.assign_splits(
       make(110), cfg, pathlib.Path('/nonexistent'), report
   )
   moved = [k for k in before if before[k] != after[k]]
   assert (
       len(moved) <= 2 * 10
   )  # each new case displaces at most one neighbour per boundary
-  assert before == rsb._assign_splits(
+  assert before == splits_lib.assign_splits(
       make(100), cfg, pathlib.Path('/nonexistent'), report
   )
 
@@ -588,13 +588,18 @@ def test_split_does_not_depend_on_the_salt():
 
   def splits(salt):
     cases = [
-        rsb._Case(k, (k,), i % 2, [], radiograph_studies.case_id_for(k, salt))
+        layouts.Case(
+            k, (k,), i % 2, [], radiograph_studies.case_id_for(k, salt)
+        )
         for i, k in enumerate(keys)
     ]
     for case in cases:
       case.views = [(0, '', {})] * 3
-    ids = rsb._assign_splits(
-        cases, cfg, pathlib.Path('/nonexistent'), {'warnings': []}
+    ids = splits_lib.assign_splits(
+        cases,
+        cfg,
+        pathlib.Path('/nonexistent'),
+        build_report.BuildReport.new(cfg, 'test'),
     )
     return [ids[radiograph_studies.case_id_for(k, salt)] for k in keys]
 
@@ -604,7 +609,7 @@ def test_split_does_not_depend_on_the_salt():
   # The rank is 1.0.0's for the default salt: sha256('split:' + case_id).
   key = keys[0]
   assert (
-      rsb.split_rank(key)
+      layouts.split_rank(key)
       == hashlib.sha256(
           f'split:{radiograph_studies.case_id_for(key)}'.encode()
       ).hexdigest()
