@@ -119,62 +119,61 @@ from absl import flags
 from etils import epath
 import numpy as np
 
-from ankle_jax import calibration
 from ankle_jax import checkpoint as checkpoint_lib
 from ankle_jax import console
-from ankle_jax import html_report
 from ankle_jax import inference
-from ankle_jax import metrics as metrics_lib
-from ankle_jax import model_card
-from ankle_jax import report
-from ankle_jax import results
-from ankle_jax import subgroups
 from ankle_jax.data import pipeline
 from ankle_jax.data import prepare
+from ankle_jax.evaluation import metrics as metrics_lib
+from ankle_jax.evaluation import predictions as predictions_lib
+from ankle_jax.evaluation.evaluation import Evaluation
+from ankle_jax.evaluation.evaluation import Settings
+from ankle_jax.evaluation.evaluation import compute
+from ankle_jax.evaluation.predictions import VALIDATION
+from ankle_jax.evaluation.predictions import SplitPredictions
+from ankle_jax.evaluation.results import CheckpointInfo
+from ankle_jax.reporting import figures
+from ankle_jax.reporting import files
+from ankle_jax.reporting import gallery
+from ankle_jax.reporting import html as html_page
+from ankle_jax.reporting import markdown
+from ankle_jax.reporting import model_card
+from ankle_jax.reporting import tensorboard
+from ankle_jax.reporting import terminal
+from ankle_jax.reporting.context import ReportContext
 
 # batches_fn(split) -> batches_for(image_size) -> iterator of eval batches, or
 # None when the split does not exist.
 BatchesFn = Callable[[str], Callable[[int], Iterator] | None]
 
 
-def evaluate_predictions(
-    out_dir: str,
-    *,
-    split: str,
-    max_subsets: int | None = None,
-    num_bootstrap: int = 2000,
-    seed: int = 0,
-    selection_metric: str = 'accuracy',
-    checkpoints: dict[str, results.CheckpointInfo] | None = None,
-    max_eval_views: int = 0,
-    validation_source: str | None = None,
-) -> results.Evaluation:
-  """Everything from OUT/predictions.csv and OUT/case_predictions.csv:
-  results, protocols, calibration, report, plots.
+# Every writer, in the order they run (each write(out_dir, evaluation,
+# context); none reads another's file).
+WRITERS = (files, markdown, figures, tensorboard, model_card, html_page)
+# The writers of evaluate_predictions: no runs, so no model card or gallery.
+PREDICTION_WRITERS = (files, markdown, figures, tensorboard)
 
-  checkpoints, max_eval_views (0 = every view) and validation_source (where
-  validation came from on an external test set) are stated in the report;
-  the views themselves are those predictions.csv lists. Without a
-  case_predictions.csv (older evaluations) every run counts as per-view.
-  """
-  run_names, by_split = results.read_predictions_csv(
-      os.path.join(out_dir, 'predictions.csv')
-  )
-  evaluation = results.evaluate_splits(
-      by_split,
-      run_names,
-      split=split,
-      max_subsets=max_subsets,
-      num_bootstrap=num_bootstrap,
-      seed=seed,
-      selection_metric=selection_metric,
-  )
-  evaluation.checkpoints = dict(checkpoints or {})
-  evaluation.max_eval_views = max_eval_views
-  evaluation.validation_source = validation_source
-  calibration.calibrate(out_dir, evaluation, by_split)
-  evaluation.subgroups = subgroups.evaluate(evaluation, by_split)
-  report.write_all(out_dir, evaluation, by_split)
+
+def write_all(
+    out_dir: str,
+    evaluation: Evaluation,
+    context: ReportContext,
+    writers: Sequence[Any] = WRITERS,
+) -> None:
+  """Each writer's files in out_dir (created)."""
+  os.makedirs(out_dir, exist_ok=True)
+  for writer in writers:
+    writer.write(out_dir, evaluation, context)
+
+
+def evaluate_predictions(out_dir: str, settings: Settings) -> Evaluation:
+  """Everything but the model card and report.html from the predictions
+  OUT/predictions.csv and OUT/case_predictions.csv already hold (read once;
+  rewritten with probability_calibrated). Without a case_predictions.csv
+  (older evaluations) every run counts as per-view."""
+  run_names, by_split = predictions_lib.read_predictions(out_dir)
+  evaluation = compute(by_split, run_names, settings)
+  write_all(out_dir, evaluation, ReportContext(html=False), PREDICTION_WRITERS)
   return evaluation
 
 
@@ -213,10 +212,10 @@ def validation_split_source(
       own[1],
   )
   if external:
-    source = _load_split(own[0], results.VALIDATION, own[1])
+    source = _load_split(own[0], VALIDATION, own[1])
     if source is not None:
       return source, str(own[0])
-  return _load_split(asked[0], results.VALIDATION, asked[1]), None
+  return _load_split(asked[0], VALIDATION, asked[1]), None
 
 
 def dataset_location(
@@ -266,7 +265,7 @@ def split_loader(
   else None. load raises FileNotFoundError for a missing split.
   """
   validation, validation_source = None, None
-  if split != results.VALIDATION:
+  if split != VALIDATION:
     validation, validation_source = validation_split_source(location, own)
   if validation_source:
     print(
@@ -277,7 +276,7 @@ def split_loader(
     )
 
   def load(name: str) -> Any:
-    if name == results.VALIDATION and name != split:
+    if name == VALIDATION and name != split:
       if validation is None:
         raise FileNotFoundError(f'no {name!r} split')
       return validation
@@ -319,7 +318,7 @@ def _split_batches(
 
 def source_case_images(
     load_source: Callable[[], Any], max_eval_views: int
-) -> html_report.CaseImagesFn:
+) -> gallery.CaseImagesFn:
   """A case's evaluated views (pipeline.case_groups), read by record index
   from the TFDS source `load_source()` returns (loaded on first use)."""
   found = {}
@@ -339,7 +338,7 @@ def source_case_images(
 
 def batches_case_images(
     batches_fn: BatchesFn, split: str
-) -> html_report.CaseImagesFn:
+) -> gallery.CaseImagesFn:
   """A case's views found by walking the split's eval batches (for injected
   batches_fn; the TFDS path reads records directly)."""
 
@@ -359,14 +358,14 @@ def batches_case_images(
 
 def predict_splits(
     runs: Sequence[inference.Run], split: str, batches_fn: BatchesFn
-) -> dict[str, inference.SplitPredictions]:
+) -> dict[str, SplitPredictions]:
   """Every run's probabilities on `split` and, if it exists, validation."""
   checkpoints = ', '.join(
       dict.fromkeys(f'{r.which} checkpoint, step {r.step}' for r in runs)
   )
   print(f'Evaluating {len(runs)} run(s) ({checkpoints}) on split {split!r}...')
   by_split = {}
-  for name in dict.fromkeys([split, results.VALIDATION]):
+  for name in dict.fromkeys([split, VALIDATION]):
     batches_for = batches_fn(name)
     if batches_for is None:
       if name == split:
@@ -417,7 +416,7 @@ class EvaluationInputs:
   """
 
   batches_fn: BatchesFn
-  case_images: html_report.CaseImagesFn
+  case_images: gallery.CaseImagesFn
   location: tuple[epath.Path, str] | None = None
   validation_source: str | None = None
 
@@ -450,21 +449,6 @@ class EvaluationInputs:
     )
 
 
-def write_prediction_files(
-    out_dir: str,
-    run_names: Sequence[str],
-    by_split: dict[str, inference.SplitPredictions],
-) -> None:
-  """OUT/predictions.csv and OUT/case_predictions.csv (OUT created)."""
-  os.makedirs(out_dir, exist_ok=True)
-  results.write_predictions_csv(
-      os.path.join(out_dir, 'predictions.csv'), run_names, by_split
-  )
-  results.write_case_predictions_csv(
-      os.path.join(out_dir, results.CASE_PREDICTIONS_FILE), run_names, by_split
-  )
-
-
 def evaluate_runs(
     run_dirs: Sequence[str],
     *,
@@ -481,8 +465,9 @@ def evaluate_runs(
     selection_metric: str = 'accuracy',
     batches_fn: BatchesFn | None = None,
     html: bool = True,
-) -> results.Evaluation:
-  """Restores runs, predicts the needed splits, and writes OUT's files.
+) -> Evaluation:
+  """Restores runs, predicts the needed splits once, computes the one
+  Evaluation, and hands it to every writer (WRITERS).
 
   Args:
     run_dirs: training run directories.
@@ -521,59 +506,31 @@ def evaluate_runs(
       max_eval_views=max_eval_views,
   )
   by_split = predict_splits(runs, split, inputs.batches_fn)
-  write_prediction_files(out_dir, [r.name for r in runs], by_split)
-  evaluation = evaluate_predictions(
-      out_dir,
-      split=split,
-      max_subsets=max_subsets,
-      num_bootstrap=num_bootstrap,
-      seed=seed,
-      selection_metric=selection_metric,
-      checkpoints={
-          r.name: results.CheckpointInfo(r.which, r.step) for r in runs
-      },
-      max_eval_views=max_eval_views,
-      validation_source=inputs.validation_source,
+  evaluation = compute(
+      by_split,
+      [r.name for r in runs],
+      Settings(
+          split=split,
+          max_subsets=max_subsets,
+          num_bootstrap=num_bootstrap,
+          seed=seed,
+          selection_metric=selection_metric,
+          checkpoints={r.name: CheckpointInfo(r.which, r.step) for r in runs},
+          max_eval_views=max_eval_views,
+          validation_source=inputs.validation_source,
+      ),
   )
-  write_documents(
-      out_dir,
-      evaluation,
-      runs,
-      inputs.case_images if html else None,
-      location=inputs.location,
+  context = ReportContext(
+      run_dirs={r.name: r.workdir for r in runs},
+      data_dir=str(inputs.location[0]) if inputs.location else None,
+      dataset_config=inputs.location[1] if inputs.location else None,
+      html=html,
+      gallery=(
+          gallery.build(evaluation, runs, inputs.case_images) if html else None
+      ),
   )
+  write_all(out_dir, evaluation, context)
   return evaluation
-
-
-def write_documents(
-    out_dir: str,
-    ev: results.Evaluation,
-    runs: Sequence[inference.Run],
-    case_images: html_report.CaseImagesFn | None,
-    *,
-    location: tuple[epath.Path, str] | None = None,
-) -> None:
-  """report.html (when case_images is given: with the error gallery; else no
-  report.html, and an older one is removed) and MODEL_CARD.md, from the
-  files already in OUT."""
-  html_path = os.path.join(out_dir, html_report.HTML_FILE)
-  if case_images is not None:
-    _, by_split = results.read_predictions_csv(
-        os.path.join(out_dir, 'predictions.csv')
-    )
-    gallery = html_report.build_gallery(
-        ev, by_split[ev.split], runs, case_images
-    )
-    html_report.write_html(out_dir, ev, gallery)
-  elif os.path.exists(html_path):
-    os.remove(html_path)
-  model_card.write_model_card(
-      out_dir,
-      {r.name: r.workdir for r in runs},
-      data_dir=str(location[0]) if location else None,
-      dataset_config=location[1] if location else None,
-      html_written=case_images is not None,
-  )
 
 
 def define_flags() -> None:
@@ -648,7 +605,7 @@ def main(argv: Sequence[str]) -> None:
     names = ' and '.join(f'--{m}' for m in missing)
     verb = 'are' if len(missing) > 1 else 'is'
     raise console.UserError(f'{names} {verb} required.\n{USAGE}')
-  html = f.html and not f.no_html
+  with_html = f.html and not f.no_html
   evaluation = evaluate_runs(
       f.runs,
       split=f.split,
@@ -662,11 +619,13 @@ def main(argv: Sequence[str]) -> None:
       num_bootstrap=f.num_bootstrap,
       seed=f.seed,
       selection_metric=f.selection_metric,
-      html=html,
+      html=with_html,
   )
-  print(report.console_summary(evaluation, f.out))
-  written = [html_report.HTML_FILE] if html else []
-  print(f'Wrote {", ".join(written + [model_card.MODEL_CARD_FILE])} too.')
+  written = [*files.FILES, markdown.REPORT_FILE, *figures.FILES]
+  written += [model_card.MODEL_CARD_FILE] + (
+      [html_page.HTML_FILE] if with_html else []
+  )
+  print(terminal.summary(evaluation, f.out, written))
 
 
 if __name__ == '__main__':
