@@ -128,22 +128,34 @@ def _write_csv(path: str, header: Sequence[str], rows) -> None:
     writer.writerows(rows)
 
 
-def write_predictions(out_dir: str, ev: Evaluation) -> None:
+def write_prediction_csvs(
+    out_dir: str,
+    run_names: Sequence[str],
+    predictions: Mapping[str, SplitPredictions],
+    temperatures: Mapping[tuple[tuple[str, ...], str], float | None],
+) -> None:
   """OUT/predictions.csv and OUT/case_predictions.csv, each ending with
-  CALIBRATED_COLUMN (the run's own temperature at image / case level)."""
-  temperatures = ev.calibration.temperatures
+  CALIBRATED_COLUMN: the run's own temperature (temperatures[((run,),
+  level)], image / case level; '' where there is none)."""
   for name, rows_of, level in (
       (PREDICTIONS_FILE, _prediction_rows, 'image'),
       (CASE_PREDICTIONS_FILE, _case_prediction_rows, 'case'),
   ):
-    header, rows = rows_of(ev.run_names, ev.predictions)
-    temperature_of = {r: temperatures[((r,), level)] for r in ev.run_names}
+    header, rows = rows_of(run_names, predictions)
+    temperature_of = {r: temperatures.get(((r,), level)) for r in run_names}
     calibrated = _calibrated(rows, header.index('probability'), temperature_of)
     _write_csv(
         os.path.join(out_dir, name),
         [*header, CALIBRATED_COLUMN],
         [[*row, p] for row, p in zip(rows, calibrated)],
     )
+
+
+def write_predictions(out_dir: str, ev: Evaluation) -> None:
+  """The evaluation's predictions CSVs (write_prediction_csvs)."""
+  write_prediction_csvs(
+      out_dir, ev.run_names, ev.predictions, ev.calibration.temperatures
+  )
 
 
 def write_json(out_dir: str, ev: Evaluation) -> None:
