@@ -436,7 +436,7 @@ def _with_pooled(by_split):
 
 
 def main_entries(results):
-  """results.json's entries but the subgroups' (ankle_jax.subgroups)."""
+  """results.json's entries but the subgroups' (ankle_jax.evaluation.subgroups)."""
   return [e for e in results if e['subgroup'] is None]
 
 

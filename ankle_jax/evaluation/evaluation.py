@@ -234,6 +234,33 @@ def _with_pooled(
   return splits, pooled_split
 
 
+def _choose(
+    splits: Mapping[str, SplitPredictions],
+    run_names: Sequence[str],
+    pooled_split: str,
+    settings: Settings,
+    evaluator: metrics_lib.BinaryEvaluator,
+) -> tuple[Results, dict[SelectionKey, Selection], int]:
+  """(every entry, the protocols' selections, the number of subsets)."""
+  subsets = voting.odd_subsets(
+      len(run_names), settings.max_subsets, settings.seed
+  )
+  results: Results = {}
+  for name, preds in splits.items():
+    for e in results_lib.evaluate_subsets(
+        preds, name, run_names, subsets, evaluator
+    ):
+      results[e.key] = e
+  protocols = results_lib.choose_protocols(
+      results,
+      split=settings.split,
+      pooled_split=pooled_split,
+      has_validation=pooled_split != settings.split,
+      metric=settings.selection_metric,
+  )
+  return results, protocols, len(subsets)
+
+
 def compute(
     predictions: Mapping[str, SplitPredictions],
     run_names: Sequence[str],
@@ -249,29 +276,15 @@ def compute(
   """
   split, run_names = settings.split, list(run_names)
   splits, pooled_split = _with_pooled(predictions, split)
-  has_validation = pooled_split != split
   evaluator = metrics_lib.BinaryEvaluator(
       num_resamples=settings.num_bootstrap, seed=settings.seed
   )
-  subsets = voting.odd_subsets(
-      len(run_names), settings.max_subsets, settings.seed
-  )
-  results: Results = {}
-  for name, preds in splits.items():
-    for e in results_lib.evaluate_subsets(
-        preds, name, run_names, subsets, evaluator
-    ):
-      results[e.key] = e
-  protocols = results_lib.choose_protocols(
-      results,
-      split=split,
-      pooled_split=pooled_split,
-      has_validation=has_validation,
-      metric=settings.selection_metric,
+  results, protocols, num_subsets = _choose(
+      splits, run_names, pooled_split, settings, evaluator
   )
   reported = results_lib.reported_members(run_names, protocols)
+  has_validation = pooled_split != split
   protocol = 'honest' if has_validation else 'paper'
-  headline_key = (protocol, HEADLINE_LEVEL, settings.headline_voting)
   return Evaluation(
       predictions=dict(predictions),
       run_names=tuple(run_names),
@@ -279,7 +292,9 @@ def compute(
       pooled_split=pooled_split,
       results=results,
       protocols=protocols,
-      headline=Headline.of(protocols[headline_key]),
+      headline=Headline.of(
+          protocols[(protocol, HEADLINE_LEVEL, settings.headline_voting)]
+      ),
       operating_points=tuple(
           results_lib.compute_operating_points(
               predictions, run_names, reported, split
@@ -301,7 +316,7 @@ def compute(
               predictions[split], split, run_names, reported, evaluator
           )
       ),
-      num_subsets=len(subsets),
+      num_subsets=num_subsets,
       num_bootstrap=settings.num_bootstrap,
       seed=settings.seed,
       selection_metric=settings.selection_metric,

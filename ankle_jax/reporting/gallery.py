@@ -14,7 +14,7 @@ probability (the members' mean, as at single-view level).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 import dataclasses
 
 import jax.numpy as jnp
@@ -24,13 +24,11 @@ from ankle_jax import inference
 from ankle_jax import saliency
 from ankle_jax.data import augment
 from ankle_jax.evaluation.evaluation import Evaluation
+from ankle_jax.evaluation_inputs import CaseImagesFn
 from ankle_jax.reporting.context import MAX_PER_KIND
 from ankle_jax.reporting.context import ErrorCase
 
 THUMBNAIL_PX = 160
-# (case_id, image_size) -> float32 [V, S, S, 1] in [0, 1]: the case's
-# evaluated views in view_index order.
-CaseImagesFn = Callable[[str, int], np.ndarray]
 
 
 def find_errors(
