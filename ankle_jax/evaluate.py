@@ -406,7 +406,7 @@ def main(argv: Sequence[str]) -> None:
       selection_metric=f.selection_metric,
       html=with_html,
   )
-  written = [*files.FILES, markdown.REPORT_FILE, *figures.FILES]
+  written = [markdown.REPORT_FILE, *files.FILES, *figures.FILES]
   written += [model_card.MODEL_CARD_FILE] + (
       [html_page.HTML_FILE] if with_html else []
   )

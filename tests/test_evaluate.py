@@ -1337,9 +1337,11 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert not os.path.exists(os.path.join(out_dir, 'report.html'))
-  assert 'Wrote MODEL_CARD.md too.' in proc.stdout
-  assert 'protocol, all views (case level): chosen on' in proc.stdout
-  assert 'Wrote report.md' in proc.stdout and out_dir in proc.stdout
+  (wrote,) = [l for l in proc.stdout.splitlines() if 'Wrote report.md' in l]
+  assert 'MODEL_CARD.md' in wrote and 'report.html' not in wrote
+  assert out_dir in wrote
+  assert 'Headline: run' in proc.stdout
+  assert 'protocol, all views (case level):' in proc.stdout
   assert 'is illegal' not in proc.stderr  # valid TensorBoard tags
   _, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
   other = _test_case_ids(trained['data_dirs'][1])

@@ -447,3 +447,29 @@ def test_model_card_numbers_come_from_results_json(fake_runs_evaluation):
       if e.get('calibration') and e['calibration']['temperature']
   }
   assert any(t in calibration for t in temperatures)
+
+
+def test_writers_import_no_other_writer():
+  """Each writer imports the shared modules (format, document, plots,
+  context) only, never another writer."""
+  package = pathlib.Path(evaluate.__file__).parent / 'reporting'
+  names = {m.__name__.split('.')[-1] for m in evaluate.WRITERS}
+  names.add('gallery')
+  assert names == {
+      'files',
+      'markdown',
+      'figures',
+      'tensorboard',
+      'model_card',
+      'html',
+      'gallery',
+  }
+  for name in names:
+    source = (package / f'{name}.py').read_text()
+    imported = set(
+        re.findall(
+            r'^from ankle_jax\.reporting(?:\.(\w+))? import (\w+)', source, re.M
+        )
+    )
+    modules = {sub or what for sub, what in imported}
+    assert not modules & (names - {name}), (name, modules)

@@ -29,7 +29,7 @@ from ankle_jax.reporting.context import ReportContext
 
 RESULTS_FILE = 'results.json'
 SUMMARY_FILE = 'summary.json'
-FILES = (PREDICTIONS_FILE, CASE_PREDICTIONS_FILE, RESULTS_FILE, SUMMARY_FILE)
+FILES = (RESULTS_FILE, SUMMARY_FILE, PREDICTIONS_FILE, CASE_PREDICTIONS_FILE)
 
 
 def _prediction_rows(

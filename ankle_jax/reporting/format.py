@@ -118,27 +118,35 @@ def html_table(table: Table) -> str:
 
 
 def calibration_table(
-    ev: Evaluation, members_list: Sequence[Sequence[str]]
+    ev: Evaluation,
+    members_list: Sequence[Sequence[str]],
+    splits: Sequence[str] | None = None,
 ) -> Table:
-  """Each members' calibration (soft-voted probability) on the reported
-  split, single view and case level: T, ECE and Brier before and after."""
+  """Each members' calibration (soft-voted probability), single view and
+  case level: T, ECE and Brier before and after scaling. On the reported
+  split; with `splits`, on each of them, in a first column ('(fitted here)'
+  on the split the temperature was fitted on)."""
   header = ['Model', 'Views', 'T', 'ECE', 'ECE scaled', 'Brier', 'Brier scaled']
   rows = []
-  for members in members_list:
-    for level in ('image', 'case'):
-      key = ResultKey(tuple(members), ev.split, level, 'soft')
-      b = ev.calibration.blocks.get(key)
-      if b is None:
-        continue
-      t = 'n/a' if b['temperature'] is None else f'{b["temperature"]:.3f}'
-      rows.append(
-          [members_label(members), LEVEL_TITLES[level], t]
-          + [
-              format_value(b[n], b['ci95'].get(n))
-              for n in ('ece', 'ece_calibrated', 'brier', 'brier_calibrated')
-          ]
-      )
-  return Table.of(header, rows)
+  for split in splits or [ev.split]:
+    for members in members_list:
+      for level in ('image', 'case'):
+        b = ev.calibration.blocks.get(
+            ResultKey(tuple(members), split, level, 'soft')
+        )
+        if b is None:
+          continue
+        t = 'n/a' if b['temperature'] is None else f'{b["temperature"]:.3f}'
+        where = [split + (' (fitted here)' if b['fitted_on'] == split else '')]
+        rows.append(
+            (where if splits else [])
+            + [members_label(members), LEVEL_TITLES[level], t]
+            + [
+                format_value(b[n], b['ci95'].get(n))
+                for n in ('ece', 'ece_calibrated', 'brier', 'brier_calibrated')
+            ]
+        )
+  return Table.of((['Split'] if splits else []) + header, rows)
 
 
 def _subgroup_cell(s: Subgroup) -> str:

@@ -208,14 +208,14 @@ def _metrics(ev: Evaluation) -> list[str]:
 
 
 def _calibration(ev: Evaluation) -> list[str]:
-  table = calibration_table(ev, [ev.headline.members])
+  table = calibration_table(ev, [ev.headline.members], list(ev.counts))
   if not table.rows:
     return ['## Calibration', '', 'Not computed in this evaluation.', '']
   return [
       '## Calibration',
       '',
       'Temperature scaling fitted on validation and applied unchanged to '
-      f'`{ev.split}`; ECE over 15 equal-width bins of p(fracture).',
+      'the other splits; ECE over 15 equal-width bins of p(fracture).',
       '',
       *markdown_table(table),
       '',

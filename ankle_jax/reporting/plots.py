@@ -191,9 +191,9 @@ def confusion(ev: Evaluation) -> Figure:
 
 
 FIGURES: dict[str, Callable[[Evaluation], Figure]] = {
-    'reliability.png': reliability,
     'roc.png': roc,
     'confusion.png': confusion,
+    'reliability.png': reliability,
 }
 
 
