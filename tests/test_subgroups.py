@@ -127,7 +127,7 @@ def test_small_subgroups_are_kept_flagged_and_counted():
   main = [e for e in entries if e['subgroup'] is None]
   assert len(main) == len(ev.results)
   assert len(entries) == len(main) + len(ev.subgroups)
-  lines = document.sections(ev)['Subgroups']
+  lines = document.markdown_lines(document.sections(ev)['Subgroups'])
   assert (
       '| run_a | single view | body_part = leg+mixed † | 2 / 1 |'
       in '\n'.join(lines)

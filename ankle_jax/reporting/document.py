@@ -1,12 +1,16 @@
 """The text of report.md, section by section (shared by reporting.markdown,
 which writes it, and reporting.html, which shows it; no writer itself).
 
-`sections(ev)`: {title: markdown lines}; '' holds the overview (below the
+`sections(ev)`: {title: blocks}; '' holds the overview (below the
 '# Evaluation report' title), every other section starts with its '## '
-heading.
+heading. A block is a line of markdown text (a heading, a paragraph's line,
+or '' between paragraphs) or a format.Table; `markdown_lines` renders them
+for report.md, reporting.html as HTML.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from ankle_jax.evaluation import calibration
 from ankle_jax.evaluation import voting
@@ -32,11 +36,23 @@ from ankle_jax.reporting.format import subgroup_table
 TITLE = '# Evaluation report'
 
 
-def _table(header, rows) -> list[str]:
-  return markdown_table(Table.of(header, rows))
+# A line of markdown text, or a table.
+Block = str | Table
 
 
-def _headline_note(ev: Evaluation) -> list[str]:
+def _table(header, rows) -> list[Block]:
+  return [Table.of(header, rows)]
+
+
+def markdown_lines(blocks: Sequence[Block]) -> list[Block]:
+  """The blocks as markdown lines (tables rendered by format)."""
+  lines = []
+  for block in blocks:
+    lines += markdown_table(block) if isinstance(block, Table) else [block]
+  return lines
+
+
+def _headline_note(ev: Evaluation) -> list[Block]:
   h = ev.headline
   return [
       f'Headline model: **{h.label}**, {h.rule}, reported on '
@@ -46,7 +62,7 @@ def _headline_note(ev: Evaluation) -> list[str]:
   ]
 
 
-def _overview(ev: Evaluation) -> list[str]:
+def _overview(ev: Evaluation) -> list[Block]:
   """Runs and checkpoints, class counts, voting and the intervals."""
   lines = ['', f'Reported split: `{ev.split}`.', '', *_headline_note(ev)]
   if ev.checkpoints:
@@ -98,7 +114,7 @@ def _overview(ev: Evaluation) -> list[str]:
   ]
 
 
-def _validation_source_note(ev: Evaluation) -> list[str]:
+def _validation_source_note(ev: Evaluation) -> list[Block]:
   """Where validation came from on an external test set (else nothing)."""
   if not ev.validation_source:
     return []
@@ -110,7 +126,7 @@ def _validation_source_note(ev: Evaluation) -> list[str]:
   ]
 
 
-def _multiview_note(ev: Evaluation) -> list[str]:
+def _multiview_note(ev: Evaluation) -> list[Block]:
   """How multi-view runs count at case level (nothing without one)."""
   if not ev.multiview_runs:
     return []
@@ -126,7 +142,7 @@ def _multiview_note(ev: Evaluation) -> list[str]:
   ]
 
 
-def _protocol_section(ev: Evaluation, protocol: str, vote: str) -> list[str]:
+def _protocol_section(ev: Evaluation, protocol: str, vote: str) -> list[Block]:
   """One Table-4-style table: every run, then the chosen ensembles."""
   selections = [ev.protocols[(protocol, lvl, vote)] for lvl in voting.LEVELS]
   chosen_on, reported_on = selections[0].chosen_on, selections[0].reported_on
@@ -173,7 +189,7 @@ def _protocol_section(ev: Evaluation, protocol: str, vote: str) -> list[str]:
   ]
 
 
-def _operating_points_section(ev: Evaluation) -> list[str]:
+def _operating_points_section(ev: Evaluation) -> list[Block]:
   if not ev.operating_points:
     return [
         'No separate validation split to choose on (none was built, or the '
@@ -229,7 +245,7 @@ def _applied_to(split: str) -> str:
   return f'applied to `{split}`, never refitted there'
 
 
-def _calibration_section(ev: Evaluation) -> list[str]:
+def _calibration_section(ev: Evaluation) -> list[Block]:
   """Each run and the chosen ensembles on the reported split, image and
   case level."""
   members_list = [(n,) for n in ev.run_names]
@@ -249,12 +265,12 @@ def _calibration_section(ev: Evaluation) -> list[str]:
       'All variants (adaptive ECE, slope, intercept) in results.json; the '
       'diagram: reliability.png.',
       '',
-      *markdown_table(table),
+      table,
       '',
   ]
 
 
-def _subgroup_section(ev: Evaluation) -> list[str]:
+def _subgroup_section(ev: Evaluation) -> list[Block]:
   """The subgroups' soft-voting entries, by model; small ones flagged with a
   dagger and a footnote (nothing without subgroups)."""
   if not ev.subgroups:
@@ -274,7 +290,7 @@ def _subgroup_section(ev: Evaluation) -> list[str]:
       "case's value of a per-view field is its views' value where they all "
       "share one, else 'varies'. num_views: the views evaluated per case.",
       '',
-      *markdown_table(table),
+      table,
   ]
   if has_small_subgroup(table):
     lines += ['', SUBGROUP_FOOTNOTE]
@@ -291,10 +307,10 @@ def sections(ev: Evaluation) -> dict[str, list[str]]:
   lines += _operating_points_section(ev)
   lines += _calibration_section(ev)
   lines += _subgroup_section(ev)
-  out: dict[str, list[str]] = {'': []}
+  out: dict[str, list[Block]] = {'': []}
   title = ''
   for line in lines:
-    if line.startswith('## '):
+    if isinstance(line, str) and line.startswith('## '):
       title = line[3:].strip()
       out[title] = []
     out[title].append(line)

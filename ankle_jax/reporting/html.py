@@ -93,40 +93,34 @@ def _figure(ev: Evaluation, name: str, alt: str) -> str:
   return f'<img class="figure" src="{uri}" alt="{html.escape(alt)}">'
 
 
-def markdown_to_html(lines: Sequence[str]) -> str:
-  """The markdown report.md uses (headings, pipe tables, paragraphs, inline
-  code, bold) as HTML."""
-  out, table, paragraph = [], [], []
+def blocks_html(blocks: Sequence[document.Block]) -> str:
+  """reporting.document's blocks as HTML: tables as tables, '#' headings one
+  level down, lines between blank ones as a paragraph."""
+  out, paragraph = [], []
 
   def flush():
-    if table:
-      cells = [[c.strip() for c in t.strip('|').split('|')] for t in table]
-      out.append(html_table(Table.of(cells[0], cells[2:])))
-      table.clear()
     if paragraph:
       out.append(f'<p>{inline_html(" ".join(paragraph))}</p>')
       paragraph.clear()
 
-  for line in lines:
-    heading = re.match(r'(#+) (.*)', line)
-    if line.startswith('|'):
-      if paragraph:
-        flush()
-      table.append(line)
-    elif heading or not line.strip():
+  for block in blocks:
+    heading = isinstance(block, str) and re.match(r'(#+) (.*)', block)
+    if isinstance(block, Table):
       flush()
-      if heading:
-        level = min(len(heading.group(1)) + 1, 6)
-        out.append(f'<h{level}>{inline_html(heading.group(2))}</h{level}>')
+      out.append(html_table(block))
+    elif heading:
+      flush()
+      level = min(len(heading.group(1)) + 1, 6)
+      out.append(f'<h{level}>{inline_html(heading.group(2))}</h{level}>')
+    elif not block.strip():
+      flush()
     else:
-      if table:
-        flush()
-      paragraph.append(line.strip())
+      paragraph.append(block.strip())
   flush()
   return '\n'.join(out)
 
 
-def _protocol_body(ev: Evaluation, overview: Sequence[str]) -> str:
+def _protocol_body(ev: Evaluation, overview: Sequence[document.Block]) -> str:
   rows = [
       [
           protocol,
@@ -138,7 +132,7 @@ def _protocol_body(ev: Evaluation, overview: Sequence[str]) -> str:
       for (protocol, level, vote), s in ev.protocols.items()
   ]
   header = ['Protocol', 'Level, voting', 'Chosen', 'Chosen on', 'Reported on']
-  return markdown_to_html(overview) + html_table(Table.of(header, rows))
+  return blocks_html(overview) + html_table(Table.of(header, rows))
 
 
 def _reliability_body(ev: Evaluation) -> str:
@@ -211,9 +205,9 @@ def _bodies(ev: Evaluation, context: ReportContext) -> dict[str, str]:
   ]
   return {
       'protocol': _protocol_body(ev, md['']),
-      'tables': markdown_to_html(tables),
+      'tables': blocks_html(tables),
       'roc': _figure(ev, 'roc.png', 'ROC')
-      + markdown_to_html(md.get('Operating points', [])),
+      + blocks_html(md.get('Operating points', [])),
       'reliability': _reliability_body(ev),
       'confusion': _figure(ev, 'confusion.png', 'confusion matrices'),
       'subgroups': _subgroups_body(ev),

@@ -17,7 +17,7 @@ def write(out_dir: str, ev: Evaluation, context: ReportContext) -> str:
   del context  # report.md needs nothing beyond the evaluation.
   lines = [document.TITLE]
   for section in document.sections(ev).values():
-    lines += section
+    lines += document.markdown_lines(section)
   path = os.path.join(out_dir, REPORT_FILE)
   with open(path, 'w') as f:
     f.write('\n'.join(lines).rstrip('\n') + '\n')
