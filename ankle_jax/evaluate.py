@@ -118,7 +118,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import os
 import sys
-from typing import Any
+import types
 
 from absl import flags
 
@@ -155,7 +155,7 @@ def write_all(
     out_dir: str,
     evaluation: Evaluation,
     context: ReportContext,
-    writers: Sequence[Any] = WRITERS,
+    writers: Sequence[types.ModuleType] = WRITERS,
 ) -> None:
   """Each writer's files in out_dir (created)."""
   os.makedirs(out_dir, exist_ok=True)

@@ -151,6 +151,8 @@ def test_the_evaluation_is_frozen(synthetic):
     ev.headline = None
   with pytest.raises(dataclasses.FrozenInstanceError):
     ev.headline.members = ('run_a',)
+  with pytest.raises(TypeError):  # read-only mappings
+    ev.results[ev.headline.key] = None
 
 
 def test_the_headline_is_the_honest_soft_choice(synthetic):

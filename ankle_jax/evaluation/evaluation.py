@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import types
 from typing import Any
 
 from ankle_jax.evaluation import calibration as calibration_lib
@@ -93,7 +94,8 @@ class Headline:
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-  """Everything an evaluation computes, from its predictions alone.
+  """Everything an evaluation computes, from its predictions alone; frozen,
+  its mappings read-only (types.MappingProxyType).
 
   Attributes:
     predictions: {split: SplitPredictions} the asked split and validation
@@ -120,7 +122,7 @@ class Evaluation:
   run_names: tuple[str, ...]
   split: str
   pooled_split: str
-  results: Results
+  results: Mapping[ResultKey, results_lib.ResultEntry]
   protocols: Mapping[SelectionKey, Selection]
   headline: Headline
   operating_points: tuple[OperatingPoint, ...]
@@ -286,12 +288,12 @@ def compute(
   has_validation = pooled_split != split
   protocol = 'honest' if has_validation else 'paper'
   return Evaluation(
-      predictions=dict(predictions),
+      predictions=types.MappingProxyType(dict(predictions)),
       run_names=tuple(run_names),
       split=split,
       pooled_split=pooled_split,
-      results=results,
-      protocols=protocols,
+      results=types.MappingProxyType(results),
+      protocols=types.MappingProxyType(protocols),
       headline=Headline.of(
           protocols[(protocol, HEADLINE_LEVEL, settings.headline_voting)]
       ),
@@ -302,7 +304,9 @@ def compute(
           if has_validation
           else ()
       ),
-      counts={k: SplitCounts.of(p) for k, p in splits.items()},
+      counts=types.MappingProxyType(
+          {k: SplitCounts.of(p) for k, p in splits.items()}
+      ),
       calibration=calibration_lib.compute_calibration(
           list(results),
           run_names,
@@ -320,7 +324,7 @@ def compute(
       num_bootstrap=settings.num_bootstrap,
       seed=settings.seed,
       selection_metric=settings.selection_metric,
-      checkpoints=dict(settings.checkpoints),
+      checkpoints=types.MappingProxyType(dict(settings.checkpoints)),
       max_eval_views=settings.max_eval_views,
       multiview_runs=tuple(
           n for n, m in zip(run_names, multiview_of(predictions[split])) if m
