@@ -20,19 +20,27 @@ How it works:
    of different architectures go in a Python loop. Every model runs once over
    each split needed: the asked split and `validation` (for the honest
    protocol and the operating points).
-3. The fracture probabilities are written to predictions.csv (per view) and
-   case_predictions.csv (per case), and everything else is computed from
-   these files alone, with array operations (ankle_jax.results,
-   ankle_jax.voting, ankle_jax.metrics): per model and per odd-size
+3. From these probabilities alone, ankle_jax.evaluation.compute builds one
+   frozen Evaluation with array operations (evaluation.results, .voting,
+   .metrics, .calibration, .subgroups): per model and per odd-size
    ensemble, image and case level, hard and soft voting, the six metrics
    with 95% intervals (Wilson for the proportions, a case bootstrap for ROC
-   AUC).
+   AUC), and the one Headline (below).
+4. Each writer of ankle_jax.reporting writes its files from the Evaluation
+   (WRITERS); none reads another's file. The probabilities themselves go to
+   predictions.csv and case_predictions.csv, from which every number can be
+   recomputed.
 
 Per-view and multi-view runs (models.multiview: all views of a case at once)
 are evaluated together. Each run has one case probability: a per-view run's
 soft vote (the mean of its view probabilities), a multi-view run's own; at
 image level a multi-view run counts with its case head on each view alone.
-How ensembles vote at case level: ankle_jax.voting.
+How ensembles vote at case level: ankle_jax.evaluation.voting.
+
+The headline model (evaluation.Headline): the honest protocol's choice at
+case level under soft voting (the paper protocol's without a validation
+split). The figures, the model card, the error gallery, TensorBoard and the
+console show it; summary.json names it.
 
 Protocols:
   paper:  the best subset chosen on validation+test pooled and reported on the
@@ -63,41 +71,40 @@ Outputs in OUT:
                    only: those vote per view first, members then views, and
                    need predictions.csv. Both CSV files end with
                    probability_calibrated: the probability at the run's own
-                   temperature at that level (ankle_jax.calibration).
+                   temperature at that level (evaluation.calibration).
   results.json     a list of {members, level, voting, split, metrics, ci95,
                    subgroup, calibration} for every subset x level
                    (image|case) x voting (hard|soft) x split (validation,
                    the asked split, and the pooled 'validation+<split>',
                    whose cases are (split, case_id)), subgroup null; then the subgroups' entries
-                   (ankle_jax.subgroups): each single run and the honest
+                   (evaluation.subgroups): each single run and the honest
                    protocol's chosen ensembles on the asked split, per view
                    position, body part, hardware (image level) and number
                    of views per case (case level), subgroup {field, value,
                    positives, negatives, small}. Main entries carry a
                    "calibration" block (see Calibration below).
-  summary.json     checkpoints, class counts, the protocols' selections and the
-                   operating points.
+  summary.json     checkpoints, class counts, the protocols' selections, the
+                   headline model and the operating points.
   report.md        Table-4-style tables for both protocols, operating points,
                    calibration, the subgroups (soft voting; small ones
                    flagged).
   reliability.png  the reliability diagram of the headline model (case level)
                    before and after temperature scaling.
-  roc.png          single-view vs case-level ROC of the best ensemble.
-  confusion.png    its confusion matrices (hard voting).
-  events.out.tfevents.*  the results' scalars for TensorBoard (`eval/...`,
-                   see ankle_jax.report).
+  roc.png          single-view vs case-level ROC of the headline model.
+  confusion.png    its confusion matrices (its voting rule's decisions).
+  events.out.tfevents.*  the headline model's metrics for TensorBoard
+                   (`verdict/...`, see ankle_jax.reporting.tensorboard).
   report.html      one self-contained page (images embedded): protocol and
                    data, report.md's tables, ROC, reliability, confusion
                    matrices, subgroups and the error gallery: the headline
                    model's most confident false negatives and false
-                   positives, with Grad-CAM thumbnails (ankle_jax.html_report;
-                   --no_html skips it).
-  MODEL_CARD.md    the model card, every number copied from results.json and
-                   summary.json (ankle_jax.model_card).
+                   positives, with Grad-CAM thumbnails (reporting.html,
+                   reporting.gallery; --no_html skips it).
+  MODEL_CARD.md    the headline model's card (reporting.model_card).
 
 Calibration: each run and ensemble's soft-voted probability is temperature
 scaled, the temperature fitted on validation and applied to the reported
-split (results.json's "calibration" blocks; ankle_jax.calibration). On
+split (results.json's "calibration" blocks; evaluation.calibration). On
 another dataset than the first run's own (an external test set), or one
 without a validation split, validation comes from the run's own dataset
 (summary.json's validation_source).
@@ -108,265 +115,77 @@ written.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-import dataclasses
-import functools
+from collections.abc import Sequence
 import os
 import sys
-from typing import Any
+import types
 
 from absl import flags
-from etils import epath
-import numpy as np
 
-from ankle_jax import calibration
 from ankle_jax import checkpoint as checkpoint_lib
 from ankle_jax import console
-from ankle_jax import html_report
+from ankle_jax import evaluation_inputs
 from ankle_jax import inference
-from ankle_jax import metrics as metrics_lib
-from ankle_jax import model_card
-from ankle_jax import report
-from ankle_jax import results
-from ankle_jax import subgroups
-from ankle_jax.data import pipeline
-from ankle_jax.data import prepare
+from ankle_jax.evaluation import metrics as metrics_lib
+from ankle_jax.evaluation import predictions as predictions_lib
+from ankle_jax.evaluation.evaluation import Evaluation
+from ankle_jax.evaluation.evaluation import Settings
+from ankle_jax.evaluation.evaluation import compute
+from ankle_jax.evaluation.predictions import VALIDATION
+from ankle_jax.evaluation.predictions import SplitPredictions
+from ankle_jax.evaluation.results import CheckpointInfo
+from ankle_jax.reporting import figures
+from ankle_jax.reporting import files
+from ankle_jax.reporting import gallery
+from ankle_jax.reporting import html as html_page
+from ankle_jax.reporting import markdown
+from ankle_jax.reporting import model_card
+from ankle_jax.reporting import tensorboard
+from ankle_jax.reporting import terminal
+from ankle_jax.reporting.context import ReportContext
 
-# batches_fn(split) -> batches_for(image_size) -> iterator of eval batches, or
-# None when the split does not exist.
-BatchesFn = Callable[[str], Callable[[int], Iterator] | None]
+# Every writer, in the order they run (each write(out_dir, evaluation,
+# context); none reads another's file).
+WRITERS = (files, markdown, figures, tensorboard, model_card, html_page)
+# The writers of evaluate_predictions: no runs, so no model card or gallery.
+PREDICTION_WRITERS = (files, markdown, figures, tensorboard)
 
 
-def evaluate_predictions(
+def write_all(
     out_dir: str,
-    *,
-    split: str,
-    max_subsets: int | None = None,
-    num_bootstrap: int = 2000,
-    seed: int = 0,
-    selection_metric: str = 'accuracy',
-    checkpoints: dict[str, results.CheckpointInfo] | None = None,
-    max_eval_views: int = 0,
-    validation_source: str | None = None,
-) -> results.Evaluation:
-  """Everything from OUT/predictions.csv and OUT/case_predictions.csv:
-  results, protocols, calibration, report, plots.
+    evaluation: Evaluation,
+    context: ReportContext,
+    writers: Sequence[types.ModuleType] = WRITERS,
+) -> None:
+  """Each writer's files in out_dir (created)."""
+  os.makedirs(out_dir, exist_ok=True)
+  for writer in writers:
+    writer.write(out_dir, evaluation, context)
 
-  checkpoints, max_eval_views (0 = every view) and validation_source (where
-  validation came from on an external test set) are stated in the report;
-  the views themselves are those predictions.csv lists. Without a
-  case_predictions.csv (older evaluations) every run counts as per-view.
-  """
-  run_names, by_split = results.read_predictions_csv(
-      os.path.join(out_dir, 'predictions.csv')
-  )
-  evaluation = results.evaluate_splits(
-      by_split,
-      run_names,
-      split=split,
-      max_subsets=max_subsets,
-      num_bootstrap=num_bootstrap,
-      seed=seed,
-      selection_metric=selection_metric,
-  )
-  evaluation.checkpoints = dict(checkpoints or {})
-  evaluation.max_eval_views = max_eval_views
-  evaluation.validation_source = validation_source
-  calibration.calibrate(out_dir, evaluation, by_split)
-  evaluation.subgroups = subgroups.evaluate(evaluation, by_split)
-  report.write_all(out_dir, evaluation, by_split)
+
+def evaluate_predictions(out_dir: str, settings: Settings) -> Evaluation:
+  """Everything but the model card and report.html from the predictions
+  OUT/predictions.csv and OUT/case_predictions.csv already hold (read once;
+  rewritten with probability_calibrated). Without a case_predictions.csv
+  (older evaluations) every run counts as per-view."""
+  run_names, by_split = predictions_lib.read_predictions(out_dir)
+  evaluation = compute(by_split, run_names, settings)
+  write_all(out_dir, evaluation, ReportContext(html=False), PREDICTION_WRITERS)
   return evaluation
 
 
-def own_dataset(run: inference.Run) -> tuple[epath.Path, str]:
-  """(data_dir, dataset_config) a run was trained and validated on."""
-  data = run.config.data
-  data_dir, _ = prepare.resolve_data_dirs(
-      data.get('data_dir', ''), data.get('manual_dir', ''), run.workdir
-  )
-  return data_dir, data.get('dataset_config', 'dicom_cases')
-
-
-def _load_split(data_dir: epath.Path, name: str, dataset_config: str):
-  """The split's data source, or None when it (or the dataset) is missing."""
-  if not prepare.dataset_exists(data_dir, dataset_config):
-    return None
-  try:
-    return pipeline.load_split(data_dir, name, dataset_config)
-  except (prepare.DatasetMissingError, FileNotFoundError):
-    return None
-
-
-def validation_split_source(
-    asked: tuple[epath.Path, str], own: tuple[epath.Path, str]
-) -> tuple[Any, str | None]:
-  """(validation data source or None, the run's own data_dir when validation
-  comes from there, else None).
-
-  On another dataset than the run's own (an external test set), or one
-  without a validation split, validation comes from the run's own dataset
-  when it has one (the temperature, the operating points and the honest
-  protocol's choice need it), else from the asked dataset's.
-  """
-  external = (os.path.realpath(asked[0]), asked[1]) != (
-      os.path.realpath(own[0]),
-      own[1],
-  )
-  if external:
-    source = _load_split(own[0], results.VALIDATION, own[1])
-    if source is not None:
-      return source, str(own[0])
-  return _load_split(asked[0], results.VALIDATION, asked[1]), None
-
-
-def dataset_location(
-    runs: Sequence[inference.Run],
-    data_dir: str | None,
-    dataset_config: str | None,
-) -> tuple[epath.Path, str]:
-  """(data_dir, dataset_config) to evaluate on (default: the first run's).
-
-  Raises:
-    console.UserError: no such built dataset.
-  """
-  first = runs[0]
-  data = first.config.data
-  own = own_dataset(first)
-  _, manual_dir = prepare.resolve_data_dirs(
-      data.get('data_dir', ''), data.get('manual_dir', ''), first.workdir
-  )
-  data_dir = epath.Path(data_dir or own[0])
-  dataset_config = dataset_config or own[1]
-  if not prepare.dataset_exists(data_dir, dataset_config):
-    manual_dir = str(manual_dir) if manual_dir.exists() else ''
-    error = prepare.missing_dataset_error(data_dir, dataset_config, manual_dir)
-    raise console.UserError(str(error))
-  for run in runs[1:]:
-    other = run.config.data
-    if (other.get('data_dir'), other.get('dataset_config')) != (
-        data.get('data_dir'),
-        data.get('dataset_config'),
-    ):
-      print(
-          f'note: run {run.name} was trained on another dataset than '
-          f'{first.name}; all runs are evaluated on {data_dir} '
-          f'({dataset_config}).',
-          file=sys.stderr,
-      )
-  return data_dir, dataset_config
-
-
-def split_loader(
-    split: str, location: tuple[epath.Path, str], own: tuple[epath.Path, str]
-) -> tuple[Callable[[str], Any], str | None]:
-  """(load(name) -> the TFDS source of a split, the validation source).
-
-  On an external test set validation comes from the runs' own dataset
-  (validation_split_source); the validation source is then its data_dir,
-  else None. load raises FileNotFoundError for a missing split.
-  """
-  validation, validation_source = None, None
-  if split != results.VALIDATION:
-    validation, validation_source = validation_split_source(location, own)
-  if validation_source:
-    print(
-        f'note: {location[0]} is not the dataset the runs were trained on: '
-        'validation (temperature, operating points, honest protocol) comes '
-        f'from their own, {validation_source}.',
-        file=sys.stderr,
-    )
-
-  def load(name: str) -> Any:
-    if name == results.VALIDATION and name != split:
-      if validation is None:
-        raise FileNotFoundError(f'no {name!r} split')
-      return validation
-    return pipeline.load_split(location[0], name, location[1])
-
-  return load, validation_source
-
-
-def _split_batches(
-    load: Callable[[str], Any],
-    split: str,
-    data_dir: epath.Path,
-    batch_size: int,
-    max_eval_views: int,
-) -> BatchesFn:
-  """batches_fn over the sources `load(name)` returns."""
-
-  def batches_fn(name: str) -> Callable[[int], Iterator] | None:
-    try:
-      source = load(name)
-    except (prepare.DatasetMissingError, FileNotFoundError) as e:
-      if name == split:
-        raise console.UserError(str(e)) from e
-      print(
-          f"note: no {name!r} split in {data_dir} nor in the runs' own "
-          'dataset: no honest protocol, no operating points, no temperature.',
-          file=sys.stderr,
-      )
-      return None
-    return lambda image_size: pipeline.iterate_eval_batches(
-        source,
-        batch_size=batch_size,
-        image_size=image_size,
-        max_views_per_case=max_eval_views,
-    )
-
-  return batches_fn
-
-
-def source_case_images(
-    load_source: Callable[[], Any], max_eval_views: int
-) -> html_report.CaseImagesFn:
-  """A case's evaluated views (pipeline.case_groups), read by record index
-  from the TFDS source `load_source()` returns (loaded on first use)."""
-  found = {}
-
-  def case_images(case_id: str, image_size: int) -> np.ndarray:
-    if not found:
-      found['source'] = load_source()
-      found['groups'] = dict(
-          pipeline.case_groups(found['source'], max_eval_views)
-      )
-    return pipeline.case_images(
-        found['source'], found['groups'][case_id], image_size
-    )
-
-  return case_images
-
-
-def batches_case_images(
-    batches_fn: BatchesFn, split: str
-) -> html_report.CaseImagesFn:
-  """A case's views found by walking the split's eval batches (for injected
-  batches_fn; the TFDS path reads records directly)."""
-
-  def case_images(case_id: str, image_size: int) -> np.ndarray:
-    views = []
-    for batch in batches_fn(split)(image_size):
-      mask = np.asarray(batch.get('mask', np.ones(len(batch['label']), bool)))
-      for j in np.flatnonzero(mask):
-        found = batch['case_id'][j]
-        found = found.decode() if isinstance(found, bytes) else str(found)
-        if found == case_id:
-          views.append((int(batch['view_index'][j]), batch['image'][j]))
-    return np.stack([image for _, image in sorted(views, key=lambda v: v[0])])
-
-  return case_images
-
-
 def predict_splits(
-    runs: Sequence[inference.Run], split: str, batches_fn: BatchesFn
-) -> dict[str, inference.SplitPredictions]:
+    runs: Sequence[inference.Run],
+    split: str,
+    batches_fn: evaluation_inputs.BatchesFn,
+) -> dict[str, SplitPredictions]:
   """Every run's probabilities on `split` and, if it exists, validation."""
   checkpoints = ', '.join(
       dict.fromkeys(f'{r.which} checkpoint, step {r.step}' for r in runs)
   )
   print(f'Evaluating {len(runs)} run(s) ({checkpoints}) on split {split!r}...')
   by_split = {}
-  for name in dict.fromkeys([split, results.VALIDATION]):
+  for name in dict.fromkeys([split, VALIDATION]):
     batches_for = batches_fn(name)
     if batches_for is None:
       if name == split:
@@ -403,68 +222,6 @@ def views_per_case(
   return max_eval_views
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluationInputs:
-  """Where evaluate_runs reads its views and the gallery its images.
-
-  Attributes:
-    batches_fn: (split) -> batches_for(image_size) or None.
-    case_images: (case_id, image_size) -> a case's evaluated views.
-    location: (data_dir, dataset_config) of the TFDS dataset, None for an
-      injected batches_fn.
-    validation_source: the runs' own data_dir when validation comes from
-      there (an external test set), else None.
-  """
-
-  batches_fn: BatchesFn
-  case_images: html_report.CaseImagesFn
-  location: tuple[epath.Path, str] | None = None
-  validation_source: str | None = None
-
-  @classmethod
-  def of(
-      cls,
-      runs: Sequence[inference.Run],
-      split: str,
-      *,
-      batches_fn: BatchesFn | None,
-      data_dir: str | None,
-      dataset_config: str | None,
-      batch_size: int,
-      max_eval_views: int,
-  ) -> EvaluationInputs:
-    """The TFDS dataset's inputs (each split loaded once, shared by the
-    forward and the gallery), or an injected batches_fn's."""
-    if batches_fn is not None:
-      return cls(batches_fn, batches_case_images(batches_fn, split))
-    location = dataset_location(runs, data_dir, dataset_config)
-    loader, validation_source = split_loader(
-        split, location, own_dataset(runs[0])
-    )
-    load = functools.cache(loader)
-    return cls(
-        _split_batches(load, split, location[0], batch_size, max_eval_views),
-        source_case_images(lambda: load(split), max_eval_views),
-        location,
-        validation_source,
-    )
-
-
-def write_prediction_files(
-    out_dir: str,
-    run_names: Sequence[str],
-    by_split: dict[str, inference.SplitPredictions],
-) -> None:
-  """OUT/predictions.csv and OUT/case_predictions.csv (OUT created)."""
-  os.makedirs(out_dir, exist_ok=True)
-  results.write_predictions_csv(
-      os.path.join(out_dir, 'predictions.csv'), run_names, by_split
-  )
-  results.write_case_predictions_csv(
-      os.path.join(out_dir, results.CASE_PREDICTIONS_FILE), run_names, by_split
-  )
-
-
 def evaluate_runs(
     run_dirs: Sequence[str],
     *,
@@ -479,10 +236,11 @@ def evaluate_runs(
     num_bootstrap: int = 2000,
     seed: int = 0,
     selection_metric: str = 'accuracy',
-    batches_fn: BatchesFn | None = None,
+    batches_fn: evaluation_inputs.BatchesFn | None = None,
     html: bool = True,
-) -> results.Evaluation:
-  """Restores runs, predicts the needed splits, and writes OUT's files.
+) -> Evaluation:
+  """Restores runs, predicts the needed splits once, computes the one
+  Evaluation, and hands it to every writer (WRITERS).
 
   Args:
     run_dirs: training run directories.
@@ -511,7 +269,7 @@ def evaluate_runs(
   """
   runs = inference.load_runs(run_dirs, checkpoint)
   max_eval_views = views_per_case(runs, max_eval_views)
-  inputs = EvaluationInputs.of(
+  inputs = evaluation_inputs.EvaluationInputs.of(
       runs,
       split,
       batches_fn=batches_fn,
@@ -521,58 +279,42 @@ def evaluate_runs(
       max_eval_views=max_eval_views,
   )
   by_split = predict_splits(runs, split, inputs.batches_fn)
-  write_prediction_files(out_dir, [r.name for r in runs], by_split)
-  evaluation = evaluate_predictions(
-      out_dir,
-      split=split,
-      max_subsets=max_subsets,
-      num_bootstrap=num_bootstrap,
-      seed=seed,
-      selection_metric=selection_metric,
-      checkpoints={
-          r.name: results.CheckpointInfo(r.which, r.step) for r in runs
-      },
-      max_eval_views=max_eval_views,
-      validation_source=inputs.validation_source,
+  evaluation = compute(
+      by_split,
+      [r.name for r in runs],
+      Settings(
+          split=split,
+          max_subsets=max_subsets,
+          num_bootstrap=num_bootstrap,
+          seed=seed,
+          selection_metric=selection_metric,
+          checkpoints={r.name: CheckpointInfo(r.which, r.step) for r in runs},
+          max_eval_views=max_eval_views,
+          validation_source=inputs.validation_source,
+      ),
   )
-  write_documents(
-      out_dir,
-      evaluation,
-      runs,
-      inputs.case_images if html else None,
-      location=inputs.location,
-  )
+  context = report_context(evaluation, runs, inputs, html)
+  write_all(out_dir, evaluation, context)
   return evaluation
 
 
-def write_documents(
-    out_dir: str,
-    ev: results.Evaluation,
+def report_context(
+    evaluation: Evaluation,
     runs: Sequence[inference.Run],
-    case_images: html_report.CaseImagesFn | None,
-    *,
-    location: tuple[epath.Path, str] | None = None,
-) -> None:
-  """report.html (when case_images is given: with the error gallery; else no
-  report.html, and an older one is removed) and MODEL_CARD.md, from the
-  files already in OUT."""
-  html_path = os.path.join(out_dir, html_report.HTML_FILE)
-  if case_images is not None:
-    _, by_split = results.read_predictions_csv(
-        os.path.join(out_dir, 'predictions.csv')
-    )
-    gallery = html_report.build_gallery(
-        ev, by_split[ev.split], runs, case_images
-    )
-    html_report.write_html(out_dir, ev, gallery)
-  elif os.path.exists(html_path):
-    os.remove(html_path)
-  model_card.write_model_card(
-      out_dir,
-      {r.name: r.workdir for r in runs},
+    inputs: evaluation_inputs.EvaluationInputs,
+    html: bool,
+) -> ReportContext:
+  """What the writers need beyond the evaluation; with html, the error
+  gallery (one Grad-CAM pass of the headline model's runs)."""
+  location = inputs.location
+  return ReportContext(
+      run_dirs={r.name: r.workdir for r in runs},
       data_dir=str(location[0]) if location else None,
       dataset_config=location[1] if location else None,
-      html_written=case_images is not None,
+      html=html,
+      gallery=(
+          gallery.build(evaluation, runs, inputs.case_images) if html else None
+      ),
   )
 
 
@@ -648,7 +390,7 @@ def main(argv: Sequence[str]) -> None:
     names = ' and '.join(f'--{m}' for m in missing)
     verb = 'are' if len(missing) > 1 else 'is'
     raise console.UserError(f'{names} {verb} required.\n{USAGE}')
-  html = f.html and not f.no_html
+  with_html = f.html and not f.no_html
   evaluation = evaluate_runs(
       f.runs,
       split=f.split,
@@ -662,11 +404,13 @@ def main(argv: Sequence[str]) -> None:
       num_bootstrap=f.num_bootstrap,
       seed=f.seed,
       selection_metric=f.selection_metric,
-      html=html,
+      html=with_html,
   )
-  print(report.console_summary(evaluation, f.out))
-  written = [html_report.HTML_FILE] if html else []
-  print(f'Wrote {", ".join(written + [model_card.MODEL_CARD_FILE])} too.')
+  written = [markdown.REPORT_FILE, *files.FILES, *figures.FILES]
+  written += [model_card.MODEL_CARD_FILE] + (
+      [html_page.HTML_FILE] if with_html else []
+  )
+  print(terminal.summary(evaluation, f.out, written))
 
 
 if __name__ == '__main__':

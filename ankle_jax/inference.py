@@ -32,9 +32,10 @@ import numpy as np
 from ankle_jax import checkpoint
 from ankle_jax import console
 from ankle_jax import models
-from ankle_jax import voting
 from ankle_jax import writers
 from ankle_jax.data import augment
+from ankle_jax.evaluation import voting
+from ankle_jax.evaluation.predictions import SplitPredictions
 
 RUN_DIR_HOLDS = (
     'a run directory holds config.json and checkpoints/ '
@@ -303,37 +304,6 @@ def make_case_forward(
 # The keys of a batch of views (data.pipeline.iterate_eval_batches) that are
 # not per-view features.
 VIEW_BATCH_KEYS = ('image', 'label', 'case_id', 'view_index', 'mask')
-
-
-@dataclasses.dataclass
-class SplitPredictions:
-  """Every run's probability for every view (and case) of one split.
-
-  Attributes:
-    case_ids_v: str [views]. view_index_v: int [views]. labels_v: int [views].
-    probs_rv: float64 [runs, views] fracture probabilities. A multi-view
-      run's view probability is its case head on that view alone
-      (models.multiview).
-    case_probs_rc: float64 [runs, cases], cases in `cases().case_ids_c`
-      order: a multi-view run's fused case probability; a per-view run's row
-      is its soft vote (the mean of its view probabilities). None when no
-      run is multi-view (then every case probability is a soft vote).
-    multiview_r: bool [runs], which runs are multi-view (None: none).
-    features_v: {field: str [views]} the views' VIEW_FEATURES fields
-      (data.pipeline: view_position, num_views, FracAtlas flags), as the
-      batches carried them; None when they carried none.
-  """
-
-  case_ids_v: np.ndarray
-  view_index_v: np.ndarray
-  labels_v: np.ndarray
-  probs_rv: np.ndarray
-  case_probs_rc: np.ndarray | None = None
-  multiview_r: np.ndarray | None = None
-  features_v: dict[str, np.ndarray] | None = None
-
-  def cases(self) -> voting.CaseIndex:
-    return voting.index_cases(self.case_ids_v, self.labels_v)
 
 
 def _as_str(values: Any) -> np.ndarray:

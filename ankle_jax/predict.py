@@ -46,9 +46,9 @@ from ankle_jax import console
 from ankle_jax import inference
 from ankle_jax import models
 from ankle_jax import saliency
-from ankle_jax import voting
 from ankle_jax.data import augment
 from ankle_jax.data import dicom
+from ankle_jax.evaluation import voting
 
 USAGE = (
     'usage: python -m ankle_jax.predict --runs=RUN_DIR[,RUN_DIR...] '

@@ -53,14 +53,14 @@ import optax
 
 from ankle_jax import checkpoint
 from ankle_jax import console
-from ankle_jax import metrics as metrics_lib
 from ankle_jax import models
 from ankle_jax import sharding
-from ankle_jax import voting
 from ankle_jax import writers
 from ankle_jax.data import augment
 from ankle_jax.data import pipeline
 from ankle_jax.data import prepare
+from ankle_jax.evaluation import metrics as metrics_lib
+from ankle_jax.evaluation import voting
 
 MIN_IMAGE_SIZE = 75
 DTYPES = ('float32', 'bfloat16')

@@ -11,7 +11,7 @@ and prints, for the reported split at case level, each kind of run's ROC AUC
 and accuracy with their 95% intervals (results.json) per seed and their mean
 over seeds, then the paired case-bootstrap difference of ROC AUC between a
 multi-view run and the per-view run's soft vote
-(ankle_jax.metrics.paired_auc_difference, on case_predictions.csv).
+(ankle_jax.evaluation.metrics.paired_auc_difference, on case_predictions.csv).
 
 Usage:
   python benchmarks/multiview_vs_voting.py --evals=DIR1,DIR2,DIR3 \
@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from ankle_jax import metrics
+from ankle_jax.evaluation import metrics
 
 
 def kind_of(run: str) -> str:

@@ -1,15 +1,13 @@
-"""Tests of ankle_jax.calibration: temperature and Platt scaling, ECE,
-adaptive ECE, Brier score, calibration slope and intercept, their bootstrap
-intervals and the CSV column."""
-
-import csv
+"""Tests of ankle_jax.evaluation.calibration: temperature scaling, ECE,
+adaptive ECE, Brier score, calibration slope and intercept and their
+bootstrap intervals (the CSV column: tests/test_reporting.py)."""
 
 import numpy as np
 import pytest
 from scipy import special
 from sklearn import metrics as sk
 
-from ankle_jax import calibration
+from ankle_jax.evaluation import calibration
 
 
 def _synthetic(n, seed, scale=1.0):
@@ -81,18 +79,6 @@ def test_slope_and_intercept():
   assert slope == pytest.approx(1.0, abs=0.05)
 
 
-def test_platt_recovers_a_and_b():
-  rng = np.random.default_rng(4)
-  z = rng.normal(0.0, 2.0, 20000)
-  labels = (rng.uniform(size=z.size) < special.expit(0.5 * z + 0.7)).astype(int)
-  a, b = calibration.fit_platt(special.expit(z), labels)
-  assert (a, b) == (pytest.approx(0.5, abs=0.05), pytest.approx(0.7, abs=0.07))
-  np.testing.assert_allclose(
-      calibration.apply_platt(special.expit(z[:3]), a, b),
-      special.expit(a * z[:3] + b),
-  )
-
-
 def test_weighted_metrics_equal_the_metrics_of_repeated_items():
   """Bootstrap weights = counts: each weighted metric equals the plain one
   on the items repeated that often (and unit weights: scikit-learn's fit)."""
@@ -125,23 +111,3 @@ def test_bootstrap_intervals_hold_the_point_estimates():
   for name in calibration.METRICS:
     lo, hi = ci[name]
     assert lo < point[name] < hi, name
-
-
-def test_add_calibrated_column_replaces_an_older_one(tmp_path):
-  path = tmp_path / 'p.csv'
-  path.write_text(
-      'run,case_id,probability,extra,probability_calibrated\n'
-      'a,c1,0.9,x,0.1\nb,c1,0.2,y,0.3\n'
-  )
-  calibration.add_calibrated_column(str(path), {'a': 2.0, 'b': None})
-  with open(path, newline='') as f:
-    header, *rows = list(csv.reader(f))
-  assert header == [
-      'run',
-      'case_id',
-      'probability',
-      'extra',
-      'probability_calibrated',
-  ]
-  assert float(rows[0][-1]) == pytest.approx(special.expit(np.log(9.0) / 2))
-  assert rows[0][3] == 'x' and rows[1][-1] == ''

@@ -22,17 +22,22 @@ import pytest
 from scipy import special
 from sklearn import metrics as sk
 
-from ankle_jax import calibration
 from ankle_jax import checkpoint
 from ankle_jax import console
 from ankle_jax import evaluate
 from ankle_jax import inference
-from ankle_jax import metrics
-from ankle_jax import results as results_lib
-from ankle_jax import voting
 from ankle_jax import writers
 from ankle_jax.data import augment
+from ankle_jax.evaluation import calibration
+from ankle_jax.evaluation import metrics
+from ankle_jax.evaluation import predictions as predictions_lib
+from ankle_jax.evaluation import results as results_lib
+from ankle_jax.evaluation import voting
+from ankle_jax.evaluation.evaluation import Settings
+from ankle_jax.evaluation.evaluation import compute
 from ankle_jax.models import layers
+from ankle_jax.reporting import files
+from ankle_jax.reporting import tensorboard
 
 
 class TinyNet(nn.Module):
@@ -336,7 +341,7 @@ def test_predictions_csv_rows_and_columns(fake_evaluation):
       os.path.join(fake_evaluation['out_dir'], 'predictions.csv')
   )
   assert header[:5] == ['run', 'case_id', 'view_index', 'label', 'probability']
-  assert header[:6] == list(results_lib.PREDICTION_COLUMNS)
+  assert header[:6] == list(predictions_lib.PREDICTION_COLUMNS)
   assert header[-1] == 'probability_calibrated'
   splits = fake_evaluation['splits']
   num_views = sum(len(s[2]) for s in splits.values())
@@ -431,7 +436,7 @@ def _with_pooled(by_split):
 
 
 def main_entries(results):
-  """results.json's entries but the subgroups' (ankle_jax.subgroups)."""
+  """results.json's entries but the subgroups' (ankle_jax.evaluation.subgroups)."""
   return [e for e in results if e['subgroup'] is None]
 
 
@@ -714,7 +719,7 @@ def test_view_features_reach_predictions_csv_and_read_back(
   out_dir = featured_evaluation['out_dir']
   header, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
   assert header == [
-      *results_lib.PREDICTION_COLUMNS,
+      *predictions_lib.PREDICTION_COLUMNS,
       'view_position',
       'hardware',
       'probability_calibrated',
@@ -723,7 +728,7 @@ def test_view_features_reach_predictions_csv_and_read_back(
     mine = [r for r in rows if r[0] == 'run_b' and r[5] == split]
     assert [r[6] for r in mine] == list(features['view_position'])
     assert [r[7] for r in mine] == [str(h) for h in features['hardware']]
-  _, by_split = results_lib.read_predictions_csv(
+  _, by_split = predictions_lib.read_predictions_csv(
       os.path.join(out_dir, 'predictions.csv')
   )
   assert by_split['test'].features_v['hardware'].tolist() == [
@@ -861,11 +866,11 @@ def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
       batches_fn=fake_batches_fn({'test': fake_split('test', 6, 0)}),
   )
   assert {protocol for protocol, _, _ in out.protocols} == {'paper'}
-  assert out.operating_points == []
+  assert out.operating_points == ()
   assert len(out.results) == 1 * 2 * 2 * 1
   check_results_recomputable(str(tmp_path / 'out'), 50, 0)
   # No validation: no temperature, the metrics before scaling only.
-  block = next(iter(out.calibration.values()))
+  block = next(iter(out.calibration.blocks.values()))
   assert block['temperature'] is None and block['ece_calibrated'] is None
   assert block['ece'] is not None
 
@@ -1015,7 +1020,7 @@ def mixed_split(split, num_cases, seed, multiview=(False, True, False, False)):
   probs_rv = np.clip(
       rng.uniform(size=(len(multiview), len(case_ids))) + 0.25 * labels, 0, 1
   )
-  preds = inference.SplitPredictions(
+  preds = predictions_lib.SplitPredictions(
       np.array(case_ids), np.array(view_index), labels, probs_rv
   )
   cases = preds.cases()
@@ -1037,14 +1042,9 @@ def mixed_evaluation(tmp_path_factory):
       'test': mixed_split('test', 17, 0),
       'validation': mixed_split('validation', 15, 1),
   }
-  results_lib.write_predictions_csv(
-      os.path.join(out_dir, 'predictions.csv'), MIXED_RUNS, by_split
-  )
-  results_lib.write_case_predictions_csv(
-      os.path.join(out_dir, 'case_predictions.csv'), MIXED_RUNS, by_split
-  )
+  files.write_prediction_csvs(out_dir, MIXED_RUNS, by_split, {})
   out = evaluate.evaluate_predictions(
-      out_dir, split='test', num_bootstrap=100, seed=1
+      out_dir, Settings(split='test', num_bootstrap=100, seed=1)
   )
   return {'out_dir': out_dir, 'out': out, 'by_split': by_split}
 
@@ -1082,7 +1082,7 @@ def test_mixed_case_csv_holds_the_multiview_runs_own_probability(
   # The multi-view run's case probability is not its soft vote.
   soft = voting.run_case_probs(preds.probs_rv, preds.cases())[1]
   assert np.abs(probs[1] - soft).max() > 0.05
-  _, by_split = results_lib.read_predictions_csv(
+  _, by_split = predictions_lib.read_predictions_csv(
       os.path.join(mixed_evaluation['out_dir'], 'predictions.csv')
   )
   np.testing.assert_array_equal(by_split['test'].multiview_r, multiview)
@@ -1109,27 +1109,18 @@ def test_per_view_results_unchanged_by_case_predictions_csv(tmp_path):
   }
   for preds in by_split.values():
     preds.case_probs_rc = preds.multiview_r = None
-  expected = results_lib.evaluate_splits(
-      by_split, MIXED_RUNS, split='test', num_bootstrap=50
-  ).results_json()
+  settings = Settings(split='test', num_bootstrap=50)
+  expected = compute(by_split, MIXED_RUNS, settings).results_json()
   written = []
   for with_case_csv in (True, False):
     out_dir = str(tmp_path / f'case_csv_{with_case_csv}')
     os.makedirs(out_dir)
-    results_lib.write_predictions_csv(
-        os.path.join(out_dir, 'predictions.csv'), MIXED_RUNS, by_split
-    )
-    if with_case_csv:
-      results_lib.write_case_predictions_csv(
-          os.path.join(out_dir, 'case_predictions.csv'), MIXED_RUNS, by_split
-      )
-    evaluate.evaluate_predictions(out_dir, split='test', num_bootstrap=50)
+    files.write_prediction_csvs(out_dir, MIXED_RUNS, by_split, {})
+    if not with_case_csv:
+      os.remove(os.path.join(out_dir, 'case_predictions.csv'))
+    evaluate.evaluate_predictions(out_dir, settings)
     written.append(json.loads(_read_text(out_dir, 'results.json')))
-    # Calibration blocks are added after evaluate_splits (checked elsewhere).
-    main = main_entries(written[-1])
-    for entry in main + expected:
-      entry.pop('calibration', None)
-    assert main == expected
+    assert written[-1] == expected
   assert written[0] == written[1]  # the subgroups' entries too
 
 
@@ -1139,7 +1130,7 @@ def test_pool_splits_orders_case_probabilities_by_pooled_case_id():
 
   def split_of(case_ids, probs_c):
     n = len(case_ids)
-    return inference.SplitPredictions(
+    return predictions_lib.SplitPredictions(
         case_ids_v=np.repeat(case_ids, 2),
         view_index_v=np.tile([0, 1], n),
         labels_v=np.zeros(2 * n, np.int64),
@@ -1173,12 +1164,11 @@ def test_case_predictions_csv_missing_rows_is_an_error(tmp_path):
   by_split = {'test': mixed_split('test', 5, 0)}
   pred_path = str(tmp_path / 'predictions.csv')
   case_path = str(tmp_path / 'case_predictions.csv')
-  results_lib.write_predictions_csv(pred_path, MIXED_RUNS, by_split)
-  results_lib.write_case_predictions_csv(case_path, MIXED_RUNS, by_split)
+  files.write_prediction_csvs(str(tmp_path), MIXED_RUNS, by_split, {})
   lines = pathlib.Path(case_path).read_text().splitlines()
   pathlib.Path(case_path).write_text('\n'.join(lines[:-1]) + '\n')
   with pytest.raises(ValueError, match='lacks some run/case rows'):
-    results_lib.read_predictions_csv(pred_path)
+    predictions_lib.read_predictions_csv(pred_path)
 
 
 # ------------------------------------ trained runs, real data, end to end
@@ -1347,9 +1337,11 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert not os.path.exists(os.path.join(out_dir, 'report.html'))
-  assert 'Wrote MODEL_CARD.md too.' in proc.stdout
-  assert 'protocol, all views (case level): chosen on' in proc.stdout
-  assert 'Wrote report.md' in proc.stdout and out_dir in proc.stdout
+  (wrote,) = [l for l in proc.stdout.splitlines() if 'Wrote report.md' in l]
+  assert 'MODEL_CARD.md' in wrote and 'report.html' not in wrote
+  assert out_dir in wrote
+  assert 'Headline: run' in proc.stdout
+  assert 'protocol, all views (case level):' in proc.stdout
   assert 'is illegal' not in proc.stderr  # valid TensorBoard tags
   _, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
   other = _test_case_ids(trained['data_dirs'][1])
@@ -1424,16 +1416,13 @@ def test_tensorboard_tags_are_valid_grouped_and_at_the_checkpoint_step(
       for e in loader.EventFileLoader(path).Load()
       for v in e.summary.value
   ]
-  tags = {tag for tag, _ in scalars}
-  assert all(re.fullmatch(r'eval/[\w./-]+', t) for t in tags), tags
-  for tag in (
-      'eval/honest/case_hard/accuracy',
-      'eval/paper/image_soft/roc_auc',
-      'eval/test/case_soft/sensitivity/run_a',
-      'eval/validation_and_test/case_hard/accuracy/run_a-run_b-run_c',
-      'eval/operating_points/case_youden/sensitivity/run_a',
-  ):
-    assert tag in tags, tag
+  tags = [tag for tag, _ in scalars]
+  # The Headline's metrics only, under one group that opens after a
+  # training run's train/ and val/.
+  assert len(tags) == len(set(tags)) and 6 <= len(tags) <= 12, tags
+  assert all(re.fullmatch(r'verdict/(image|case)_\w+', t) for t in tags), tags
+  assert 'verdict/case_roc_auc' in tags and 'verdict/image_accuracy' in tags
+  assert sorted(['train', 'val', tensorboard.GROUP])[-1] == 'verdict'
   assert {step for _, step in scalars} == {7}  # the checkpoints' step
 
 

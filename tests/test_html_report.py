@@ -1,7 +1,8 @@
-"""Tests of report.html (ankle_jax.html_report) and MODEL_CARD.md
-(ankle_jax.model_card).
+"""Tests of the reporting writers (ankle_jax.reporting): report.html,
+MODEL_CARD.md, the figures, TensorBoard and the console, and the one
+Headline all of them show.
 
-Synthetic predictions go through the real results/report code; the error
+Synthetic predictions go through the real evaluation.compute; the error
 gallery gets fake images, and the end-to-end tests use test_evaluate's tiny
 stand-in runs (real checkpoints, a conv net of a few parameters).
 """
@@ -21,12 +22,21 @@ import pytest
 import test_evaluate as te
 
 from ankle_jax import evaluate
-from ankle_jax import html_report
 from ankle_jax import inference
-from ankle_jax import model_card
-from ankle_jax import report
-from ankle_jax import results as results_lib
-from ankle_jax import voting
+from ankle_jax.evaluation import voting
+from ankle_jax.evaluation.evaluation import Settings
+from ankle_jax.evaluation.evaluation import compute
+from ankle_jax.evaluation.predictions import SplitPredictions
+from ankle_jax.evaluation.results import ResultKey
+from ankle_jax.reporting import document
+from ankle_jax.reporting import format as format_lib
+from ankle_jax.reporting import gallery as gallery_lib
+from ankle_jax.reporting import html as html_lib
+from ankle_jax.reporting import model_card
+from ankle_jax.reporting import plots
+from ankle_jax.reporting import tensorboard
+from ankle_jax.reporting import terminal
+from ankle_jax.reporting.context import ReportContext
 
 
 class _Page(html.parser.HTMLParser):
@@ -80,8 +90,8 @@ def decode_png(uri: str) -> np.ndarray:
   return mpl_image.imread(io.BytesIO(base64.b64decode(uri[len(prefix) :])))
 
 
-def _split_predictions(split, num_cases, seed, num_runs=2):
-  """Synthetic predictions: 1-3 views per case, two runs, some errors."""
+def _split_predictions(split, num_cases, seed, num_runs=3):
+  """Synthetic predictions: 1-3 views per case, three runs, some errors."""
   rng = np.random.default_rng(seed)
   case_ids, view_index, labels = [], [], []
   for c in range(num_cases):
@@ -92,7 +102,7 @@ def _split_predictions(split, num_cases, seed, num_runs=2):
   labels = np.array(labels)
   noise = rng.normal(0, 0.3, (num_runs, len(labels)))
   probs_rv = np.clip(0.3 + 0.35 * labels + noise, 0.001, 0.999)
-  return inference.SplitPredictions(
+  return SplitPredictions(
       case_ids_v=np.array(case_ids),
       view_index_v=np.array(view_index),
       labels_v=labels,
@@ -102,16 +112,22 @@ def _split_predictions(split, num_cases, seed, num_runs=2):
 
 @pytest.fixture(scope='module')
 def synthetic(tmp_path_factory):
-  """An evaluation of synthetic predictions, written by report.write_all."""
+  """An evaluation of synthetic predictions whose honest protocol chooses
+  different ensembles under hard and soft voting (seeds 16, 17), written by
+  the writers that need no runs."""
   out_dir = str(tmp_path_factory.mktemp('synthetic'))
   by_split = {
-      'test': _split_predictions('test', 40, 0),
-      'validation': _split_predictions('validation', 30, 1),
+      'test': _split_predictions('test', 40, 16),
+      'validation': _split_predictions('validation', 30, 17),
   }
-  ev = results_lib.evaluate_splits(
-      by_split, ['run_a', 'run_b'], split='test', num_bootstrap=50, seed=0
+  ev = compute(
+      by_split,
+      ['run_a', 'run_b', 'run_c'],
+      Settings(split='test', num_bootstrap=50, seed=0),
   )
-  report.write_all(out_dir, ev, by_split)
+  evaluate.write_all(
+      out_dir, ev, ReportContext(html=False), evaluate.PREDICTION_WRITERS
+  )
   return {'out_dir': out_dir, 'ev': ev, 'by_split': by_split}
 
 
@@ -122,11 +138,98 @@ def _fake_thumbnails(error, size=20):
   )
 
 
+def _fake_gallery(ev, max_per_kind=gallery_lib.MAX_PER_KIND):
+  return tuple(
+      dataclasses.replace(e, thumbnails_vhw3=_fake_thumbnails(e))
+      for e in gallery_lib.find_errors(ev, max_per_kind)
+  )
+
+
+def test_the_evaluation_is_frozen(synthetic):
+  ev = synthetic['ev']
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    ev.headline = None
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    ev.headline.members = ('run_a',)
+  with pytest.raises(TypeError):  # read-only mappings
+    ev.results[ev.headline.key] = None
+
+
+def test_the_headline_is_the_honest_soft_choice(synthetic):
+  ev = synthetic['ev']
+  h = ev.headline
+  assert (h.protocol, h.level, h.voting) == ('honest', 'case', 'soft')
+  assert h.members == ev.protocols[('honest', 'case', 'soft')].members
+  # The fixture's point: the hard-vote choice is another ensemble.
+  assert ev.protocols[('honest', 'case', 'hard')].members != h.members
+  summary = json.loads(
+      pathlib.Path(synthetic['out_dir'], 'summary.json').read_text()
+  )
+  assert summary['headline']['members'] == list(h.members)
+  assert summary['headline']['voting'] == 'soft'
+
+
+def test_every_writer_names_and_uses_the_one_headline(synthetic, tmp_path):
+  ev = synthetic['ev']
+  h = ev.headline
+  hard = format_lib.members_label(
+      ev.protocols[('honest', 'case', 'hard')].members
+  )
+  named = f'{h.label}, honest protocol (case level, soft voting'
+  for name, figure in plots.FIGURES.items():
+    fig = figure(ev)
+    titles = [ax.get_title() for ax in fig.axes]
+    titles.append(fig._suptitle.get_text() if fig._suptitle else '')
+    assert any(named in t for t in titles), (name, titles)
+    assert not any(t.startswith(hard + ',') for t in titles), name
+  # The confusion matrices count the decisions the gallery lists.
+  d = ev.decisions(h.members, 'case', h.voting)
+  errors = gallery_lib.find_errors(ev, max_per_kind=1000)
+  wrong = {
+      'false_negative': int(((d.labels == 1) & (d.preds == 0)).sum()),
+      'false_positive': int(((d.labels == 0) & (d.preds == 1)).sum()),
+  }
+  assert wrong == {k: sum(e.kind == k for e in errors) for k in wrong}
+  card = pathlib.Path(
+      model_card.write(str(tmp_path), ev, ReportContext())
+  ).read_text()
+  assert card.startswith(f'# Model card: {h.label}\n')
+  assert f'Headline model: **{h.label}**' in card
+  console = terminal.summary(ev, str(tmp_path), ['report.md'])
+  assert console.startswith(f'Headline: {h.label}, ')
+  marked = [line for line in console.splitlines() if line.startswith('*')]
+  assert len(marked) == 1 and h.label in marked[0] and 'soft' in marked[0]
+  report_md = pathlib.Path(synthetic['out_dir'], 'report.md').read_text()
+  assert f'Headline model: **{h.label}**' in report_md
+  page = html_lib.write(
+      str(tmp_path), ev, ReportContext(gallery=_fake_gallery(ev))
+  )
+  text = pathlib.Path(page).read_text()
+  for section in ('reliability', 'gallery'):
+    body = text.split(f'id="{section}"')[1].split('</section>')[0]
+    assert f'Headline model <b>{html.escape(h.label)}</b>' in body, section
+  scalars = dict((tag, value) for tag, value, _ in tensorboard.scalars(ev))
+  entry = ev.results[h.key]
+  assert scalars['verdict/case_roc_auc'] == entry.metrics['roc_auc']
+
+
+def test_tensorboard_writes_a_dozen_headline_scalars_after_training(
+    synthetic, tmp_path
+):
+  ev = synthetic['ev']
+  scalars = tensorboard.scalars(ev)
+  assert 6 <= len(scalars) <= 12
+  groups = {tag.split('/')[0] for tag, _, _ in scalars}
+  assert groups == {tensorboard.GROUP}
+  assert sorted(['train', 'val', tensorboard.GROUP])[-1] == tensorboard.GROUP
+  tensorboard.write(str(tmp_path), ev, ReportContext())
+  assert any(n.startswith('events.out.tfevents') for n in os.listdir(tmp_path))
+
+
 def test_gallery_lists_the_most_confident_errors_in_order(synthetic):
   ev, preds = synthetic['ev'], synthetic['by_split']['test']
-  members = ev.headline_members('soft')
-  assert members == ev.protocols[('honest', 'case', 'soft')].members
-  errors = html_report.find_errors(ev, preds, max_per_kind=3)
+  members = ev.headline.members
+  errors = gallery_lib.find_errors(ev, max_per_kind=1)
   # Independently: the members' mean probability per view, then per case.
   idx = [ev.run_names.index(m) for m in members]
   view_p = preds.probs_rv[idx].mean(axis=0)
@@ -141,9 +244,8 @@ def test_gallery_lists_the_most_confident_errors_in_order(synthetic):
   fp = sorted(
       ((-p, c) for c, p in case_p.items() if case_label[c] == 0 and p >= 0.5)
   )
-  assert len(fn) > 3 and len(fp) > 3  # so the cap and the order matter
-  expected = [('false_negative', c) for _, c in fn[:3]]
-  expected += [('false_positive', c) for _, c in fp[:3]]
+  assert len(fn) > 1 and len(fp) > 1  # so the cap and the order matter
+  expected = [('false_negative', fn[0][1]), ('false_positive', fp[0][1])]
   assert [(e.kind, e.case_id) for e in errors] == expected
   for e in errors:
     np.testing.assert_allclose(e.probability, case_p[e.case_id], rtol=1e-12)
@@ -152,101 +254,88 @@ def test_gallery_lists_the_most_confident_errors_in_order(synthetic):
     np.testing.assert_allclose(e.view_probs_v, view_p[views], rtol=1e-12)
 
 
-def test_html_sections_images_and_gallery(synthetic, tmp_path):
+def test_html_sections_figures_tables_and_gallery(synthetic, tmp_path):
   ev = synthetic['ev']
-  out_dir = synthetic['out_dir']
-  errors = html_report.find_errors(ev, synthetic['by_split']['test'])
-  gallery = [
-      dataclasses.replace(e, thumbnails_vhw3=_fake_thumbnails(e))
-      for e in errors
-  ]
-  page = parse_page(html_report.write_html(out_dir, ev, gallery))
-  assert page.section_ids == list(html_report.SECTIONS)
+  gallery = _fake_gallery(ev)
+  page = parse_page(
+      html_lib.write(str(tmp_path), ev, ReportContext(gallery=gallery))
+  )
+  assert page.section_ids == list(html_lib.SECTIONS)
   assert not page.external  # no script, stylesheet or image from elsewhere
-  assert {f'#{s}' for s in html_report.SECTIONS} <= set(page.links)
-  sizes = [decode_png(uri).shape[:2] for uri in page.images]
-  # roc.png and confusion.png (200 dpi), then one thumbnail per view.
-  assert sizes[0] == (1300, 1300) and sizes[1] == (800, 1600)
-  assert sizes[2:] == [(20, 20)] * sum(len(e.view_index_v) for e in errors)
-  assert [(c['kind'], c['case_id']) for c in page.cases] == [
-      (e.kind, e.case_id) for e in errors
+  assert {f'#{s}' for s in html_lib.SECTIONS} <= set(page.links)
+  images = [decode_png(uri) for uri in page.images]
+  # roc, reliability and confusion (200 dpi), then one thumbnail per view.
+  assert [i.shape[:2] for i in images[:3]] == [
+      (1300, 1300),
+      (1300, 1100),
+      (800, 1600),
   ]
-  for card, e in zip(page.cases, errors):
+  for figure in images[:3]:  # drawn, not blank
+    assert np.ptp(figure[..., :3]) > 0.5
+  assert [i.shape[:2] for i in images[3:]] == [(20, 20)] * sum(
+      len(e.view_index_v) for e in gallery
+  )
+  assert [(c['kind'], c['case_id']) for c in page.cases] == [
+      (e.kind, e.case_id) for e in gallery
+  ]
+  for card, e in zip(page.cases, gallery):
     assert card['probability'] == e.probability  # repr round-trips exactly
     assert card['views'] == list(zip(e.view_index_v, e.view_probs_v))
     assert card['images'] == len(e.view_index_v)
-  text = pathlib.Path(out_dir, 'report.html').read_text()
-  # report.md's tables, rendered; calibration and subgroups absent.
+  text = pathlib.Path(tmp_path, 'report.html').read_text()
+  # report.md's tables, rendered from the same text.
   assert 'Honest protocol, soft voting</h3>' in text
   assert '<th>ROC AUC</th>' in text
+  # The Headline's calibration under its reliability diagram.
+  h = ev.headline
   reliability = text.split('id="reliability"')[1].split('</section>')[0]
-  assert 'Not computed' in reliability
-  assert 'No subgroup results' in text
-
-
-def _with_calibration_and_subgroups(out_dir, members):
-  """results.json with hand-made calibration blocks and subgroup entries."""
-  path = os.path.join(out_dir, 'results.json')
-  entries = json.loads(pathlib.Path(path).read_text())
-  for i, e in enumerate(entries):
-    e['subgroup'] = None
-    e['calibration'] = {
-        'temperature': 1.5 + 0.01 * i,
-        'ece': 0.1 + 0.001 * i,
-        'ece_calibrated': 0.05,
-        'brier': 0.2,
-        'brier_calibrated': 0.18,
-        'fitted_on': 'validation',
-        'ci95': {'ece': [0.05, 0.2]},
-    }
-  template = next(
-      e for e in entries if e['members'] == members and e['split'] == 'test'
+  temperature = ev.calibration.temperatures[(h.members, 'case')]
+  assert f'<td>{temperature:.3f}</td>' in reliability
+  block = ev.calibration.blocks[ResultKey(h.members, 'test', 'case', 'soft')]
+  cell = format_lib.format_value(block['ece'], block['ci95']['ece'])
+  assert f'<td>{cell}</td>' in reliability
+  subgroups = text.split('id="subgroups"')[1].split('</section>')[0]
+  assert (
+      'num_views = 1' in subgroups and '<th>Fracture / normal</th>' in subgroups
   )
-  for value, small in (('AP', False), ('lateral', True)):
-    entry = json.loads(json.dumps(template))
-    entry.pop('calibration')
-    entry['subgroup'] = {
-        'field': 'view_position',
-        'value': value,
-        'positives': 12 if not small else 3,
-        'negatives': 14,
-        'small': small,
-    }
-    entry['metrics']['sensitivity'] = 0.4322 if small else 0.8766
-    entries.append(entry)
-  pathlib.Path(path).write_text(json.dumps(entries))
-  return entries
 
 
-def test_html_and_card_show_calibration_and_subgroups(synthetic, tmp_path):
-  out_dir = str(tmp_path)
-  for name in ('report.md', 'results.json', 'summary.json', 'roc.png'):
-    src = pathlib.Path(synthetic['out_dir'], name)
-    pathlib.Path(out_dir, name).write_bytes(src.read_bytes())
+def test_html_without_gallery_and_no_html_removes_an_old_page(
+    synthetic, tmp_path
+):
   ev = synthetic['ev']
-  members = list(ev.headline_members('soft'))
-  entries = _with_calibration_and_subgroups(out_dir, members)
-  mpl_image.imsave(os.path.join(out_dir, 'reliability.png'), np.zeros((30, 40)))
-  page = parse_page(html_report.write_html(out_dir, ev, None))
-  assert page.section_ids == list(html_report.SECTIONS)
-  assert [decode_png(u).shape[:2] for u in page.images] == [
-      (1300, 1300),
-      (30, 40),
-  ]  # roc and reliability; confusion.png missing here, said so
-  text = pathlib.Path(out_dir, 'report.html').read_text()
-  assert '0.877' in text and '0.432' in text and 'small (&lt; 10' in text
-  assert 'Not computed (no images' in text
-  test_entry = model_card.find_entry(entries, members, 'test', 'case', 'soft')
-  temperature = f'{test_entry["calibration"]["temperature"]:.3f}'
-  assert temperature in text.split('id="reliability"')[1]
-  card_path = model_card.write_model_card(
-      out_dir, {}, data_dir='/data', dataset_config='fracatlas'
+  path = html_lib.write(str(tmp_path), ev, ReportContext(gallery=None))
+  assert 'Not computed (no images' in pathlib.Path(path).read_text()
+  assert html_lib.write(str(tmp_path), ev, ReportContext(html=False)) is None
+  assert not os.path.exists(path)
+
+
+def test_model_card_shows_calibration_and_subgroups(synthetic, tmp_path):
+  ev = synthetic['ev']
+  h = ev.headline
+  context = ReportContext(data_dir='/data', dataset_config='fracatlas')
+  card = pathlib.Path(model_card.write(str(tmp_path), ev, context)).read_text()
+  temperature = ev.calibration.temperatures[(h.members, 'case')]
+  calibration = card.split('## Calibration\n')[1].split('\n## ')[0]
+  assert f'| {temperature:.3f} |' in calibration
+  subgroups = card.split('## Subgroups\n')[1].split('\n## ')[0]
+  rows = [r for r in subgroups.splitlines() if r.startswith(f'| {h.label} |')]
+  assert rows and len(rows) == sum(
+      s.entry.members == h.members and s.entry.voting == 'soft'
+      for s in ev.subgroups
   )
-  card = pathlib.Path(card_path).read_text()
-  assert temperature in card
-  assert '| view_position | lateral |' in card and '3 / 14' in card
-  assert 'small (< 10 of a class)' in card
+  if any(
+      s.subgroup.small for s in ev.subgroups if s.entry.members == h.members
+  ):
+    assert format_lib.SUBGROUP_FOOTNOTE in subgroups
   assert 'FracAtlas has no patient ids' in card
+
+
+def test_report_sections_start_with_their_headings(synthetic):
+  sections = document.sections(synthetic['ev'])
+  assert list(sections)[0] == ''
+  for title, lines in list(sections.items())[1:]:
+    assert lines[0] == f'## {title}'
 
 
 @pytest.fixture(scope='module')
@@ -287,18 +376,15 @@ def test_evaluate_writes_html_with_grad_cams_and_no_html_skips_it(
 ):
   out_dir, ev = fake_runs_evaluation[True]
   page = parse_page(os.path.join(out_dir, 'report.html'))
-  assert page.section_ids == list(html_report.SECTIONS)
-  _, by_split = results_lib.read_predictions_csv(
-      os.path.join(out_dir, 'predictions.csv')
-  )
-  errors = html_report.find_errors(ev, by_split['test'])
+  assert page.section_ids == list(html_lib.SECTIONS)
+  errors = gallery_lib.find_errors(ev)
   assert errors  # the tiny untrained runs make mistakes
-  assert len(errors) <= 2 * html_report.MAX_PER_KIND
+  assert len(errors) <= 2 * gallery_lib.MAX_PER_KIND
   assert [c['case_id'] for c in page.cases] == [e.case_id for e in errors]
-  # roc.png, reliability.png and confusion.png come first.
+  # roc, reliability and confusion come first.
   thumbnails = [decode_png(u) for u in page.images[3:]]
   assert len(thumbnails) == sum(len(e.view_index_v) for e in errors)
-  side = html_report.THUMBNAIL_PX
+  side = gallery_lib.THUMBNAIL_PX
   assert all(t.shape[:2] == (side, side) for t in thumbnails)
   # A Grad-CAM overlay is coloured somewhere; the radiograph alone is grey.
   assert any(np.ptp(t[..., :3], axis=-1).max() > 0.1 for t in thumbnails)
@@ -316,18 +402,22 @@ def _numbers(text):
 
 
 def test_model_card_numbers_come_from_results_json(fake_runs_evaluation):
-  out_dir, _ = fake_runs_evaluation[True]
+  out_dir, ev = fake_runs_evaluation[True]
   card = pathlib.Path(out_dir, 'MODEL_CARD.md').read_text()
   entries = json.loads(pathlib.Path(out_dir, 'results.json').read_text())
   summary = json.loads(pathlib.Path(out_dir, 'summary.json').read_text())
-  protocol, members = model_card.headline(summary)
-  assert protocol == 'honest'
-  for level in ('image', 'case'):
-    for vote in ('hard', 'soft'):
-      e = model_card.find_entry(entries, members, 'test', level, vote)
+  headline = summary['headline']
+  assert headline['protocol'] == 'honest'
+  assert headline['members'] == list(ev.headline.members)
+  for e in entries:
+    if (e['members'], e['split'], e['subgroup']) == (
+        headline['members'],
+        'test',
+        None,
+    ):
       for metric in ('accuracy', 'sensitivity', 'roc_auc'):
-        cell = report.format_value(e['metrics'][metric], e['ci95'][metric])
-        assert f' {cell} |' in card, (level, vote, metric)
+        cell = format_lib.format_value(e['metrics'][metric], e['ci95'][metric])
+        assert f' {cell} |' in card, (e['level'], e['voting'], metric)
   # Every 3-decimal number in the card is a value of the JSON files.
   json_numbers = set()
   for value in re.findall(
@@ -359,3 +449,29 @@ def test_model_card_numbers_come_from_results_json(fake_runs_evaluation):
       if e.get('calibration') and e['calibration']['temperature']
   }
   assert any(t in calibration for t in temperatures)
+
+
+def test_writers_import_no_other_writer():
+  """Each writer imports the shared modules (format, document, plots,
+  context) only, never another writer."""
+  package = pathlib.Path(evaluate.__file__).parent / 'reporting'
+  names = {m.__name__.split('.')[-1] for m in evaluate.WRITERS}
+  names.add('gallery')
+  assert names == {
+      'files',
+      'markdown',
+      'figures',
+      'tensorboard',
+      'model_card',
+      'html',
+      'gallery',
+  }
+  for name in names:
+    source = (package / f'{name}.py').read_text()
+    imported = set(
+        re.findall(
+            r'^from ankle_jax\.reporting(?:\.(\w+))? import (\w+)', source, re.M
+        )
+    )
+    modules = {sub or what for sub, what in imported}
+    assert not modules & (names - {name}), (name, modules)

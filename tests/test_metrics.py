@@ -1,10 +1,10 @@
-"""Tests of ankle_jax.metrics against scikit-learn and bootstrap properties."""
+"""Tests of ankle_jax.evaluation.metrics against scikit-learn and bootstrap properties."""
 
 import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from ankle_jax import metrics
+from ankle_jax.evaluation import metrics
 
 
 def _random_predictions(seed, n=200):

@@ -1,5 +1,6 @@
-"""ankle_jax.subgroups and the feature columns of predictions.csv (fast; the
-end-to-end checks against predictions.csv are in tests/test_evaluate.py)."""
+"""ankle_jax.evaluation.subgroups and the feature columns of predictions.csv
+(fast; the end-to-end checks against predictions.csv are in
+tests/test_evaluate.py)."""
 
 import csv
 import os
@@ -7,10 +8,13 @@ import os
 import numpy as np
 
 from ankle_jax import inference
-from ankle_jax import report
-from ankle_jax import results as results_lib
-from ankle_jax import subgroups
-from ankle_jax import voting
+from ankle_jax.evaluation import predictions as predictions_lib
+from ankle_jax.evaluation import subgroups
+from ankle_jax.evaluation import voting
+from ankle_jax.evaluation.evaluation import Settings
+from ankle_jax.evaluation.evaluation import compute
+from ankle_jax.reporting import document
+from ankle_jax.reporting import files
 
 
 def _preds(num_cases=30, seed=0, features=True):
@@ -23,7 +27,7 @@ def _preds(num_cases=30, seed=0, features=True):
       view_index.append(v)
   labels = np.array([int(c[1:]) % 2 for c in case_ids])
   probs = np.clip(rng.uniform(size=(2, len(labels))) + 0.3 * labels, 0, 1)
-  preds = inference.SplitPredictions(
+  preds = predictions_lib.SplitPredictions(
       np.array(case_ids), np.array(view_index), labels, probs
   )
   if features:
@@ -89,12 +93,11 @@ def test_partitions_of_the_fields():
 
 
 def _evaluation(preds):
-  by_split = {'test': preds}
-  ev = results_lib.evaluate_splits(
-      by_split, ['run_a', 'run_b'], split='test', num_bootstrap=30
+  return compute(
+      {'test': preds},
+      ['run_a', 'run_b'],
+      Settings(split='test', num_bootstrap=30),
   )
-  ev.subgroups = subgroups.evaluate(ev, by_split)
-  return ev
 
 
 def test_small_subgroups_are_kept_flagged_and_counted():
@@ -124,7 +127,7 @@ def test_small_subgroups_are_kept_flagged_and_counted():
   main = [e for e in entries if e['subgroup'] is None]
   assert len(main) == len(ev.results)
   assert len(entries) == len(main) + len(ev.subgroups)
-  lines = report.subgroup_section(ev)
+  lines = document.markdown_lines(document.sections(ev)['Subgroups'])
   assert (
       '| run_a | single view | body_part = leg+mixed † | 2 / 1 |'
       in '\n'.join(lines)
@@ -135,37 +138,32 @@ def test_small_subgroups_are_kept_flagged_and_counted():
 def test_feature_columns_round_trip(tmp_path):
   preds = _preds()
   path = str(tmp_path / 'predictions.csv')
-  results_lib.write_predictions_csv(path, ['run_a', 'run_b'], {'test': preds})
+  files.write_predictions(str(tmp_path), _evaluation(preds))
   with open(path, newline='') as f:
     header = next(csv.reader(f))
   assert header == [
-      *results_lib.PREDICTION_COLUMNS,
+      *predictions_lib.PREDICTION_COLUMNS,
       'view_position',
       'num_views',
       'leg',
       'mixed',
       'hardware',
+      predictions_lib.CALIBRATED_COLUMN,  # a probability, no feature
   ]
-  _, by_split = results_lib.read_predictions_csv(path)
+  _, by_split = predictions_lib.read_predictions(str(tmp_path))
+  assert set(by_split['test'].features_v) == set(preds.features_v)
   for name, values in preds.features_v.items():
     np.testing.assert_array_equal(by_split['test'].features_v[name], values)
-  # A further probability column (calibration) is no feature.
-  with open(path, newline='') as f:
-    rows = list(csv.reader(f))
-  with open(path, 'w', newline='') as f:
-    csv.writer(f).writerows(
-        [rows[0] + ['probability_calibrated']] + [r + ['0.5'] for r in rows[1:]]
-    )
-  _, by_split = results_lib.read_predictions_csv(path)
-  assert set(by_split['test'].features_v) == set(preds.features_v)
-  # Without features: the six columns, read back without features.
+  # Without features: the six columns and the calibrated one, read back
+  # without features.
   os.remove(path)
-  results_lib.write_predictions_csv(
-      path, ['run_a', 'run_b'], {'test': _preds(features=False)}
-  )
+  files.write_predictions(str(tmp_path), _evaluation(_preds(features=False)))
   with open(path, newline='') as f:
-    assert next(csv.reader(f)) == list(results_lib.PREDICTION_COLUMNS)
-  _, by_split = results_lib.read_predictions_csv(path)
+    assert next(csv.reader(f)) == [
+        *predictions_lib.PREDICTION_COLUMNS,
+        predictions_lib.CALIBRATED_COLUMN,
+    ]
+  _, by_split = predictions_lib.read_predictions(str(tmp_path))
   assert by_split['test'].features_v is None
   assert [p.field for p in subgroups.partitions(by_split['test'])] == [
       'num_views'

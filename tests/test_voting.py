@@ -1,9 +1,9 @@
-"""Tests of ankle_jax.voting against hand-worked examples."""
+"""Tests of ankle_jax.evaluation.voting against hand-worked examples."""
 
 import numpy as np
 import pytest
 
-from ankle_jax import voting
+from ankle_jax.evaluation import voting
 
 
 def _cases(case_ids, labels):

@@ -2,7 +2,7 @@
 for images with implants, for cases with one view?
 
 For the headline members (each single run, and the honest protocol's chosen
-ensembles: results.headline_members) on the reported split, per value of
+ensembles: results.reported_members) on the reported split, per value of
 each field the prediction rows carry (`partitions`):
   * image level, the per-view fields (SplitPredictions.features_v, from
     predictions.csv's feature columns): view position ('unknown' where a view
@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from ankle_jax import metrics as metrics_lib
-from ankle_jax import results
-from ankle_jax import voting
-from ankle_jax.inference import SplitPredictions
+from ankle_jax.evaluation import metrics as metrics_lib
+from ankle_jax.evaluation import results
+from ankle_jax.evaluation import voting
+from ankle_jax.evaluation.predictions import SplitPredictions
 
 MIN_CLASS_COUNT = 10
 VIEW_POSITION = 'view_position'
@@ -217,7 +217,7 @@ def class_counts(preds: SplitPredictions, level: str) -> tuple[int, int]:
   return int((labels == 1).sum()), int((labels == 0).sum())
 
 
-def evaluate_subgroups(
+def compute_subgroups(
     preds: SplitPredictions,
     split: str,
     run_names: Sequence[str],
@@ -235,17 +235,3 @@ def evaluate_subgroups(
       )
       out += [SubgroupEntry(e, subgroup) for e in entries]
   return out
-
-
-def evaluate(
-    ev: results.Evaluation, by_split: Mapping[str, SplitPredictions]
-) -> list[SubgroupEntry]:
-  """The subgroups of an evaluation: its headline members on its reported
-  split, with its bootstrap resamples and seed."""
-  return evaluate_subgroups(
-      by_split[ev.split],
-      ev.split,
-      ev.run_names,
-      results.headline_members(ev.run_names, ev.protocols),
-      metrics_lib.BinaryEvaluator(num_resamples=ev.num_bootstrap, seed=ev.seed),
-  )

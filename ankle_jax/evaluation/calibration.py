@@ -22,7 +22,7 @@ Metrics of probabilities p [n] and labels y [n] (1 = fracture):
   * brier: mean (p - y)^2;
   * slope, intercept: the logistic regression y ~ sigmoid(slope * z +
     intercept) without penalty ((1, 0) when calibrated; slope < 1: over-
-    confident). Platt scaling is this regression fitted on validation.
+    confident).
 Their 95% intervals: percentile intervals of the case-level bootstrap of
 ankle_jax.metrics (the same resamples as ROC AUC's). Within a resample the
 bins keep the edges of the evaluated items (for ece_adaptive: their
@@ -32,29 +32,25 @@ equal-mass edges).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-import csv
 import dataclasses
 import math
-import os
 from typing import Any
 
-from matplotlib.figure import Figure
 import numpy as np
 from scipy import optimize
 from scipy import special
 from sklearn import linear_model
 
-from ankle_jax import metrics as metrics_lib
-from ankle_jax import results as results_lib
-from ankle_jax.inference import SplitPredictions
+from ankle_jax.evaluation import metrics as metrics_lib
+from ankle_jax.evaluation import results as results_lib
+from ankle_jax.evaluation.predictions import VALIDATION
+from ankle_jax.evaluation.predictions import SplitPredictions
 
 NUM_BINS = 15
 PROB_CLIP = 1e-12
 # Temperatures searched: 0.01 .. 100 (a bounded search; separable data would
 # otherwise drive T to 0).
 LOG_TEMPERATURE_BOUNDS = (math.log(1e-2), math.log(1e2))
-CALIBRATED_COLUMN = 'probability_calibrated'
-RELIABILITY_FILE = 'reliability.png'
 METRICS = ('ece', 'ece_adaptive', 'brier', 'slope', 'intercept')
 
 
@@ -106,18 +102,6 @@ def fit_temperature(probs, labels) -> float | None:
 def apply_temperature(probs, temperature: float) -> np.ndarray:
   """float64 [...]: sigmoid(logit(p) / T)."""
   return special.expit(logit(probs) / temperature)
-
-
-def fit_platt(probs, labels) -> tuple[float, float]:
-  """Platt scaling (a, b) of p: sigmoid(a * logit(p) + b), fitted by an
-  unpenalized logistic regression (= the calibration slope and intercept of
-  the fitting data)."""
-  return slope_intercept(probs, labels)
-
-
-def apply_platt(probs, a: float, b: float) -> np.ndarray:
-  """float64 [...]: sigmoid(a * logit(p) + b)."""
-  return special.expit(a * logit(probs) + b)
 
 
 # ------------------------------------------------------------- metrics
@@ -335,233 +319,75 @@ class Calibration:
   temperatures: dict[tuple[tuple[str, ...], str], float | None]
 
 
-def _soft_decisions(ev, preds: SplitPredictions, members, level, cases):
-  idx = [ev.run_names.index(m) for m in members]
+def _soft_decisions(
+    run_names: Sequence[str],
+    preds: SplitPredictions,
+    members: Sequence[str],
+    level: str,
+    cases,
+):
+  idx = [run_names.index(m) for m in members]
   return results_lib.decide_split(preds, idx, level, 'soft', cases)
 
 
 def fit_temperatures(
-    ev: results_lib.Evaluation, validation: SplitPredictions | None
+    keys: Sequence[results_lib.ResultKey],
+    run_names: Sequence[str],
+    validation: SplitPredictions | None,
 ) -> dict[tuple[tuple[str, ...], str], float | None]:
-  """{(members, level): T} of every members x level of ev.results, fitted
-  on the soft-voted probability on validation (None without validation)."""
-  pairs = dict.fromkeys((k.members, k.level) for k in ev.results)
+  """{(members, level): T} of every members x level of `keys`, fitted on the
+  soft-voted probability on validation (None without validation)."""
+  pairs = dict.fromkeys((k.members, k.level) for k in keys)
   if validation is None:
     return dict.fromkeys(pairs)
   cases = validation.cases()
   out = {}
   for members, level in pairs:
-    d = _soft_decisions(ev, validation, members, level, cases)
+    d = _soft_decisions(run_names, validation, members, level, cases)
     out[(members, level)] = fit_temperature(d.scores, d.labels)
   return out
 
 
-def evaluate_calibration(
-    ev: results_lib.Evaluation, by_split: Mapping[str, SplitPredictions]
+def compute_calibration(
+    keys: Sequence[results_lib.ResultKey],
+    run_names: Sequence[str],
+    splits: Mapping[str, SplitPredictions],
+    *,
+    split: str,
+    num_resamples: int,
+    seed: int,
 ) -> Calibration:
-  """Temperatures fitted on validation, and every entry's block on its own
-  split (fitted_on 'validation'; in_sample when the split holds the
+  """Temperatures fitted on validation, and the block of every entry (keys)
+  on its own split (splits: every split the keys name, the pooled one
+  included; fitted_on 'validation'; in_sample when the split holds the
   validation cases: validation itself and the pooled split)."""
-  validation = by_split.get(results_lib.VALIDATION)
-  temperatures = fit_temperatures(ev, validation)
-  splits = dict(by_split)
-  if ev.pooled_split not in splits:
-    splits[ev.pooled_split] = results_lib.pool_splits(
-        {results_lib.VALIDATION: validation, ev.split: by_split[ev.split]}
-    )
+  temperatures = fit_temperatures(keys, run_names, splits.get(VALIDATION))
   cases = {}
   blocks = {}
-  for key in ev.results:
+  for key in keys:
     shared = (key.members, key.split, key.level)
-    if shared not in blocks:
-      preds = splits[key.split]
-      cases.setdefault(key.split, preds.cases())
-      d = _soft_decisions(ev, preds, key.members, key.level, cases[key.split])
-      temperature = temperatures[(key.members, key.level)]
-      block = calibration_block(
-          d.scores,
-          d.labels,
-          d.clusters,
-          temperature,
-          num_resamples=ev.num_bootstrap,
-          seed=ev.seed,
-      )
-      fitted = temperature is not None
-      block['fitted_on'] = results_lib.VALIDATION if fitted else None
-      block['in_sample'] = fitted and (
-          key.split != ev.split or ev.split == results_lib.VALIDATION
-      )
-      block['probability'] = 'soft vote'
-      blocks[shared] = block
+    if shared in blocks:
+      continue
+    preds = splits[key.split]
+    cases.setdefault(key.split, preds.cases())
+    d = _soft_decisions(
+        run_names, preds, key.members, key.level, cases[key.split]
+    )
+    temperature = temperatures[(key.members, key.level)]
+    block = calibration_block(
+        d.scores,
+        d.labels,
+        d.clusters,
+        temperature,
+        num_resamples=num_resamples,
+        seed=seed,
+    )
+    fitted = temperature is not None
+    block['fitted_on'] = VALIDATION if fitted else None
+    block['in_sample'] = fitted and (key.split != split or split == VALIDATION)
+    block['probability'] = 'soft vote'
+    blocks[shared] = block
   return Calibration(
-      blocks={k: blocks[(k.members, k.split, k.level)] for k in ev.results},
+      blocks={k: blocks[(k.members, k.split, k.level)] for k in keys},
       temperatures=temperatures,
   )
-
-
-# ---------------------------------------------------------------- files
-def add_calibrated_column(
-    path: str, temperature_of: Mapping[str, float | None]
-) -> None:
-  """Rewrites a predictions CSV with `probability_calibrated` as its last
-  column (replacing an older one): each row's probability at its run's
-  temperature (temperature_of[run]; empty where None). Other columns stay."""
-  with open(path, newline='') as f:
-    header, *rows = list(csv.reader(f))
-  if CALIBRATED_COLUMN in header:
-    drop = header.index(CALIBRATED_COLUMN)
-    header = header[:drop] + header[drop + 1 :]
-    rows = [r[:drop] + r[drop + 1 :] for r in rows]
-  run_i, prob_i = header.index('run'), header.index('probability')
-  temps = np.array(
-      [temperature_of.get(r[run_i]) or math.nan for r in rows], np.float64
-  )
-  calibrated = apply_temperature([float(r[prob_i]) for r in rows], temps)
-  with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow([*header, CALIBRATED_COLUMN])
-    for row, p in zip(rows, calibrated):
-      writer.writerow([*row, repr(float(p)) if math.isfinite(p) else ''])
-
-
-def plot_reliability(
-    path: str, probs, probs_calibrated, labels, title: str
-) -> None:
-  """Reliability diagram (NUM_BINS equal-width bins: observed fracture rate
-  against mean probability, before and after scaling), with a histogram of
-  the probabilities under it."""
-  fig = Figure(figsize=(5.5, 6.5), dpi=200)
-  top, bottom = fig.subplots(
-      2, 1, sharex=True, gridspec_kw={'height_ratios': [3, 1]}
-  )
-  y = np.asarray(labels, np.float64)
-  edges = np.linspace(0.0, 1.0, NUM_BINS + 1)
-  top.plot([0, 1], [0, 1], 'k:', lw=0.8, label='perfectly calibrated')
-  variants = [('before', probs, 'tab:blue')]
-  if probs_calibrated is not None:
-    variants.append(('after temperature scaling', probs_calibrated, 'tab:red'))
-  for name, p, color in variants:
-    p = np.asarray(p, np.float64)
-    bins = equal_width_bins(p)
-    count = np.bincount(bins, minlength=NUM_BINS)
-    seen = count > 0
-    mean_p = np.bincount(bins, p, NUM_BINS)[seen] / count[seen]
-    rate = np.bincount(bins, y, NUM_BINS)[seen] / count[seen]
-    top.plot(
-        mean_p,
-        rate,
-        'o-',
-        color=color,
-        label=f'{name} (ECE ' f'{ece(p, y):.3f})',
-    )
-    bottom.hist(p, bins=edges, histtype='step', color=color, lw=1.2)
-  top.set(xlim=(0, 1), ylim=(0, 1), ylabel='observed fracture rate')
-  top.set_title(title, fontsize=8)
-  top.legend(loc='upper left', fontsize=7)
-  bottom.set(xlabel='predicted fracture probability', ylabel='count')
-  fig.tight_layout()
-  fig.savefig(path, dpi=200)
-
-
-def calibrate(
-    out_dir: str,
-    ev: results_lib.Evaluation,
-    by_split: Mapping[str, SplitPredictions],
-) -> Calibration:
-  """evaluate's calibration step: ev.calibration (results.json's blocks),
-  `probability_calibrated` in OUT's predictions CSVs (each run's own
-  temperature at image / case level) and reliability.png (the headline
-  model, case level, on the reported split)."""
-  cal = evaluate_calibration(ev, by_split)
-  ev.calibration = cal.blocks
-  for name, level in (
-      ('predictions.csv', 'image'),
-      (results_lib.CASE_PREDICTIONS_FILE, 'case'),
-  ):
-    path = os.path.join(out_dir, name)
-    if os.path.exists(path):
-      add_calibrated_column(
-          path, {r: cal.temperatures[((r,), level)] for r in ev.run_names}
-      )
-  members = ev.headline_members()
-  preds = by_split[ev.split]
-  d = _soft_decisions(ev, preds, members, 'case', preds.cases())
-  temperature = cal.temperatures[(members, 'case')]
-  scaled = (
-      None if temperature is None else apply_temperature(d.scores, temperature)
-  )
-  t = (
-      'no validation: not scaled'
-      if temperature is None
-      else f'T = {temperature:.3g}, fitted on validation'
-  )
-  plot_reliability(
-      os.path.join(out_dir, RELIABILITY_FILE),
-      d.scores,
-      scaled,
-      d.labels,
-      f'{"+".join(members)}, all views (case), on {ev.split} ({t})',
-  )
-  return cal
-
-
-# ------------------------------------------------------------ report.md
-def _cell(value: float | None, ci: Sequence[float | None] | None) -> str:
-  if value is None:
-    return 'n/a'
-  if not ci or ci[0] is None:
-    return f'{value:.3f}'
-  return f'{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]'
-
-
-def _applied_to(split: str) -> str:
-  if split == results_lib.VALIDATION:
-    return (
-        'reported on `validation` itself (in sample, so the scaled numbers '
-        'are optimistic: there is no other split to apply it to)'
-    )
-  return f'applied to `{split}`, never refitted there'
-
-
-def report_section(ev: results_lib.Evaluation) -> list[str]:
-  """report.md's calibration section: each run and the chosen ensembles on
-  the reported split, image and case level (empty before `calibrate`)."""
-  if not ev.calibration:
-    return []
-  members_list = [(n,) for n in ev.run_names]
-  for (_, level, _), s in ev.protocols.items():
-    if level == 'case' and s.members not in members_list:
-      members_list.append(s.members)
-  header = ['Model', 'Views', 'T', 'ECE', 'ECE scaled', 'Brier', 'Brier scaled']
-  rows = []
-  for members in members_list:
-    for level in ('image', 'case'):
-      key = results_lib.ResultKey(members, ev.split, level, 'soft')
-      b = ev.calibration.get(key)
-      if b is None:
-        continue
-      t = 'n/a' if b['temperature'] is None else f'{b["temperature"]:.3f}'
-      rows.append(
-          ['+'.join(members), results_lib.LEVEL_TITLES[level], t]
-          + [
-              _cell(b[n], b['ci95'].get(n))
-              for n in ('ece', 'ece_calibrated', 'brier', 'brier_calibrated')
-          ]
-      )
-  return [
-      '## Calibration',
-      '',
-      'Temperature scaling of the soft-voted fracture probability: '
-      'p_T = sigmoid(logit(p) / T), T fitted on `validation` (minimum '
-      f'log-loss) and {_applied_to(ev.split)}; hard- '
-      'and soft-voting entries share it. ECE: '
-      f'{NUM_BINS} equal-width bins; Brier: mean squared error of p. '
-      f'95% intervals: case-level bootstrap ({ev.num_bootstrap} resamples). '
-      'All variants (adaptive ECE, slope, intercept) in results.json; the '
-      'diagram: reliability.png.',
-      '',
-      '| ' + ' | '.join(header) + ' |',
-      '|' + '---|' * len(header),
-      *('| ' + ' | '.join(r) + ' |' for r in rows),
-      '',
-  ]
