@@ -18,6 +18,7 @@ import numpy as np
 
 from ankle_jax import console
 from ankle_jax import inference
+from ankle_jax.data import cases
 from ankle_jax.data import pipeline
 from ankle_jax.data import prepare
 from ankle_jax.evaluation.predictions import VALIDATION
@@ -172,17 +173,15 @@ def _split_batches(
 def source_case_images(
     load_source: Callable[[], Any], max_eval_views: int
 ) -> CaseImagesFn:
-  """A case's evaluated views (pipeline.case_groups), read by record index
+  """A case's evaluated views (cases.case_groups), read by record index
   from the TFDS source `load_source()` returns (loaded on first use)."""
   found = {}
 
   def case_images(case_id: str, image_size: int) -> np.ndarray:
     if not found:
       found['source'] = load_source()
-      found['groups'] = dict(
-          pipeline.case_groups(found['source'], max_eval_views)
-      )
-    return pipeline.case_images(
+      found['groups'] = dict(cases.case_groups(found['source'], max_eval_views))
+    return cases.case_images(
         found['source'], found['groups'][case_id], image_size
     )
 

@@ -160,7 +160,7 @@ def test_no_identifier_in_decoded_records_checkpoints_or_png_text(
     source = pipeline.load_split(dataset.data_dir, split)
     for i in range(len(source)):
       strings += [
-          pipeline._to_str(v)
+          pipeline.to_str(v)
           for k, v in source[i].items()
           if k not in ('image',) and isinstance(v, (bytes, str, np.bytes_))
       ]

@@ -22,13 +22,7 @@ global batch k holds its rows [p * B/P, (p + 1) * B/P), so the processes' blocks
 joined in process order are exactly the one-process batch, and a process reads
 only its own records.
 
-Case level (multi-view models, which read all views of a case at once):
-`make_case_train_loader` and `iterate_case_batches` are the training and
-evaluation counterparts of the two above, with one row per case: images
-[B, V, S, S, 1] plus a view mask [B, V] (True = a real view; real views first,
-padding after, padded slots all 0). `case_groups` lists each case's record
-indices (the views `eval_order` keeps), `num_cases` and `max_case_views` count
-cases and views.
+Case level (multi-view models): ankle_jax.data.cases.
 """
 
 from __future__ import annotations
@@ -47,7 +41,7 @@ from ankle_jax.data import prepare
 from ankle_jax.data import radiograph_studies
 
 # Per-view fields an evaluation carries to its prediction rows (the subgroups
-# of ankle_jax.subgroups), where the dataset has them: the DICOM
+# of ankle_jax.evaluation.subgroups), where the dataset has them: the DICOM
 # ViewPosition (FracAtlas: frontal/lateral/oblique, which its flags of those
 # names repeat, so they are left out), the case's number of views, and the
 # FracAtlas dataset.csv flags (1 yes, 0 no, -1 unknown).
@@ -93,7 +87,7 @@ def load_split(
   return builder.as_data_source(split=split)
 
 
-def _metadata(source) -> list[dict[str, Any]]:
+def metadata(source) -> list[dict[str, Any]]:
   """label/case_id/view_index/view_position of every record (one pass; cached
   on the source object)."""
   cached = getattr(source, '_ankle_jax_metadata', None)
@@ -105,9 +99,9 @@ def _metadata(source) -> list[dict[str, Any]]:
     rows.append(
         {
             'label': int(ex['label']),
-            'case_id': _to_str(ex['case_id']),
+            'case_id': to_str(ex['case_id']),
             'view_index': int(ex['view_index']),
-            'view_position': _to_str(ex.get('view_position', b'')),
+            'view_position': to_str(ex.get('view_position', b'')),
         }
     )
   with contextlib.suppress(AttributeError):
@@ -115,11 +109,11 @@ def _metadata(source) -> list[dict[str, Any]]:
   return rows
 
 
-def _to_str(value) -> str:
+def to_str(value) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _to_image(image_u16: np.ndarray, image_size: int) -> np.ndarray:
+def to_image(image_u16: np.ndarray, image_size: int) -> np.ndarray:
   """uint16 [S, S, 1] -> float32 [image_size, image_size, 1] in [0, 1]."""
   image = np.asarray(image_u16, np.float32) * np.float32(1.0 / 65535.0)
   if image.shape[0] != image_size or image.shape[1] != image_size:
@@ -135,7 +129,7 @@ class _ToTrainExample(grain.transforms.Map):
 
   def map(self, element):
     return {
-        'image': _to_image(element['image'], self.image_size),
+        'image': to_image(element['image'], self.image_size),
         'label': np.int32(element['label']),
     }
 
@@ -212,7 +206,7 @@ def make_train_loader(
       on FracAtlas); `shuffle` is implied.
     process_index, process_count: this process and the number of processes
       of a multi-process run: the iterator yields only this process's block
-      of every global batch (`_batched_iterator`).
+      of every global batch (`batched_iterator`).
 
   Returns:
     A grain DatasetIterator yielding {'image': float32 [B / P, S, S, 1],
@@ -223,12 +217,12 @@ def make_train_loader(
     raise ValueError('make_train_loader: the source is empty')
   probs = None
   if sample_weights_by_label is not None:
-    labels = [m['label'] for m in _metadata(source)]
-    probs = _label_probs(labels, sample_weights_by_label)
-  ds = _epoch_indices(len(source), seed, shuffle, num_epochs, probs)
+    labels = [m['label'] for m in metadata(source)]
+    probs = label_probs(labels, sample_weights_by_label)
+  ds = epoch_indices(len(source), seed, shuffle, num_epochs, probs)
   ds = ds.map(_Record(source))
   ds = ds.map(_ToTrainExample(image_size))
-  return _batched_iterator(
+  return batched_iterator(
       ds, global_batch_size, worker_count, process_index, process_count
   )
 
@@ -243,7 +237,7 @@ class _Record(grain.transforms.Map):
     return self.source[int(element)]
 
 
-def _epoch_indices(
+def epoch_indices(
     num_items: int,
     seed: int,
     shuffle: bool,
@@ -261,7 +255,7 @@ def _epoch_indices(
   return ds.repeat(num_epochs)
 
 
-def _label_probs(
+def label_probs(
     labels: Sequence[int],
     sample_weights_by_label: Sequence[float] | Mapping[int, float],
 ) -> np.ndarray:
@@ -294,7 +288,7 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def _batched_iterator(
+def batched_iterator(
     ds: grain.MapDataset,
     global_batch_size: int,
     worker_count: int,
@@ -345,7 +339,7 @@ def eval_order(source, max_views_per_case: int = 0) -> list[int]:
   """
   if max_views_per_case < 0:
     raise ValueError(f'max_views_per_case={max_views_per_case} must be >= 0')
-  meta = _metadata(source)
+  meta = metadata(source)
   indices = range(len(meta))
   if max_views_per_case:
     by_case: dict[str, list[int]] = {}
@@ -444,264 +438,14 @@ def iterate_eval_batches(
       )
     for j, i in enumerate(rows):
       ex = source[i]
-      batch['image'][j] = _to_image(ex['image'], image_size)
+      batch['image'][j] = to_image(ex['image'], image_size)
       batch['label'][j] = int(ex['label'])
-      batch['case_id'][j] = _to_str(ex['case_id'])
+      batch['case_id'][j] = to_str(ex['case_id'])
       batch['view_index'][j] = int(ex['view_index'])
       batch['mask'][j] = True
       for name in features:
         value = ex[name]
         batch[name][j] = (
-            _to_str(value) if name == 'view_position' else int(value)
+            to_str(value) if name == 'view_position' else int(value)
         )
-    yield batch
-
-
-def case_groups(
-    source, max_views_per_case: int = 0
-) -> list[tuple[str, list[int]]]:
-  """(case_id, record indices) of every case, cases sorted by case_id.
-
-  Args:
-    source: a data source from `load_split`.
-    max_views_per_case: 0 keeps every view; else `eval_order`'s cap.
-
-  Returns:
-    Exactly the records `eval_order(source, max_views_per_case)` keeps, grouped
-    by case; each case's indices in view_index order.
-  """
-  meta = _metadata(source)
-  groups: dict[str, list[int]] = {}
-  for i in eval_order(source, max_views_per_case):
-    groups.setdefault(meta[i]['case_id'], []).append(i)
-  return list(groups.items())
-
-
-def case_images(
-    source, record_indices: Sequence[int], image_size: int
-) -> np.ndarray:
-  """float32 [V, S, S, 1] in [0, 1]: the records' images (e.g. one case's
-  views from `case_groups`), in the order given."""
-  return np.stack(
-      [_to_image(source[i]['image'], image_size) for i in record_indices]
-  )
-
-
-def num_cases(source) -> int:
-  """Number of distinct case_ids in a source (from the cached metadata)."""
-  return len({row['case_id'] for row in _metadata(source)})
-
-
-def max_case_views(source, max_views_per_case: int = 0) -> int:
-  """The largest number of kept views of any case (0 for an empty source)."""
-  groups = case_groups(source, max_views_per_case)
-  return max((len(indices) for _, indices in groups), default=0)
-
-
-def _case_views(
-    source, record_indices: Sequence[int], image_size: int, num_slots: int
-) -> dict[str, np.ndarray]:
-  """One case's views in `num_slots` slots, real views first.
-
-  Args:
-    source: a data source from `load_split`.
-    record_indices: the case's records, at most `num_slots` of them, in slot
-      order.
-    image_size: output side S.
-    num_slots: V.
-
-  Returns:
-    {'image': float32 [V, S, S, 1] in [0, 1] (padded slots 0), 'view_mask':
-    bool [V], 'view_index': int32 [V] (-1 at padding), 'label': int32 (the
-    label of the case's first record; a case has one label)}.
-  """
-  case = {
-      'image': np.zeros((num_slots, image_size, image_size, 1), np.float32),
-      'view_mask': np.zeros((num_slots,), bool),
-      'view_index': np.full((num_slots,), -1, np.int32),
-      'label': np.int32(0),
-  }
-  for slot, i in enumerate(record_indices):
-    ex = source[i]
-    case['image'][slot] = _to_image(ex['image'], image_size)
-    case['view_mask'][slot] = True
-    case['view_index'][slot] = int(ex['view_index'])
-    if slot == 0:
-      case['label'] = np.int32(ex['label'])
-  return case
-
-
-class _ToCaseTrainExample(grain.transforms.RandomMap):
-  """Case number -> {'image': float32 [V, S, S, 1], 'view_mask': bool [V],
-  'label': int32}; a case with more than V views gets a random subset of V
-  (kept in view_index order), drawn with the generator grain passes in."""
-
-  def __init__(
-      self, source, groups: Sequence[Sequence[int]], image_size: int, slots: int
-  ):
-    self.source = source
-    self.groups = groups
-    self.image_size = image_size
-    self.slots = slots
-
-  def random_map(self, element, rng: np.random.Generator):
-    indices = self.groups[int(element)]
-    if len(indices) > self.slots:
-      chosen = np.sort(rng.choice(len(indices), self.slots, replace=False))
-      indices = [indices[k] for k in chosen]
-    case = _case_views(self.source, indices, self.image_size, self.slots)
-    del case['view_index']
-    return case
-
-
-def make_case_train_loader(
-    source,
-    *,
-    global_batch_size: int,
-    max_views: int,
-    image_size: int,
-    seed: int,
-    shuffle: bool = True,
-    num_epochs: int | None = None,
-    worker_count: int = 0,
-    sample_weights_by_label: (
-        Sequence[float] | Mapping[int, float] | None
-    ) = None,
-    process_index: int = 0,
-    process_count: int = 1,
-):
-  """A resumable grain iterator of training batches of whole cases.
-
-  Like `make_train_loader`, with cases in place of views: shuffled per epoch,
-  repeated, optionally drawn by case label (`sample_weights_by_label`, same
-  meaning), batched on the host. A case with more than `max_views` views gets
-  a random subset of `max_views` of them, drawn afresh every time the case is
-  drawn: grain's `random_map` seeds the generator from (`seed`, the position in
-  the stream), so the subset is deterministic and `set_state` resumes exactly.
-
-  Args:
-    source: a data source from `load_split`.
-    global_batch_size: cases per batch (the remainder of the last epoch is
-      dropped).
-    max_views: V, view slots per case.
-    image_size: output side S.
-    seed: shuffling/sampling/view-subset seed (0 <= seed < 2**32).
-    shuffle: shuffle (a new permutation every epoch).
-    num_epochs: None repeats forever.
-    worker_count: grain worker processes (0 = in this process).
-    sample_weights_by_label: optional weight per label ([w_normal, w_fracture]
-      or {label: w}); cases are then drawn with replacement with probability
-      proportional to their label's weight; `shuffle` is implied.
-    process_index, process_count: as for `make_train_loader`; B below is then
-      this process's block, global_batch_size / process_count.
-
-  Returns:
-    A grain DatasetIterator yielding {'image': float32 [B, V, S, S, 1] in
-    [0, 1] (padded slots 0), 'view_mask': bool [B, V] (True = a real view, real
-    views first; every case has >= 1), 'label': int32 [B]}, with
-    `get_state()` / `set_state(state)` for an exact resume.
-
-  Raises:
-    ValueError: on an empty source or max_views < 1.
-  """
-  if len(source) == 0:
-    raise ValueError('make_case_train_loader: the source is empty')
-  if max_views < 1:
-    raise ValueError(f'make_case_train_loader: max_views={max_views} < 1')
-  groups = [indices for _, indices in case_groups(source)]
-  meta = _metadata(source)
-  probs = None
-  if sample_weights_by_label is not None:
-    labels = [meta[indices[0]]['label'] for indices in groups]
-    probs = _label_probs(labels, sample_weights_by_label)
-  ds = _epoch_indices(len(groups), seed, shuffle, num_epochs, probs)
-  ds = ds.random_map(
-      _ToCaseTrainExample(source, groups, image_size, max_views), seed=seed
-  )
-  return _batched_iterator(
-      ds, global_batch_size, worker_count, process_index, process_count
-  )
-
-
-def iterate_case_batches(
-    source,
-    *,
-    batch_size: int,
-    image_size: int,
-    max_views_per_case: int = 0,
-    num_view_slots: int | None = None,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> Iterator[dict]:
-  """Yields every case once, in case_id order, in fixed-size padded batches.
-
-  Each case holds the views `eval_order(source, max_views_per_case)` keeps (so
-  the real views of all batches are exactly `iterate_eval_batches`'s with the
-  same cap), in view_index order, real views first.
-
-  Args:
-    source: a data source from `load_split`.
-    batch_size: cases per batch B; the last batch is padded to it.
-    image_size: output side S.
-    max_views_per_case: 0 = every view; else `eval_order`'s cap.
-    num_view_slots: V; None = `max_case_views(source, max_views_per_case)`.
-    process_index, process_count: as for `iterate_eval_batches`; B below is
-      then batch_size / process_count.
-
-  Yields:
-    {'image': float32 [B, V, S, S, 1] (padding 0), 'view_mask': bool [B, V],
-    'label': int32 [B], 'case_id': object [B] of str ('' for padding),
-    'view_index': int32 [B, V] (-1 at padding), 'mask': bool [B] (False for
-    padding cases)}.
-
-  Raises:
-    ValueError: (when called) if a case keeps more views than num_view_slots.
-  """
-  groups = case_groups(source, max_views_per_case)
-  slots = num_view_slots
-  if slots is None:
-    slots = max_case_views(source, max_views_per_case)
-  for case_id, indices in groups:
-    if len(indices) > slots:
-      raise ValueError(
-          f'iterate_case_batches: case {case_id!r} has {len(indices)} views '
-          f'(max_views_per_case={max_views_per_case}) but num_view_slots='
-          f'{slots}; raise num_view_slots or set max_views_per_case'
-      )
-  blocks = process_blocks(groups, batch_size, process_index, process_count)
-  return _case_batches(
-      source,
-      blocks,
-      local_batch_size(batch_size, process_count),
-      image_size,
-      slots,
-  )
-
-
-def _case_batches(
-    source,
-    blocks: Sequence[Sequence[tuple[str, Sequence[int]]]],
-    batch_size: int,
-    image_size: int,
-    slots: int,
-) -> Iterator[dict]:
-  """`iterate_case_batches`'s generator, after its checks: one padded batch
-  of `batch_size` per block of (case_id, record indices)."""
-  for rows in blocks:
-    batch = {
-        'image': np.zeros(
-            (batch_size, slots, image_size, image_size, 1), np.float32
-        ),
-        'view_mask': np.zeros((batch_size, slots), bool),
-        'label': np.zeros((batch_size,), np.int32),
-        'case_id': np.full((batch_size,), '', dtype=object),
-        'view_index': np.full((batch_size, slots), -1, np.int32),
-        'mask': np.zeros((batch_size,), bool),
-    }
-    for j, (case_id, indices) in enumerate(rows):
-      case = _case_views(source, indices, image_size, slots)
-      for key, value in case.items():
-        batch[key][j] = value
-      batch['case_id'][j] = case_id
-      batch['mask'][j] = True
     yield batch

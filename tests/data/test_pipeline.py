@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from ankle_jax.data import cases
 from ankle_jax.data import pipeline
 from ankle_jax.data import prepare
 from ankle_jax.data import synthetic
@@ -181,7 +182,7 @@ def test_eval_batches_carry_the_view_features(data_dir):
       pipeline.iterate_eval_batches(source, batch_size=size, image_size=16)
   )
   records = {
-      (pipeline._to_str(r['case_id']), int(r['view_index'])): r
+      (pipeline.to_str(r['case_id']), int(r['view_index'])): r
       for r in (source[i] for i in range(len(source)))
   }
   seen = set()
@@ -192,7 +193,7 @@ def test_eval_batches_carry_the_view_features(data_dir):
         assert (b['view_position'][j], b['num_views'][j]) == ('', -1)
         continue
       r = records[(b['case_id'][j], int(b['view_index'][j]))]
-      assert b['view_position'][j] == pipeline._to_str(r['view_position'])
+      assert b['view_position'][j] == pipeline.to_str(r['view_position'])
       assert b['num_views'][j] == int(r['num_views'])
       seen.add(b['view_position'][j])
   assert seen - {''}  # the synthetic studies have view positions
@@ -285,8 +286,8 @@ def test_max_views_per_case_on_a_built_split(data_dir):
     by_case.setdefault(case, []).append(view)
   assert any(len(views) == 3 for views in by_case.values())
   position = {
-      (pipeline._to_str(source[i]['case_id']), int(source[i]['view_index'])): (
-          pipeline._to_str(source[i]['view_position'])
+      (pipeline.to_str(source[i]['case_id']), int(source[i]['view_index'])): (
+          pipeline.to_str(source[i]['view_position'])
       )
       for i in range(len(source))
   }
@@ -323,23 +324,23 @@ def _real_view_keys(batch):
 
 def test_case_groups_num_cases_and_max_case_views():
   source = _case_source()
-  groups = pipeline.case_groups(source)
+  groups = cases.case_groups(source)
   assert [c for c, _ in groups] == ['a', 'b', 'c', 'd']
   assert [[source[i]['view_index'] for i in g] for _, g in groups] == [
       [0, 1, 2, 3], [0], [0, 1], [0, 1, 2],
   ]  # fmt: skip
-  capped = pipeline.case_groups(source, 2)
+  capped = cases.case_groups(source, 2)
   assert [i for _, g in capped for i in g] == pipeline.eval_order(source, 2)
-  assert pipeline.num_cases(source) == 4
-  assert pipeline.max_case_views(source) == 4
-  assert pipeline.max_case_views(source, 2) == 2
-  assert pipeline.max_case_views([]) == 0
+  assert cases.num_cases(source) == 4
+  assert cases.max_case_views(source) == 4
+  assert cases.max_case_views(source, 2) == 2
+  assert cases.max_case_views([]) == 0
 
 
 def test_case_train_loader_shapes_masks_and_epoch_coverage():
   source = _case_source()
   one_epoch = list(
-      pipeline.make_case_train_loader(
+      cases.make_case_train_loader(
           source,
           global_batch_size=1,
           max_views=3,
@@ -367,18 +368,18 @@ def test_case_train_loader_shapes_masks_and_epoch_coverage():
   assert by_count[1] == ([0], 0) and by_count[2] == ([0, 1], 0)
   assert sorted(int(b['label'][0]) for b in one_epoch) == [0, 0, 0, 1]
   with pytest.raises(ValueError, match='empty'):
-    pipeline.make_case_train_loader(
+    cases.make_case_train_loader(
         [], global_batch_size=1, max_views=3, image_size=8, seed=0
     )
   with pytest.raises(ValueError, match='max_views=0'):
-    pipeline.make_case_train_loader(
+    cases.make_case_train_loader(
         source, global_batch_size=1, max_views=0, image_size=8, seed=0
     )
 
 
 def test_case_train_loader_draws_view_subsets_afresh():
   source = [r for r in _case_source() if r['case_id'] == b'a']  # 4 views
-  loader = pipeline.make_case_train_loader(
+  loader = cases.make_case_train_loader(
       source, global_batch_size=1, max_views=2, image_size=8, seed=5
   )
   subsets = set()
@@ -394,12 +395,12 @@ def test_case_train_loader_draws_view_subsets_afresh():
 def test_case_train_loader_resumes_exactly(data_dir):
   source = pipeline.load_split(data_dir, 'train')
   kwargs = dict(global_batch_size=3, max_views=2, image_size=16, seed=7)
-  loader = pipeline.make_case_train_loader(source, **kwargs)
-  for _ in range(pipeline.num_cases(source) // 3 + 2):  # cross an epoch
+  loader = cases.make_case_train_loader(source, **kwargs)
+  for _ in range(cases.num_cases(source) // 3 + 2):  # cross an epoch
     next(loader)
   state = loader.get_state()
   expected = [next(loader) for _ in range(4)]
-  resumed = pipeline.make_case_train_loader(source, **kwargs)
+  resumed = cases.make_case_train_loader(source, **kwargs)
   resumed.set_state(state)
   for want in expected:
     got = next(resumed)
@@ -410,11 +411,11 @@ def test_case_train_loader_resumes_exactly(data_dir):
 def test_case_train_loader_balanced_sampling(data_dir):
   source = pipeline.load_split(data_dir, 'train')
   case_labels = [
-      int(source[g[0]]['label']) for _, g in pipeline.case_groups(source)
+      int(source[g[0]]['label']) for _, g in cases.case_groups(source)
   ]
   kwargs = dict(global_batch_size=16, max_views=1, image_size=8, seed=1)
-  plain = pipeline.make_case_train_loader(source, **kwargs)
-  balanced = pipeline.make_case_train_loader(
+  plain = cases.make_case_train_loader(source, **kwargs)
+  balanced = cases.make_case_train_loader(
       source, sample_weights_by_label=[1.0, 6.0], **kwargs
   )
   plain_rate = np.mean([next(plain)['label'].mean() for _ in range(4)])
@@ -426,11 +427,11 @@ def test_case_batches_cover_the_eval_views_and_pad(data_dir):
   source = pipeline.load_split(data_dir, 'validation')
   for cap in (0, 2):
     batches = list(
-        pipeline.iterate_case_batches(
+        cases.iterate_case_batches(
             source, batch_size=4, image_size=16, max_views_per_case=cap
         )
     )
-    slots = pipeline.max_case_views(source, cap)
+    slots = cases.max_case_views(source, cap)
     assert slots == (3 if cap == 0 else 2)
     assert len(batches) == 2  # 6 validation cases, batches of 4
     for b in batches:
@@ -452,11 +453,11 @@ def test_case_batches_cover_the_eval_views_and_pad(data_dir):
     views = set().union(*(_real_view_keys(b) for b in batches))
     assert sorted(views) == _kept(source, cap)
   with pytest.raises(ValueError, match=r'has 3 views .*num_view_slots=2'):
-    pipeline.iterate_case_batches(
+    cases.iterate_case_batches(
         source, batch_size=4, image_size=16, num_view_slots=2
     )
   wide = next(
-      pipeline.iterate_case_batches(
+      cases.iterate_case_batches(
           source, batch_size=4, image_size=8, num_view_slots=5
       )
   )
@@ -490,9 +491,9 @@ def test_case_loaders_split_the_same_way(data_dir):
   source = pipeline.load_split(data_dir, 'train')
   options = {'global_batch_size': 4, 'max_views': 3, 'image_size': 16}
   options.update(seed=1, sample_weights_by_label=[1.0, 2.0])
-  single = pipeline.make_case_train_loader(source, **options)
+  single = cases.make_case_train_loader(source, **options)
   shares = [
-      pipeline.make_case_train_loader(
+      cases.make_case_train_loader(
           source, process_index=p, process_count=2, **options
       )
       for p in (0, 1)
