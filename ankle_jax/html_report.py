@@ -47,6 +47,7 @@ import numpy as np
 
 from ankle_jax import inference
 from ankle_jax import model_card
+from ankle_jax import models
 from ankle_jax import saliency
 from ankle_jax import voting
 from ankle_jax.data import augment
@@ -167,7 +168,7 @@ def add_grad_cams(
   backgrounds: list[np.ndarray | None] = [None] * len(errors)
   for indices in inference.group_runs([r.config for r in runs]).values():
     config = runs[indices[0]].config
-    grad_cam = saliency.make_case_grad_cam(inference.create_model(config))
+    grad_cam = saliency.make_case_grad_cam(models.from_run_config(config))
     for i, error in enumerate(errors):
       images = np.asarray(case_images(error.case_id, int(config.image_size)))
       if len(images) != len(error.view_index_v):

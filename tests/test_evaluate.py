@@ -28,6 +28,7 @@ from ankle_jax import console
 from ankle_jax import evaluate
 from ankle_jax import inference
 from ankle_jax import metrics
+from ankle_jax import models
 from ankle_jax import results as results_lib
 from ankle_jax import voting
 from ankle_jax import writers
@@ -279,7 +280,7 @@ def fake_evaluation(tmp_path_factory):
   }
   out_dir = str(root / 'out')
   mp = pytest.MonkeyPatch()
-  mp.setattr(inference, 'create_model', tiny_create_model)
+  mp.setattr(models, 'from_run_config', tiny_create_model)
   try:
     out = evaluate.evaluate_runs(
         run_dirs,
@@ -693,7 +694,7 @@ def featured_evaluation(tmp_path_factory):
   features = {k: _fake_features(v) for k, v in splits.items()}
   out_dir = str(root / 'out')
   mp = pytest.MonkeyPatch()
-  mp.setattr(inference, 'create_model', tiny_create_model)
+  mp.setattr(models, 'from_run_config', tiny_create_model)
   try:
     out = evaluate.evaluate_runs(
         run_dirs,
@@ -851,7 +852,7 @@ def test_protocols_and_operating_points(fake_evaluation):
 
 
 def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
-  monkeypatch.setattr(inference, 'create_model', tiny_create_model)
+  monkeypatch.setattr(models, 'from_run_config', tiny_create_model)
   run_dir = make_fake_run(str(tmp_path / 'only'), 0)
   out = evaluate.evaluate_runs(
       [run_dir],
@@ -955,7 +956,7 @@ def _patch_datasets(monkeypatch, datasets):
 def test_external_test_set_takes_validation_from_the_runs_own_dataset(
     tmp_path, monkeypatch, external_has_validation
 ):
-  monkeypatch.setattr(inference, 'create_model', tiny_create_model)
+  monkeypatch.setattr(models, 'from_run_config', tiny_create_model)
   own, other = str(tmp_path / 'own'), str(tmp_path / 'other')
   run_dir = make_fake_run(str(tmp_path / 'run'), 0)
   _set_config(run_dir, **{'data.data_dir': own})
@@ -1235,7 +1236,7 @@ def _test_case_ids(data_dir, split='test'):
 
 
 def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
-  monkeypatch.setattr(inference, 'create_model', lambda config: TinyNet())
+  monkeypatch.setattr(models, 'from_run_config', lambda config: TinyNet())
   out_dir = str(trained['root'] / 'eval')
   out = evaluate.evaluate_runs(
       trained['run_dirs'],
@@ -1280,7 +1281,7 @@ def test_evaluate_scores_the_first_views_of_each_case(
   position, then file name (pipeline.eval_order), stated in the report."""
   from ankle_jax.data import pipeline
 
-  monkeypatch.setattr(inference, 'create_model', lambda config: TinyNet())
+  monkeypatch.setattr(models, 'from_run_config', lambda config: TinyNet())
   out_dir = str(tmp_path / 'two_views')
   evaluate.evaluate_runs(
       trained['run_dirs'][:1],
@@ -1321,8 +1322,8 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
   code = (
       'import sys; sys.path.insert(0, "tests");'
       'import test_evaluate as t;'
-      'from ankle_jax import console, evaluate, inference;'
-      'inference.create_model = lambda config: t.TinyNet();'
+      'from ankle_jax import console, evaluate, models;'
+      'models.from_run_config = lambda config: t.TinyNet();'
       'evaluate.define_flags(); console.run(evaluate.main)'
   )
   proc = subprocess.run(
@@ -1438,7 +1439,7 @@ def test_tensorboard_tags_are_valid_grouped_and_at_the_checkpoint_step(
 
 
 def test_single_run_report_has_no_ensemble_rows(tmp_path, monkeypatch):
-  monkeypatch.setattr(inference, 'create_model', tiny_create_model)
+  monkeypatch.setattr(models, 'from_run_config', tiny_create_model)
   run_dir = make_fake_run(str(tmp_path / 'solo'), 0)
   splits = {
       'test': fake_split('test', 6, 0),

@@ -24,6 +24,7 @@ from ankle_jax import evaluate
 from ankle_jax import html_report
 from ankle_jax import inference
 from ankle_jax import model_card
+from ankle_jax import models
 from ankle_jax import report
 from ankle_jax import results as results_lib
 from ankle_jax import voting
@@ -263,7 +264,7 @@ def fake_runs_evaluation(tmp_path_factory):
       'validation': te.fake_split('validation', 11, 1),
   }
   mp = pytest.MonkeyPatch()
-  mp.setattr(inference, 'create_model', te.tiny_create_model)
+  mp.setattr(models, 'from_run_config', te.tiny_create_model)
   outs = {}
   try:
     for html in (True, False):
