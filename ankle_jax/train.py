@@ -313,6 +313,30 @@ def validate_and_select(
   return loop, {**val, 'best_step': loop.best_step}
 
 
+def finish(
+    config: ml_collections.ConfigDict,
+    setup: Setup,
+    state: state_lib.TrainState,
+    loop: validation.LoopState,
+    seconds: float,
+) -> dict[str, Any]:
+  """The run summary (the chief writes summary.json); closes the records and
+  checkpoints. seconds: this launch's training wall time."""
+  summary = records.run_summary(
+      final_step=int(jax.device_get(state.step)),
+      num_train_steps=setup.schedule.num_train_steps,
+      loop=loop,
+      best_metric=setup.best_metric,
+      eval_checkpoint=config.eval_checkpoint,
+      seconds=seconds,
+  )
+  if sharding.is_chief():
+    writers.write_summary(setup.workdir, summary)
+  setup.writer.close()
+  setup.ckpts.close()
+  return summary
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: epath.PathLike,
@@ -335,11 +359,7 @@ def train_and_evaluate(
       ready (launch.py).
 
   Returns:
-    The run summary (also in workdir/summary.json): final_step,
-    num_train_steps, best_metric, best_metric_value, best_step,
-    eval_checkpoint (the checkpoint evaluate and predict restore by default),
-    best_val_loss, best_val_loss_step, stopped_early,
-    train_seconds_this_launch (s).
+    The run summary, also in workdir/summary.json (`records.run_summary`).
 
   Raises:
     console.UserError: a bad config, or a batch size the devices cannot split.
@@ -408,16 +428,4 @@ def train_and_evaluate(
     if bar is not None:
       bar.close()
     writer.flush()
-  summary = records.run_summary(
-      final_step=int(jax.device_get(state.step)),
-      num_train_steps=schedule.num_train_steps,
-      loop=loop,
-      best_metric=setup.best_metric,
-      eval_checkpoint=config.eval_checkpoint,
-      seconds=time.time() - started,
-  )
-  if sharding.is_chief():
-    writers.write_summary(setup.workdir, summary)
-  writer.close()
-  ckpts.close()
-  return summary
+  return finish(config, setup, state, loop, time.time() - started)

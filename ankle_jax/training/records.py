@@ -168,7 +168,12 @@ def run_summary(
     eval_checkpoint: str,
     seconds: float,
 ) -> dict[str, Any]:
-  """What summary.json holds (seconds: this launch's training wall time)."""
+  """What summary.json holds: final_step, num_train_steps, best_metric,
+  best_metric_value, best_step, eval_checkpoint (the checkpoint evaluate and
+  predict restore by default), best_val_loss, best_val_loss_step,
+  stopped_early, train_seconds_this_launch (`seconds`: this launch's training
+  wall time).
+  """
   return {
       'final_step': final_step,
       'num_train_steps': num_train_steps,
