@@ -247,11 +247,10 @@ class OursStep:
   def _build(self, config, batch):
     mesh = sharding.create_mesh()
     model = models.from_run_config(config)
-    lr_fn = state_lib.create_learning_rate_fn(
-        state_lib.OptimizerSettings.from_config(config), 1000
-    )
+    optimizer = state_lib.OptimizerSettings.from_config(config)
+    lr_fn = state_lib.create_learning_rate_fn(optimizer, 1000)
     self.state = state_lib.create_train_state(
-        state_lib.OptimizerSettings.from_config(config),
+        optimizer,
         model,
         jax.random.key_data(jax.random.key(config.seed)),
         config.image_size,
