@@ -139,7 +139,7 @@ def compile_steps(
 class Setup:
   """What the loop works with, fixed for the whole run.
 
-  steps: the jitted steps; ckpts, writer: the run's checkpoints and records
+  jitted: the jitted steps; ckpts, writer: the run's checkpoints and records
   (their files change, the objects do not); train_iter: the training
   iterator; validation_batches: () -> this process's blocks of the
   validation batches; images_per_step: for images/s.
@@ -148,7 +148,7 @@ class Setup:
   workdir: epath.Path
   mesh: Mesh
   schedule: inputs.Schedule
-  steps: steps.CompiledSteps
+  jitted: steps.CompiledSteps
   ckpts: checkpoint.RunCheckpoints
   writer: writers.MetricWriter
   train_iter: Any
@@ -203,7 +203,7 @@ def set_up(
       workdir=workdir,
       mesh=mesh,
       schedule=schedule,
-      steps=compile_steps(config, mesh, learning_rate_fn, views),
+      jitted=compile_steps(config, mesh, learning_rate_fn, views),
       ckpts=checkpoint.RunCheckpoints(
           workdir,
           keep=config.keep_checkpoints,
@@ -244,7 +244,7 @@ def resume(
   loop = validation.LoopState.from_json(loop_record or {})
   step = int(state.step)
   if loop_record is not None:
-    records.say(None, f'Resumed from {workdir} at step {step}.')
+    records.say(f'Resumed from {workdir} at step {step}.')
     if sharding.is_chief():
       writers.truncate_metrics(workdir, step)
   if sharding.is_chief():
@@ -283,9 +283,9 @@ def start(
   setup, state = set_up(config, workdir, mesh, model, sources)
   state, loop = resume(config, setup, state)
   step = int(state.step)
-  records.say(None, start_message(config, setup.schedule, mesh, step, sources))
+  records.say(start_message(config, setup.schedule, mesh, step, sources))
   if loop.stopped_early:
-    records.say(None, f'The run had stopped early at step {step}.')
+    records.say(f'The run had stopped early at step {step}.')
   return setup, state, loop
 
 
@@ -299,7 +299,7 @@ def validate_and_select(
   """Validates at `step`; saves a new best checkpoint; notes early stopping.
   Returns the loop after it and the record (validation metrics, best_step)."""
   val = validation.validate(
-      setup.steps.eval, state, setup.validation_batches(), setup.mesh
+      setup.jitted.eval, state, setup.validation_batches(), setup.mesh
   )
   loop, is_best = validation.record_evaluation(
       loop, step, val, setup.best_metric, setup.patience
@@ -308,7 +308,7 @@ def validate_and_select(
     setup.ckpts.save_best(step, state_lib.variables_of(state), val)
     setup.writer.write_best(step, val)
   if loop.stopped_early:
-    records.say(bar, records.early_stop_message(step, setup.patience, loop))
+    records.say(records.early_stop_message(step, setup.patience, loop), bar)
   records.show_on_bar(bar, val)
   return loop, {**val, 'best_step': loop.best_step}
 
@@ -390,9 +390,9 @@ def train_and_evaluate(
       batch = next(setup.train_iter)
       placed = sharding.shard_batch(batch, setup.mesh)
       if schedule.images_due(step):
-        preview = jax.device_get(setup.steps.preview(state, placed['image']))
+        preview = jax.device_get(setup.jitted.preview(state, placed['image']))
         records.write_preview(writer, step, preview, batch)
-      state, metrics = setup.steps.train(state, placed)
+      state, metrics = setup.jitted.train(state, placed)
       history.append((step, metrics))
       if bar is not None:
         bar.update(1)

@@ -108,7 +108,7 @@ def train_record(
   }
 
 
-def say(bar: Any, message: str) -> None:
+def say(message: str, bar: Any = None) -> None:
   """Prints a project line on the chief (above the progress bar, if any)."""
   if not sharding.is_chief():
     return
