@@ -6,6 +6,7 @@ data are in-memory records in the TFDS record format, read through the real
 ankle_jax.data.pipeline.
 """
 
+import ast
 import json
 import os
 import pathlib
@@ -29,6 +30,7 @@ import test_writers  # noqa: E402
 
 from ankle_jax import checkpoint  # noqa: E402
 from ankle_jax import console  # noqa: E402
+from ankle_jax import inference  # noqa: E402
 from ankle_jax import models  # noqa: E402
 from ankle_jax import sharding  # noqa: E402
 from ankle_jax import train  # noqa: E402
@@ -268,6 +270,54 @@ def test_eval_uses_running_statistics():
   # predictions.
   stale = steps.eval_step(state.replace(batch_stats=init_stats), batch)['probs']
   assert np.max(np.abs(np.asarray(stale) - np.asarray(out['probs']))) > 0.2
+
+
+def test_eval_step_and_inference_share_one_forward():
+  """Training's eval step and inference's forward are one computation: the
+  same per-image standardization and eval-mode apply (models.forward)."""
+  config = tiny_config()
+  model = TinyNet(aux_head=True, bn_momentum=0.8)
+  state = state_lib.create_train_state(
+      state_lib.OptimizerSettings.from_config(config),
+      model,
+      jax.random.PRNGKey(0),
+      IMAGE_SIZE,
+  )
+  state, _ = jitted_train_step(config)(
+      state, jax.tree.map(jnp.asarray, fixed_batch())
+  )  # Running statistics away from their initial values.
+  batch = jax.tree.map(jnp.asarray, fixed_batch(seed=1))
+  probs = steps.eval_step(state, batch)['probs'][:, 1]
+  log_p = inference.fracture_log_probability(
+      model, state_lib.variables_of(state), batch['image']
+  )
+  np.testing.assert_allclose(np.exp(log_p), probs, rtol=1e-5, atol=1e-7)
+  unstandardized = inference.fracture_log_probability(
+      model, state_lib.variables_of(state), batch['image'], standardize=False
+  )
+  assert np.max(np.abs(np.exp(unstandardized) - probs)) > 1e-3
+
+
+def test_checkpoint_and_writers_are_handed_the_validation_metrics():
+  """The validation metrics are listed once (training/validation.py);
+  checkpoint.py and writers.py receive them and import nothing of training."""
+  for module in (checkpoint, writers):
+    tree = ast.parse(pathlib.Path(module.__file__).read_text())
+    imported = {
+        f'{node.module}.{alias.name}'
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported, module  # The check sees the imports...
+    assert not {
+        name
+        for name in imported
+        if name.startswith(('ankle_jax.training', 'ankle_jax.train'))
+    }  # ...and none is of training.
+  assert set(validation.METRIC_MODES) == set(validation.METRIC_NAMES)
+  with pytest.raises(console.UserError, match='valid values: val_accuracy'):
+    config_checks.validate_config(tiny_config(best_metric='val_f1'))
 
 
 def test_l2_term_equals_hand_computation():
