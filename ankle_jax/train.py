@@ -64,7 +64,7 @@ def model_summary(
   return models.format_summary(summary, title=title)
 
 
-def load_sources(
+def data_sources(
     config: ml_collections.ConfigDict, workdir: epath.Path
 ) -> tuple[Any, Any]:
   """(train_source, eval_source) of config.data, the dataset built first
@@ -271,7 +271,7 @@ def start(
   and sets the run up (resumed from its latest checkpoint, if any)."""
   config_checks.validate_config(config)
   workdir = writers.ensure_writable_dir(epath.Path(workdir))
-  sources = sources if sources is not None else load_sources(config, workdir)
+  sources = sources if sources is not None else data_sources(config, workdir)
   model = model if model is not None else models.from_run_config(config)
   if print_model_summary and sharding.is_chief():
     print(model_summary(config, model), flush=True)
