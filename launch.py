@@ -80,33 +80,17 @@ def closing_summary(summary, workdir: str, seconds: float) -> str:
   return '\n'.join(lines)
 
 
-def model_summary(config) -> str:
-  """The model summary lines: parameters, forward FLOPs, output shapes."""
-  from ankle_jax import models  # noqa: PLC0415
-  from ankle_jax import train  # noqa: PLC0415
-
-  summary = models.summarize(train.build_model(config), config.image_size)
-  title = config.model.name
-  if models.is_multiview(config.model):
-    title = f'multi-view {config.model.multiview.fusion} {title}, per view'
-  return models.format_summary(summary, title=title)
-
-
 def train_run(config, workdir: str, started: float) -> int:
-  """Prepares the data, trains and prints the closing summary (the chief
-  prints); returns the exit status."""
+  """Trains (the chief prints the model summary once the data is ready, then
+  the closing summary); returns the exit status."""
   from ankle_jax import sharding  # noqa: PLC0415
   from ankle_jax import train  # noqa: PLC0415
   from ankle_jax import writers  # noqa: PLC0415
   from ankle_jax.data import prepare  # noqa: PLC0415
 
   try:
-    writers.ensure_writable_dir(workdir)
-    train.prepare_data(config, workdir)
-    if sharding.is_chief():
-      print(model_summary(config), flush=True)
     summary = train.train_and_evaluate(
-        config, workdir, model=train.build_model(config)
+        config, workdir, print_model_summary=True
     )
   except (writers.WorkdirNotWritableError, prepare.DatasetMissingError) as e:
     raise console.UserError(str(e)) from e
@@ -123,6 +107,7 @@ def main(argv):
   # Imported here so that --help answers at once (these take ~5 s).
   from ankle_jax import sharding  # noqa: PLC0415
   from ankle_jax import train  # noqa: PLC0415
+  from ankle_jax.training import config_checks  # noqa: PLC0415
 
   if len(argv) > 1:
     raise console.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -131,15 +116,17 @@ def main(argv):
     raise console.UserError(
         '--config is required, e.g. --config=configs/demo.py (see --help)'
     )
-  train.validate_config(config)
   if FLAGS.summary_only:
-    print(model_summary(config), flush=True)
+    config_checks.validate_config(config)
+    print(train.model_summary(config), flush=True)
     return 0
   if not workdir:
     raise console.UserError(
         '--workdir is required: the run directory, e.g. --workdir=runs/demo'
     )
-  # jax.distributed must start before any other JAX work.
+  # jax.distributed must start before any other JAX work; train_and_evaluate
+  # then checks the config (before writing anything), the run directory and
+  # the dataset, once.
   sharding.initialize(
       config.distributed,
       timeout_s=config.distributed_timeout_s,

@@ -8,7 +8,7 @@ Layout under a run's workdir:
                  opt_state, rng;
       data_iter  the grain iterator state of every process (JSON): the exact
                  data order on resume;
-      loop       the loop's own state (JSON, train.LoopState): best validation
+      loop       the loop's own state (JSON, training.validation.LoopState): best validation
                  so far, early stopping;
       sha256.json  a SHA-256 of every saved array (DIGEST_FILE).
   checkpoints/best/<step>/    the single best checkpoint by the chosen metric:
@@ -17,7 +17,7 @@ Layout under a run's workdir:
       sha256.json.
 
 Saves are synchronous, so a checkpoint on disk is always complete; a state with
-a non-finite loss is never handed to `save_latest` (train.py checks first).
+a non-finite loss is never handed to `save_latest` (the training loop checks first).
 With several processes, every process calls the saves and restores: orbax
 writes one checkpoint cooperatively (the state is replicated, so it does not
 depend on the number of processes: a checkpoint of 2 processes restores in 1,
@@ -86,15 +86,6 @@ class CheckpointReadError(ValueError):
 
 class CheckpointIntegrityError(ValueError):
   """Restored arrays differ from the digests written when they were saved."""
-
-
-# best_metric -> 'max' or 'min'.
-METRIC_MODES = {
-    'val_accuracy': 'max',
-    'val_case_accuracy': 'max',
-    'val_auc': 'max',
-    'val_loss': 'min',
-}
 
 
 def _absolute(path: epath.PathLike) -> epath.Path:
@@ -345,11 +336,14 @@ class RunCheckpoints:
       *,
       keep: int = 3,
       best_metric: str = 'val_accuracy',
+      best_mode: str = 'max',
   ):
-    """best_metric: a key of METRIC_MODES (train.validate_config checks it)."""
+    """best_metric: the validation metric that picks the best checkpoint;
+    best_mode: 'max' or 'min', which way it is better (the training side's
+    list of metrics, ankle_jax.training.validation, says)."""
     self.workdir = epath.Path(workdir)
     self.best_metric = best_metric
-    self.best_mode = METRIC_MODES[best_metric]
+    self.best_mode = best_mode
     self.latest = _latest_manager(self.workdir, keep=keep)
     self.best = _best_manager(self.workdir)
 
@@ -478,7 +472,7 @@ class RunCheckpoints:
         variables,
     )
     # max_to_keep=1 keeps the newest save, which is the best by construction
-    # (train.py only calls save_best on an improvement).
+    # (training only calls save_best on an improvement).
 
   def close(self) -> None:
     self.latest.close()

@@ -6,8 +6,9 @@
 * Runs of the same architecture and input shape (`model_group_key`) are
   stacked along a leading runs axis (`stack_variables`) and applied with ONE
   jitted `jax.vmap` over runs (`make_forward`).
-* `fracture_log_probability` is the one home of "standardize -> apply ->
-  float32 log-probability of fracture". The host turns it into a float64
+* `fracture_log_probability` is "standardize -> apply -> float32
+  log-probability of fracture", over `models.forward.apply_eval`, the eval
+  forward training's eval step uses too. The host turns it into a float64
   probability (`probability_from_log`): a float32 softmax (and a float32
   log_softmax) rounds every probability above 1 - 6e-8 to exactly 1.0; the
   log-probability computed as -softplus(logsumexp(other logits - fracture
@@ -33,7 +34,6 @@ from ankle_jax import checkpoint
 from ankle_jax import console
 from ankle_jax import models
 from ankle_jax import writers
-from ankle_jax.data import augment
 from ankle_jax.evaluation import voting
 from ankle_jax.evaluation.predictions import SplitPredictions
 
@@ -138,15 +138,6 @@ def load_runs(workdirs: Sequence[str], which: str | None = None) -> list[Run]:
   return runs
 
 
-def create_model(config: Any) -> nn.Module:
-  """The run's linen module (dropout is inactive in eval mode)."""
-  return models.from_config(
-      config.model,
-      num_classes=config.get('num_classes', 2),
-      dtype=config.get('dtype', 'float32'),
-  )
-
-
 def model_group_key(config: Any) -> str:
   """Runs with equal keys have the same architecture and input shape.
 
@@ -205,10 +196,10 @@ def fracture_log_probability(
       as in training) or already standardized (standardize=False).
     standardize: whether to standardize the images first.
   """
-  if standardize:
-    images_bhwc = augment.standardize_per_image(images_bhwc.astype(jnp.float32))
-  logits = module.apply(variables, images_bhwc, train=False).logits
-  return log_fracture(logits)
+  outputs = models.forward.apply_eval(
+      module.apply, variables, images_bhwc, standardize=standardize
+  )
+  return log_fracture(outputs.logits)
 
 
 def log_fracture(logits_xc: jax.Array) -> jax.Array:
@@ -233,11 +224,9 @@ def case_log_fracture(
   """A multi-view run in eval mode: (case log p(fracture) float32 [B], each
   view's own log p(fracture) float32 [B, V]) and, with_attention, the fusion
   weights float32 [B, V]; images in [0, 1]."""
-  shape = images_bvhw1.shape
-  images = augment.standardize_per_image(
-      images_bvhw1.reshape((-1,) + shape[2:]).astype(jnp.float32)
-  ).reshape(shape)
-  outputs = module.apply(variables, images, view_mask_bv, train=False)
+  outputs = models.forward.apply_eval(
+      module.apply, variables, images_bvhw1, view_mask_bv
+  )
   logs = log_fracture(outputs.logits), log_fracture(outputs.view_logits)
   return logs + (outputs.attention,) if with_attention else logs
 
@@ -502,7 +491,7 @@ def predict_run_group(
     cases_per_batch: int,
 ) -> SplitPredictions:
   """One group of stacked runs (per-view or multi-view) over a split."""
-  module = create_model(config)
+  module = models.from_run_config(config)
   view_batches = batches_for(int(config.image_size))
   if not models.is_multiview(config.model):
     return predict_group(make_forward(module), variables_r, view_batches)

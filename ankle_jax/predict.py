@@ -46,7 +46,6 @@ from ankle_jax import console
 from ankle_jax import inference
 from ankle_jax import models
 from ankle_jax import saliency
-from ankle_jax.data import augment
 from ankle_jax.data import dicom
 from ankle_jax.evaluation import voting
 
@@ -142,7 +141,7 @@ def _group_saliency(
   A multi-view model's Grad-CAM differentiates its case evidence over all
   views at once (one map per view); its occlusion judges each view alone.
   """
-  standardized = augment.standardize_per_image(jnp.asarray(images))
+  standardized = models.forward.standardized(jnp.asarray(images))
   size = images.shape[1]
   cams, occs = [], []
   occlusion_module = module
@@ -185,7 +184,7 @@ def predict_case(
   cams, occs = [], []
   for indices in inference.group_runs([r.config for r in runs]).values():
     config = runs[indices[0]].config
-    module = inference.create_model(config)
+    module = models.from_run_config(config)
     images = load_views(files, int(config.image_size))
     variables_list = [runs[i].variables for i in indices]
     stacked = inference.stack_variables(variables_list)

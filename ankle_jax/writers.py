@@ -27,7 +27,9 @@ SUMMARY_FILE = 'summary.json'
 PROBE_BYTES = 4096  # One page: a full disk refuses it.
 LABEL_NAMES = ('normal', 'fracture')
 
-# metrics.jsonl key -> TensorBoard tag (other keys keep their name).
+# metrics.jsonl key -> TensorBoard tag of the train and perf records (the
+# validation metrics' tags are handed to MetricWriter; other keys keep their
+# name).
 TAGS = {
     'train_loss': 'train/loss',
     'train_ce': 'train/ce',
@@ -36,26 +38,18 @@ TAGS = {
     'train_accuracy': 'train/accuracy',
     'learning_rate': 'train/learning_rate',
     'epoch': 'train/epoch',
-    'val_loss': 'val/loss',
-    'val_accuracy': 'val/accuracy',
-    'val_auc': 'val/auc',
-    'val_case_accuracy': 'val/case_accuracy',
     'best_step': 'val/best_step',
     'steps_per_second': 'perf/steps_per_second',
     'images_per_second': 'perf/images_per_second',
 }
 # The best checkpoint's validation metrics and step: the HParams tab's metrics.
 BEST_PREFIX = 'hparams/best_'
-BEST_METRIC_TAGS = tuple(
-    f'{BEST_PREFIX}{name}'
-    for name in (
-        'val_loss',
-        'val_accuracy',
-        'val_auc',
-        'val_case_accuracy',
-        'step',
-    )
-)
+
+
+def best_metric_tags(metric_names: Sequence[str]) -> tuple[str, ...]:
+  """The HParams tab's metrics: `hparams/best_<name>` of each validation
+  metric, and `hparams/best_step`."""
+  return tuple(f'{BEST_PREFIX}{name}' for name in (*metric_names, 'step'))
 
 
 class WorkdirNotWritableError(OSError):
@@ -201,12 +195,20 @@ class MetricWriter:
   TensorBoard.
 
   metrics.jsonl keeps flat keys (train_loss, val_auc, ...); TensorBoard groups
-  the same values as train/..., val/... and perf/... (`TAGS`).
+  the same values as train/..., val/... and perf/... (`TAGS`, and the `tags`
+  it is handed: the validation metrics').
   """
 
-  def __init__(self, workdir: epath.PathLike, *, enabled: bool = True):
+  def __init__(
+      self,
+      workdir: epath.PathLike,
+      *,
+      enabled: bool = True,
+      tags: Mapping[str, str] | None = None,
+  ):
     self.workdir = epath.Path(workdir)
     self.enabled = enabled
+    self.tags = {**TAGS, **(tags or {})}
     self._tb = None
     if enabled:
       self.workdir.mkdir(parents=True, exist_ok=True)
@@ -248,7 +250,9 @@ class MetricWriter:
       value = _jsonable(value)
       record[name] = value
       if isinstance(value, (int, float)) and not isinstance(value, bool):
-        self._tb.add_scalar(TAGS.get(name, name), value, global_step=int(step))
+        self._tb.add_scalar(
+            self.tags.get(name, name), value, global_step=int(step)
+        )
     if to_jsonl:
       with (self.workdir / METRICS_FILE).open('a') as f:
         f.write(json.dumps(record) + '\n')

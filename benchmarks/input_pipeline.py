@@ -8,7 +8,7 @@ measures images/s of:
              for each --worker_counts;
   transfer:  host batch -> device (`sharding.shard_batch`);
   augment:   on-device augmentation + per-image standardization, jitted alone
-             (`train.preprocess_train_images` with the config's settings);
+             (`training.steps.preprocess_train_images` with the config's settings);
   end_to_end: loader -> shard_batch -> augment, one after the other, as the
              training loop does it (minus the model).
 
@@ -47,10 +47,10 @@ if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
 from ankle_jax import sharding  # noqa: E402
-from ankle_jax import train  # noqa: E402
 from ankle_jax.data import pipeline  # noqa: E402
 from ankle_jax.data import prepare  # noqa: E402
 from ankle_jax.data import synthetic  # noqa: E402
+from ankle_jax.training import steps  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config',
@@ -118,9 +118,9 @@ def time_loader(source, *, batch_size, image_size, batches, worker_count):
 def time_device_stages(config, batch_size, image_size, batches, source):
   """images/s of host->device transfer, augmentation, and the chain."""
   mesh = sharding.create_mesh()
-  aug = train.AugmentSettings.from_config(config.augment)
+  aug = steps.AugmentSettings.from_config(config.augment)
   preprocess = jax.jit(
-      lambda key, images: train.preprocess_train_images(key, images, aug)
+      lambda key, images: steps.preprocess_train_images(key, images, aug)
   )
   rng = np.random.default_rng(0)
   host_batch = {

@@ -6,9 +6,9 @@ Usage (from the repo root):
       [--depthwise=layers|shifted|lax] \
       [--variant=keras|config] [--config.<field>=<value> ...]
 
-Ours is the real `ankle_jax.train.train_step` (on-device augmentation and
+Ours is the real `ankle_jax.training.steps.train_step` (on-device augmentation and
 standardization, cross entropy, L2, aux loss, Adam, BatchNorm statistics),
-jitted by `train.compile_steps` with the state donated. Each step gets the same
+jitted by `steps.compile_steps` with the state donated. Each step gets the same
 random batch of [B, S, S, 1] images in [0, 1].
 
 --variant (default: 'keras' with --compare_keras, else 'config'):
@@ -62,8 +62,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))  # For `configs` and `ankle_jax`.
 
+from ankle_jax import models  # noqa: E402
 from ankle_jax import sharding  # noqa: E402
-from ankle_jax import train  # noqa: E402
+from ankle_jax.training import losses  # noqa: E402
+from ankle_jax.training import state as state_lib  # noqa: E402
+from ankle_jax.training import steps  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config',
@@ -243,23 +246,24 @@ class OursStep:
 
   def _build(self, config, batch):
     mesh = sharding.create_mesh()
-    model = train.build_model(config)
-    lr_fn = train.create_learning_rate_fn(config, 1000)
-    self.state = train.create_train_state(
-        config,
+    model = models.from_run_config(config)
+    optimizer = state_lib.OptimizerSettings.from_config(config)
+    lr_fn = state_lib.create_learning_rate_fn(optimizer, 1000)
+    self.state = state_lib.create_train_state(
+        optimizer,
         model,
         jax.random.key_data(jax.random.key(config.seed)),
         config.image_size,
         learning_rate_fn=lr_fn,
     )
-    steps = train.compile_steps(
+    compiled = steps.compile_steps(
         mesh,
         lr_fn,
-        train.AugmentSettings.from_config(config.augment),
-        train.loss_settings(config),
+        steps.AugmentSettings.from_config(config.augment),
+        losses.LossSettings.from_config(config),
     )
     self.batch = sharding.shard_batch(batch, mesh)
-    lowered = steps.train.lower(self.state, self.batch)
+    lowered = compiled.train.lower(self.state, self.batch)
     self.compiled = lowered.compile()
     self.flops = flops_of(
         self.compiled if jax.default_backend() == 'cpu' else lowered

@@ -16,7 +16,7 @@ if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
 from ankle_jax import models  # noqa: E402
-from ankle_jax import train  # noqa: E402
+from ankle_jax.training import config_checks  # noqa: E402
 
 CONFIG_NAMES = ('fracatlas_cpu', 'fracatlas_gpu')
 
@@ -28,7 +28,7 @@ def _module(name):
 @pytest.mark.parametrize('name', CONFIG_NAMES)
 def test_config_validates_and_selects_on_validation_auc(name):
   config = _module(name).get_config()
-  train.validate_config(config)
+  config_checks.validate_config(config)
   assert config.data.dataset_config == 'fracatlas'
   assert config.data.train_split == 'train'
   assert config.data.eval_split == 'validation'  # never the test split

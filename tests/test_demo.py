@@ -16,9 +16,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
-from ankle_jax import train  # noqa: E402
 from ankle_jax.data import dicom  # noqa: E402
 from ankle_jax.data import synthetic  # noqa: E402
+from ankle_jax.training import config_checks  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def _demo_config():
 
 def test_demo_config_is_valid_and_its_synthetic_fields_are_generator_arguments():
   config = _demo_config()
-  train.validate_config(config)
+  config_checks.validate_config(config)
   assert config.data.synthetic.enabled and not config.data.manual_dir
   assert (
       config.best_metric == 'val_case_accuracy'

@@ -26,6 +26,7 @@ from ankle_jax import checkpoint
 from ankle_jax import console
 from ankle_jax import evaluate
 from ankle_jax import inference
+from ankle_jax import models
 from ankle_jax import writers
 from ankle_jax.data import augment
 from ankle_jax.evaluation import calibration
@@ -284,7 +285,7 @@ def fake_evaluation(tmp_path_factory):
   }
   out_dir = str(root / 'out')
   mp = pytest.MonkeyPatch()
-  mp.setattr(inference, 'create_model', tiny_create_model)
+  mp.setattr(models, 'from_run_config', tiny_create_model)
   try:
     out = evaluate.evaluate_runs(
         run_dirs,
@@ -698,7 +699,7 @@ def featured_evaluation(tmp_path_factory):
   features = {k: _fake_features(v) for k, v in splits.items()}
   out_dir = str(root / 'out')
   mp = pytest.MonkeyPatch()
-  mp.setattr(inference, 'create_model', tiny_create_model)
+  mp.setattr(models, 'from_run_config', tiny_create_model)
   try:
     out = evaluate.evaluate_runs(
         run_dirs,
@@ -856,7 +857,7 @@ def test_protocols_and_operating_points(fake_evaluation):
 
 
 def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
-  monkeypatch.setattr(inference, 'create_model', tiny_create_model)
+  monkeypatch.setattr(models, 'from_run_config', tiny_create_model)
   run_dir = make_fake_run(str(tmp_path / 'only'), 0)
   out = evaluate.evaluate_runs(
       [run_dir],
@@ -960,7 +961,7 @@ def _patch_datasets(monkeypatch, datasets):
 def test_external_test_set_takes_validation_from_the_runs_own_dataset(
     tmp_path, monkeypatch, external_has_validation
 ):
-  monkeypatch.setattr(inference, 'create_model', tiny_create_model)
+  monkeypatch.setattr(models, 'from_run_config', tiny_create_model)
   own, other = str(tmp_path / 'own'), str(tmp_path / 'other')
   run_dir = make_fake_run(str(tmp_path / 'run'), 0)
   _set_config(run_dir, **{'data.data_dir': own})
@@ -1221,11 +1222,11 @@ def _test_case_ids(data_dir, split='test'):
   from ankle_jax.data import pipeline
 
   source = pipeline.load_split(data_dir, split)
-  return {pipeline._to_str(source[i]['case_id']) for i in range(len(source))}
+  return {pipeline.to_str(source[i]['case_id']) for i in range(len(source))}
 
 
 def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
-  monkeypatch.setattr(inference, 'create_model', lambda config: TinyNet())
+  monkeypatch.setattr(models, 'from_run_config', lambda config: TinyNet())
   out_dir = str(trained['root'] / 'eval')
   out = evaluate.evaluate_runs(
       trained['run_dirs'],
@@ -1248,13 +1249,13 @@ def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
 
   source = pipeline.load_split(trained['data_dirs'][0], 'test')
   records = {
-      (pipeline._to_str(r['case_id']), int(r['view_index'])): r
+      (pipeline.to_str(r['case_id']), int(r['view_index'])): r
       for r in (source[i] for i in range(len(source)))
   }
   for r in rows:
     if r[5] == 'test':
       record = records[(r[1], int(r[2]))]
-      assert r[6] == pipeline._to_str(record['view_position'])
+      assert r[6] == pipeline.to_str(record['view_position'])
       assert int(r[7]) == int(record['num_views'])
   assert {r[6] for r in rows} - {''}
   assert any(s.subgroup.field == 'view_position' for s in out.subgroups)
@@ -1270,7 +1271,7 @@ def test_evaluate_scores_the_first_views_of_each_case(
   position, then file name (pipeline.eval_order), stated in the report."""
   from ankle_jax.data import pipeline
 
-  monkeypatch.setattr(inference, 'create_model', lambda config: TinyNet())
+  monkeypatch.setattr(models, 'from_run_config', lambda config: TinyNet())
   out_dir = str(tmp_path / 'two_views')
   evaluate.evaluate_runs(
       trained['run_dirs'][:1],
@@ -1285,11 +1286,11 @@ def test_evaluate_scores_the_first_views_of_each_case(
     source = pipeline.load_split(trained['data_dirs'][0], split)
     num_views = {}
     for i in range(len(source)):
-      case = pipeline._to_str(source[i]['case_id'])
+      case = pipeline.to_str(source[i]['case_id'])
       num_views[case] = num_views.get(case, 0) + 1
     assert max(num_views.values()) == 3  # so the cap removes views
     expected = {
-        (pipeline._to_str(source[i]['case_id']), int(source[i]['view_index']))
+        (pipeline.to_str(source[i]['case_id']), int(source[i]['view_index']))
         for i in pipeline.eval_order(source, 2)
     }
     assert {(r[1], int(r[2])) for r in rows if r[5] == split} == expected
@@ -1311,8 +1312,8 @@ def test_evaluate_with_data_dir_reads_another_dataset(trained, tmp_path):
   code = (
       'import sys; sys.path.insert(0, "tests");'
       'import test_evaluate as t;'
-      'from ankle_jax import console, evaluate, inference;'
-      'inference.create_model = lambda config: t.TinyNet();'
+      'from ankle_jax import console, evaluate, models;'
+      'models.from_run_config = lambda config: t.TinyNet();'
       'evaluate.define_flags(); console.run(evaluate.main)'
   )
   proc = subprocess.run(
@@ -1427,7 +1428,7 @@ def test_tensorboard_tags_are_valid_grouped_and_at_the_checkpoint_step(
 
 
 def test_single_run_report_has_no_ensemble_rows(tmp_path, monkeypatch):
-  monkeypatch.setattr(inference, 'create_model', tiny_create_model)
+  monkeypatch.setattr(models, 'from_run_config', tiny_create_model)
   run_dir = make_fake_run(str(tmp_path / 'solo'), 0)
   splits = {
       'test': fake_split('test', 6, 0),

@@ -22,7 +22,7 @@ import pytest
 import test_evaluate as te
 
 from ankle_jax import evaluate
-from ankle_jax import inference
+from ankle_jax import models
 from ankle_jax.evaluation import voting
 from ankle_jax.evaluation.evaluation import Settings
 from ankle_jax.evaluation.evaluation import compute
@@ -352,7 +352,7 @@ def fake_runs_evaluation(tmp_path_factory):
       'validation': te.fake_split('validation', 11, 1),
   }
   mp = pytest.MonkeyPatch()
-  mp.setattr(inference, 'create_model', te.tiny_create_model)
+  mp.setattr(models, 'from_run_config', te.tiny_create_model)
   outs = {}
   try:
     for html in (True, False):

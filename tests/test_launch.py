@@ -12,7 +12,7 @@ if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
 from ankle_jax import console  # noqa: E402
-from ankle_jax import train  # noqa: E402
+from ankle_jax.training import config_checks  # noqa: E402
 
 CONTRACT_FIELDS = (
     'model.name',
@@ -98,7 +98,7 @@ def test_every_config_has_the_contract_fields_and_validates(name):
   config = _config(name)
   for field in CONTRACT_FIELDS:
     _get(config, field)  # KeyError names a missing field.
-  train.validate_config(config)
+  config_checks.validate_config(config)
   module = importlib.import_module(f'configs.{name}')
   assert f'--config=configs/{name}.py' in module.__doc__
 
@@ -158,8 +158,8 @@ def test_protocol_fields_are_checked_before_heavy_work():
     for part in parents:
       target = target[part]
     target[last] = value
-    with pytest.raises(train.console.UserError, match=message):
-      train.validate_config(config)
+    with pytest.raises(console.UserError, match=message):
+      config_checks.validate_config(config)
 
 
 def _launch(*args, timeout=240):
@@ -270,4 +270,4 @@ def test_out_of_range_augment_fields_are_named(field, value):
   config = _config('demo')
   config.augment[field] = value
   with pytest.raises(console.UserError, match=f'config.augment.{field}'):
-    train.validate_config(config)
+    config_checks.validate_config(config)

@@ -19,9 +19,14 @@ import test_train  # noqa: E402
 from ankle_jax import checkpoint  # noqa: E402
 from ankle_jax import evaluate  # noqa: E402
 from ankle_jax import inference  # noqa: E402
+from ankle_jax import models  # noqa: E402
 from ankle_jax import train  # noqa: E402
+from ankle_jax.data import cases  # noqa: E402
 from ankle_jax.data import pipeline  # noqa: E402
 from ankle_jax.models import multiview  # noqa: E402
+from ankle_jax.training import losses  # noqa: E402
+from ankle_jax.training import state as state_lib  # noqa: E402
+from ankle_jax.training import steps  # noqa: E402
 from tests.models.test_multiview import TinyTrunk  # noqa: E402
 
 compilation_cache = test_train.compilation_cache
@@ -69,9 +74,7 @@ def test_multiview_run_trains_validates_and_resumes_exactly(
   evals = [r for r in logged if 'val_case_accuracy' in r]
   assert [r['step'] for r in evals] == [3, 6]
   # 2 cases x 3 view slots per step.
-  assert train.images_per_step.__doc__ and all(
-      r['images_per_second'] > 0 for r in train_rows
-  )
+  assert all(r['images_per_second'] > 0 for r in train_rows)
 
   run(multiview_config(num_train_steps=3), tmp_path / 'resumed', monkeypatch)
   run(config, tmp_path / 'resumed', monkeypatch)
@@ -85,10 +88,13 @@ def test_multiview_run_trains_validates_and_resumes_exactly(
 def test_view_loss_weight_enters_the_loss():
   config = multiview_config()
   model = multiview.Model(trunk=TinyTrunk(), fusion='mean')
-  state = train.create_train_state(
-      config, model, jax.random.PRNGKey(0), test_train.IMAGE_SIZE
+  state = state_lib.create_train_state(
+      state_lib.OptimizerSettings.from_config(config),
+      model,
+      jax.random.PRNGKey(0),
+      test_train.IMAGE_SIZE,
   )
-  loader = pipeline.make_case_train_loader(
+  loader = cases.make_case_train_loader(
       sources()[0],
       global_batch_size=4,
       max_views=3,
@@ -96,15 +102,15 @@ def test_view_loss_weight_enters_the_loss():
       seed=0,
   )
   batch = next(loader)
-  views = train.ViewSettings(max_views=3, view_dropout=0.0)
+  views = steps.ViewSettings(max_views=3, view_dropout=0.0)
   metrics = {}
   for weight in (0.0, 2.0):
-    loss_cfg = train.LossSettings(aux_loss_weight=0.0, view_loss_weight=weight)
-    _, metrics[weight] = train.train_step(
+    loss_cfg = losses.LossSettings(aux_loss_weight=0.0, view_loss_weight=weight)
+    _, metrics[weight] = steps.train_step(
         state,
         batch,
         learning_rate_fn=lambda step: 1e-3,
-        aug=train.AugmentSettings(),
+        aug=steps.AugmentSettings(),
         loss_cfg=loss_cfg,
         views=views,
     )
@@ -123,7 +129,7 @@ def test_evaluate_forward_regroups_views_into_cases(tmp_path, monkeypatch):
   run(config, tmp_path, monkeypatch)
   variables, step = checkpoint.restore_variables(tmp_path, 'latest')
   model = multiview.Model(trunk=TinyTrunk(), fusion='attention')
-  monkeypatch.setattr(inference, 'create_model', lambda config: model)
+  monkeypatch.setattr(models, 'from_run_config', lambda config: model)
   loaded = inference.Run('mv', str(tmp_path), config, variables, step)
   source = sources()[1]
   batches_for = lambda size: pipeline.iterate_eval_batches(
@@ -135,7 +141,7 @@ def test_evaluate_forward_regroups_views_into_cases(tmp_path, monkeypatch):
   cases = preds.cases()
   assert preds.case_probs_rc.shape == (1, cases.num_cases)
   # Case by case, straight from the model.
-  for batch in pipeline.iterate_case_batches(
+  for batch in cases.iterate_case_batches(
       source, batch_size=1, image_size=test_train.IMAGE_SIZE
   ):
     case_log, view_log = inference.case_log_fracture(
@@ -153,33 +159,35 @@ sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 import jax, numpy as np
 assert jax.device_count() == 2, jax.devices()
 import test_train as t
-from ankle_jax import sharding, train
-from ankle_jax.data import pipeline
+from ankle_jax import sharding
+from ankle_jax.training import losses, state as state_lib, steps
+from ankle_jax.data import cases
 from ankle_jax.models import multiview
 from tests.models.test_multiview import TinyTrunk
 config = t.tiny_config(l2_alpha=0.01)
 records = t.make_records(24, seed=1, views=3)[:-1]  # Padding in a case.
-batch = next(pipeline.make_case_train_loader(
+batch = next(cases.make_case_train_loader(
     records, global_batch_size=4, max_views=3, image_size=t.IMAGE_SIZE,
     seed=0))
 assert not batch['view_mask'].all()
-views = train.ViewSettings(max_views=3, view_dropout=0.3)
-aug = train.AugmentSettings(flip_lr=True, brightness_delta=0.3)
-lr_fn = train.create_learning_rate_fn(config, 10)
+views = steps.ViewSettings(max_views=3, view_dropout=0.3)
+aug = steps.AugmentSettings(flip_lr=True, brightness_delta=0.3)
+lr_fn = state_lib.create_learning_rate_fn(
+      state_lib.OptimizerSettings.from_config(config), 10)
 results = []
 for devices in (jax.devices()[:1], jax.devices()):
   mesh = sharding.create_mesh(devices)
   model = multiview.Model(trunk=TinyTrunk(), fusion='attention', dropout_rate=0.5)
-  state = train.create_train_state(
-      config, model, jax.random.PRNGKey(0), t.IMAGE_SIZE, 10, lr_fn)
+  state = state_lib.create_train_state(
+      state_lib.OptimizerSettings.from_config(config), model, jax.random.PRNGKey(0), t.IMAGE_SIZE, 10, lr_fn)
   state = jax.device_put(state, sharding.replicated(mesh))
-  steps = train.compile_steps(
-      mesh, lr_fn, aug, train.loss_settings(config), views)
+  compiled = steps.compile_steps(
+      mesh, lr_fn, aug, losses.LossSettings.from_config(config), views)
   for _ in range(3):
     placed = sharding.shard_batch(batch, mesh)
     assert len(placed['view_mask'].sharding.device_set) == len(devices)
-    state, metrics = steps.train(state, placed)
-  out = steps.eval(state, sharding.shard_batch(batch, mesh))
+    state, metrics = compiled.train(state, placed)
+  out = compiled.eval(state, sharding.shard_batch(batch, mesh))
   results.append(jax.device_get((state.params, state.batch_stats, metrics, out)))
 # Adam's m / sqrt(v) turns reduction-order noise in a near-zero gradient into
 # a step of about the learning rate (1e-2): atol 1e-4 over 3 steps.
@@ -208,8 +216,8 @@ def test_evaluate_runs_scores_a_multiview_run_next_to_a_per_view_one(
   trunk_model = multiview.Model(trunk=TinyTrunk(), fusion='attention')
   per_view_model = test_train.TinyNet(aux_head=True, bn_momentum=0.8)
   monkeypatch.setattr(
-      inference,
-      'create_model',
+      models,
+      'from_run_config',
       lambda config: trunk_model
       if config.model.multiview.enabled
       else per_view_model,

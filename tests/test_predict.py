@@ -14,6 +14,7 @@ import pytest
 from ankle_jax import checkpoint
 from ankle_jax import console
 from ankle_jax import inference
+from ankle_jax import models
 from ankle_jax import predict
 from ankle_jax import saliency
 from ankle_jax import writers
@@ -29,7 +30,7 @@ def make_real_runs(root, seeds=(0, 1), image_size=80):
   """(Untrained) runs of the real tiny Xception drop/aux of configs/local.py."""
   config = local_config.get_config()
   config.image_size = image_size
-  module = inference.create_model(config)
+  module = models.from_run_config(config)
   init = jax.jit(
       lambda k: module.init(
           k, jnp.zeros((1, image_size, image_size, 1)), train=False
@@ -133,7 +134,7 @@ def test_predict_rg3_with_heatmap_writes_png_of_the_right_size(
   for r, run_dir in enumerate(real_runs):
     config = checkpoint.load_run_config(run_dir)
     variables, _ = checkpoint.restore_variables(run_dir)
-    log_probs = inference.make_forward(inference.create_model(config))(
+    log_probs = inference.make_forward(models.from_run_config(config))(
         inference.stack_variables([variables]), jnp.asarray(images)
     )[0]
     np.testing.assert_allclose(
@@ -153,8 +154,8 @@ def test_predict_command_line(tmp_path, shared_dicom_dir):
   code = (
       'import sys; sys.path.insert(0, "tests");'
       'import test_evaluate as t;'
-      'from ankle_jax import console, inference, predict;'
-      'inference.create_model = t.tiny_create_model;'
+      'from ankle_jax import console, models, predict;'
+      'models.from_run_config = t.tiny_create_model;'
       'predict.define_flags(); console.run(predict.main)'
   )
   proc = subprocess.run(
@@ -200,7 +201,7 @@ def test_predict_skips_unreadable_files(
   import test_evaluate
 
   monkeypatch.setattr(
-      inference, 'create_model', test_evaluate.tiny_create_model
+      models, 'from_run_config', test_evaluate.tiny_create_model
   )
   run_dir = test_evaluate.make_fake_run(str(tmp_path / 'tiny'), 0)
   case = tmp_path / 'case'

@@ -6,6 +6,7 @@ data are in-memory records in the TFDS record format, read through the real
 ankle_jax.data.pipeline.
 """
 
+import ast
 import json
 import os
 import pathlib
@@ -29,9 +30,18 @@ import test_writers  # noqa: E402
 
 from ankle_jax import checkpoint  # noqa: E402
 from ankle_jax import console  # noqa: E402
+from ankle_jax import inference  # noqa: E402
+from ankle_jax import models  # noqa: E402
 from ankle_jax import sharding  # noqa: E402
 from ankle_jax import train  # noqa: E402
 from ankle_jax import writers  # noqa: E402
+from ankle_jax.data import augment  # noqa: E402
+from ankle_jax.training import config_checks  # noqa: E402
+from ankle_jax.training import losses  # noqa: E402
+from ankle_jax.training import records  # noqa: E402
+from ankle_jax.training import state as state_lib  # noqa: E402
+from ankle_jax.training import steps  # noqa: E402
+from ankle_jax.training import validation  # noqa: E402
 from configs import local as local_config  # noqa: E402
 
 IMAGE_SIZE = 16
@@ -130,7 +140,7 @@ def tiny_config(**overrides):
 
 def _validate_stub(monkeypatch):
   # The tiny image size is below the real models' 75 px minimum.
-  monkeypatch.setattr(train, 'MIN_IMAGE_SIZE', 8)
+  monkeypatch.setattr(config_checks, 'MIN_IMAGE_SIZE', 8)
 
 
 def run(config, workdir, monkeypatch, aux_head=True, bn_momentum=0.8):
@@ -143,22 +153,27 @@ def run(config, workdir, monkeypatch, aux_head=True, bn_momentum=0.8):
 
 
 def jitted_train_step(config, state_lr_fn=None):
-  lr_fn = state_lr_fn or train.create_learning_rate_fn(config, 100)
+  lr_fn = state_lr_fn or state_lib.create_learning_rate_fn(
+      state_lib.OptimizerSettings.from_config(config), 100
+  )
   return jax.jit(
-      lambda s, b: train.train_step(
+      lambda s, b: steps.train_step(
           s,
           b,
           learning_rate_fn=lr_fn,
-          aug=train.AugmentSettings(),
-          loss_cfg=train.loss_settings(config),
+          aug=steps.AugmentSettings(),
+          loss_cfg=losses.LossSettings.from_config(config),
       )
   )
 
 
 def test_loss_falls_on_a_fixed_batch():
   config = tiny_config(learning_rate=3e-2)
-  state = train.create_train_state(
-      config, TinyNet(aux_head=True), jax.random.PRNGKey(0), IMAGE_SIZE
+  state = state_lib.create_train_state(
+      state_lib.OptimizerSettings.from_config(config),
+      TinyNet(aux_head=True),
+      jax.random.PRNGKey(0),
+      IMAGE_SIZE,
   )
   step = jitted_train_step(config)
   batch = jax.tree.map(jnp.asarray, fixed_batch())
@@ -178,8 +193,13 @@ def test_bfloat16_trains_with_float32_params_stats_and_loss():
   while params, BatchNorm statistics, optimizer state and the loss stay float32.
   """
   config = tiny_config(dtype='bfloat16', learning_rate=1e-2, image_size=75)
-  model = train.build_model(config)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0), 75)
+  model = models.from_run_config(config)
+  state = state_lib.create_train_state(
+      state_lib.OptimizerSettings.from_config(config),
+      model,
+      jax.random.PRNGKey(0),
+      75,
+  )
   step = jitted_train_step(config)
   batch = jax.tree.map(jnp.asarray, fixed_batch(num=8))
   batch['image'] = jax.image.resize(batch['image'], (8, 75, 75, 1), 'bilinear')
@@ -210,8 +230,11 @@ def test_bfloat16_trains_with_float32_params_stats_and_loss():
 def test_eval_uses_running_statistics():
   config = tiny_config()
   model = TinyNet(bn_momentum=0.8)
-  state = train.create_train_state(
-      config, model, jax.random.PRNGKey(0), IMAGE_SIZE
+  state = state_lib.create_train_state(
+      state_lib.OptimizerSettings.from_config(config),
+      model,
+      jax.random.PRNGKey(0),
+      IMAGE_SIZE,
   )
   init_stats = state.batch_stats
   step = jitted_train_step(config)
@@ -221,7 +244,7 @@ def test_eval_uses_running_statistics():
   train_accuracy = float(metrics['accuracy'])
   assert train_accuracy == 1.0
 
-  out = train.eval_step(state, batch)
+  out = steps.eval_step(state, batch)
   eval_accuracy = float(
       np.mean(np.argmax(out['probs'], -1) == np.asarray(batch['label']))
   )
@@ -230,7 +253,7 @@ def test_eval_uses_running_statistics():
   # agree...
   train_out, _ = state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats},
-      train.augment.standardize_per_image(batch['image']),
+      augment.standardize_per_image(batch['image']),
       train=True,
       mutable=['batch_stats'],
   )
@@ -241,12 +264,60 @@ def test_eval_uses_running_statistics():
   # output.
   single = {k: v[:1] for k, v in batch.items()}
   np.testing.assert_allclose(
-      train.eval_step(state, single)['probs'], out['probs'][:1], atol=1e-5
+      steps.eval_step(state, single)['probs'], out['probs'][:1], atol=1e-5
   )
   # The test has teeth: the freshly initialised statistics give other
   # predictions.
-  stale = train.eval_step(state.replace(batch_stats=init_stats), batch)['probs']
+  stale = steps.eval_step(state.replace(batch_stats=init_stats), batch)['probs']
   assert np.max(np.abs(np.asarray(stale) - np.asarray(out['probs']))) > 0.2
+
+
+def test_eval_step_and_inference_share_one_forward():
+  """Training's eval step and inference's forward are one computation: the
+  same per-image standardization and eval-mode apply (models.forward)."""
+  config = tiny_config()
+  model = TinyNet(aux_head=True, bn_momentum=0.8)
+  state = state_lib.create_train_state(
+      state_lib.OptimizerSettings.from_config(config),
+      model,
+      jax.random.PRNGKey(0),
+      IMAGE_SIZE,
+  )
+  state, _ = jitted_train_step(config)(
+      state, jax.tree.map(jnp.asarray, fixed_batch())
+  )  # Running statistics away from their initial values.
+  batch = jax.tree.map(jnp.asarray, fixed_batch(seed=1))
+  probs = steps.eval_step(state, batch)['probs'][:, 1]
+  log_p = inference.fracture_log_probability(
+      model, state_lib.variables_of(state), batch['image']
+  )
+  np.testing.assert_allclose(np.exp(log_p), probs, rtol=1e-5, atol=1e-7)
+  unstandardized = inference.fracture_log_probability(
+      model, state_lib.variables_of(state), batch['image'], standardize=False
+  )
+  assert np.max(np.abs(np.exp(unstandardized) - probs)) > 1e-3
+
+
+def test_checkpoint_and_writers_are_handed_the_validation_metrics():
+  """The validation metrics are listed once (training/validation.py);
+  checkpoint.py and writers.py receive them and import nothing of training."""
+  for module in (checkpoint, writers):
+    tree = ast.parse(pathlib.Path(module.__file__).read_text())
+    imported = {
+        f'{node.module}.{alias.name}'
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported, module  # The check sees the imports...
+    assert not {
+        name
+        for name in imported
+        if name.startswith(('ankle_jax.training', 'ankle_jax.train'))
+    }  # ...and none is of training.
+  assert set(validation.METRIC_MODES) == set(validation.METRIC_NAMES)
+  with pytest.raises(console.UserError, match='valid values: val_accuracy'):
+    config_checks.validate_config(tiny_config(best_metric='val_f1'))
 
 
 def test_l2_term_equals_hand_computation():
@@ -256,14 +327,17 @@ def test_l2_term_equals_hand_computation():
       'aux': {'dense': {'kernel': jnp.full((2, 2), -1.0)}},
   }
   dense = (np.sum(np.arange(6.0) ** 2) + 4.0) / 2
-  assert float(train.l2_sum(params, 'dense')) == pytest.approx(dense)
-  assert float(train.l2_sum(params, 'all')) == pytest.approx(
+  assert float(losses.l2_sum(params, 'dense')) == pytest.approx(dense)
+  assert float(losses.l2_sum(params, 'all')) == pytest.approx(
       dense + 18 * 4.0 / 2
   )
 
   config = tiny_config(l2_alpha=0.37, aux_loss_weight=0.0)
-  state = train.create_train_state(
-      config, TinyNet(aux_head=True), jax.random.PRNGKey(0), IMAGE_SIZE
+  state = state_lib.create_train_state(
+      state_lib.OptimizerSettings.from_config(config),
+      TinyNet(aux_head=True),
+      jax.random.PRNGKey(0),
+      IMAGE_SIZE,
   )
   dense_kernels = [
       np.asarray(state.params['head']['kernel']),
@@ -293,8 +367,11 @@ def test_loss_with_aux_weight_equals_hand_computation():
   config = tiny_config(
       l2_alpha=0.7, aux_loss_weight=0.4, class_weights=(1.0, 2.5)
   )
-  state = train.create_train_state(
-      config, TinyNet(aux_head=True), jax.random.PRNGKey(3), IMAGE_SIZE
+  state = state_lib.create_train_state(
+      state_lib.OptimizerSettings.from_config(config),
+      TinyNet(aux_head=True),
+      jax.random.PRNGKey(3),
+      IMAGE_SIZE,
   )
   batch = jax.tree.map(jnp.asarray, fixed_batch())
   _, metrics = jitted_train_step(config)(state, batch)
@@ -303,7 +380,7 @@ def test_loss_with_aux_weight_equals_hand_computation():
   # is this one.
   outputs, _ = state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats},
-      train.augment.standardize_per_image(batch['image']),
+      augment.standardize_per_image(batch['image']),
       train=True,
       mutable=['batch_stats'],
   )
@@ -333,9 +410,9 @@ def test_class_weighted_cross_entropy():
   per_example = -np.asarray(log_p)[np.arange(3), np.asarray(labels)]
   expected = np.mean(per_example * np.array([1.0, 3.0, 3.0]))
   assert float(
-      train.cross_entropy(logits, labels, (1.0, 3.0))
+      losses.cross_entropy(logits, labels, (1.0, 3.0))
   ) == pytest.approx(expected)
-  assert float(train.cross_entropy(logits, labels)) == pytest.approx(
+  assert float(losses.cross_entropy(logits, labels)) == pytest.approx(
       per_example.mean()
   )
 
@@ -395,18 +472,20 @@ def test_loop_state_reads_the_dict_of_older_checkpoints():
       'evals_without_improvement': 1,
       'stopped_early': False,
   }
-  loop = train.LoopState.from_json(old)
+  loop = validation.LoopState.from_json(old)
   assert loop.best_step == 4 and loop.evals_without_improvement == 1
   assert loop.to_json() == old
-  assert train.record_evaluation(
+  after, is_best = validation.record_evaluation(
       loop, 8, {'val_loss': 0.4, 'val_accuracy': 0.75}, 'val_accuracy', 2
-  )  # A tie on the metric with a better val_loss: the new best.
-  assert (loop.best_step, loop.best_val_loss_step) == (8, 8)
-  assert not train.record_evaluation(
-      loop, 10, {'val_loss': 0.6, 'val_accuracy': 0.5}, 'val_accuracy', 2
   )
-  assert not loop.stopped_early
-  train.record_evaluation(
+  assert is_best  # A tie on the metric with a better val_loss: the new best.
+  assert (after.best_step, after.best_val_loss_step) == (8, 8)
+  assert loop.to_json() == old  # The loop state is a value: left as it was.
+  loop, is_best = validation.record_evaluation(
+      after, 10, {'val_loss': 0.6, 'val_accuracy': 0.5}, 'val_accuracy', 2
+  )
+  assert not is_best and not loop.stopped_early
+  loop, _ = validation.record_evaluation(
       loop, 12, {'val_loss': 0.6, 'val_accuracy': 0.5}, 'val_accuracy', 2
   )
   assert loop.stopped_early and loop.best_step == 8
@@ -466,26 +545,28 @@ TWO_DEVICES_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     assert jax.device_count() == 2, jax.devices()
     import test_train as t
-    from ankle_jax import sharding, train
+    from ankle_jax import sharding
+    from ankle_jax.training import losses, state as state_lib, steps
     config = t.tiny_config(l2_alpha=0.01)
-    aug = train.AugmentSettings(
+    aug = steps.AugmentSettings(
         flip_lr=True, brightness_delta=0.3, contrast_range=(0.7, 1.3))
-    lr_fn = train.create_learning_rate_fn(config, 10)
+    lr_fn = state_lib.create_learning_rate_fn(
+      state_lib.OptimizerSettings.from_config(config), 10)
     batch = t.fixed_batch(8)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
       mesh = sharding.create_mesh(devices)
-      state = train.create_train_state(
-          config, t.TinyNet(aux_head=True, dropout_rate=0.5),
+      state = state_lib.create_train_state(
+      state_lib.OptimizerSettings.from_config(config), t.TinyNet(aux_head=True, dropout_rate=0.5),
           jax.random.PRNGKey(0), t.IMAGE_SIZE, 10, lr_fn)
       state = jax.device_put(state, sharding.replicated(mesh))
-      steps = train.compile_steps(
-          mesh, lr_fn, aug, train.loss_settings(config))
+      compiled = steps.compile_steps(
+          mesh, lr_fn, aug, losses.LossSettings.from_config(config))
       for _ in range(4):
         placed = sharding.shard_batch(batch, mesh)
         assert len(placed['image'].sharding.device_set) == len(devices)
-        state, metrics = steps.train(state, placed)
-      probs = steps.eval(state, sharding.shard_batch(batch, mesh))['probs']
+        state, metrics = compiled.train(state, placed)
+      probs = compiled.eval(state, sharding.shard_batch(batch, mesh))['probs']
       results.append(
           jax.device_get((state.params, state.batch_stats, metrics, probs)))
     jax.tree.map(
@@ -554,9 +635,18 @@ def test_tensorboard_groups_tags_and_hparams_show_the_best_checkpoint(
   }
   assert images == {'train/augmented_images'}
   types = hparams.pop('__types__')
+  # The HParams table opens on what a run is, not on augment.* columns.
+  assert list(types)[:6] == [
+      'model.name',
+      'model.width_multiplier',
+      'image_size',
+      'learning_rate',
+      'batch_size',
+      'dtype',
+  ]
   augment_fields = {f'augment.{k}' for k in tiny_config().augment}
   assert set(hparams) == (
-      set(train.HPARAM_FIELDS) | augment_fields | {'num_train_steps'}
+      set(records.HPARAM_FIELDS) | augment_fields | {'num_train_steps'}
   )
   assert hparams['image_size'] == IMAGE_SIZE and hparams['batch_size'] == 4
   assert hparams['num_train_steps'] == 6
@@ -564,7 +654,9 @@ def test_tensorboard_groups_tags_and_hparams_show_the_best_checkpoint(
   assert hparams['model.aux_head'] is True
   assert hparams['class_weights'] == 'None'
   assert types['image_size'] == types['learning_rate'] != types['model.name']
-  assert set(metric_tags) == set(writers.BEST_METRIC_TAGS)
+  assert set(metric_tags) == set(
+      writers.best_metric_tags(validation.METRIC_NAMES)
+  )
   # The HParams metrics (each tag's last value) are the best checkpoint's.
   best = summary['best_step']
   record = next(

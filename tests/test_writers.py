@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from ankle_jax import writers
+from ankle_jax.training import validation
 
 
 def read_events(workdir):
@@ -42,7 +43,7 @@ def read_events(workdir):
 
 
 def test_scalars_go_to_jsonl_and_grouped_tensorboard_tags(tmp_path):
-  writer = writers.MetricWriter(tmp_path)
+  writer = writers.MetricWriter(tmp_path, tags=validation.METRIC_TAGS)
   writer.write_scalars(
       10,
       {
@@ -86,7 +87,7 @@ def test_hparams_keep_their_types_and_best_metrics_are_scalars(tmp_path):
           'model.aux_head': True,
           'class_weights': None,
       },
-      writers.BEST_METRIC_TAGS,
+      writers.best_metric_tags(validation.METRIC_NAMES),
   )
   writer.write_best(4, {'val_auc': 0.5, 'val_loss': 0.9})
   writer.write_best(8, {'val_auc': 0.75, 'val_loss': 0.7})
@@ -103,7 +104,9 @@ def test_hparams_keep_their_types_and_best_metrics_are_scalars(tmp_path):
   assert isinstance(hparams['model.aux_head'], bool)
   assert types['model.name'] == types['class_weights']  # Both strings.
   assert types['image_size'] == types['learning_rate'] != types['model.name']
-  assert set(metric_tags) == set(writers.BEST_METRIC_TAGS)
+  assert set(metric_tags) == set(
+      writers.best_metric_tags(validation.METRIC_NAMES)
+  )
   assert scalars['hparams/best_val_auc'][-1] == (8, 0.75)
   assert scalars['hparams/best_step'] == [(4, 4.0), (8, 8.0)]
 

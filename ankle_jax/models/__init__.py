@@ -22,6 +22,7 @@ from absl import logging
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ankle_jax.models import forward
 from ankle_jax.models import inception_v3
 from ankle_jax.models import layers
 from ankle_jax.models import multiview
@@ -171,6 +172,21 @@ def from_config(
   )
 
 
+def from_run_config(config: Mapping[str, Any]) -> nn.Module:
+  """The one model builder of a run: the model a run config (a launch config
+  or a run's config.json) describes, `from_config` of its `model` block with
+  its num_classes and dtype (2 and 'float32' for runs saved without them).
+
+  Raises:
+    ValueError: as `from_config`.
+  """
+  return from_config(
+      config['model'],
+      num_classes=config.get('num_classes', 2),
+      dtype=config.get('dtype', 'float32'),
+  )
+
+
 def is_multiview(model_config: Mapping[str, Any]) -> bool:
   """Whether a config.model block describes a multi-view model (runs saved
   before model.multiview existed are per-view)."""
@@ -187,6 +203,8 @@ __all__ = [
     'build',
     'from_config',
     'format_summary',
+    'forward',
+    'from_run_config',
     'is_multiview',
     'multiview',
     'inception_v3',

@@ -21,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ankle_jax import inference
+from ankle_jax import models
 from ankle_jax import saliency
-from ankle_jax.data import augment
 from ankle_jax.evaluation.evaluation import Evaluation
 from ankle_jax.evaluation_inputs import CaseImagesFn
+from ankle_jax.models import forward
 from ankle_jax.reporting.context import MAX_PER_KIND
 from ankle_jax.reporting.context import ErrorCase
 
@@ -87,7 +88,7 @@ def add_grad_cams(
   backgrounds: list[np.ndarray | None] = [None] * len(errors)
   for indices in inference.group_runs([r.config for r in runs]).values():
     config = runs[indices[0]].config
-    grad_cam = saliency.make_case_grad_cam(inference.create_model(config))
+    grad_cam = saliency.make_case_grad_cam(models.from_run_config(config))
     for i, error in enumerate(errors):
       images = np.asarray(case_images(error.case_id, int(config.image_size)))
       if len(images) != len(error.view_index_v):
@@ -95,7 +96,7 @@ def add_grad_cams(
             f'case {error.case_id}: {len(images)} images for '
             f'{len(error.view_index_v)} evaluated views.'
         )
-      standardized = augment.standardize_per_image(jnp.asarray(images))
+      standardized = forward.standardized(jnp.asarray(images))
       for r in indices:
         cam_vhw, _ = grad_cam(runs[r].variables, standardized)
         maps[i].append([saliency.resize_map(c, thumbnail) for c in cam_vhw])

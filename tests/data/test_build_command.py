@@ -85,7 +85,7 @@ def test_build_prints_its_own_lines_and_a_summary(studies, tmp_path):
   assert again.stdout.startswith('Using the existing radiograph_studies')
   # case_ids are hashed with the file's salt, stripped.
   case_ids = {
-      pipeline._to_str(ex['case_id'])
+      pipeline.to_str(ex['case_id'])
       for split in ('train', 'validation', 'test')
       for ex in pipeline.load_split(data_dir, split)
   }

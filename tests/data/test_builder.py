@@ -35,7 +35,7 @@ def _records(data_dir, config='dicom_cases'):
       continue
     out[split] = [
         (
-            pipeline._to_str(ex['case_id']),
+            pipeline.to_str(ex['case_id']),
             int(ex['view_index']),
             int(ex['label']),
             int(ex['num_views']),
@@ -120,13 +120,13 @@ def test_build_is_deterministic(built):
       dir_b, 'test'
   )
   index_b = {
-      (pipeline._to_str(src_b[i]['case_id']), int(src_b[i]['view_index'])): i
+      (pipeline.to_str(src_b[i]['case_id']), int(src_b[i]['view_index'])): i
       for i in range(len(src_b))
   }
   for i in range(0, len(src_a), 17):
     ex = src_a[i]
     other = src_b[
-        index_b[(pipeline._to_str(ex['case_id']), int(ex['view_index']))]
+        index_b[(pipeline.to_str(ex['case_id']), int(ex['view_index']))]
     ]
     np.testing.assert_array_equal(ex['image'], other['image'])
   assert src_a[0]['image'].dtype == np.uint16 and src_a[0]['image'].shape == (
@@ -290,7 +290,7 @@ def test_real_dicom_files_build(tmp_path, shared_dicom_dir):
   source = pipeline.load_split(tmp_path / 'data', 'train')
   assert source[0]['image'].shape == (128, 128, 1)
   assert {
-      pipeline._to_str(source[i]['view_position']) for i in range(len(source))
+      pipeline.to_str(source[i]['view_position']) for i in range(len(source))
   } >= {'AP'}
 
 
@@ -462,7 +462,7 @@ def test_fracatlas_fixture_builds(tmp_path):
   source = pipeline.load_split(tmp_path / 'data0', 'train', 'fracatlas')
   ex = source[0]
   assert ex['leg'] == 1 and ex['frontal'] == 1 and ex['num_views'] == 1
-  assert pipeline._to_str(ex['view_position']).startswith('frontal')
+  assert pipeline.to_str(ex['view_position']).startswith('frontal')
   # Filters: hardware and body part.
   filtered = prepare.build_dataset(
       root,

@@ -1,0 +1,127 @@
+"""The config checks: every field a run reads, checked before any heavy work
+(each fact here, once)."""
+
+import ml_collections
+
+from ankle_jax import checkpoint
+from ankle_jax import console
+from ankle_jax import models
+from ankle_jax.training import validation
+
+MIN_IMAGE_SIZE = 75
+DTYPES = ('float32', 'bfloat16')
+LR_SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
+L2_SCOPES = ('dense', 'all')
+POSITIVE_FIELDS = (
+    'batch_size',
+    'eval_batch_size',
+    'log_every_steps',
+    'eval_every_steps',
+    'checkpoint_every_steps',
+)
+
+
+def _check_choice(config: ml_collections.ConfigDict, field: str, valid) -> None:
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  if value not in valid:
+    what = 'names' if field == 'model.name' else 'values'
+    raise console.UserError(
+        f'config.{field}={value!r} is unknown; valid {what}: '
+        + ', '.join(valid)
+    )
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the config before any heavy work (each fact here, once).
+
+  Raises:
+    console.UserError: naming the field, its value and what is valid.
+  """
+  _check_choice(config, 'model.name', models.MODEL_NAMES)
+  _check_choice(config, 'model.kernel_init', models.KERNEL_INITS)
+  _check_choice(config, 'eval_checkpoint', checkpoint.CHECKPOINT_CHOICES)
+  _check_choice(config, 'dtype', DTYPES)
+  _check_choice(config, 'optimizer', ('adam',))
+  _check_choice(config, 'lr_schedule', LR_SCHEDULES)
+  _check_choice(config, 'l2_scope', L2_SCOPES)
+  _check_choice(config, 'best_metric', sorted(validation.METRIC_MODES))
+  if config.image_size < MIN_IMAGE_SIZE:
+    raise console.UserError(
+        f'config.image_size={config.image_size} is too small: the models '
+        f'need at least {MIN_IMAGE_SIZE} px'
+    )
+  for field in POSITIVE_FIELDS:
+    if config[field] <= 0:
+      raise console.UserError(
+          f'config.{field}={config[field]} must be positive'
+      )
+  max_views = config.data.max_eval_views
+  if not isinstance(max_views, int) or max_views < 0:
+    raise console.UserError(
+        f'config.data.max_eval_views={max_views!r}; expected 0 (every view) '
+        'or the number of views per evaluation case (the paper: 3)'
+    )
+  if config.class_weights is not None and len(config.class_weights) != 2:
+    raise console.UserError(
+        f'config.class_weights={config.class_weights!r}; expected None or '
+        '[w_normal, w_fracture]'
+    )
+  _validate_augment_config(config.augment)
+  if models.is_multiview(config.model):
+    _validate_multiview_config(config)
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise console.UserError(
+        'set config.num_train_steps > 0 or config.num_epochs > 0'
+    )
+  _check_model(config)
+
+
+def _validate_augment_config(augment_config: ml_collections.ConfigDict):
+  """Raises UserError naming the first augment.* field out of its range."""
+  bounds = {'contrast': 0.0, 'gamma': 1e-6}
+  for name, lowest in bounds.items():
+    lower = augment_config[f'{name}_lower']
+    upper = augment_config[f'{name}_upper']
+    if not lowest <= lower <= upper:
+      raise console.UserError(
+          f'config.augment.{name}_lower/upper=({lower}, {upper}); expected '
+          f'{lowest} <= lower <= upper ((1.0, 1.0) = off)'
+      )
+  if not 0.0 <= augment_config.window_jitter < 0.5:
+    raise console.UserError(
+        f'config.augment.window_jitter={augment_config.window_jitter}; '
+        'expected 0 <= window_jitter < 0.5 (0 = off)'
+    )
+  if not 0.0 < augment_config.crop_scale_lower <= 1.0:
+    raise console.UserError(
+        f'config.augment.crop_scale_lower={augment_config.crop_scale_lower}; '
+        'expected 0 < crop_scale_lower <= 1 (1 = off)'
+    )
+
+
+def _validate_multiview_config(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first model.multiview.* field out of range."""
+  _check_choice(config, 'model.multiview.fusion', models.multiview.FUSIONS)
+  views = config.model.multiview
+  checks = (
+      ('max_views', views.max_views >= 1, '>= 1 (views per case)'),
+      ('view_dropout', 0.0 <= views.view_dropout < 1.0, 'in [0, 1)'),
+      ('view_loss_weight', views.view_loss_weight >= 0.0, '>= 0'),
+  )
+  for field, ok, expected in checks:
+    if not ok:
+      raise console.UserError(
+          f'config.model.multiview.{field}={views[field]!r}; expected '
+          f'{expected}'
+      )
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError when `models` refuses config.model (family options,
+  dropout, width)."""
+  try:
+    models.from_run_config(config)
+  except ValueError as e:
+    raise console.UserError(f'config.model: {e}') from e
