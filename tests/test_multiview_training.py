@@ -138,8 +138,8 @@ def test_evaluate_forward_regroups_views_into_cases(tmp_path, monkeypatch):
   preds = inference.predict_split([loaded], batches_for, cases_per_batch=2)
   assert len(preds.labels_v) == len(source)
   assert preds.multiview_r.tolist() == [True]
-  cases = preds.cases()
-  assert preds.case_probs_rc.shape == (1, cases.num_cases)
+  case_index = preds.cases()
+  assert preds.case_probs_rc.shape == (1, case_index.num_cases)
   # Case by case, straight from the model.
   for batch in cases.iterate_case_batches(
       source, batch_size=1, image_size=test_train.IMAGE_SIZE
@@ -147,7 +147,7 @@ def test_evaluate_forward_regroups_views_into_cases(tmp_path, monkeypatch):
     case_log, view_log = inference.case_log_fracture(
         model, variables, batch['image'], batch['view_mask']
     )
-    c = list(cases.case_ids_c).index(batch['case_id'][0])
+    c = list(case_index.case_ids_c).index(batch['case_id'][0])
     np.testing.assert_allclose(
         preds.case_probs_rc[0, c], np.exp(float(case_log[0])), rtol=1e-4
     )
