@@ -21,7 +21,7 @@ ties to fracture); then the same for the ensemble of all runs, with hard
 (majority of the runs' votes) and soft (mean probability) voting. A
 multi-view run (ankle_jax.models.multiview) prints its case probability and,
 per view, its attention weight in the fusion and its probability alone; an
-ensemble with one votes per case (ankle_jax.voting).
+ensemble with one votes per case (ankle_jax.evaluation.voting).
 
 --heatmap=OUT.png writes Grad-CAM overlays (last conv stage, the mean of the
 runs' normalized maps; for a multi-view run, of its case evidence over all
@@ -303,7 +303,7 @@ def format_predictions(
 
 
 def _mixed_ensemble_lines(probs_rv, case_probs_r, multiview_r, cases):
-  """An ensemble with multi-view runs votes per case (ankle_jax.voting)."""
+  """An ensemble with multi-view runs votes per case (ankle_jax.evaluation.voting)."""
   members = list(range(len(probs_rv)))
   case_probs_rc = voting.run_case_probs(probs_rv, cases)
   case_probs_rc[multiview_r, 0] = case_probs_r[multiview_r]

@@ -9,7 +9,7 @@ model, T < 1 sharpens an under-confident one; the ranking (ROC AUC) and the
 0.5 decisions do not change.
 
 What is calibrated (`calibrate`): for each members x level, the soft-voted
-probability (ankle_jax.voting: a single run's view probability or case
+probability (ankle_jax.evaluation.voting: a single run's view probability or case
 probability; an ensemble's mean of its members'), which is also the score of
 ROC AUC. The hard- and soft-voting entries of the same members and level
 share this calibration block: hard votes have no probability of their own.
@@ -24,7 +24,7 @@ Metrics of probabilities p [n] and labels y [n] (1 = fracture):
     intercept) without penalty ((1, 0) when calibrated; slope < 1: over-
     confident).
 Their 95% intervals: percentile intervals of the case-level bootstrap of
-ankle_jax.metrics (the same resamples as ROC AUC's). Within a resample the
+ankle_jax.evaluation.metrics (the same resamples as ROC AUC's). Within a resample the
 bins keep the edges of the evaluated items (for ece_adaptive: their
 equal-mass edges).
 """

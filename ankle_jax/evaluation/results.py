@@ -150,7 +150,7 @@ class ResultEntry:
         'split': self.split,
         'metrics': dict(self.metrics),
         'ci95': {k: list(v) for k, v in self.ci95.items()},
-        # A subgroup's entry (ankle_jax.subgroups) says which one here.
+        # A subgroup's entry (ankle_jax.evaluation.subgroups) says which one here.
         'subgroup': None,
     }
 

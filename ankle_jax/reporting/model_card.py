@@ -120,7 +120,7 @@ def _model_details(ev: Evaluation, configs: Mapping[str, dict]) -> list[str]:
       '## Model details',
       '',
       'Binary classifiers of radiographs: fracture vs normal, per view, '
-      'voted per case (ankle_jax.voting). Every run was trained from scratch '
+      'voted per case (ankle_jax.evaluation.voting). Every run was trained from scratch '
       '(random initialization, no pretrained weights), with the config.json '
       'in its run directory.',
       '',

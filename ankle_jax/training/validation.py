@@ -159,7 +159,7 @@ def validate(
   """val_loss, val_accuracy, val_auc and val_case_accuracy over `batches`.
 
   Votes and the case level are those of the evaluation command
-  (ankle_jax.voting): a view votes fracture when p(fracture) >= 0.5; a case is
+  (ankle_jax.evaluation.voting): a view votes fracture when p(fracture) >= 0.5; a case is
   the majority of its views' votes, ties (2-view cases) going to fracture.
   Multi-view case batches: val_loss and val_case_accuracy are the case
   head's; val_accuracy and val_auc score each view alone (its own
