@@ -80,14 +80,9 @@ def resize_image(img_hw: np.ndarray, size: int) -> np.ndarray:
   if img.shape == (size, size):
     return np.clip(img, 0.0, 1.0)
   # Integer block averaging per axis.
-  fh, fw = max(1, img.shape[0] // size), max(1, img.shape[1] // size)
-  if fh > 1 or fw > 1:
-    h, w = (img.shape[0] // fh) * fh, (img.shape[1] // fw) * fw
-    img = (
-        img[:h, :w]
-        .reshape(h // fh, fh, w // fw, fw)
-        .mean(axis=(1, 3), dtype=np.float32)
-    )
+  img = block_mean(
+      img, max(1, img.shape[0] // size), max(1, img.shape[1] // size)
+  )
   zoom = (size / img.shape[0], size / img.shape[1])
   sigma = [max(0.0, (1.0 / z - 1.0) / 2.0) if z < 1.0 else 0.0 for z in zoom]
   if any(s > 0 for s in sigma):
@@ -110,15 +105,21 @@ def square_and_resize(image_hw: np.ndarray, size: int) -> np.ndarray:
   """
   img = np.asarray(image_hw, np.float32)
   factor = max(1, max(img.shape) // size)
-  fh, fw = min(factor, img.shape[0]), min(factor, img.shape[1])
-  if fh > 1 or fw > 1:
-    h, w = (img.shape[0] // fh) * fh, (img.shape[1] // fw) * fw
-    img = (
-        img[:h, :w]
-        .reshape(h // fh, fh, w // fw, fw)
-        .mean(axis=(1, 3), dtype=np.float32)
-    )
+  img = block_mean(img, min(factor, img.shape[0]), min(factor, img.shape[1]))
   return resize_image(pad_to_square(img), size)
+
+
+def block_mean(img_hw: np.ndarray, fh: int, fw: int) -> np.ndarray:
+  """float32 [H // fh, W // fw]: the means of fh x fw blocks (the ragged
+  bottom rows and right columns dropped); `img_hw` itself when fh = fw = 1."""
+  if fh == 1 and fw == 1:
+    return img_hw
+  h, w = (img_hw.shape[0] // fh) * fh, (img_hw.shape[1] // fw) * fw
+  return (
+      img_hw[:h, :w]
+      .reshape(h // fh, fh, w // fw, fw)
+      .mean(axis=(1, 3), dtype=np.float32)
+  )
 
 
 def _fit(img: np.ndarray, size: int) -> np.ndarray:
