@@ -169,7 +169,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
-  # 'val_accuracy' | 'val_case_accuracy' | 'val_auc' | 'val_loss'.
+  # 'val_accuracy' | 'val_auc' | 'val_case_accuracy' | 'val_case_auc' |
+  # 'val_loss' (ankle_jax.training.validation.METRICS). A multi-view run takes
+  # only the case-level ones (val_case_accuracy, val_case_auc, val_loss): its
+  # configs set 'val_case_accuracy'.
   config.best_metric = 'val_accuracy'
   # The checkpoint evaluate and predict restore unless --checkpoint is given:
   # 'best' (by best_metric on validation; for recipes chosen on validation)

@@ -30,6 +30,7 @@ def get_config():
   config.model.multiview.max_views = 3
   config.model.multiview.view_dropout = 0.2
   config.model.multiview.view_loss_weight = 0.0
+  config.best_metric = 'val_case_accuracy'  # The case head's (as the demo).
   config.batch_size = 6  # Cases.
   config.eval_batch_size = 8  # Cases: 24 view slots, as the demo's 24 views.
   config.num_train_steps = 356

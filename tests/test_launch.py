@@ -212,6 +212,47 @@ def test_launch_rejects_bad_configs_before_heavy_work(tmp_path):
   assert not list(tmp_path.iterdir())  # Nothing written.
 
 
+MULTIVIEW_BEST_METRICS = 'val_loss, val_case_accuracy, val_case_auc'
+
+
+@pytest.mark.parametrize('best_metric', ['val_accuracy', 'val_auc'])
+def test_a_multiview_run_refuses_a_best_metric_scoring_views_alone(
+    best_metric,
+):
+  config = _config('multiview_demo')
+  config.best_metric = best_metric
+  with pytest.raises(console.UserError) as raised:
+    config_checks.validate_config(config)
+  message = str(raised.value)
+  assert message.startswith(f'config.best_metric={best_metric!r}')
+  assert message.endswith(f'multi-view run: {MULTIVIEW_BEST_METRICS}')
+  assert 1 <= len(message.splitlines()) <= 3
+  for accepted in MULTIVIEW_BEST_METRICS.split(', '):
+    config.best_metric = accepted
+    config_checks.validate_config(config)
+  per_view = _config('demo')
+  per_view.best_metric = best_metric
+  config_checks.validate_config(per_view)  # A per-view run takes it.
+
+
+@pytest.mark.parametrize('name', ['multiview_demo', 'multiview_xception'])
+def test_multiview_configs_choose_the_checkpoint_at_case_level(name):
+  assert _config(name).best_metric == 'val_case_accuracy'
+
+
+def test_launch_refuses_a_view_metric_for_a_multiview_run(tmp_path):
+  result = _launch(
+      '--config=configs/multiview_demo.py',
+      f'--workdir={tmp_path}',
+      '--config.best_metric=val_accuracy',
+  )
+  assert result.returncode == 2
+  lines = _error_lines(result)
+  assert lines[0].startswith("error: config.best_metric='val_accuracy' ")
+  assert lines[-1].endswith(MULTIVIEW_BEST_METRICS)
+  assert not list(tmp_path.iterdir())  # Nothing written.
+
+
 def test_launch_help_and_missing_flags():
   result = _launch('--help', timeout=60)
   assert result.returncode == 0

@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -39,6 +40,7 @@ def multiview_config(**overrides):
   config.model.multiview.max_views = 3
   config.model.multiview.view_dropout = 0.3
   config.model.multiview.view_loss_weight = 0.5
+  config.best_metric = 'val_case_accuracy'
   return config
 
 
@@ -83,6 +85,20 @@ def test_multiview_run_trains_validates_and_resumes_exactly(
   jax.tree.map(np.testing.assert_array_equal, straight, resumed)
   losses = lambda d: [(r['step'], r.get('train_loss')) for r in records(d)]
   assert losses(tmp_path / 'straight') == losses(tmp_path / 'resumed')
+
+
+def test_val_case_auc_of_a_multiview_run_is_the_case_heads_auc(
+    tmp_path, monkeypatch
+):
+  seen = test_train.spy_on_validation(monkeypatch)
+  run(multiview_config(num_train_steps=3), tmp_path, monkeypatch)
+  (logged,) = [r for r in records(tmp_path) if 'val_case_auc' in r]
+  (out,) = seen
+  assert list(out['label']) == [0, 1, 0, 1, 0]  # 5 cases, one row each.
+  expected = roc_auc_score(out['label'], out['probs'][:, -1])
+  assert logged['val_case_auc'] == pytest.approx(expected, abs=1e-12)
+  # Not the views' soft vote: the case head's own probability.
+  assert len(out['view_probs']) == 14
 
 
 def test_view_loss_weight_enters_the_loss():

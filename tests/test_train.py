@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -452,7 +453,13 @@ def test_run_writes_records_and_best_checkpoint(tmp_path, monkeypatch):
   ]
   evals = [r for r in records if 'val_loss' in r]
   assert [r['step'] for r in evals] == [3, 6]
-  for key in ('val_accuracy', 'val_auc', 'val_case_accuracy', 'best_step'):
+  for key in (
+      'val_accuracy',
+      'val_auc',
+      'val_case_accuracy',
+      'val_case_auc',
+      'best_step',
+  ):
     assert key in evals[-1]
   assert summary['best_step'] in (3, 6)
   variables, best_step = checkpoint.restore_variables(tmp_path, 'best')
@@ -461,6 +468,91 @@ def test_run_writes_records_and_best_checkpoint(tmp_path, monkeypatch):
   config = checkpoint.load_run_config(tmp_path)
   assert config.model.name == 'xception' and config.image_size == IMAGE_SIZE
   assert json.loads((tmp_path / 'summary.json').read_text())['final_step'] == 6
+
+
+def spy_on_validation(monkeypatch):
+  """Records the outputs of each validation (`validation.eval_outputs`)."""
+  seen = []
+  real = validation.eval_outputs
+
+  def spy(*args, **kwargs):
+    seen.append(real(*args, **kwargs))
+    return seen[-1]
+
+  monkeypatch.setattr(validation, 'eval_outputs', spy)
+  return seen
+
+
+def soft_votes_by_case(case_ids, labels, probs):
+  """(case labels, mean p(fracture) of each case's views), computed apart
+  from ankle_jax.evaluation.voting."""
+  case_labels, case_probs = {}, {}
+  for case_id, label, prob in zip(case_ids, labels, probs):
+    case_labels[case_id] = int(label)
+    case_probs.setdefault(case_id, []).append(float(prob))
+  order = sorted(case_labels)
+  return (
+      np.array([case_labels[c] for c in order]),
+      np.array([np.mean(case_probs[c]) for c in order]),
+  )
+
+
+def test_val_case_auc_is_the_auc_of_the_cases_soft_votes(tmp_path, monkeypatch):
+  seen = spy_on_validation(monkeypatch)
+  run(tiny_config(num_train_steps=6), tmp_path, monkeypatch)
+  evals = [
+      json.loads(l)
+      for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()
+      if 'val_loss' in l
+  ]
+  assert len(seen) == len(evals) == 2
+  for out, logged in zip(seen, evals):
+    assert len(out['label']) == 12  # 4 cases x 3 views.
+    case_labels, case_probs = soft_votes_by_case(
+        out['case_id'], out['label'], out['probs'][:, -1]
+    )
+    assert len(case_labels) == 4 and set(case_labels) == {0, 1}
+    expected = roc_auc_score(case_labels, case_probs)
+    assert logged['val_case_auc'] == pytest.approx(expected, abs=1e-12)
+
+
+def _validate_outputs(monkeypatch, outputs):
+  monkeypatch.setattr(validation, 'eval_outputs', lambda *_: outputs)
+  return validation.validate(None, None, iter(()), None)
+
+
+def test_val_case_auc_scores_cases_not_views(monkeypatch):
+  """Per view, by hard votes or by the highest view, the AUC differs."""
+  case_ids = np.array(['a', 'a', 'b', 'b', 'c', 'c'])
+  labels = np.array([1, 1, 0, 0, 1, 1])
+  p_fracture = np.array([0.9, 0.1, 0.6, 0.6, 0.7, 0.7])
+  probs = np.stack([1 - p_fracture, p_fracture], axis=1)
+  val = _validate_outputs(
+      monkeypatch,
+      {'probs': probs, 'ce': np.zeros(6), 'label': labels, 'case_id': case_ids},
+  )
+  # Case soft votes: a 0.5, b 0.6, c 0.7 -> one of two positive pairs won.
+  assert val['val_case_auc'] == 0.5
+  assert val['val_auc'] == 0.75  # Per view: 6 of 8 pairs.
+  # Unchanged: the hard-vote majority (b's two 0.6 votes: fracture).
+  assert val['val_case_accuracy'] == pytest.approx(2 / 3)
+
+
+def test_val_case_auc_of_a_multiview_run_is_the_case_heads(monkeypatch):
+  case_p = np.array([0.8, 0.3, 0.4])  # Cases labelled 1, 0, 1.
+  view_p = np.array([0.1, 0.2, 0.9, 0.6])  # Views of cases 0, 1, 2, 2.
+  val = _validate_outputs(
+      monkeypatch,
+      {
+          'probs': np.stack([1 - case_p, case_p], axis=1),
+          'ce': np.zeros(3),
+          'label': np.array([1, 0, 1]),
+          'view_probs': np.stack([1 - view_p, view_p], axis=1),
+          'view_label': np.array([1, 0, 1, 1]),
+      },
+  )
+  assert val['val_case_auc'] == 1.0  # 0.8 and 0.4 above 0.3.
+  assert val['val_auc'] == pytest.approx(2 / 3)  # 0.1 below 0.2.
 
 
 def test_loop_state_reads_the_dict_of_older_checkpoints():
@@ -621,6 +713,7 @@ def test_tensorboard_groups_tags_and_hparams_show_the_best_checkpoint(
       'val/accuracy',
       'val/auc',
       'val/case_accuracy',
+      'val/case_auc',
       'val/best_step',
       'perf/steps_per_second',
       'perf/images_per_second',
@@ -665,6 +758,6 @@ def test_tensorboard_groups_tags_and_hparams_show_the_best_checkpoint(
       if json.loads(line)['step'] == best and 'val_auc' in line
   )
   assert scalars['hparams/best_step'][-1] == (best, best)
-  for name in ('val_loss', 'val_accuracy', 'val_auc', 'val_case_accuracy'):
+  for name in validation.METRIC_NAMES:
     step, value = scalars[f'hparams/best_{name}'][-1]
     assert step == best and value == pytest.approx(record[name])

@@ -102,8 +102,16 @@ def _validate_augment_config(augment_config: ml_collections.ConfigDict):
 
 
 def _validate_multiview_config(config: ml_collections.ConfigDict) -> None:
-  """Raises UserError naming the first model.multiview.* field out of range."""
+  """Raises UserError naming the first model.multiview.* field out of range,
+  or a best_metric that scores views alone."""
   _check_choice(config, 'model.multiview.fusion', models.multiview.FUSIONS)
+  if config.best_metric not in validation.MULTIVIEW_METRIC_NAMES:
+    raise console.UserError(
+        f'config.best_metric={config.best_metric!r} scores each view alone, '
+        'not the case a multi-view run (config.model.multiview.enabled) '
+        'classifies;\nvalid values for a multi-view run: '
+        + ', '.join(validation.MULTIVIEW_METRIC_NAMES)
+    )
   views = config.model.multiview
   checks = (
       ('max_views', views.max_views >= 1, '>= 1 (views per case)'),

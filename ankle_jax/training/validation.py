@@ -38,21 +38,31 @@ class Metric:
   mode: 'max' or 'min', which way is better.
   tag: its TensorBoard scalar tag.
   on_bar: shown on the console progress bar.
+  views_alone: in a multi-view run it scores each view alone, not the case
+    head the run trains, so it cannot choose a multi-view run's checkpoint.
   """
 
   name: str
   mode: str
   tag: str
   on_bar: bool = False
+  views_alone: bool = False
 
 
 METRICS = (
     Metric('val_loss', 'min', 'val/loss', on_bar=True),
-    Metric('val_accuracy', 'max', 'val/accuracy', on_bar=True),
-    Metric('val_auc', 'max', 'val/auc'),
+    Metric(
+        'val_accuracy', 'max', 'val/accuracy', on_bar=True, views_alone=True
+    ),
+    Metric('val_auc', 'max', 'val/auc', views_alone=True),
     Metric('val_case_accuracy', 'max', 'val/case_accuracy', on_bar=True),
+    Metric('val_case_auc', 'max', 'val/case_auc'),
 )
 METRIC_NAMES = tuple(metric.name for metric in METRICS)
+# The best_metric values a multi-view run accepts (case level).
+MULTIVIEW_METRIC_NAMES = tuple(
+    metric.name for metric in METRICS if not metric.views_alone
+)
 # best_metric -> 'max' or 'min'.
 METRIC_MODES = {metric.name: metric.mode for metric in METRICS}
 # metrics.jsonl key -> TensorBoard tag.
@@ -156,13 +166,16 @@ def validate(
     batches: Iterator[Mapping[str, Any]],
     mesh: Mesh,
 ) -> dict[str, float]:
-  """val_loss, val_accuracy, val_auc and val_case_accuracy over `batches`.
+  """val_loss, val_accuracy, val_auc, val_case_accuracy and val_case_auc
+  over `batches`.
 
   Votes and the case level are those of the evaluation command
-  (ankle_jax.evaluation.voting): a view votes fracture when p(fracture) >= 0.5; a case is
-  the majority of its views' votes, ties (2-view cases) going to fracture.
-  Multi-view case batches: val_loss and val_case_accuracy are the case
-  head's; val_accuracy and val_auc score each view alone (its own
+  (ankle_jax.evaluation.voting): a view votes fracture when p(fracture) >= 0.5;
+  a case is the majority of its views' votes, ties (2-view cases) going to
+  fracture; val_case_auc is the ROC AUC of each case's soft vote (the mean
+  p(fracture) of its views) against the case label.
+  Multi-view case batches: val_loss, val_case_accuracy and val_case_auc are
+  the case head's; val_accuracy and val_auc score each view alone (its own
   probability against its case's label).
   """
   out = eval_outputs(eval_fn, state, batches, mesh)
@@ -181,13 +194,23 @@ def validate(
       'val_auc': view_metrics['roc_auc'],
   }
   if multiview:
-    case_votes = voting.image_votes(out['probs'][:, -1])
+    case_probs = out['probs'][:, -1]
+    case_votes = voting.image_votes(case_probs)
     metrics['val_case_accuracy'] = float(np.mean(case_votes == out['label']))
+    metrics['val_case_auc'] = _roc_auc(out['label'], case_probs)
   elif 'case_id' in out:
     cases = voting.index_cases(out['case_id'], out['label'])
     case_votes = voting.case_hard_votes(votes, cases)
     metrics['val_case_accuracy'] = float(np.mean(case_votes == cases.labels_c))
+    case_probs = voting.case_soft_probs(view_probs, cases)
+    metrics['val_case_auc'] = _roc_auc(cases.labels_c, case_probs)
   return metrics
+
+
+def _roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """ROC AUC of float scores [n] against int labels [n]; NaN with one class."""
+  votes = voting.image_votes(scores)
+  return metrics_lib.classification_metrics(labels, votes, scores)['roc_auc']
 
 
 @dataclasses.dataclass(frozen=True)
