@@ -27,7 +27,9 @@ Integrity: orbax keeps no checksums, so a flipped bit in an array's data file
 would restore silently as a wrong weight. After each save, process 0 writes
 the SHA-256 of every array's bytes beside it (`sha256.json`), and a restore
 recomputes them from what it read: a mismatch makes the step unreadable (below).
-A checkpoint without the file (older runs) restores unverified.
+A checkpoint without the file (older runs) restores unverified, with one
+WARNING per run and process (however many restores) naming the step
+directory; new saves (e.g. continuing training) write digests.
 
 Faults:
   * A save interrupted by a crash or SIGKILL leaves an orbax temporary directory
@@ -74,6 +76,10 @@ CHECKPOINT_CHOICES = ('best', 'latest')
 DEFAULT_CHECKPOINT = 'best'
 # In each step directory: {'arrays': {path: {'sha256', 'dtype', 'shape'}}}.
 DIGEST_FILE = 'sha256.json'
+# The run directories this process has warned about restoring without
+# DIGEST_FILE: one warning per run, not one per restore (evaluate, predict and
+# the tests restore a run several times).
+_UNVERIFIED_RUNS_WARNED: set[str] = set()
 
 
 class CheckpointWriteError(OSError):
@@ -237,14 +243,15 @@ def write_digests(step_dir: epath.Path, tree: Any) -> None:
 
 
 def verify_digests(step_dir: epath.Path, tree: Any) -> None:
-  """Checks restored arrays against the step's DIGEST_FILE (none: no check).
+  """Checks restored arrays against the step's DIGEST_FILE (none: no check,
+  and a warning once per run).
 
   Raises:
     CheckpointIntegrityError: an array is missing or differs, naming it.
   """
   path = step_dir / DIGEST_FILE
   if not path.exists():
-    logging.info('%s has no %s; restored unverified.', step_dir, DIGEST_FILE)
+    _warn_unverified_once(step_dir)
     return
   expected = json.loads(path.read_text())['arrays']
   actual = array_digests(tree)
@@ -259,6 +266,24 @@ def verify_digests(step_dir: epath.Path, tree: Any) -> None:
         f'SHA-256 written when they were saved (first: {bad[0]}); the files '
         'were altered or corrupted on disk'
     )
+
+
+def _warn_unverified_once(step_dir: epath.Path) -> None:
+  """Warns, once per run, that a checkpoint restores without digests.
+
+  step_dir: <workdir>/checkpoints/<latest|best>/<step>; the run is <workdir>.
+  """
+  run_dir = os.fspath(_absolute(step_dir).parent.parent.parent)
+  if run_dir in _UNVERIFIED_RUNS_WARNED:
+    return
+  _UNVERIFIED_RUNS_WARNED.add(run_dir)
+  logging.warning(
+      'Checkpoint %s has no %s, so its arrays cannot be verified (saved '
+      'before digests were written); new saves, e.g. by continuing training, '
+      'write digests.',
+      step_dir,
+      DIGEST_FILE,
+  )
 
 
 def _write_failure_hint(error: BaseException) -> str:

@@ -108,3 +108,47 @@ def test_relative_workdir_is_accepted(tmp_path, monkeypatch):
   )
   ckpts.close()
   assert checkpoint.restore_variables('runs/relative', 'best')[1] == 4
+
+
+def _digest_warnings(caplog):
+  return [
+      r.getMessage()
+      for r in caplog.records
+      if r.levelname == 'WARNING' and checkpoint.DIGEST_FILE in r.getMessage()
+  ]
+
+
+def _save_two_steps(workdir):
+  ckpts = checkpoint.RunCheckpoints(workdir, keep=3)
+  for step in (1, 2):
+    ckpts.save_latest(step, _state_tree(step), [None], {})
+  return ckpts
+
+
+def test_a_run_without_digests_restores_with_one_warning(tmp_path, caplog):
+  ckpts = _save_two_steps(tmp_path)
+  for step in (1, 2):
+    (
+        tmp_path / checkpoint.LATEST_DIR / str(step) / checkpoint.DIGEST_FILE
+    ).unlink()
+  caplog.set_level('INFO')
+  ckpts.restore_latest(_state_tree(0))
+  ckpts.close()
+  for _ in range(2):
+    assert checkpoint.restore_variables(tmp_path, 'latest')[1] == 2
+  step_dir = checkpoint._absolute(tmp_path) / checkpoint.LATEST_DIR / '2'
+  assert _digest_warnings(caplog) == [
+      f'Checkpoint {step_dir} has no sha256.json, so its arrays cannot be '
+      'verified (saved before digests were written); new saves, e.g. by '
+      'continuing training, write digests.'
+  ]
+
+
+def test_a_run_with_digests_restores_without_that_warning(tmp_path, caplog):
+  ckpts = _save_two_steps(tmp_path)
+  caplog.set_level('INFO')
+  ckpts.restore_latest(_state_tree(0))
+  ckpts.close()
+  for _ in range(2):
+    assert checkpoint.restore_variables(tmp_path, 'latest')[1] == 2
+  assert not _digest_warnings(caplog)
