@@ -97,7 +97,7 @@ def test_val_case_auc_of_a_multiview_run_is_the_case_heads_auc(
   assert list(out['label']) == [0, 1, 0, 1, 0]  # 5 cases, one row each.
   expected = roc_auc_score(out['label'], out['probs'][:, -1])
   assert logged['val_case_auc'] == pytest.approx(expected, abs=1e-12)
-  # Not the views' soft vote: the case head's own probability.
+  # The 14 views (4 cases of 3, one of 2) are val_auc's, not val_case_auc's.
   assert len(out['view_probs']) == 14
 
 
