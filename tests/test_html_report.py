@@ -310,14 +310,42 @@ def test_html_without_gallery_and_no_html_removes_an_old_page(
   assert not os.path.exists(path)
 
 
+def _card_temperatures(card: str) -> dict[tuple[str, str, str], str]:
+  """(split, model, views) -> the T cell of the card's calibration table
+  ('(fitted here)' dropped from the split)."""
+  calibration = card.split('## Calibration\n')[1].split('\n## ')[0]
+  rows = [r for r in calibration.splitlines() if r.startswith('|')]
+  header = [c.strip() for c in rows[0].strip('|').split('|')]
+  assert header[:4] == ['Split', 'Model', 'Views', 'T'], header
+  cells = [[c.strip() for c in r.strip('|').split('|')] for r in rows[2:]]
+  return {
+      (c[0].removesuffix(' (fitted here)'), c[1], c[2]): c[3] for c in cells
+  }
+
+
+def _assert_card_shows_the_headline_temperatures(card: str, ev) -> None:
+  """The headline model's row of every split and level in the card's
+  calibration table shows the temperature the Evaluation fitted."""
+  members = ev.headline.members
+  shown = _card_temperatures(card)
+  for split in ev.counts:
+    for level in ('image', 'case'):
+      if ResultKey(members, split, level, 'soft') not in ev.calibration.blocks:
+        continue
+      temperature = ev.calibration.temperatures[(members, level)]
+      want = 'n/a' if temperature is None else f'{temperature:.3f}'
+      label = format_lib.members_label(members)
+      row = (split, label, format_lib.LEVEL_TITLES[level])
+      assert shown.get(row) == want, (row, shown)
+  assert any(k[1] == format_lib.members_label(members) for k in shown)
+
+
 def test_model_card_shows_calibration_and_subgroups(synthetic, tmp_path):
   ev = synthetic['ev']
   h = ev.headline
   context = ReportContext(data_dir='/data', dataset_config='fracatlas')
   card = pathlib.Path(model_card.write(str(tmp_path), ev, context)).read_text()
-  temperature = ev.calibration.temperatures[(h.members, 'case')]
-  calibration = card.split('## Calibration\n')[1].split('\n## ')[0]
-  assert f'| {temperature:.3f} |' in calibration
+  _assert_card_shows_the_headline_temperatures(card, ev)
   subgroups = card.split('## Subgroups\n')[1].split('\n## ')[0]
   rows = [r for r in subgroups.splitlines() if r.startswith(f'| {h.label} |')]
   assert rows and len(rows) == sum(
@@ -442,13 +470,19 @@ def test_model_card_numbers_come_from_results_json(fake_runs_evaluation):
   ):
     assert f'## {heading}\n' in card
   assert 'report.html#gallery' in card and 'not a medical device' in card
-  calibration = card.split('## Calibration\n')[1].split('\n## ')[0]
-  temperatures = {
-      f'{e["calibration"]["temperature"]:.3f}'
-      for e in entries
-      if e.get('calibration') and e['calibration']['temperature']
-  }
-  assert any(t in calibration for t in temperatures)
+  # The headline model's calibration rows show its temperatures, as the
+  # Evaluation fitted them and as results.json has them.
+  _assert_card_shows_the_headline_temperatures(card, ev)
+  shown = _card_temperatures(card)
+  label = format_lib.members_label(headline['members'])
+  checked = 0
+  for e in entries:
+    if e['members'] == headline['members'] and e.get('calibration'):
+      row = (e['split'], label, format_lib.LEVEL_TITLES[e['level']])
+      if e['subgroup'] is None and e['voting'] in ('soft', None):
+        assert shown[row] == f'{e["calibration"]["temperature"]:.3f}', row
+        checked += 1
+  assert checked >= 2  # At least the reported split's two levels.
 
 
 def test_writers_import_no_other_writer():

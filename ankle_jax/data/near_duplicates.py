@@ -8,6 +8,13 @@ resampling differences, so re-exports of one radiograph hash alike. Two images
 whose hashes differ in at most `max_bits` of the 512 bits are near-duplicates;
 near-duplicate pairs are joined into groups (connected components).
 
+A left-right mirrored copy (a right ankle's view exported flipped, or a copy
+flipped for display) counts too: each image is also hashed mirrored
+(`mirrored_difference_hash`), and the distance of two images is the smallest
+over their hashes as stored and with either one mirrored. (Taking the smaller
+of the two hashes as a canonical one would not do: two near copies can pick
+different orientations.)
+
 Why 512 bits and not the common 64-bit dHash (9 x 8, horizontal only):
 measured on the 1,706 FracAtlas leg radiographs (300 px, as stored by the
 builder), the 64-bit hash puts different patients' radiographs at distance 0
@@ -59,12 +66,39 @@ def difference_hash(image: np.ndarray) -> np.ndarray:
   return np.packbits(bits)
 
 
-def near_duplicate_pairs(hashes: np.ndarray, max_bits: int) -> np.ndarray:
-  """Every pair of hashes at Hamming distance <= max_bits.
+def mirrored_difference_hash(image: np.ndarray) -> np.ndarray:
+  """The `difference_hash` of the image mirrored left-right: uint8 [HASH_BITS // 8].
+
+  Args:
+    image: [H, W] or [H, W, 1], any real dtype.
+  """
+  plane = np.asarray(image).reshape(image.shape[:2])
+  return difference_hash(plane[:, ::-1])
+
+
+def _unpacked(hashes: np.ndarray) -> np.ndarray:
+  """float32 [N, HASH_BITS] 0/1 bits of packed hashes uint8 [N, B]."""
+  return np.unpackbits(np.asarray(hashes, np.uint8), axis=1).astype(np.float32)
+
+
+def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """float32 [M, N]: bit distances between rows of a [M, K] and b [N, K]."""
+  # |a xor b| = |a| + |b| - 2 a.b; exact in float32 (integers <= HASH_BITS).
+  return a.sum(axis=1)[:, None] + b.sum(axis=1) - 2.0 * (a @ b.T)
+
+
+def near_duplicate_pairs(
+    hashes: np.ndarray, max_bits: int, mirrored: np.ndarray | None = None
+) -> np.ndarray:
+  """Every pair of images at Hamming distance <= max_bits.
 
   Args:
     hashes: uint8 [N, B], packed hashes (`difference_hash` rows).
     max_bits: the largest distance that counts; < 0 finds none.
+    mirrored: uint8 [N, B], the hashes of the same images mirrored
+      (`mirrored_difference_hash` rows), or None. Given, the distance of i and
+      j is the smallest of d(h_i, h_j), d(h_i, m_j) and d(m_i, h_j), so a
+      mirrored copy pairs with its original; None: as stored only.
 
   Returns:
     int64 [P, 3]: rows (i, j, distance in bits) with i < j, sorted.
@@ -72,13 +106,16 @@ def near_duplicate_pairs(hashes: np.ndarray, max_bits: int) -> np.ndarray:
   found = [np.zeros((0, 3), np.int64)]
   if max_bits < 0 or len(hashes) < 2:
     return found[0]
-  bits = np.unpackbits(np.asarray(hashes, np.uint8), axis=1).astype(np.float32)
-  ones = bits.sum(axis=1)
+  bits = _unpacked(hashes)
+  mirror_bits = None if mirrored is None else _unpacked(mirrored)
   rows = max(1, _BLOCK_ENTRIES // len(bits))
   for start in range(0, len(bits), rows):
     block = bits[start : start + rows]
-    # |a xor b| = |a| + |b| - 2 a.b; exact in float32 (integers <= HASH_BITS).
-    distance = ones[start : start + rows, None] + ones - 2.0 * (block @ bits.T)
+    distance = _hamming(block, bits)
+    if mirror_bits is not None:
+      mirror_block = mirror_bits[start : start + rows]
+      distance = np.minimum(distance, _hamming(block, mirror_bits))
+      distance = np.minimum(distance, _hamming(mirror_block, bits))
     i, j = np.nonzero(distance <= max_bits + 0.5)
     keep = j > i + start
     i, j = i[keep], j[keep]

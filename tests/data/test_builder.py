@@ -580,6 +580,59 @@ def test_difference_hash_finds_copies_not_other_images():
   assert len(set(near_duplicates.group_labels(4, np.zeros((0, 2))))) == 4
 
 
+def test_a_mirrored_copy_groups_with_its_original():
+  rng = np.random.default_rng(1)
+
+  # Smooth random images as above, with a bright bone off centre so that a
+  # mirrored copy is far from its original as stored; stored as the builder
+  # does (uint16 [S, S, 1]).
+  def radiograph():
+    image = scipy.ndimage.gaussian_filter(rng.normal(size=(300, 300)), 12)
+    image[:, 40:90] += 3.0 * np.ptp(image)
+    return ((image - image.min()) / np.ptp(image) * 65535).astype(np.uint16)
+
+  image, other = radiograph(), radiograph()
+  candidates = [image, image[:, ::-1], image.copy(), other, other[:, ::-1]]
+  stored = [x[..., None] for x in candidates]
+  hashes = np.stack([near_duplicates.difference_hash(x) for x in stored])
+  mirrored = np.stack(
+      [near_duplicates.mirrored_difference_hash(x) for x in stored]
+  )
+  # As stored only, the mirror is no near-duplicate...
+  plain = near_duplicates.near_duplicate_pairs(hashes, 32)
+  assert plain[:, :2].tolist() == [[0, 2]]
+  far = near_duplicates.near_duplicate_pairs(hashes, 512)
+  assert far[(far[:, 0] == 0) & (far[:, 1] == 1), 2] > 64
+  # ...and with the mirrored hashes it is, at distance 0, like the plain copy;
+  # the two different images (mirrored or not) stay apart.
+  pairs = near_duplicates.near_duplicate_pairs(hashes, 32, mirrored)
+  assert pairs.tolist() == [[0, 1, 0], [0, 2, 0], [1, 2, 0], [3, 4, 0]]
+  groups = near_duplicates.group_labels(len(stored), pairs)
+  assert groups[0] == groups[1] == groups[2] != groups[3] == groups[4]
+
+
+def test_a_mirrored_copy_lands_in_its_originals_split(tmp_path):
+  root = tmp_path / 'fracatlas'
+  _fracatlas_fixture(root, num_frac=6, num_normal=14)
+  images = root / 'images'
+  original = images / 'Non_fractured' / 'IMG0000003.jpg'
+  with Image.open(original) as picture:
+    mirrored = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    mirrored.save(images / 'Non_fractured' / 'IMG0090002.jpg', quality=95)
+  (root / 'splits.csv').write_text('case,split\nIMG0000003,test\n')
+  report = prepare.build_dataset(
+      root, tmp_path / 'data', config='fracatlas', num_workers=1, progress=False
+  )
+  groups = [tuple(g['cases']) for g in report['near_duplicates']['groups']]
+  assert groups == [('IMG0000003', 'IMG0090002')]
+  split_of = {
+      r[0]: s
+      for s, rs in _records(tmp_path / 'data', 'fracatlas').items()
+      for r in rs
+  }
+  assert split_of['IMG0000003'] == split_of['IMG0090002'] == 'test'
+
+
 def test_split_does_not_depend_on_the_salt():
   cfg = radiograph_studies.RadiographStudiesConfig(
       name='t', num_validation_per_label=4, num_test_per_label=4

@@ -36,9 +36,9 @@ salt ranks cases exactly as version 1.0.0 did.
 
 Split units. Cases that must share a split form one unit: a MURA patient's
 studies (mura), and near-duplicate views. Every view's stored image gets a
-512-bit difference hash (`ankle_jax.data.near_duplicates`, after decoding);
-views of different cases whose hashes differ in at most `near_duplicate_bits`
-bits (default 32; -1 turns the check off) join their cases into one
+512-bit difference hash (`ankle_jax.data.near_duplicates`, after decoding),
+as stored and mirrored left-right; views of different cases whose hashes
+(either one mirrored) differ in at most `near_duplicate_bits` bits (default 32; -1 turns the check off) join their cases into one
 near-duplicate group, which goes to one split whole, even if its cases'
 labels disagree (the report says so). The cases keep their own case_ids (an
 evaluation still counts them separately); they only share a split. A unit

@@ -55,8 +55,8 @@ def near_duplicate_links(
 ) -> np.ndarray:
   """Index pairs (i, j) of cases with near-duplicate views: int [L, 2].
 
-  Hashes every view's stored image (images: uint16 [N, S, S, 1], rows named by
-  the cases' views) and sets `report.near_duplicates` to the groups of cases
+  Hashes every view's stored image, as stored and mirrored left-right (images:
+  uint16 [N, S, S, 1], rows named by the cases' views), and sets `report.near_duplicates` to the groups of cases
   they join (their splits are added by `record_splits`).
   """
   views = [
@@ -65,9 +65,11 @@ def near_duplicate_links(
       for v, (row, _, _) in enumerate(c.views)
   ]
   hashes = np.zeros((len(views), near_duplicates.HASH_BITS // 8), np.uint8)
+  mirrored = np.zeros_like(hashes)
   for n, (_, _, row) in enumerate(views):
     hashes[n] = near_duplicates.difference_hash(images[row])
-  pairs = near_duplicates.near_duplicate_pairs(hashes, max_bits)
+    mirrored[n] = near_duplicates.mirrored_difference_hash(images[row])
+  pairs = near_duplicates.near_duplicate_pairs(hashes, max_bits, mirrored)
   case_of = np.array([k for k, _, _ in views] or [0], np.int64)
   pairs = pairs[case_of[pairs[:, 0]] != case_of[pairs[:, 1]]]
   links = case_of[pairs[:, :2]]
