@@ -76,9 +76,7 @@ CHECKPOINT_CHOICES = ('best', 'latest')
 DEFAULT_CHECKPOINT = 'best'
 # In each step directory: {'arrays': {path: {'sha256', 'dtype', 'shape'}}}.
 DIGEST_FILE = 'sha256.json'
-# The run directories this process has warned about restoring without
-# DIGEST_FILE: one warning per run, not one per restore (evaluate, predict and
-# the tests restore a run several times).
+# Runs already warned about restoring without DIGEST_FILE (once per run).
 _UNVERIFIED_RUNS_WARNED: set[str] = set()
 
 
@@ -269,10 +267,7 @@ def verify_digests(step_dir: epath.Path, tree: Any) -> None:
 
 
 def _warn_unverified_once(step_dir: epath.Path) -> None:
-  """Warns, once per run, that a checkpoint restores without digests.
-
-  step_dir: <workdir>/checkpoints/<latest|best>/<step>; the run is <workdir>.
-  """
+  """Warns once per run (step_dir: <run>/checkpoints/<kind>/<step>)."""
   run_dir = os.fspath(_absolute(step_dir).parent.parent.parent)
   if run_dir in _UNVERIFIED_RUNS_WARNED:
     return
