@@ -313,6 +313,25 @@ def validate_and_select(
   return loop, {**val, 'best_step': loop.best_step}
 
 
+def train_record(
+    setup: Setup,
+    history: Sequence[tuple[int, Any]],
+    step: int,
+    last_step: int,
+    seconds: float,
+) -> dict[str, float]:
+  """`records.train_record` of the steps after `last_step` up to `step`, which
+  took `seconds` of wall time."""
+  return records.train_record(
+      history,
+      step=step,
+      steps_done=step - last_step,
+      seconds=seconds,
+      images_per_step=setup.images_per_step,
+      steps_per_epoch=setup.schedule.steps_per_epoch,
+  )
+
+
 def finish(
     config: ml_collections.ConfigDict,
     setup: Setup,
@@ -355,21 +374,17 @@ def train_and_evaluate(
     model: the model (default: models.from_run_config(config)).
     sources: (train_source, eval_source) overriding the TFDS splits (tests).
     devices: the devices of the data-parallel mesh (default: all).
-    print_model_summary: the chief prints `model_summary` once the data is
-      ready (launch.py).
+    print_model_summary: the chief prints `model_summary` (launch.py).
 
   Returns:
     The run summary, also in workdir/summary.json (`records.run_summary`).
 
   Raises:
-    console.UserError: a bad config, or a batch size the devices cannot split.
-    NonFiniteLossError: the loss became NaN/inf; the latest checkpoint on disk
-      is the last one saved before that step.
-    writers.WorkdirNotWritableError: workdir cannot be created or written
-      (checked first, after the config).
-    prepare.DatasetMissingError: the dataset is not built.
-    checkpoint.CheckpointWriteError: a checkpoint could not be saved (e.g. disk
-      full).
+    console.UserError (a bad config, or a batch the devices cannot split),
+    writers.WorkdirNotWritableError (checked first, after the config),
+    prepare.DatasetMissingError, checkpoint.CheckpointWriteError (e.g. a full
+    disk), NonFiniteLossError (the loss became NaN/inf; the latest checkpoint
+    on disk is the last one saved before that step).
   """
   setup, state, loop = start(
       config, workdir, model, sources, devices, print_model_summary
@@ -402,16 +417,7 @@ def train_and_evaluate(
       records.check_finite(history, ckpts.latest_step(), setup.workdir)
       record, now = {}, time.time()
       if schedule.due(step, schedule.log_every) and history:
-        record.update(
-            records.train_record(
-                history,
-                step=step,
-                steps_done=step - log_step,
-                seconds=now - log_time,
-                images_per_step=setup.images_per_step,
-                steps_per_epoch=schedule.steps_per_epoch,
-            )
-        )
+        record = train_record(setup, history, step, log_step, now - log_time)
         history, log_time, log_step = [], now, step
       save = schedule.due(step, schedule.checkpoint_every)
       if schedule.due(step, schedule.eval_every):
