@@ -42,38 +42,20 @@ HEADLINE_VOTING = 'soft'
 
 
 @dataclasses.dataclass(frozen=True)
-class Headline:
-  """The one model an evaluation's documents lead with.
-
-  Attributes:
-    protocol: 'honest' (chosen on validation) or 'paper' (no validation).
-    level: 'case'. voting: the one voting rule ('soft' by default).
-    members: the chosen ensemble's run names.
-    chosen_on, reported_on: the splits it was chosen on and reported on.
+class Headline(Selection):
+  """The one model an evaluation's documents lead with: a protocol's
+  Selection (protocol 'honest', chosen on validation, or 'paper' without a
+  validation split; level 'case'; the one voting rule, 'soft' by default).
   """
-
-  protocol: str
-  level: str
-  voting: str
-  members: tuple[str, ...]
-  chosen_on: str
-  reported_on: str
 
   @classmethod
   def of(cls, selection: Selection) -> Headline:
-    return cls(
-        selection.protocol,
-        selection.level,
-        selection.voting,
-        selection.members,
-        selection.chosen_on,
-        selection.reported_on,
-    )
+    return cls(**dataclasses.asdict(selection))
 
   @property
   def key(self) -> ResultKey:
     """Its results entry on the reported split."""
-    return ResultKey(self.members, self.reported_on, self.level, self.voting)
+    return self.reported_key()
 
   @property
   def label(self) -> str:
