@@ -13,10 +13,10 @@ own layout):
 
 The build (~25 s on 2 cores) makes the default fracatlas splits: hash-based and
 stratified, with near-duplicate images kept in one split (26 groups, 58
-images), train 1,365 images (158 fractured) and validation 341 (39 fractured),
-no test split. To score a separately delivered test set, build it with a
-splits.csv in its manual dir (case,split) into another data dir and pass
-`--data_dir=DIR --split=test` to ankle_jax.evaluate.
+images, mirrored copies included), train 1,365 images (158 fractured) and
+validation 341 (39 fractured), no test split. To score a separately delivered
+test set, build it with a splits.csv in its manual dir (case,split) into
+another data dir and pass `--data_dir=DIR --split=test` to ankle_jax.evaluate.
 
 Recipe (chosen on the validation split only): Xception drop/aux (dropout 0.5,
 aux tower after middle-flow block 3) at width 0.25 (a quarter of the paper's

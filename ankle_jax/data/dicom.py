@@ -27,8 +27,9 @@ for a DICOM view:
    Interpretation is MONOCHROME1 *or* the Presentation LUT Shape is INVERSE (in
    DX objects both say the same thing, so a MONOCHROME1 image with PLUT INVERSE
    is inverted once, not twice).
-7. (`geometry.py`) Constant borders (rows/columns at the edges whose values are all equal) are
-  cropped.
+7. (`geometry.py`) Constant borders are cropped: rows/columns at the edges whose
+  32-pixel run means spread at most 0.5% of the image's range, so that lossy
+  coding noise does not move the crop.
 8. (`geometry.py`) The image is shrunk by integer block averaging (the same factor on both
   axes), zero-padded
    (centred) to a square, so the anatomy keeps its aspect ratio, then resized
