@@ -488,11 +488,9 @@ def _check_entry(e, y, pred, score, clusters, num_bootstrap, seed):
       assert e['metrics'][k] is None, (e, k)
     else:
       assert e['metrics'][k] == pytest.approx(value, abs=1e-9), (e, k)
-  # Wilson intervals for the proportions, a case bootstrap for ROC AUC.
-  ci = metrics.proportion_intervals(y, pred)
-  ci['roc_auc'] = metrics.bootstrap_ci(
-      y, pred, score, clusters, num_resamples=num_bootstrap, seed=seed
-  )['roc_auc']
+  # Wilson intervals (design-effect adjusted at image level) for the
+  # proportions, DeLong (clustered by case at image level) for ROC AUC.
+  ci = metrics.BinaryEvaluator()(y, pred, score, clusters).ci95
   for k in metrics.METRIC_NAMES:
     if e['ci95'][k][0] is not None:
       np.testing.assert_allclose(e['ci95'][k], ci[k], atol=1e-9)
