@@ -9,6 +9,7 @@ from sklearn import metrics as sk
 
 from ankle_jax.evaluation import auc
 from ankle_jax.evaluation import metrics
+from ankle_jax.reporting.format import format_value
 
 
 def _binormal(seed, num_models, num_pos, num_neg, true_auc):
@@ -156,3 +157,9 @@ def test_paired_difference_of_two_perfect_models_is_not_measurable():
   assert result.to_json()['lo'] is None
   same = auc.paired_difference(labels, a[::-1], a[::-1])
   assert same.not_measurable and '+0.000 [' not in same.describe()
+
+
+def test_printed_intervals_never_read_as_collapsed():
+  assert format_value(1.0, (0.9865, 1.0)) == '1.000 [0.99, 1.00]'
+  assert format_value(1.0, (0.996, 1.0)) == '1.000 [0.996, 1.000]'
+  assert format_value(0.8, (0.7, 0.9)) == '0.800 [0.70, 0.90]'

@@ -6,6 +6,8 @@ from sklearn import metrics as sk
 
 from ankle_jax.evaluation import auc
 from ankle_jax.evaluation import metrics
+from ankle_jax.evaluation import results
+from ankle_jax.evaluation.predictions import SplitPredictions
 
 
 def _random_predictions(seed, n=200):
@@ -268,3 +270,26 @@ def test_bootstrap_roc_band_brackets_the_curve():
   assert lo.shape == hi.shape == (21,)
   assert (lo <= curve + 1e-9).all() and (curve <= hi + 1e-9).all()
   assert (hi - lo)[5:15].min() > 0.01
+
+
+def test_image_level_operating_points_count_the_case_clusters():
+  # Every case twice, two identical views: the image-level operating points'
+  # intervals are those of the cases, not of twice as many items.
+  def split(seed):
+    labels, _, scores = _random_predictions(seed, n=60)
+    ids = np.repeat([f'c{i:02d}' for i in range(60)], 2)
+    return SplitPredictions(
+        ids,
+        np.tile([0, 1], 60),
+        np.repeat(labels, 2),
+        np.repeat(scores, 2)[None],
+    )
+
+  by_split = {'validation': split(1), 'test': split(2)}
+  ops = results.compute_operating_points(by_split, ['run'], [(0,)], 'test')
+  by_level = {(op.name, op.level): op for op in ops}
+  for name in metrics.OPERATING_POINTS:
+    image, case = by_level[(name, 'image')], by_level[(name, 'case')]
+    assert image.threshold == case.threshold
+    for k in ('sensitivity', 'specificity'):
+      np.testing.assert_allclose(image.ci95[k], case.ci95[k], rtol=0.05)
