@@ -31,6 +31,7 @@ measurable instead of as a zero-width interval.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -159,6 +160,7 @@ def _log_separation_probability(delta: float, m: int, n: int) -> float:
   return float(special.logsumexp(log_f) + math.log(u[1] - u[0]))
 
 
+@functools.lru_cache(maxsize=256)  # Pure; many entries share their counts.
 def perfect_separation_lower_bound(
     num_pos: int, num_neg: int, confidence: float = 0.95
 ) -> float:
@@ -207,7 +209,8 @@ def delong_intervals(
   Args:
     labels: int [n] with both classes. scores_bn: float [B, n] or [n].
     clusters: int [n] the case of each item (None: independent items).
-    confidence: the two-sided coverage (one-sided at AUC 0 or 1: 1 - alpha/2).
+    confidence: the two-sided coverage; at AUC 0 or 1 the one bound leaves
+      (1 - confidence) / 2 beyond it.
 
   Returns:
     B AucIntervals.
