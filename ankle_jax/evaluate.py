@@ -24,8 +24,8 @@ How it works:
    frozen Evaluation with array operations (evaluation.results, .voting,
    .metrics, .calibration, .subgroups): per model and per odd-size
    ensemble, image and case level, hard and soft voting, the six metrics
-   with 95% intervals (Wilson for the proportions, a case bootstrap for ROC
-   AUC), and the one Headline (below).
+   with 95% intervals (Wilson for the proportions, DeLong for ROC AUC, both
+   clustered by case at image level), and the one Headline (below).
 4. Each writer of ankle_jax.reporting writes its files from the Evaluation
    (WRITERS); none reads another's file. The probabilities themselves go to
    predictions.csv and case_predictions.csv, from which every number can be
@@ -255,7 +255,7 @@ def evaluate_runs(
       data.dataset_config).
     batch_size: views per forward batch (each of the group's runs sees it).
     max_subsets: cap on the number of ensembles (None: all odd subsets).
-    num_bootstrap: bootstrap resamples (ROC AUC intervals, ROC bands).
+    num_bootstrap: bootstrap resamples (ROC bands, calibration intervals).
     seed: bootstrap and subset-sampling seed.
     selection_metric: metric that picks the protocols' best ensembles.
     batches_fn: (split) -> batches_for(image_size) or None when the split

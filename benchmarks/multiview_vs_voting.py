@@ -9,13 +9,14 @@ runs/mv_exp/attention_s0,runs/mv_exp/mean_s0,runs/mv_exp/max_s0 \
 
 and prints, for the reported split at case level, each kind of run's ROC AUC
 and accuracy with their 95% intervals (results.json) per seed and their mean
-over seeds, then the paired case-bootstrap difference of ROC AUC between a
-multi-view run and the per-view run's soft vote
-(ankle_jax.evaluation.metrics.paired_auc_difference, on case_predictions.csv).
+over seeds, then the paired difference of ROC AUC between a multi-view run
+and the per-view run's soft vote with DeLong's paired interval
+(ankle_jax.evaluation.auc.paired_difference, on case_predictions.csv; "not
+measurable" where both AUCs are 1.0).
 
 Usage:
   python benchmarks/multiview_vs_voting.py --evals=DIR1,DIR2,DIR3 \
-      [--baseline=demo] [--kinds=attention,mean,max] [--num_bootstrap=2000]
+      [--baseline=demo] [--kinds=attention,mean,max]
 
 A run's kind is its name up to the last '_' (demo_s0 -> demo). The last line
 printed is one JSON object.
@@ -30,7 +31,8 @@ import os
 
 import numpy as np
 
-from ankle_jax.evaluation import metrics
+from ankle_jax.evaluation import auc
+from ankle_jax.reporting.format import format_value
 
 
 def kind_of(run: str) -> str:
@@ -67,22 +69,16 @@ def case_probabilities(eval_dir: str, split: str) -> dict[str, dict]:
   return out
 
 
-def paired_difference(probs, kind, baseline, num_bootstrap, seed):
+def paired_difference(probs, kind, baseline) -> auc.AucDifference:
+  """AUC(kind) - AUC(baseline) on the baseline's cases (DeLong, paired)."""
   cases = sorted(probs[baseline])
   labels = np.array([probs[baseline][c][0] for c in cases])
   score = lambda k: np.array([probs[k][c][1] for c in cases])
-  return metrics.paired_auc_difference(
-      labels,
-      score(kind),
-      score(baseline),
-      num_resamples=num_bootstrap,
-      seed=seed,
-  )
+  return auc.paired_difference(labels, score(kind), score(baseline))
 
 
 def fmt(entry, metric):
-  lo, hi = entry['ci95'][metric]
-  return f'{entry["metrics"][metric]:.3f} [{lo:.2f}, {hi:.2f}]'
+  return format_value(entry['metrics'][metric], entry['ci95'][metric])
 
 
 def markdown_table(table, kinds, differences, baseline) -> str:
@@ -101,10 +97,7 @@ def markdown_table(table, kinds, differences, baseline) -> str:
     accs = [e['metrics']['accuracy'] for e in entries]
     diff = ''
     if kind in kinds:
-      diff = '; '.join(
-          f'{d["difference"]:+.3f} [{d["lo"]:+.2f}, {d["hi"]:+.2f}]'
-          for d in differences[kind]
-      )
+      diff = '; '.join(d.describe() for d in differences[kind])
     cells += [f'{np.mean(aucs):.3f} / {np.mean(accs):.3f}', diff]
     lines.append('| ' + ' | '.join([name] + cells) + ' |')
   return '\n'.join(lines)
@@ -115,14 +108,13 @@ def main() -> None:
   parser.add_argument('--evals', required=True)
   parser.add_argument('--baseline', default='demo')
   parser.add_argument('--kinds', default='attention,mean,max')
-  parser.add_argument('--num_bootstrap', type=int, default=2000)
   args = parser.parse_args()
   kinds = args.kinds.split(',')
   rows = [(args.baseline, 'hard'), (args.baseline, 'soft')]
   rows += [(k, 'soft') for k in kinds]
   table = {row: [] for row in rows}
   differences = {k: [] for k in kinds}
-  for seed, eval_dir in enumerate(args.evals.split(',')):
+  for eval_dir in args.evals.split(','):
     entries = case_entries(eval_dir)
     with open(os.path.join(eval_dir, 'summary.json')) as f:
       split = json.load(f)['split']
@@ -130,12 +122,13 @@ def main() -> None:
     for row in rows:
       table[row].append(entries[row])
     for kind in kinds:
-      differences[kind].append(
-          paired_difference(
-              probs, kind, args.baseline, args.num_bootstrap, seed
-          )
-      )
-  summary = {'rows': {}, 'auc_difference_vs_soft_vote': differences}
+      differences[kind].append(paired_difference(probs, kind, args.baseline))
+  summary = {
+      'rows': {},
+      'auc_difference_vs_soft_vote': {
+          k: [d.to_json() for d in diffs] for k, diffs in differences.items()
+      },
+  }
   for (kind, vote), entries in table.items():
     name = f'{kind} ({"multi-view" if kind in kinds else vote + " vote"})'
     aucs = [e['metrics']['roc_auc'] for e in entries]
@@ -152,10 +145,7 @@ def main() -> None:
   for kind, diffs in differences.items():
     print(
         f'AUC({kind}) - AUC({args.baseline} soft vote): '
-        + '; '.join(
-            f'{d["difference"]:+.3f} [{d["lo"]:+.3f}, {d["hi"]:+.3f}]'
-            for d in diffs
-        )
+        + '; '.join(d.describe() for d in diffs)
     )
   print(json.dumps(summary))
 

@@ -488,11 +488,11 @@ def _check_entry(e, y, pred, score, clusters, num_bootstrap, seed):
       assert e['metrics'][k] is None, (e, k)
     else:
       assert e['metrics'][k] == pytest.approx(value, abs=1e-9), (e, k)
-  # Wilson intervals for the proportions, a case bootstrap for ROC AUC.
-  ci = metrics.proportion_intervals(y, pred)
-  ci['roc_auc'] = metrics.bootstrap_ci(
-      y, pred, score, clusters, num_resamples=num_bootstrap, seed=seed
-  )['roc_auc']
+  # Wilson intervals (design-effect adjusted at image level) for the
+  # proportions, DeLong (clustered by case at image level) for ROC AUC.
+  est = metrics.BinaryEvaluator()(y, pred, score, clusters)
+  ci = est.ci95
+  assert e['ci95_method'] == est.methods
   for k in metrics.METRIC_NAMES:
     if e['ci95'][k][0] is not None:
       np.testing.assert_allclose(e['ci95'][k], ci[k], atol=1e-9)
@@ -1372,6 +1372,8 @@ def test_report_states_checkpoints_counts_threshold_intervals(
   assert f'{len(labels)} ({(labels == 0).sum()} / {labels.sum()})' in report
   assert 'p(fracture) >= 0.5' in report
   assert 'Wilson score intervals' in report
+  assert 'design effect of the case clusters' in report
+  assert 'ROC AUC: DeLong on the logit scale' in report
   assert 'case-level bootstrap (300 resamples)' in report
   # Operating points: chosen on validation, reported on test, per row.
   op_rows = [l for l in report.splitlines() if 'maximum Youden J' in l]

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
+from ankle_jax.evaluation import auc
 from ankle_jax.evaluation import metrics
+from ankle_jax.evaluation import results
+from ankle_jax.evaluation.predictions import SplitPredictions
 
 
 def _random_predictions(seed, n=200):
@@ -76,9 +79,8 @@ def test_ci_contains_point_estimate_and_narrows_with_more_cases():
   widths = {}
   for n in (80, 800):
     labels, preds, scores = _random_predictions(7, n=n)
-    point, ci = metrics.BinaryEvaluator(num_resamples=2000, seed=0)(
-        labels, preds, scores
-    )
+    est = metrics.BinaryEvaluator()(labels, preds, scores)
+    point, ci = est.point, est.ci95
     for name in metrics.METRIC_NAMES:
       lo, hi = ci[name]
       assert lo <= point[name] <= hi, (n, name)
@@ -89,20 +91,62 @@ def test_ci_contains_point_estimate_and_narrows_with_more_cases():
   assert 0.12 < widths[80]['accuracy'] < 0.25
 
 
-def test_cluster_bootstrap_is_wider_for_correlated_views():
-  # Three identical views per case: resampling cases must not pretend to have
-  # 3x as many independent items.
+def test_clustered_intervals_are_wider_for_correlated_views():
+  # Three identical views per case: the intervals must not pretend to have
+  # 3x as many independent items (the design effect, the clustered DeLong).
   labels, preds, scores = _random_predictions(3, n=60)
   rep = lambda x: np.repeat(x, 3)
   clusters = np.repeat(np.arange(60), 3)
-  ci_cases = metrics.bootstrap_ci(
-      rep(labels), rep(preds), rep(scores), clusters, num_resamples=1000
+  evaluate = metrics.BinaryEvaluator()
+  clustered = evaluate(rep(labels), rep(preds), rep(scores), clusters)
+  independent = evaluate(rep(labels), rep(preds), rep(scores))
+  by_case = evaluate(labels, preds, scores, np.arange(60))
+  width = lambda est, k: est.ci95[k][1] - est.ci95[k][0]
+  for name in metrics.METRIC_NAMES:
+    assert width(clustered, name) > 1.4 * width(independent, name), name
+    # Identical copies carry the information of one view: the case's width.
+    assert width(clustered, name) == pytest.approx(
+        width(by_case, name), rel=0.1
+    ), name
+  assert clustered.methods['accuracy'] == metrics.WILSON_DEFF
+  assert clustered.methods['roc_auc'] == 'delong_logit_clustered'
+  assert by_case.methods == {
+      **{k: metrics.WILSON for k in metrics.PROPORTIONS},
+      'roc_auc': 'delong_logit',
+  }
+
+
+def test_design_effect():
+  trials = np.ones(6, bool)
+  # Independent items (one per case): 1, whatever the spread.
+  assert metrics.design_effect(trials, trials, np.arange(6)) == 1.0
+  # Cases (0, 0), (1, 1), (0, 0): every case agrees with itself; by hand,
+  # p = 1/3, cluster variance 3/2 * (4/9 + 16/9 + 4/9) / 36 = 1/9, binomial
+  # (1/3)(2/3)/6 = 1/27: deff 3 (2 views per case, times K / (K - 1)).
+  successes = np.array([0, 0, 1, 1, 0, 0], bool)
+  clusters = np.array([0, 0, 1, 1, 2, 2])
+  assert metrics.design_effect(successes, trials, clusters) == pytest.approx(
+      3.0
   )
-  ci_items = metrics.bootstrap_ci(
-      rep(labels), rep(preds), rep(scores), None, num_resamples=1000
-  )
-  width = lambda ci: ci['accuracy'][1] - ci['accuracy'][0]
-  assert width(ci_cases) > 1.4 * width(ci_items)
+  # 100%: the spread cannot show; each case counts once (n / K = 2).
+  assert metrics.design_effect(trials, trials, clusters) == 2.0
+  # Views that disagree within every case: no inflation below 1.
+  mixed = np.array([0, 1, 0, 1, 0, 1], bool)
+  assert metrics.design_effect(mixed, trials, clusters) == 1.0
+
+
+def test_image_level_operating_point_intervals_use_the_clusters():
+  labels, _, scores = _random_predictions(8, n=50)
+  rep = lambda x: np.repeat(x, 2)
+  clusters = np.repeat(np.arange(50), 2)
+  op = metrics.operating_point(rep(labels), rep(scores), 0.5, clusters)
+  case = metrics.operating_point(labels, scores, 0.5)
+  views = metrics.operating_point(rep(labels), rep(scores), 0.5)
+  width = lambda o, k: o['ci95'][k][1] - o['ci95'][k][0]
+  for name in ('sensitivity', 'specificity'):
+    # Two identical views count as one case (up to K / (K - 1)).
+    np.testing.assert_allclose(op['ci95'][name], case['ci95'][name], rtol=0.03)
+    assert width(op, name) > 1.3 * width(views, name)
 
 
 def test_operating_points():
@@ -196,26 +240,23 @@ def test_wilson_interval_closed_form():
   assert np.isnan(metrics.wilson_interval(0, 0)).all()
 
 
-def test_evaluator_uses_wilson_for_proportions_and_bootstrap_for_auc():
+def test_evaluator_uses_wilson_for_proportions_and_delong_for_auc():
   labels = np.array([0, 0, 0, 1, 1, 1, 1, 1])
   preds = np.array([0, 0, 0, 1, 1, 1, 1, 1])  # perfect: every proportion 1
   scores = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9, 0.95])
-  point, ci = metrics.BinaryEvaluator(num_resamples=200, seed=0)(
-      labels, preds, scores
-  )
+  est = metrics.BinaryEvaluator()(labels, preds, scores)
+  point, ci = est.point, est.ci95
   assert point['accuracy'] == point['sensitivity'] == 1.0
   assert ci['accuracy'] == metrics.wilson_interval(8, 8)
   assert ci['sensitivity'] == metrics.wilson_interval(5, 5)
   assert ci['specificity'] == metrics.wilson_interval(3, 3)
   for name in metrics.PROPORTIONS:
     assert ci[name][0] < 1.0 and ci[name][1] == 1.0, name
-  assert (
-      ci['roc_auc']
-      == metrics.bootstrap_ci(labels, preds, scores, num_resamples=200, seed=0)[
-          'roc_auc'
-      ]
-  )
+  assert point['roc_auc'] == 1.0
+  assert ci['roc_auc'] == (auc.perfect_separation_lower_bound(5, 3), 1.0)
+  assert est.methods['roc_auc'] == auc.EXACT_LOWER
   assert set(metrics.INTERVALS) == set(metrics.METRIC_NAMES)
+  assert set(est.methods.values()) <= set(metrics.INTERVAL_METHODS)
 
 
 def test_bootstrap_roc_band_brackets_the_curve():
@@ -231,16 +272,24 @@ def test_bootstrap_roc_band_brackets_the_curve():
   assert (hi - lo)[5:15].min() > 0.01
 
 
-def test_paired_auc_difference_is_exact_and_paired():
-  rng = np.random.default_rng(0)
-  labels = rng.integers(0, 2, 200)
-  good = labels + rng.normal(0, 0.6, 200)
-  poor = labels + rng.normal(0, 1.5, 200)
-  result = metrics.paired_auc_difference(labels, good, poor, num_resamples=500)
-  expected = sk.roc_auc_score(labels, good) - sk.roc_auc_score(labels, poor)
-  assert result['difference'] == pytest.approx(expected, abs=1e-12)
-  assert result['lo'] < result['difference'] < result['hi']
-  assert result['lo'] > 0 and result['p_not_better'] < 0.01
-  # A model against itself: every resample's difference is exactly 0.
-  same = metrics.paired_auc_difference(labels, good, good, num_resamples=100)
-  assert same['lo'] == same['hi'] == same['difference'] == 0.0
+def test_image_level_operating_points_count_the_case_clusters():
+  # Every case twice, two identical views: the image-level operating points'
+  # intervals are those of the cases, not of twice as many items.
+  def split(seed):
+    labels, _, scores = _random_predictions(seed, n=60)
+    ids = np.repeat([f'c{i:02d}' for i in range(60)], 2)
+    return SplitPredictions(
+        ids,
+        np.tile([0, 1], 60),
+        np.repeat(labels, 2),
+        np.repeat(scores, 2)[None],
+    )
+
+  by_split = {'validation': split(1), 'test': split(2)}
+  ops = results.compute_operating_points(by_split, ['run'], [(0,)], 'test')
+  by_level = {(op.name, op.level): op for op in ops}
+  for name in metrics.OPERATING_POINTS:
+    image, case = by_level[(name, 'image')], by_level[(name, 'case')]
+    assert image.threshold == case.threshold
+    for k in ('sensitivity', 'specificity'):
+      np.testing.assert_allclose(image.ci95[k], case.ci95[k], rtol=0.05)

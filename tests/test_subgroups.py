@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ankle_jax import inference
+from ankle_jax.evaluation import metrics
 from ankle_jax.evaluation import predictions as predictions_lib
 from ankle_jax.evaluation import subgroups
 from ankle_jax.evaluation import voting
@@ -195,3 +196,30 @@ def test_case_batches_carry_the_features_of_each_view():
 
   preds = inference.predict_case_group(forward, None, [batch])
   assert preds.features_v['view_position'].tolist() == ['AP', 'LL', 'AP']
+
+
+def test_image_level_subgroup_intervals_count_the_case_clusters():
+  # body_part 'leg' (all views but the first 3): the image-level entry's
+  # intervals are the clustered ones of its views, case level plain Wilson.
+  preds = _preds()
+  ev = _evaluation(preds)
+  leg = subgroups.body_parts(preds.features_v) == 'leg'
+  sub = subgroups.select_views(preds, leg)
+  cases = sub.cases()
+  checked = set()
+  for s in ev.subgroups:
+    if s.subgroup.value != 'leg' or s.entry.members != ('run_a',):
+      continue
+    d = voting.decide(
+        sub.probs_rv, sub.labels_v, cases, [0], s.entry.level, s.entry.voting
+    )
+    est = metrics.BinaryEvaluator()(d.labels, d.preds, d.scores, d.clusters)
+    for name in metrics.METRIC_NAMES:
+      np.testing.assert_allclose(s.entry.ci95[name], est.ci95[name])
+    expected = {'image': metrics.WILSON_DEFF, 'case': metrics.WILSON}[
+        s.entry.level
+    ]
+    assert s.entry.ci95_method['accuracy'] == expected
+    assert s.entry.ci95_method['roc_auc'].startswith('delong_logit')
+    checked.add(s.entry.level)
+  assert checked == {'image', 'case'}

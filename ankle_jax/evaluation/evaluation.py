@@ -260,9 +260,7 @@ def compute(
   """
   split, run_names = settings.split, list(run_names)
   splits, pooled_split = _with_pooled(predictions, split)
-  evaluator = metrics_lib.BinaryEvaluator(
-      num_resamples=settings.num_bootstrap, seed=settings.seed
-  )
+  evaluator = metrics_lib.BinaryEvaluator()
   results, protocols, num_subsets = _choose(
       splits, run_names, pooled_split, settings, evaluator
   )

@@ -1,16 +1,22 @@
 """Binary classification metrics, their 95% intervals and operating points.
 
 Point estimates come from scikit-learn. Intervals (`BinaryEvaluator`, see
-`INTERVALS`):
+`INTERVALS`; the method of each in `INTERVAL_METHODS`):
   * accuracy, sensitivity, specificity, PPV, NPV: Wilson score intervals of
-    the proportion (k of n items). Unlike a percentile bootstrap they are not
-    [1, 1] at 100% or [0, 0] at 0%.
-  * ROC AUC (and the ROC band of `bootstrap_roc_band`): a case-level
-    percentile bootstrap. It resamples CASES (a cluster bootstrap: at image
-    level, all views of a drawn case come along) and is vectorized: each
-    resample is a row of case counts, and every metric is computed for all
-    resamples at once from weighted counts. With unit weights those weighted
-    formulas equal scikit-learn exactly (a test checks it).
+    the proportion (k of n items); unlike a percentile bootstrap they are
+    not [1, 1] at 100% or [0, 0] at 0%. Where items are clustered (image
+    level: the views of a case) and some case holds more than one of the
+    proportion's items, the Wilson interval uses the effective n = n / deff,
+    deff >= 1 the design effect of the ratio estimator over the case
+    clusters (`design_effect`).
+  * ROC AUC: DeLong's interval on the logit scale, clustered by case at image
+    level, with an exact one-sided bound at AUC 1.0 (ankle_jax.evaluation.auc).
+  * The ROC band of `bootstrap_roc_band`: a case-level percentile bootstrap.
+    It resamples CASES (a cluster bootstrap: at image level, all views of a
+    drawn case come along) and is vectorized: each resample is a row of case
+    counts, and every metric is computed for all resamples at once from
+    weighted counts. With unit weights those weighted formulas equal
+    scikit-learn exactly (a test checks it).
 
 An undefined metric (e.g. PPV with no positive decision, AUC with one class)
 is NaN, and so is its interval.
@@ -29,6 +35,8 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as sk_metrics
 
+from ankle_jax.evaluation import auc as auc_lib
+
 METRIC_NAMES = (
     'accuracy',
     'sensitivity',
@@ -38,9 +46,22 @@ METRIC_NAMES = (
     'roc_auc',
 )
 PROPORTIONS = METRIC_NAMES[:5]
+WILSON = 'wilson'
+WILSON_DEFF = 'wilson_design_effect'
 INTERVALS: Mapping[str, str] = {
-    **{name: 'Wilson score' for name in PROPORTIONS},
-    'roc_auc': 'case-level percentile bootstrap',
+    **{
+        name: 'Wilson score; where views of a case are clustered, with '
+        'n / design effect of the case clusters'
+        for name in PROPORTIONS
+    },
+    'roc_auc': 'DeLong on the logit scale, clustered by case at image level; '
+    'at AUC 1.0 a one-sided exact binormal lower bound',
+}
+# What the method keys of an entry's ci95_method mean (results.json).
+INTERVAL_METHODS: Mapping[str, str] = {
+    WILSON: 'Wilson score',
+    WILSON_DEFF: 'Wilson score with n / design effect of the case clusters',
+    **auc_lib.METHODS,
 }
 
 
@@ -166,88 +187,20 @@ def bootstrap_weights(
   return counts_bc[:, clusters]
 
 
-def bootstrap_ci(
-    labels,
-    preds,
-    scores,
-    clusters=None,
-    *,
-    num_resamples: int = 2000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> dict[str, tuple[float, float]]:
-  """Percentile bootstrap CIs of the six metrics, resampling cases.
-
-  Args:
-    labels, preds, scores: [n] as for classification_metrics.
-    clusters: int [n] the case of each item (None: each item is its own case).
-    num_resamples: number of bootstrap resamples.
-    seed: seed of the resamples.
-    confidence: the CI's coverage.
-
-  Returns:
-    {metric name: (lo, hi)}, NaN where the metric is never defined.
-  """
-  labels, preds, scores = _as_arrays(labels, preds, scores)
-  if clusters is None:
-    clusters = np.arange(labels.size)
-  weights_bn = bootstrap_weights(
-      clusters, num_resamples=num_resamples, seed=seed
-  )
-  values = weighted_metrics(weights_bn, labels, preds, scores)
-  alpha = (1.0 - confidence) / 2.0
-  out = {}
-  for name in METRIC_NAMES:
-    v = values[name][np.isfinite(values[name])]
-    if v.size == 0:
-      out[name] = (np.nan, np.nan)
-    else:
-      lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
-      out[name] = (float(lo), float(hi))
-  return out
-
-
-def paired_auc_difference(
-    labels,
-    scores_a,
-    scores_b,
-    clusters=None,
-    *,
-    num_resamples: int = 2000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> dict[str, float]:
-  """ROC AUC of scores_a minus that of scores_b on the same items, with a
-  paired case bootstrap (each resample draws cases once for both).
-
-  Args:
-    labels: int [n]. scores_a, scores_b: float [n] (e.g. two models' case
-      probabilities on the same cases).
-    clusters: int [n] the case of each item (None: each item its own case).
-
-  Returns:
-    {'difference', 'lo', 'hi', 'p_not_better'}: the observed AUC(a) -
-    AUC(b), its percentile interval, and the fraction of resamples where
-    a's AUC is not above b's (a one-sided bootstrap p-value).
-  """
-  labels = np.asarray(labels, np.int64).ravel()
-  if clusters is None:
-    clusters = np.arange(labels.size)
-  weights_bn = bootstrap_weights(
-      clusters, num_resamples=num_resamples, seed=seed
-  )
-  ones = np.ones((1, labels.size))
-  preds = np.zeros(labels.size, bool)
-  auc = lambda w, s: weighted_metrics(w, labels, preds, s)['roc_auc']
-  observed = float(auc(ones, scores_a)[0] - auc(ones, scores_b)[0])
-  diffs = auc(weights_bn, scores_a) - auc(weights_bn, scores_b)
-  diffs = diffs[np.isfinite(diffs)]
-  alpha = (1.0 - confidence) / 2.0
+def _proportion_items(labels, preds) -> dict[str, tuple[np.ndarray, ...]]:
+  """{metric: (successes, trials)}, bool [n] masks of the items: accuracy =
+  correct of all, sensitivity = TP of positives, specificity = TN of
+  negatives, PPV = TP of positive decisions, NPV = TN of negative
+  decisions."""
+  labels, preds, _ = _as_arrays(labels, preds)
+  pos, prd = labels == 1, preds == 1
+  correct = pos == prd
   return {
-      'difference': observed,
-      'lo': float(np.quantile(diffs, alpha)),
-      'hi': float(np.quantile(diffs, 1.0 - alpha)),
-      'p_not_better': float(np.mean(diffs <= 0.0)),
+      'accuracy': (correct, np.ones_like(pos)),
+      'sensitivity': (pos & prd, pos),
+      'specificity': (~pos & ~prd, ~pos),
+      'ppv': (pos & prd, prd),
+      'npv': (~pos & ~prd, ~prd),
   }
 
 
@@ -259,79 +212,124 @@ def proportion_counts(labels, preds) -> dict[str, tuple[int, int]]:
     preds: bool/int [n] decisions.
 
   Returns:
-    {metric: (k, n)}: accuracy = correct of all, sensitivity = TP of
-    positives, specificity = TN of negatives, PPV = TP of positive decisions,
-    NPV = TN of negative decisions.
+    {metric: (k, n)} (see _proportion_items).
   """
-  labels, preds, _ = _as_arrays(labels, preds)
-  pos, prd = labels == 1, preds == 1
-  tp, fn = int((pos & prd).sum()), int((pos & ~prd).sum())
-  tn, fp = int((~pos & ~prd).sum()), int((~pos & prd).sum())
   return {
-      'accuracy': (tp + tn, labels.size),
-      'sensitivity': (tp, tp + fn),
-      'specificity': (tn, tn + fp),
-      'ppv': (tp, tp + fp),
-      'npv': (tn, tn + fn),
+      name: (int(k.sum()), int(n.sum()))
+      for name, (k, n) in _proportion_items(labels, preds).items()
   }
 
 
 def wilson_interval(
-    successes: int, trials: int, confidence: float = 0.95
+    successes: float, trials: float, confidence: float = 0.95
 ) -> tuple[float, float]:
   """Wilson score interval of a proportion k/n; (NaN, NaN) when n = 0.
 
   (k + z^2/2) / (n + z^2) -+ z / (n + z^2) * sqrt(k (n - k) / n + z^2 / 4),
   with z the normal quantile of (1 + confidence) / 2. At k = 0 it is
-  [0, z^2 / (n + z^2)], at k = n [n / (n + z^2), 1].
+  [0, z^2 / (n + z^2)], at k = n [n / (n + z^2), 1]. k and n may be
+  effective (non-integer) counts.
   """
   if trials <= 0:
     return (np.nan, np.nan)
   z = float(stats.norm.ppf(0.5 + confidence / 2.0))
   k, n = float(successes), float(trials)
   center = (k + z * z / 2.0) / (n + z * z)
-  half = z / (n + z * z) * np.sqrt(k * (n - k) / n + z * z / 4.0)
+  half = z / (n + z * z) * np.sqrt(max(k * (n - k), 0.0) / n + z * z / 4.0)
   return (max(0.0, center - half), min(1.0, center + half))
 
 
+def design_effect(successes_n, trials_n, clusters) -> float:
+  """The design effect (>= 1) of a proportion over clustered items.
+
+  The ratio estimator p = sum_k y_k / sum_k t_k over the K clusters holding
+  trials (y_k successes of t_k trials, n = sum t_k) has the linearized
+  variance K / (K - 1) sum_k (y_k - p t_k)^2 / n^2; deff is its ratio to the
+  binomial p (1 - p) / n, at least 1. Where no cluster holds two trials
+  (case level) it is 1; at p = 0 or 1, where the spread cannot show, n / K
+  (each case counts as one trial).
+
+  Args:
+    successes_n: bool [n] successes (among the trials).
+    trials_n: bool [n] the items of the proportion's denominator.
+    clusters: int [n] the case of each item.
+  """
+  _, index = np.unique(np.asarray(clusters).ravel(), return_inverse=True)
+  t_k = np.bincount(index, weights=trials_n.astype(float))
+  y_k = np.bincount(index, weights=(successes_n & trials_n).astype(float))
+  t_k, y_k = t_k[t_k > 0], y_k[t_k > 0]
+  n, k = t_k.sum(), t_k.size
+  if n == 0 or t_k.max() <= 1:
+    return 1.0
+  p = y_k.sum() / n
+  if p in (0.0, 1.0) or k < 2:
+    return float(n / k)
+  cluster_variance = k / (k - 1) * ((y_k - p * t_k) ** 2).sum() / n**2
+  return float(max(1.0, cluster_variance / (p * (1.0 - p) / n)))
+
+
 def proportion_intervals(
-    labels, preds, confidence: float = 0.95
-) -> dict[str, tuple[float, float]]:
-  """Wilson intervals of the five proportions {metric: (lo, hi)}."""
-  return {
-      name: wilson_interval(k, n, confidence)
-      for name, (k, n) in proportion_counts(labels, preds).items()
-  }
+    labels, preds, confidence: float = 0.95, *, clusters=None
+) -> dict[str, tuple[tuple[float, float], str]]:
+  """{metric: ((lo, hi), method)} of the five proportions.
+
+  Wilson intervals (method WILSON); where clusters (int [n], the case of each
+  item) put two of a proportion's items in one case, Wilson with the
+  effective counts k / deff of n / deff (method WILSON_DEFF, design_effect).
+  """
+  out = {}
+  for name, (k_n, n_n) in _proportion_items(labels, preds).items():
+    deff = 1.0 if clusters is None else design_effect(k_n, n_n, clusters)
+    k, n = (k_n & n_n).sum() / deff, n_n.sum() / deff
+    interval = wilson_interval(k, n, confidence)
+    out[name] = (interval, WILSON if deff == 1.0 else WILSON_DEFF)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimates:
+  """The six metrics of one set of decisions, with their 95% intervals.
+
+  Attributes:
+    point: {metric: value}, NaN where undefined.
+    ci95: {metric: (lo, hi)}, NaN where undefined.
+    methods: {metric: key of INTERVAL_METHODS}, '' where undefined.
+  """
+
+  point: dict[str, float]
+  ci95: dict[str, tuple[float, float]]
+  methods: dict[str, str]
 
 
 @dataclasses.dataclass(frozen=True)
 class BinaryEvaluator:
-  """Metrics and their 95% intervals for one set of decisions.
-
-  Wilson intervals for the proportions, a case-level bootstrap for ROC AUC
-  (see INTERVALS).
+  """Metrics and their intervals for one set of decisions (INTERVALS).
 
   Attributes:
-    num_resamples: bootstrap resamples (2000 by default).
-    seed: bootstrap seed.
+    confidence: the intervals' coverage (0.95).
   """
 
-  num_resamples: int = 2000
-  seed: int = 0
+  confidence: float = 0.95
 
-  def __call__(self, labels, preds, scores, clusters=None):
-    """Returns ({metric: value}, {metric: (lo, hi)})."""
+  def __call__(self, labels, preds, scores, clusters=None) -> Estimates:
+    """Estimates of labels, preds, scores (int/bool/float [n]); clusters:
+    int [n] the case of each item (image level), None: independent."""
     point = classification_metrics(labels, preds, scores)
-    ci = proportion_intervals(labels, preds)
-    ci['roc_auc'] = bootstrap_ci(
-        labels,
-        preds,
-        scores,
-        clusters,
-        num_resamples=self.num_resamples,
-        seed=self.seed,
-    )['roc_auc']
-    return point, ci
+    ci, methods = {}, {}
+    proportions = proportion_intervals(
+        labels, preds, self.confidence, clusters=clusters
+    )
+    for name, (interval, method) in proportions.items():
+      ci[name], methods[name] = interval, method
+    if np.isfinite(point['roc_auc']):
+      auc = auc_lib.delong_interval(labels, scores, clusters, self.confidence)
+      ci['roc_auc'], methods['roc_auc'] = (auc.lo, auc.hi), auc.method
+    else:
+      ci['roc_auc'], methods['roc_auc'] = (np.nan, np.nan), ''
+    for name in PROPORTIONS:
+      if not np.isfinite(point[name]):
+        methods[name] = ''
+    return Estimates(point, ci, methods)
 
 
 def bootstrap_roc_band(
@@ -428,8 +426,10 @@ def sensitivity_threshold(
   return midpoint_below(scores, float(thresholds[ok].max()))
 
 
-def operating_point(labels, scores, threshold: float) -> dict:
-  """Sensitivity and specificity at a fixed threshold, with Wilson intervals.
+def operating_point(labels, scores, threshold: float, clusters=None) -> dict:
+  """Sensitivity and specificity at a fixed threshold, with Wilson intervals
+  (design-effect adjusted where clusters, int [n] the case of each item,
+  group items: proportion_intervals).
 
   Returns:
     {'threshold', 'sensitivity', 'specificity', 'ci95': {name: [lo, hi]}}.
@@ -437,7 +437,12 @@ def operating_point(labels, scores, threshold: float) -> dict:
   labels, _, scores = _as_arrays(labels, labels, scores)
   preds = scores >= threshold
   point = classification_metrics(labels, preds, scores)
-  ci = proportion_intervals(labels, preds)
+  ci = {
+      name: interval
+      for name, (interval, _) in proportion_intervals(
+          labels, preds, clusters=clusters
+      ).items()
+  }
   names = ('sensitivity', 'specificity')
   return {
       'threshold': float(threshold),

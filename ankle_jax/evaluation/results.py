@@ -129,6 +129,8 @@ class ResultEntry:
     level: 'image' or 'case'. voting: 'hard' or 'soft'. split: the split.
     metrics: {metric: value or None where undefined}.
     ci95: {metric: (lo, hi)}, None where undefined (metrics_lib.INTERVALS).
+    ci95_method: {metric: how its interval was computed, a key of
+      metrics_lib.INTERVAL_METHODS ('' where undefined)}.
   """
 
   members: tuple[str, ...]
@@ -137,6 +139,7 @@ class ResultEntry:
   split: str
   metrics: dict[str, float | None]
   ci95: dict[str, tuple[float | None, float | None]]
+  ci95_method: dict[str, str]
 
   @property
   def key(self) -> ResultKey:
@@ -150,6 +153,7 @@ class ResultEntry:
         'split': self.split,
         'metrics': dict(self.metrics),
         'ci95': {k: list(v) for k, v in self.ci95.items()},
+        'ci95_method': dict(self.ci95_method),
         # A subgroup's entry (ankle_jax.evaluation.subgroups) says which one here.
         'subgroup': None,
     }
@@ -174,7 +178,7 @@ def evaluate_subsets(
     for level in levels:
       for vote in voting.VOTINGS:
         d = decide_split(preds, members, level, vote, cases)
-        point, ci = evaluator(d.labels, d.preds, d.scores, d.clusters)
+        est = evaluator(d.labels, d.preds, d.scores, d.clusters)
         entries.append(
             ResultEntry(
                 members=tuple(run_names[i] for i in members),
@@ -182,13 +186,14 @@ def evaluate_subsets(
                 voting=vote,
                 split=split,
                 metrics={
-                    k: _finite_or_none(point[k])
+                    k: _finite_or_none(est.point[k])
                     for k in metrics_lib.METRIC_NAMES
                 },
                 ci95={
-                    k: tuple(_finite_or_none(x) for x in ci[k])
+                    k: tuple(_finite_or_none(x) for x in est.ci95[k])
                     for k in metrics_lib.METRIC_NAMES
                 },
+                ci95_method=dict(est.methods),
             )
         )
   return entries
@@ -306,7 +311,9 @@ def compute_operating_points(
         continue
       for name, description in metrics_lib.OPERATING_POINTS.items():
         threshold = metrics_lib.choose_threshold(name, dv.labels, dv.scores)
-        op = metrics_lib.operating_point(dt.labels, dt.scores, threshold)
+        op = metrics_lib.operating_point(
+            dt.labels, dt.scores, threshold, dt.clusters
+        )
         out.append(
             OperatingPoint(
                 members=tuple(run_names[i] for i in members),

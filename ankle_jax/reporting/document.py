@@ -105,11 +105,24 @@ def _overview(ev: Evaluation) -> list[Block]:
       *_multiview_note(ev),
       *_validation_source_note(ev),
       '',
-      '95% intervals: accuracy, sensitivity, specificity, PPV and NPV: '
-      "Wilson score intervals over the rows' items (views at single-view "
-      'level, cases at case level; the views of a case are correlated, so '
-      'single-view intervals are optimistic). ROC AUC: percentile interval '
-      f'of a case-level bootstrap ({ev.num_bootstrap} resamples).',
+      *_intervals_note(ev),
+  ]
+
+
+def _intervals_note(ev: Evaluation) -> list[Block]:
+  """Which interval each metric uses (results.json: each entry's
+  ci95_method), written once for every table."""
+  return [
+      '95% intervals: accuracy, sensitivity, specificity, PPV, NPV and the '
+      'operating points: Wilson score intervals, over cases at case level; '
+      'at single-view level the views of a case are correlated, so the '
+      'Wilson interval uses the effective n = views / design effect of the '
+      'case clusters (at least 1). ROC AUC: DeLong on the logit scale, at '
+      'single-view level clustered by case (Obuchowski); at AUC 1.000 the '
+      'interval is one-sided, [L, 1.00], L exact under the equal-variance '
+      'binormal model: below it perfect separation of these fracture and '
+      'normal cases has probability < 2.5%. ROC bands (roc.png): '
+      f'case-level bootstrap ({ev.num_bootstrap} resamples).',
       '',
   ]
 

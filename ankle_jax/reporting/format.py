@@ -33,12 +33,21 @@ METRIC_TITLES = {
 
 # ----------------------------------------------------------------- numbers
 def format_value(value: float | None, ci: Sequence[float | None]) -> str:
-  """'0.812 [0.70, 0.90]', '0.812' without an interval, 'n/a' if undefined."""
+  """'0.812 [0.70, 0.90]', '0.812' without an interval, 'n/a' if undefined.
+
+  An interval that 2 decimals would print as one number gets up to 4
+  ('1.000 [0.996, 1.000]', not the collapsed-looking [1.00, 1.00]).
+  """
   if value is None:
     return 'n/a'
   if not ci or ci[0] is None:
     return f'{value:.3f}'
-  return f'{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]'
+  lo, hi = f'{ci[0]:.2f}', f'{ci[1]:.2f}'
+  for digits in (3, 4):
+    if lo != hi:
+      break
+    lo, hi = f'{ci[0]:.{digits}f}', f'{ci[1]:.{digits}f}'
+  return f'{value:.3f} [{lo}, {hi}]'
 
 
 def format_threshold(t: float) -> str:

@@ -195,7 +195,7 @@ def _metrics(ev: Evaluation) -> list[str]:
       f'Headline model: **{h.label}**, {h.rule}, reported on '
       f'`{h.reported_on}`. Decisions at p(fracture) >= '
       f'{voting.THRESHOLD}; 95% intervals in brackets (Wilson for '
-      'proportions, case bootstrap for ROC AUC).',
+      'proportions, DeLong for ROC AUC; report.md says more).',
       '',
       *markdown_table(metrics_table(ev)),
       '',
@@ -250,8 +250,9 @@ def _failures_and_caveats(html_written: bool) -> list[str]:
       '',
       '- Retrospective, single-source data; small test sets give wide '
       'intervals (see the brackets).',
-      '- Single-view intervals treat views as independent; the views of a '
-      'case are correlated, so they are optimistic.',
+      '- The views of a case are correlated: single-view intervals count '
+      'them as fewer independent items (a design effect; DeLong clustered by '
+      'case).',
       '- Grad-CAM shows where the evidence is, not why; it is no '
       'localization.',
       '- Probabilities are calibrated only where the calibration section says '
