@@ -248,7 +248,7 @@ def test_every_interval_contains_its_point_estimate(n, seed, scale):
   names += [m + '_change' for m in calibration.CHANGES]
   for name in names:
     lo, hi = block['ci95'][name]
-    if block[name] is None:
+    if block[name] is None or (name.endswith('_change') and not cal.applied):
       continue
     assert lo <= block[name] <= hi, (name, lo, block[name], hi)
   for name in calibration.CHANGES:

@@ -308,10 +308,11 @@ def _metrics_entries(point_raw, draws_raw, point_cal, draws_cal):
   for name in CHANGES:
     change = float(point_cal[name][0] - point_raw[name][0])
     values[name + '_change'] = _finite_or_none(change)
-    ci95[name + '_change'] = [
-        _finite_or_none(x)
-        for x in normal_interval(change, draws_cal[name] - draws_raw[name])
-    ]
+    # No calibrator applied: the change is 0 by definition, no interval.
+    ci = (math.nan, math.nan)
+    if point_cal is not point_raw:
+      ci = normal_interval(change, draws_cal[name] - draws_raw[name])
+    ci95[name + '_change'] = [_finite_or_none(x) for x in ci]
   return values, ci95
 
 

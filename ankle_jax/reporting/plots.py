@@ -103,7 +103,7 @@ def _reliability_figure(probs, probs_calibrated, labels, title: str) -> Figure:
     top.errorbar(
         mean_p,
         rate,
-        yerr=[rate - lo, hi - rate],
+        yerr=np.maximum([rate - lo, hi - rate], 0.0),  # rounding at 0, 1
         fmt='o-',
         color=color,
         capsize=2,
