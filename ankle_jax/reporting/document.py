@@ -262,8 +262,9 @@ def calibration_method(ev: Evaluation) -> str:
       'is not applied (calibrated = raw; the table says why) when '
       f'validation holds one class, is separable, or T leaves [{lo}, {hi}]. '
       "ECE debiased: Kumar et al. (2019)'s debiased binned calibration "
-      'error over equal-mass bins (about n / 15, at most '
-      f'{calibration.NUM_BINS}); ECE 15 bins: the plain ECE over '
+      'error (root mean square over equal-mass bins, about n / 15, at most '
+      f'{calibration.NUM_BINS}, less the sampling noise); ECE 15 bins: the '
+      'plain ECE (mean absolute gap) over '
       f'{calibration.NUM_BINS} equal-width bins (biased upwards on small '
       'sets); Brier: mean squared error of p; Change: calibrated - raw ECE '
       'debiased, paired. 95% intervals: point -+ 1.96 SE of a case '

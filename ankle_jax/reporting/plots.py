@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import io
+import textwrap
 
 from matplotlib.figure import Figure
 import numpy as np
@@ -59,8 +60,11 @@ def reliability(ev: Evaluation) -> Figure:
       d.scores,
       calibrated,
       d.labels,
-      f'{_headline_title(ev)}\nall views (case), on {ev.split} ({label})'
-      + (f'\n{note}' if note else ''),
+      '\n'.join(
+          [_headline_title(ev), f'all views (case), on {ev.split}']
+          + textwrap.wrap(label, 90)
+          + textwrap.wrap(note, 90)
+      ),
   )
 
 
