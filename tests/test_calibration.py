@@ -220,7 +220,7 @@ def test_weighted_metrics_equal_the_metrics_of_repeated_items():
   from sklearn import linear_model
 
   fit = linear_model.LogisticRegression(C=math.inf, tol=1e-10, max_iter=1000)
-  fit.fit(calibration.logit(probs).reshape(-1, 1), labels)
+  fit.fit(calibrators.logit(probs).reshape(-1, 1), labels)
   slope, intercept = calibration.slope_intercept(probs, labels)
   assert slope == pytest.approx(fit.coef_[0, 0], rel=1e-5)
   assert intercept == pytest.approx(fit.intercept_[0], rel=1e-5, abs=1e-7)

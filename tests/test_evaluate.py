@@ -921,7 +921,7 @@ def check_calibration_from_the_csvs(out_dir):
     want = p
     if cal['applied']:
       want = special.expit(
-          cal['slope'] * calibration.logit(p) + cal['intercept']
+          cal['slope'] * calibrators.logit(p) + cal['intercept']
       )
     np.testing.assert_allclose(p_cal, want, rtol=1e-12)
     for name, q in (('', p), ('_calibrated', p_cal)):

@@ -48,7 +48,6 @@ from ankle_jax.evaluation import calibrators as calibrators_lib
 from ankle_jax.evaluation import metrics as metrics_lib
 from ankle_jax.evaluation import results as results_lib
 from ankle_jax.evaluation.calibrators import Calibrator
-from ankle_jax.evaluation.calibrators import apply_temperature  # noqa: F401
 from ankle_jax.evaluation.calibrators import logit
 from ankle_jax.evaluation.predictions import VALIDATION
 from ankle_jax.evaluation.predictions import SplitPredictions
