@@ -374,3 +374,21 @@ def test_same_cases_is_stated_for_split_validation():
       Settings(split='test', num_bootstrap=20),
   )
   assert format_lib.SAME_CASES in str(document.sections(alone))
+
+
+def test_reliability_bins_have_counts_and_wilson_intervals():
+  from ankle_jax.evaluation import metrics as metrics_lib
+  from ankle_jax.reporting import plots
+
+  probs, labels = _synthetic(80, 9)
+  k = calibration.adaptive_num_bins(80)
+  assert k == 5  # fewer bins for small n: 80 / 15
+  bins = calibration.equal_mass_bins(probs, k)
+  mean_p, rate, lo, hi, count = plots._reliability_bins(probs, labels, bins, k)
+  np.testing.assert_array_equal(count, [16] * 5)
+  for b in range(k):
+    in_bin = bins == b
+    assert mean_p[b] == pytest.approx(probs[in_bin].mean())
+    assert rate[b] == pytest.approx(labels[in_bin].mean())
+    want = metrics_lib.wilson_interval(int(labels[in_bin].sum()), 16)
+    assert (lo[b], hi[b]) == pytest.approx(want)

@@ -361,6 +361,11 @@ def test_model_card_shows_calibration_and_subgroups(synthetic, tmp_path):
   context = ReportContext(data_dir='/data', dataset_config='fracatlas')
   card = pathlib.Path(model_card.write(str(tmp_path), ev, context)).read_text()
   _assert_card_shows_the_headline_calibrators(card, ev)
+  # 40 test cases: the card says calibration cannot be judged, next to the
+  # numbers; chosen on validation, so no "same cases" warning.
+  calibration_text = card.split('## Calibration\n')[1].split('\n## ')[0]
+  assert 'too few cases to judge calibration' in calibration_text
+  assert format_lib.SAME_CASES not in card
   subgroups = card.split('## Subgroups\n')[1].split('\n## ')[0]
   rows = [r for r in subgroups.splitlines() if r.startswith(f'| {h.label} |')]
   assert rows and len(rows) == sum(
