@@ -70,8 +70,9 @@ Outputs in OUT:
                    file, but for hard voting of ensembles of per-view runs
                    only: those vote per view first, members then views, and
                    need predictions.csv. Both CSV files end with
-                   probability_calibrated: the probability at the run's own
-                   temperature at that level (evaluation.calibration).
+                   probability_calibrated: the probability by the run's own
+                   calibrator at that level (evaluation.calibrators; the
+                   raw one where it is not applied).
   results.json     a list of {members, level, voting, split, metrics, ci95,
                    subgroup, calibration} for every subset x level
                    (image|case) x voting (hard|soft) x split (validation,
@@ -89,7 +90,8 @@ Outputs in OUT:
                    calibration, the subgroups (soft voting; small ones
                    flagged).
   reliability.png  the reliability diagram of the headline model (case level)
-                   before and after temperature scaling.
+                   before and after its calibrator (equal-mass bins with
+                   counts and Wilson intervals).
   roc.png          single-view vs case-level ROC of the headline model.
   confusion.png    its confusion matrices (its voting rule's decisions).
   events.out.tfevents.*  the headline model's metrics for TensorBoard
@@ -102,9 +104,11 @@ Outputs in OUT:
                    reporting.gallery; --no_html skips it).
   MODEL_CARD.md    the headline model's card (reporting.model_card).
 
-Calibration: each run and ensemble's soft-voted probability is temperature
-scaled, the temperature fitted on validation and applied to the reported
-split (results.json's "calibration" blocks; evaluation.calibration). On
+Calibration: each run and ensemble's soft-voted probability gets a
+calibrator (temperature or Platt scaling, chosen by AIC; not applied, with a
+reason, on a separable validation split or at its bounds) fitted on
+validation and applied to the reported split (results.json's "calibration"
+blocks; evaluation.calibration, evaluation.calibrators). On
 another dataset than the first run's own (an external test set), or one
 without a validation split, validation comes from the run's own dataset
 (summary.json's validation_source).

@@ -30,6 +30,7 @@ from ankle_jax import models
 from ankle_jax import writers
 from ankle_jax.data import augment
 from ankle_jax.evaluation import calibration
+from ankle_jax.evaluation import calibrators
 from ankle_jax.evaluation import metrics
 from ankle_jax.evaluation import predictions as predictions_lib
 from ankle_jax.evaluation import results as results_lib
@@ -870,10 +871,13 @@ def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
   assert out.operating_points == ()
   assert len(out.results) == 1 * 2 * 2 * 1
   check_results_recomputable(str(tmp_path / 'out'), 50, 0)
-  # No validation: no temperature, the metrics before scaling only.
+  # No validation: no calibrator (and why), calibrated = raw.
   block = next(iter(out.calibration.blocks.values()))
-  assert block['temperature'] is None and block['ece_calibrated'] is None
-  assert block['ece'] is not None
+  assert block['temperature'] is None and block['fitted_on'] is None
+  assert not block['calibrator']['applied']
+  assert block['calibrator']['reason'] == calibrators.NO_VALIDATION
+  assert block['ece'] is not None and block['ece_calibrated'] == block['ece']
+  assert block['ece_debiased_change'] == 0.0
 
 
 # ------------------------------------------------------------ calibration
@@ -913,15 +917,22 @@ def check_calibration_from_the_csvs(out_dir):
         if r[0] == e['members'][0] and r[1] in parts
     ]
     y, p, p_cal = (np.array([r[i] for r in mine]) for i in (2, 3, 4))
-    t = block['temperature']
-    np.testing.assert_allclose(
-        p_cal, special.expit(calibration.logit(p) / t), rtol=1e-12
-    )
+    cal = block['calibrator']
+    want = p
+    if cal['applied']:
+      want = special.expit(
+          cal['slope'] * calibrators.logit(p) + cal['intercept']
+      )
+    np.testing.assert_allclose(p_cal, want, rtol=1e-12)
     for name, q in (('', p), ('_calibrated', p_cal)):
       assert block['ece' + name] == pytest.approx(calibration.ece(q, y))
       assert block['brier' + name] == pytest.approx(sk.brier_score_loss(y, q))
-      lo, hi = block['ci95']['ece' + name]
-      assert lo <= block['ece' + name] <= hi
+      for metric in ('ece', 'ece_debiased', 'brier'):
+        lo, hi = block['ci95'][metric + name]
+        assert lo <= block[metric + name] <= hi
+      assert block['ece_debiased' + name] == pytest.approx(
+          calibration.ece_debiased(q, y)
+      )
     assert block['fitted_on'] == 'validation'
     assert block['in_sample'] == (e['split'] != 'test')
     checked += 1
@@ -934,7 +945,7 @@ def test_calibration_recomputable_from_the_csvs(fake_evaluation):
   assert check_calibration_from_the_csvs(out_dir) == 36
   assert os.path.getsize(os.path.join(out_dir, 'reliability.png')) > 0
   report = _read_text(out_dir, 'report.md')
-  assert '## Calibration' in report and 'ECE scaled' in report
+  assert '## Calibration' in report and 'ECE debiased calibrated' in report
 
 
 def _patch_datasets(monkeypatch, datasets):
@@ -999,7 +1010,10 @@ def test_external_test_set_takes_validation_from_the_runs_own_dataset(
   assert summary['validation_source'] == own
   assert f"runs' own dataset, {own}" in _read_text(out_dir, 'report.md')
   results = json.loads(_read_text(out_dir, 'results.json'))
-  assert all(e['calibration']['temperature'] for e in main_entries(results))
+  assert all(
+      e['calibration']['fitted_on'] == 'validation'
+      for e in main_entries(results)
+  )
   # On the run's own dataset nothing changes: no validation_source.
   out = evaluate.evaluate_runs(
       [run_dir], split='test', out_dir=out_dir, num_bootstrap=50, html=False

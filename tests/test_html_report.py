@@ -289,11 +289,21 @@ def test_html_sections_figures_tables_and_gallery(synthetic, tmp_path):
   # The Headline's calibration under its reliability diagram.
   h = ev.headline
   reliability = text.split('id="reliability"')[1].split('</section>')[0]
-  temperature = ev.calibration.temperatures[(h.members, 'case')]
-  assert f'<td>{temperature:.3f}</td>' in reliability
+  calibrator = ev.calibration.calibrators[(h.members, 'case')]
+  label = format_lib.calibrator_label(calibrator.to_json())
+  assert f'<td>{format_lib.inline_html(label)}</td>' in reliability
   block = ev.calibration.blocks[ResultKey(h.members, 'test', 'case', 'soft')]
-  cell = format_lib.format_value(block['ece'], block['ci95']['ece'])
-  assert f'<td>{cell}</td>' in reliability
+  for name in ('ece_debiased', 'ece_debiased_calibrated', 'ece'):
+    cell = format_lib.format_value(block[name], block['ci95'][name])
+    assert f'<td>{cell}</td>' in reliability
+  # 40 test cases: too few to judge calibration, said next to the numbers.
+  assert block['too_few_cases'] and 'too few cases to judge' in reliability
+  # The gallery shows each error's calibrated probability beside the raw.
+  for e in gallery:
+    assert e.probability_calibrated == pytest.approx(
+        float(calibrator.apply(e.probability))
+    )
+    assert f', calibrated {e.probability_calibrated:.3f} case' in text
   subgroups = text.split('id="subgroups"')[1].split('</section>')[0]
   assert (
       'num_views = 1' in subgroups and '<th>Fracture / normal</th>' in subgroups
@@ -310,33 +320,38 @@ def test_html_without_gallery_and_no_html_removes_an_old_page(
   assert not os.path.exists(path)
 
 
-def _card_temperatures(card: str) -> dict[tuple[str, str, str], str]:
-  """(split, model, views) -> the T cell of the card's calibration table
-  ('(fitted here)' dropped from the split)."""
+def _card_calibrators(card: str) -> dict[tuple[str, str, str], list[str]]:
+  """(split, model, views) -> the cells after them of the card's
+  calibration table (the first: the calibrator, the last: the note)."""
   calibration = card.split('## Calibration\n')[1].split('\n## ')[0]
   rows = [r for r in calibration.splitlines() if r.startswith('|')]
   header = [c.strip() for c in rows[0].strip('|').split('|')]
-  assert header[:4] == ['Split', 'Model', 'Views', 'T'], header
+  assert header[:4] == ['Split', 'Model', 'Views', 'Calibrator'], header
   cells = [[c.strip() for c in r.strip('|').split('|')] for r in rows[2:]]
-  return {
-      (c[0].removesuffix(' (fitted here)'), c[1], c[2]): c[3] for c in cells
-  }
+  return {(c[0], c[1], c[2]): c[3:] for c in cells}
 
 
-def _assert_card_shows_the_headline_temperatures(card: str, ev) -> None:
-  """The headline model's row of every split and level in the card's
-  calibration table shows the temperature the Evaluation fitted."""
+def _assert_card_shows_the_headline_calibrators(card: str, ev) -> None:
+  """The headline model's row of every split but the pooled one, at each
+  level, in the card's calibration table shows the calibrator the
+  Evaluation fitted, and the validation rows say they are in sample."""
   members = ev.headline.members
-  shown = _card_temperatures(card)
+  shown = _card_calibrators(card)
+  assert all(split != ev.pooled_split for split, _, _ in shown), shown
   for split in ev.counts:
     for level in ('image', 'case'):
-      if ResultKey(members, split, level, 'soft') not in ev.calibration.blocks:
+      key = ResultKey(members, split, level, 'soft')
+      if key not in ev.calibration.blocks or split == ev.pooled_split:
         continue
-      temperature = ev.calibration.temperatures[(members, level)]
-      want = 'n/a' if temperature is None else f'{temperature:.3f}'
+      calibrator = ev.calibration.calibrators[(members, level)]
       label = format_lib.members_label(members)
       row = (split, label, format_lib.LEVEL_TITLES[level])
-      assert shown.get(row) == want, (row, shown)
+      cells = shown.get(row)
+      assert cells, (row, shown)
+      assert cells[0] == format_lib.calibrator_label(calibrator.to_json())
+      in_sample = ev.calibration.blocks[key]['in_sample']
+      assert (format_lib.IN_SAMPLE in cells[-1]) == in_sample, row
+      assert in_sample == (split == 'validation'), row
   assert any(k[1] == format_lib.members_label(members) for k in shown)
 
 
@@ -345,7 +360,12 @@ def test_model_card_shows_calibration_and_subgroups(synthetic, tmp_path):
   h = ev.headline
   context = ReportContext(data_dir='/data', dataset_config='fracatlas')
   card = pathlib.Path(model_card.write(str(tmp_path), ev, context)).read_text()
-  _assert_card_shows_the_headline_temperatures(card, ev)
+  _assert_card_shows_the_headline_calibrators(card, ev)
+  # 40 test cases: the card says calibration cannot be judged, next to the
+  # numbers; chosen on validation, so no "same cases" warning.
+  calibration_text = card.split('## Calibration\n')[1].split('\n## ')[0]
+  assert 'too few cases to judge calibration' in calibration_text
+  assert format_lib.SAME_CASES not in card
   subgroups = card.split('## Subgroups\n')[1].split('\n## ')[0]
   rows = [r for r in subgroups.splitlines() if r.startswith(f'| {h.label} |')]
   assert rows and len(rows) == sum(
@@ -470,17 +490,18 @@ def test_model_card_numbers_come_from_results_json(fake_runs_evaluation):
   ):
     assert f'## {heading}\n' in card
   assert 'report.html#gallery' in card and 'not a medical device' in card
-  # The headline model's calibration rows show its temperatures, as the
+  # The headline model's calibration rows show its calibrators, as the
   # Evaluation fitted them and as results.json has them.
-  _assert_card_shows_the_headline_temperatures(card, ev)
-  shown = _card_temperatures(card)
+  _assert_card_shows_the_headline_calibrators(card, ev)
+  shown = _card_calibrators(card)
   label = format_lib.members_label(headline['members'])
   checked = 0
   for e in entries:
     if e['members'] == headline['members'] and e.get('calibration'):
       row = (e['split'], label, format_lib.LEVEL_TITLES[e['level']])
-      if e['subgroup'] is None and e['voting'] in ('soft', None):
-        assert shown[row] == f'{e["calibration"]["temperature"]:.3f}', row
+      if row in shown and e['voting'] in ('soft', None):
+        want = format_lib.calibrator_label(e['calibration']['calibrator'])
+        assert shown[row][0] == want, row
         checked += 1
   assert checked >= 2  # At least the reported split's two levels.
 

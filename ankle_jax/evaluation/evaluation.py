@@ -90,7 +90,7 @@ class Evaluation:
     headline: the one model the documents lead with (module docstring).
     operating_points: thresholds chosen on validation.
     counts: {split: SplitCounts}, the pooled split included.
-    calibration: the calibration blocks and temperatures.
+    calibration: the calibration blocks and calibrators.
     subgroups: the subgroups' entries (results.reported_members).
     num_subsets, num_bootstrap, seed, selection_metric: the settings.
     checkpoints: {run: CheckpointInfo}.

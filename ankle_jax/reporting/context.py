@@ -21,6 +21,8 @@ class ErrorCase:
     case_id: the dataset's case id.
     kind: 'false_negative' or 'false_positive'.
     probability: the case probability (soft vote of the members).
+    probability_calibrated: it by the Headline's case-level calibrator
+      (= probability where that is not applied); None when not given.
     view_index_v: int [V] the evaluated views, in view_index order.
     view_probs_v: float [V] each view's probability (the members' mean).
     thumbnails_vhw3: uint8 [V, T, T, 3] Grad-CAM overlays, None without.
@@ -32,6 +34,7 @@ class ErrorCase:
   view_index_v: tuple[int, ...]
   view_probs_v: tuple[float, ...]
   thumbnails_vhw3: np.ndarray | None = None
+  probability_calibrated: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

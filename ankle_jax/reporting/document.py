@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ankle_jax.evaluation import calibration
+from ankle_jax.evaluation import calibrators
 from ankle_jax.evaluation import voting
 from ankle_jax.evaluation.evaluation import Evaluation
 from ankle_jax.evaluation.predictions import VALIDATION
@@ -20,6 +21,7 @@ from ankle_jax.evaluation.results import PROTOCOLS
 from ankle_jax.evaluation.results import OperatingPoint
 from ankle_jax.evaluation.results import ResultKey
 from ankle_jax.reporting.format import LEVEL_TITLES
+from ankle_jax.reporting.format import SAME_CASES
 from ankle_jax.reporting.format import SUBGROUP_FOOTNOTE
 from ankle_jax.reporting.format import Table
 from ankle_jax.reporting.format import calibration_table
@@ -31,6 +33,7 @@ from ankle_jax.reporting.format import members_label
 from ankle_jax.reporting.format import metric_cells
 from ankle_jax.reporting.format import metric_headers
 from ankle_jax.reporting.format import run_label
+from ankle_jax.reporting.format import same_cases
 from ankle_jax.reporting.format import subgroup_table
 
 TITLE = '# Evaluation report'
@@ -57,7 +60,8 @@ def _headline_note(ev: Evaluation) -> list[Block]:
   return [
       f'Headline model: **{h.label}**, {h.rule}, reported on '
       f'`{h.reported_on}`: the model of the figures, the model card, the '
-      'error gallery and the console summary.',
+      'error gallery and the console summary.'
+      + (f' {SAME_CASES}' if same_cases(ev) else ''),
       '',
   ]
 
@@ -252,10 +256,36 @@ def _operating_points_section(ev: Evaluation) -> list[Block]:
 def _applied_to(split: str) -> str:
   if split == VALIDATION:
     return (
-        'reported on `validation` itself (in sample, so the scaled numbers '
-        'are optimistic: there is no other split to apply it to)'
+        'reported on `validation` itself (in sample, so the calibrated '
+        'numbers are optimistic: there is no other split to apply it to)'
     )
   return f'applied to `{split}`, never refitted there'
+
+
+def calibration_method(ev: Evaluation) -> str:
+  """How the calibrator is chosen and the metrics computed, in words
+  (report.md; the model card and report.html cite it)."""
+  lo, hi = calibrators.TEMPERATURE_BOUNDS
+  return (
+      'Calibrator of the soft-voted fracture probability p, z = logit(p), '
+      f'fitted on `validation` and {_applied_to(ev.split)}: temperature '
+      'scaling, sigmoid(z / T), or Platt scaling, sigmoid(a z + b) (its '
+      'intercept can undo the shift of training class weights), whichever '
+      'has the lower AIC on validation (2 x log-loss + 2 x parameters). It '
+      'is not applied (calibrated = raw; the table says why) when '
+      f'validation holds one class, is separable, or T leaves [{lo}, {hi}]. '
+      "ECE debiased: Kumar et al. (2019)'s debiased binned calibration "
+      'error (root mean square over equal-mass bins, about n / 15, at most '
+      f'{calibration.NUM_BINS}, less the sampling noise); ECE 15 bins: the '
+      'plain ECE (mean absolute gap) over '
+      f'{calibration.NUM_BINS} equal-width bins (biased upwards on small '
+      'sets); Brier: mean squared error of p; Change: calibrated - raw ECE '
+      'debiased, paired. 95% intervals: point -+ 1.96 SE of a case '
+      f'bootstrap ({ev.num_bootstrap} resamples), the calibrator refitted '
+      'on a resample of validation in each. Below '
+      f'{calibration.MIN_CASES} cases or {calibration.MIN_RARER_CLASS_CASES} '
+      f'of the rarer class: "{calibration.TOO_FEW_CASES}".'
+  )
 
 
 def _calibration_section(ev: Evaluation) -> list[Block]:
@@ -269,14 +299,10 @@ def _calibration_section(ev: Evaluation) -> list[Block]:
   return [
       '## Calibration',
       '',
-      'Temperature scaling of the soft-voted fracture probability: '
-      'p_T = sigmoid(logit(p) / T), T fitted on `validation` (minimum '
-      f'log-loss) and {_applied_to(ev.split)}; hard- '
-      'and soft-voting entries share it. ECE: '
-      f'{calibration.NUM_BINS} equal-width bins; Brier: mean squared error of p. '
-      f'95% intervals: case-level bootstrap ({ev.num_bootstrap} resamples). '
-      'All variants (adaptive ECE, slope, intercept) in results.json; the '
-      'diagram: reliability.png.',
+      calibration_method(ev)
+      + " All variants (adaptive ECE, slope, intercept, the calibrators' "
+      'parameters and AIC) in results.json; the diagram: reliability.png.'
+      + (f' {SAME_CASES}' if same_cases(ev) else ''),
       '',
       table,
       '',

@@ -1,6 +1,7 @@
 """The evaluation's data files, each written once: predictions.csv and
 case_predictions.csv (both ending with probability_calibrated: the
-probability at the run's own temperature at that level, empty without one),
+probability by the run's own calibrator at that level, the raw one where
+it is not applied, empty without one),
 results.json and summary.json. Probabilities are written exactly (repr).
 """
 
@@ -14,8 +15,8 @@ import os
 
 import numpy as np
 
-from ankle_jax.evaluation import calibration
 from ankle_jax.evaluation import voting
+from ankle_jax.evaluation.calibrators import Calibrator
 from ankle_jax.evaluation.evaluation import Evaluation
 from ankle_jax.evaluation.predictions import CALIBRATED_COLUMN
 from ankle_jax.evaluation.predictions import CASE_PREDICTION_COLUMNS
@@ -108,17 +109,17 @@ def _case_prediction_rows(
 def _calibrated(
     rows: Sequence[Sequence],
     column: int,
-    temperature_of: Mapping[str, float | None],
+    calibrator_of: Mapping[str, Calibrator | None],
 ) -> list[str]:
-  """Each row's probability (rows[:, column]) at its run's (column 0)
-  temperature, repr; '' where the run has none."""
-  temps = np.array(
-      [temperature_of.get(r[0]) or math.nan for r in rows], np.float64
-  )
-  calibrated = calibration.apply_temperature(
-      [float(r[column]) for r in rows], temps
-  )
-  return [repr(float(p)) if math.isfinite(p) else '' for p in calibrated]
+  """Each row's probability (rows[:, column]) by its run's (column 0)
+  calibrator, repr; '' where the run has none (calibrated = raw where it
+  is not applied)."""
+  out = []
+  for r in rows:
+    cal = calibrator_of.get(r[0])
+    p = math.nan if cal is None else float(cal.apply(float(r[column])))
+    out.append(repr(p) if math.isfinite(p) else '')
+  return out
 
 
 def _write_csv(path: str, header: Sequence[str], rows) -> None:
@@ -132,18 +133,18 @@ def write_prediction_csvs(
     out_dir: str,
     run_names: Sequence[str],
     predictions: Mapping[str, SplitPredictions],
-    temperatures: Mapping[tuple[tuple[str, ...], str], float | None],
+    calibrators: Mapping[tuple[tuple[str, ...], str], Calibrator],
 ) -> None:
   """OUT/predictions.csv and OUT/case_predictions.csv, each ending with
-  CALIBRATED_COLUMN: the run's own temperature (temperatures[((run,),
+  CALIBRATED_COLUMN: by the run's own calibrator (calibrators[((run,),
   level)], image / case level; '' where there is none)."""
   for name, rows_of, level in (
       (PREDICTIONS_FILE, _prediction_rows, 'image'),
       (CASE_PREDICTIONS_FILE, _case_prediction_rows, 'case'),
   ):
     header, rows = rows_of(run_names, predictions)
-    temperature_of = {r: temperatures.get(((r,), level)) for r in run_names}
-    calibrated = _calibrated(rows, header.index('probability'), temperature_of)
+    calibrator_of = {r: calibrators.get(((r,), level)) for r in run_names}
+    calibrated = _calibrated(rows, header.index('probability'), calibrator_of)
     _write_csv(
         os.path.join(out_dir, name),
         [*header, CALIBRATED_COLUMN],
@@ -154,7 +155,7 @@ def write_prediction_csvs(
 def write_predictions(out_dir: str, ev: Evaluation) -> None:
   """The evaluation's predictions CSVs (write_prediction_csvs)."""
   write_prediction_csvs(
-      out_dir, ev.run_names, ev.predictions, ev.calibration.temperatures
+      out_dir, ev.run_names, ev.predictions, ev.calibration.calibrators
   )
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import html
 import re
 
+from ankle_jax.evaluation import calibration
 from ankle_jax.evaluation import metrics as metrics_lib
 from ankle_jax.evaluation.evaluation import Evaluation
 from ankle_jax.evaluation.results import ResultEntry
@@ -126,16 +127,76 @@ def html_table(table: Table) -> str:
   return f'<table><tr>{head}</tr>{body}</table>'
 
 
+SAME_CASES = 'Selected and reported on the same cases: optimistic.'
+IN_SAMPLE = 'in sample (the calibrator was fitted on these cases)'
+CALIBRATION_HEADER = [
+    'Calibrator',
+    'ECE debiased',
+    'ECE debiased calibrated',
+    'Change',
+    'ECE 15 bins',
+    'ECE 15 bins calibrated',
+    'Brier',
+    'Brier calibrated',
+    'Note',
+]
+
+
+def same_cases(ev: Evaluation) -> bool:
+  """Whether the model was chosen (and calibrated) on the reported cases:
+  --split=validation, or no validation split."""
+  return ev.pooled_split == ev.split
+
+
+def calibrator_label(calibrator: dict) -> str:
+  """A calibration block's calibrator in words: 'temperature, T = 0.812',
+  'Platt, 1.03 z - 2.08', or 'not applied: <reason>'."""
+  if not calibrator['applied']:
+    return f'not applied: {calibrator["reason"]}'
+  if calibrator['temperature'] is not None:
+    return f'temperature, T = {calibrator["temperature"]:.3f}'
+  b = calibrator['intercept']
+  return (
+      f'Platt, {calibrator["slope"]:.3f} z {"-" if b < 0 else "+"} {abs(b):.3f}'
+  )
+
+
+def calibration_note(block: dict) -> str:
+  """IN_SAMPLE and TOO_FEW_CASES where they hold, else ''."""
+  notes = [IN_SAMPLE] if block['in_sample'] else []
+  if block['too_few_cases']:
+    notes.append(
+        f'{calibration.TOO_FEW_CASES} ({block["cases"]} cases, '
+        f'{block["rarer_class_cases"]} of the rarer class)'
+    )
+  return '; '.join(notes)
+
+
+def _calibration_row(block: dict) -> list[str]:
+  cells = [calibrator_label(block['calibrator'])]
+  for name in (
+      'ece_debiased',
+      'ece_debiased_calibrated',
+      'ece_debiased_change',
+      'ece',
+      'ece_calibrated',
+      'brier',
+      'brier_calibrated',
+  ):
+    cells.append(format_value(block[name], block['ci95'].get(name)))
+  return cells + [calibration_note(block)]
+
+
 def calibration_table(
     ev: Evaluation,
     members_list: Sequence[Sequence[str]],
     splits: Sequence[str] | None = None,
 ) -> Table:
   """Each members' calibration (soft-voted probability), single view and
-  case level: T, ECE and Brier before and after scaling. On the reported
-  split; with `splits`, on each of them, in a first column ('(fitted here)'
-  on the split the temperature was fitted on)."""
-  header = ['Model', 'Views', 'T', 'ECE', 'ECE scaled', 'Brier', 'Brier scaled']
+  case level: the calibrator, the debiased and 15-bin ECE and the Brier
+  score before and after it, the paired change of the debiased ECE, and a
+  note (IN_SAMPLE, TOO_FEW_CASES). On the reported split; with `splits`, on
+  each of them, in a first column."""
   rows = []
   for split in splits or [ev.split]:
     for members in members_list:
@@ -145,16 +206,12 @@ def calibration_table(
         )
         if b is None:
           continue
-        t = 'n/a' if b['temperature'] is None else f'{b["temperature"]:.3f}'
-        where = [split + (' (fitted here)' if b['fitted_on'] == split else '')]
         rows.append(
-            (where if splits else [])
-            + [members_label(members), LEVEL_TITLES[level], t]
-            + [
-                format_value(b[n], b['ci95'].get(n))
-                for n in ('ece', 'ece_calibrated', 'brier', 'brier_calibrated')
-            ]
+            ([split] if splits else [])
+            + [members_label(members), LEVEL_TITLES[level]]
+            + _calibration_row(b)
         )
+  header = ['Model', 'Views', *CALIBRATION_HEADER]
   return Table.of((['Split'] if splits else []) + header, rows)
 
 

@@ -9,7 +9,8 @@ lowest first, and the false positives, highest first (ties by case id), up
 to MAX_PER_KIND of each. Each case holds its evaluated views' Grad-CAM
 overlays (THUMBNAIL_PX; the mean of the members' maps; a multi-view member's
 maps show its case evidence, saliency.make_case_grad_cam) and each view's
-probability (the members' mean, as at single-view level).
+probability (the members' mean, as at single-view level); the case
+probability also by the Headline's case-level calibrator.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def find_errors(
   cases = preds.cases()
   case_d = ev.decisions(h.members, 'case', h.voting)
   view_d = ev.decisions(h.members, 'image', 'soft')
+  calibrated_c = ev.calibration.calibrators[(h.members, 'case')].apply(
+      case_d.scores
+  )
   out = []
   for kind, label, sign in (
       ('false_negative', 1, 1),
@@ -59,6 +63,7 @@ def find_errors(
               case_id=str(cases.case_ids_c[c]),
               kind=kind,
               probability=float(case_d.scores[c]),
+              probability_calibrated=float(calibrated_c[c]),
               view_index_v=tuple(int(v) for v in preds.view_index_v[views]),
               view_probs_v=tuple(float(p) for p in view_d.scores[views]),
           )

@@ -39,11 +39,13 @@ from ankle_jax.reporting import plots
 from ankle_jax.reporting.context import MAX_PER_KIND
 from ankle_jax.reporting.context import ErrorCase
 from ankle_jax.reporting.context import ReportContext
+from ankle_jax.reporting.format import SAME_CASES
 from ankle_jax.reporting.format import Table
 from ankle_jax.reporting.format import calibration_table
 from ankle_jax.reporting.format import html_table
 from ankle_jax.reporting.format import inline_html
 from ankle_jax.reporting.format import members_label
+from ankle_jax.reporting.format import same_cases
 from ankle_jax.reporting.format import subgroup_table
 
 HTML_FILE = 'report.html'
@@ -140,7 +142,10 @@ def _reliability_body(ev: Evaluation) -> str:
   table = calibration_table(ev, [h.members])
   caption = (
       f'<p>{inline_html(f"Headline model **{h.label}**, {h.rule}, on `{ev.split}`")}'
-      ': temperature scaling of its probability.</p>'
+      f': its probability before and after calibration. '
+      f'{inline_html(document.calibration_method(ev))}'
+      + (f' {SAME_CASES}' if same_cases(ev) else '')
+      + '</p>'
   )
   return _figure(ev, 'reliability.png', 'reliability diagram') + (
       caption + html_table(table) if table.rows else ''
@@ -152,6 +157,13 @@ def _subgroups_body(ev: Evaluation) -> str:
   if not table.rows:
     return '<p class="note">No subgroup results in this evaluation.</p>'
   return html_table(table)
+
+
+def _calibrated_html(error: ErrorCase) -> str:
+  """', calibrated 0.123' beside the raw probability ('' without one)."""
+  if error.probability_calibrated is None:
+    return ''
+  return f', calibrated {error.probability_calibrated:.3f}'
 
 
 def _case_html(rank: int, error: ErrorCase) -> str:
@@ -168,9 +180,11 @@ def _case_html(rank: int, error: ErrorCase) -> str:
   case_id = html.escape(error.case_id)
   return (
       f'<div class="case {error.kind}" data-kind="{error.kind}" '
-      f'data-case-id="{case_id}" data-probability="{error.probability!r}">'
+      f'data-case-id="{case_id}" data-probability="{error.probability!r}" '
+      f'data-probability-calibrated="{error.probability_calibrated!r}">'
       f'<div class="head">#{rank} <b>p(fracture) = {error.probability:.3f}'
-      f'</b> case <code>{case_id}</code></div>{"".join(views)}</div>'
+      f'</b>{_calibrated_html(error)} case <code>{case_id}</code></div>'
+      f'{"".join(views)}</div>'
   )
 
 

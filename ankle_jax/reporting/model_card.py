@@ -18,7 +18,9 @@ from ankle_jax.evaluation import voting
 from ankle_jax.evaluation.evaluation import Evaluation
 from ankle_jax.evaluation.results import ResultKey
 from ankle_jax.reporting.context import ReportContext
+from ankle_jax.reporting.document import calibration_method
 from ankle_jax.reporting.format import LEVEL_TITLES
+from ankle_jax.reporting.format import SAME_CASES
 from ankle_jax.reporting.format import SUBGROUP_FOOTNOTE
 from ankle_jax.reporting.format import Table
 from ankle_jax.reporting.format import calibration_table
@@ -28,6 +30,7 @@ from ankle_jax.reporting.format import has_small_subgroup
 from ankle_jax.reporting.format import markdown_table
 from ankle_jax.reporting.format import metric_cells
 from ankle_jax.reporting.format import metric_headers
+from ankle_jax.reporting.format import same_cases
 from ankle_jax.reporting.format import subgroup_table
 
 MODEL_CARD_FILE = 'MODEL_CARD.md'
@@ -197,6 +200,7 @@ def _metrics(ev: Evaluation) -> list[str]:
       f'{voting.THRESHOLD}; 95% intervals in brackets (Wilson for '
       'proportions, DeLong for ROC AUC; report.md says more).',
       '',
+      *_same_cases(ev),
       *markdown_table(metrics_table(ev)),
       '',
   ]
@@ -207,16 +211,24 @@ def _metrics(ev: Evaluation) -> list[str]:
   return lines
 
 
+def _same_cases(ev: Evaluation) -> list[str]:
+  """SAME_CASES as a paragraph where it holds, else nothing."""
+  return [SAME_CASES, ''] if same_cases(ev) else []
+
+
 def _calibration(ev: Evaluation) -> list[str]:
-  table = calibration_table(ev, [ev.headline.members], list(ev.counts))
+  """The Headline's calibration on each split but the pooled one (it holds
+  the validation cases the calibrator was fitted on)."""
+  splits = [s for s in ev.counts if s == ev.split or s != ev.pooled_split]
+  table = calibration_table(ev, [ev.headline.members], splits)
   if not table.rows:
     return ['## Calibration', '', 'Not computed in this evaluation.', '']
   return [
       '## Calibration',
       '',
-      'Temperature scaling fitted on validation and applied unchanged to '
-      'the other splits; ECE over 15 equal-width bins of p(fracture).',
+      calibration_method(ev),
       '',
+      *_same_cases(ev),
       *markdown_table(table),
       '',
   ]

@@ -1,8 +1,9 @@
 """The evaluation's figures as matplotlib Figures, all of the Headline on
 the reported split (shared by reporting.figures, which saves them, and
 reporting.html, which embeds them; no writer itself):
-  reliability  the Headline's case probability before and after temperature
-               scaling (NUM_BINS equal-width bins), a histogram under it;
+  reliability  the Headline's case probability before and after its
+               calibrator (equal-mass bins, fewer for small n, with counts
+               and Wilson intervals), a histogram under it;
   roc          single-view and case-level ROC of the Headline's members, each
                with a case-bootstrap band and their operating points;
   confusion    the Headline's confusion matrices at single-view and case
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import io
+import textwrap
 
 from matplotlib.figure import Figure
 import numpy as np
@@ -25,6 +27,7 @@ from ankle_jax.evaluation import voting
 from ankle_jax.evaluation.evaluation import Evaluation
 from ankle_jax.evaluation.results import OperatingPoint
 from ankle_jax.evaluation.results import ResultKey
+from ankle_jax.reporting import format as format_lib
 from ankle_jax.reporting.format import LEVEL_TITLES
 from ankle_jax.reporting.format import format_threshold
 from ankle_jax.reporting.format import format_value
@@ -44,60 +47,88 @@ def _headline_title(ev: Evaluation) -> str:
 
 def reliability(ev: Evaluation) -> Figure:
   """Reliability diagram of the Headline at case level (observed fracture
-  rate against mean probability, before and after scaling), with a
+  rate against mean probability, before and after its calibrator), with a
   histogram of the probabilities under it."""
   h = ev.headline
   d = ev.decisions(h.members, 'case', 'soft')
-  temperature = ev.calibration.temperatures[(h.members, 'case')]
-  scaled = (
-      None
-      if temperature is None
-      else calibration.apply_temperature(d.scores, temperature)
-  )
-  t = (
-      'no validation: not scaled'
-      if temperature is None
-      else f'T = {temperature:.3g}, fitted on validation'
-  )
+  calibrator = ev.calibration.calibrators[(h.members, 'case')]
+  calibrated = calibrator.apply(d.scores) if calibrator.applied else None
+  label = format_lib.calibrator_label(calibrator.to_json())
+  block = ev.calibration.blocks.get(h.key)
+  note = format_lib.calibration_note(block) if block else ''
   return _reliability_figure(
       d.scores,
-      scaled,
+      calibrated,
       d.labels,
-      f'{_headline_title(ev)}\nall views (case), on {ev.split} ({t})',
+      '\n'.join(
+          [_headline_title(ev), f'all views (case), on {ev.split}']
+          + textwrap.wrap(label, 90)
+          + textwrap.wrap(note, 90)
+      ),
   )
+
+
+def _reliability_bins(probs, labels, bins, num_bins: int):
+  """(mean p, observed rate, Wilson lo, Wilson hi, count), each [bins
+  holding items], of the equal-mass bins."""
+  count = np.bincount(bins, minlength=num_bins)
+  seen = count > 0
+  positives = np.bincount(bins, labels, num_bins)[seen]
+  mean_p = np.bincount(bins, probs, num_bins)[seen] / count[seen]
+  wilson = np.array(
+      [
+          metrics_lib.wilson_interval(int(k), int(n))
+          for k, n in zip(positives, count[seen])
+      ]
+  )
+  rate = positives / count[seen]
+  return mean_p, rate, wilson[:, 0], wilson[:, 1], count[seen]
 
 
 def _reliability_figure(probs, probs_calibrated, labels, title: str) -> Figure:
-  """Reliability diagram (calibration.NUM_BINS equal-width bins: observed fracture rate
-  against mean probability, before and after scaling), with a histogram of
-  the probabilities under it."""
+  """Reliability diagram over calibration.adaptive_num_bins(n) equal-mass
+  bins (fewer for small n): observed fracture rate with its Wilson 95%
+  interval against mean probability, each bin's count written beside it,
+  before and after calibration; a histogram of the probabilities under it."""
   fig = Figure(figsize=(5.5, 6.5), dpi=FIGURE_DPI)
   top, bottom = fig.subplots(
       2, 1, sharex=True, gridspec_kw={'height_ratios': [3, 1]}
   )
-  y = np.asarray(labels, np.float64)
-  edges = np.linspace(0.0, 1.0, calibration.NUM_BINS + 1)
+  p_raw, y = np.asarray(probs, np.float64), np.asarray(labels, np.float64)
+  num_bins = calibration.adaptive_num_bins(p_raw.size)
+  bins = calibration.equal_mass_bins(p_raw, num_bins)  # kept by calibration
   top.plot([0, 1], [0, 1], 'k:', lw=0.8, label='perfectly calibrated')
-  variants = [('before', probs, 'tab:blue')]
+  variants = [('before', p_raw, 'tab:blue')]
   if probs_calibrated is not None:
-    variants.append(('after temperature scaling', probs_calibrated, 'tab:red'))
+    variants.append(('calibrated', probs_calibrated, 'tab:red'))
   for name, p, color in variants:
     p = np.asarray(p, np.float64)
-    bins = calibration.equal_width_bins(p)
-    count = np.bincount(bins, minlength=calibration.NUM_BINS)
-    seen = count > 0
-    mean_p = np.bincount(bins, p, calibration.NUM_BINS)[seen] / count[seen]
-    rate = np.bincount(bins, y, calibration.NUM_BINS)[seen] / count[seen]
-    top.plot(
+    mean_p, rate, lo, hi, count = _reliability_bins(p, y, bins, num_bins)
+    top.errorbar(
         mean_p,
         rate,
-        'o-',
+        yerr=np.maximum([rate - lo, hi - rate], 0.0),  # rounding at 0, 1
+        fmt='o-',
         color=color,
-        label=f'{name} (ECE ' f'{calibration.ece(p, y):.3f})',
+        capsize=2,
+        label=f'{name} (ECE debiased {calibration.ece_debiased(p, y):.3f})',
     )
-    bottom.hist(p, bins=edges, histtype='step', color=color, lw=1.2)
+    for x, r, n in zip(mean_p, rate, count):
+      top.annotate(
+          str(n),
+          (x, r),
+          fontsize=6,
+          color=color,
+          xytext=(3, -8),
+          textcoords='offset points',
+      )
+    bottom.hist(p, bins=np.linspace(0, 1, 21), histtype='step', color=color)
   top.set(xlim=(0, 1), ylim=(0, 1), ylabel='observed fracture rate')
-  top.set_title(title, fontsize=8)
+  top.set_title(
+      f'{title}\n{num_bins} equal-mass bins (count beside each), '
+      'Wilson 95% intervals',
+      fontsize=7,
+  )
   top.legend(loc='upper left', fontsize=7)
   bottom.set(xlabel='predicted fracture probability', ylabel='count')
   fig.tight_layout()
