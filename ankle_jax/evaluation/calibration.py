@@ -24,7 +24,7 @@ Metrics of probabilities p [n] and labels y [n] (1 = fracture):
     intercept), z = logit(p) ((1, 0) when calibrated; slope < 1: over-
     confident).
 Intervals (95%): normal bootstrap intervals, point -+ z * SE of the case
-bootstrap (ankle_jax.evaluation.metrics, the same resamples as ROC AUC's),
+bootstrap (ankle_jax.evaluation.metrics.bootstrap_weights, resampling cases),
 clipped at 0 for the errors; they contain their point estimate by
 construction (ece_debiased's on the squared scale, then the root). The
 calibrated metrics' resamples pair each resample of the reported split with
