@@ -22,8 +22,8 @@ orbax's async checkpointing): `save_latest` and `save_best` return once the
 arrays are on their way to the host, and orbax writes and commits the step in
 a background thread; the next save, `wait` and `close` wait for it (a
 state with a non-finite loss is never handed to `save_latest`: the training
-loop checks first). A step directory appears only
-when complete (orbax writes into a temporary directory, then renames it).
+loop checks first). A step directory appears only when complete, digests
+included (orbax writes into a temporary directory, then renames it).
 With several processes, every process calls the saves and restores: orbax
 writes one checkpoint cooperatively (the state is replicated, so it does not
 depend on the number of processes: a checkpoint of 2 processes restores in 1,
@@ -328,9 +328,9 @@ class RunCheckpoints:
       items: Mapping[str, Any],
       arrays: Any,
   ) -> None:
-    """Starts saving `items` ({item: orbax save args}) and the digests of `arrays` (the pytree saved),
-    replacing an existing `step`, once the manager's previous save is
-    committed; failures -> CheckpointWriteError.
+    """Starts saving `items` ({item: orbax save args}) and the digests of
+    `arrays` (the pytree saved), replacing an existing `step`, once the
+    manager's previous save is committed; failures -> CheckpointWriteError.
 
     A step can already exist when a killed run is replayed from an older
     checkpoint (e.g. killed between the best and the latest save of one step);

@@ -318,6 +318,32 @@ def validate_and_select(
   return loop, {**val, 'best_step': loop.best_step}
 
 
+def validate_and_save(
+    setup: Setup,
+    state: state_lib.TrainState,
+    loop: validation.LoopState,
+    clock: cadence_lib.Clock,
+    step: int,
+    record: dict[str, Any],
+    bar: Any,
+) -> tuple[validation.LoopState, cadence_lib.Clock]:
+  """At a checked `step`: validates if due (`validate_and_select`), writes
+  `record` (the train record, if any) with the validation metrics, then
+  starts saving the latest checkpoint if due or if the run stops early.
+  Returns the loop and the cadence's clock after it."""
+  due, clock = cadence_lib.decide(setup.cadence, clock, step, time.monotonic())
+  if due.evaluate:
+    loop, val = validate_and_select(setup, state, loop, step, bar)
+    record = {**record, **val}
+  if record:
+    setup.writer.write_scalars(step, record)
+  if due.checkpoint or (due.evaluate and loop.stopped_early):
+    state_lib.save_latest(
+        setup.ckpts, step, state, setup.train_iter, loop.to_json()
+    )
+  return loop, clock
+
+
 def train_record(
     setup: Setup,
     history: Sequence[tuple[int, Any]],
@@ -426,20 +452,9 @@ def train_and_evaluate(
       if schedule.due(step, schedule.log_every) and history:
         record = train_record(setup, history, step, log_step, now - log_time)
         history, log_time, log_step = [], now, step
-      due, clock = cadence_lib.decide(
-          setup.cadence, clock, step, time.monotonic()
+      loop, clock = validate_and_save(
+          setup, state, loop, clock, step, record, bar
       )
-      save = due.checkpoint
-      if due.evaluate:
-        loop, val = validate_and_select(setup, state, loop, step, bar)
-        record.update(val)
-        save = save or loop.stopped_early
-      if record:
-        writer.write_scalars(step, record)
-      if save:
-        state_lib.save_latest(
-            ckpts, step, state, setup.train_iter, loop.to_json()
-        )
   except BaseException:
     ckpts.close(raise_errors=False)  # The saves started finish first.
     raise
