@@ -370,8 +370,10 @@ def finish(
     loop: validation.LoopState,
     seconds: float,
 ) -> dict[str, Any]:
-  """The run summary (the chief writes summary.json); closes the records and
-  checkpoints. seconds: this launch's training wall time."""
+  """Waits for the checkpoint saves and closes them, then the run summary
+  (the chief writes summary.json: once every checkpoint is on disk); closes
+  the records. seconds: this launch's training wall time."""
+  setup.ckpts.close()
   summary = records.run_summary(
       final_step=int(jax.device_get(state.step)),
       num_train_steps=setup.schedule.num_train_steps,
@@ -383,7 +385,6 @@ def finish(
   if sharding.is_chief():
     writers.write_summary(setup.workdir, summary)
   setup.writer.close()
-  setup.ckpts.close()
   return summary
 
 
