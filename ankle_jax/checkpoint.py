@@ -10,23 +10,29 @@ Layout under a run's workdir:
                  data order on resume;
       loop       the loop's own state (JSON, training.validation.LoopState): best validation
                  so far, early stopping;
-      sha256.json  a SHA-256 of every saved array (DIGEST_FILE).
+      sha256.json  a SHA-256 of every saved array (DIGEST_FILE, written by
+                 the item 'digests', whose own directory stays empty).
   checkpoints/best/<step>/    the single best checkpoint by the chosen metric:
       variables  {'params', 'batch_stats'};
       meta       JSON {'step', 'metrics'};
       sha256.json.
 
-Saves are synchronous, so a checkpoint on disk is always complete; a state with
-a non-finite loss is never handed to `save_latest` (the training loop checks first).
+Saves of a training run are asynchronous (RunCheckpoints(asynchronous=True),
+orbax's async checkpointing): `save_latest` and `save_best` return once the
+arrays are on their way to the host, and orbax writes and commits the step in
+a background thread; the next save, `wait` and `close` wait for it (a
+state with a non-finite loss is never handed to `save_latest`: the training
+loop checks first). A step directory appears only when complete, digests
+included (orbax writes into a temporary directory, then renames it).
 With several processes, every process calls the saves and restores: orbax
 writes one checkpoint cooperatively (the state is replicated, so it does not
 depend on the number of processes: a checkpoint of 2 processes restores in 1,
 and the reverse), and process 0 writes the JSON items and the digests.
 
-Integrity: orbax keeps no checksums, so a flipped bit in an array's data file
-would restore silently as a wrong weight. After each save, process 0 writes
-the SHA-256 of every array's bytes beside it (`sha256.json`), and a restore
-recomputes them from what it read: a mismatch makes the step unreadable (below).
+Integrity (checkpoint_digests): each step holds the SHA-256 of every array's
+bytes (`sha256.json`, hashed in orbax's background thread and committed with
+the step), and a restore recomputes them from what it read: a mismatch makes
+the step unreadable (below).
 A checkpoint without the file (older runs) restores unverified, with one
 WARNING per run and process (however many restores) naming the step
 directory; new saves (e.g. continuing training) write digests.
@@ -41,13 +47,13 @@ Faults:
     unreadable step directories are moved to `checkpoints/unreadable/` so they
     are not picked up again.
   * A save that fails (disk full, directory not writable) raises
-    `CheckpointWriteError` naming the directory and the step.
+    `CheckpointWriteError` naming the directory and the step: from the save
+    itself, or, when the background write fails, from the next save, `wait`
+    or `close`.
 """
 
-import base64
 from collections.abc import Callable, Iterator, Mapping, Sequence
 import contextlib
-import hashlib
 import json
 import logging as py_logging
 import os
@@ -62,6 +68,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ankle_jax import checkpoint_digests
+from ankle_jax import checkpoint_iterators
 from ankle_jax import sharding
 from ankle_jax import writers
 
@@ -74,10 +82,17 @@ UNREADABLE_DIR = 'checkpoints/unreadable'
 # docs/paper.md, section 2).
 CHECKPOINT_CHOICES = ('best', 'latest')
 DEFAULT_CHECKPOINT = 'best'
-# In each step directory: {'arrays': {path: {'sha256', 'dtype', 'shape'}}}.
-DIGEST_FILE = 'sha256.json'
-# Runs already warned about restoring without DIGEST_FILE (once per run).
-_UNVERIFIED_RUNS_WARNED: set[str] = set()
+# The digests of a step's arrays (checkpoint_digests), named here too for the
+# modules and tests that know this module.
+DIGEST_FILE = checkpoint_digests.DIGEST_FILE
+CheckpointIntegrityError = checkpoint_digests.CheckpointIntegrityError
+verify_digests = checkpoint_digests.verify_digests
+# The data iterator states (checkpoint_iterators), named here too.
+encode_iterator_state = checkpoint_iterators.encode_iterator_state
+decode_iterator_state = checkpoint_iterators.decode_iterator_state
+encode_iterator_states = checkpoint_iterators.encode_iterator_states
+decode_iterator_states = checkpoint_iterators.decode_iterator_states
+iterator_state_for = checkpoint_iterators.iterator_state_for
 
 
 class CheckpointWriteError(OSError):
@@ -88,17 +103,13 @@ class CheckpointReadError(ValueError):
   """No checkpoint of a directory could be read back."""
 
 
-class CheckpointIntegrityError(ValueError):
-  """Restored arrays differ from the digests written when they were saved."""
-
-
 def _absolute(path: epath.PathLike) -> epath.Path:
   """Orbax needs absolute directories; runs are often given relative ones."""
   return epath.Path(os.path.abspath(os.fspath(path)))
 
 
 def _options(
-    max_to_keep: int, read_only: bool = False
+    max_to_keep: int, read_only: bool = False, asynchronous: bool = False
 ) -> ocp.CheckpointManagerOptions:
   # cleanup_tmp_directories: remove the unfinished saves of a killed run on
   # restart.
@@ -106,178 +117,40 @@ def _options(
       max_to_keep=max_to_keep,
       create=not read_only,
       read_only=read_only,
-      enable_async_checkpointing=False,
+      enable_async_checkpointing=asynchronous and not read_only,
       cleanup_tmp_directories=not read_only,
   )
 
 
 def _latest_manager(
-    workdir: epath.PathLike, keep: int = 3, read_only: bool = False
+    workdir: epath.PathLike,
+    keep: int = 3,
+    read_only: bool = False,
+    asynchronous: bool = False,
 ) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       _absolute(workdir) / LATEST_DIR,
-      options=_options(keep, read_only),
+      options=_options(keep, read_only, asynchronous),
       item_handlers={
           'state': ocp.PyTreeCheckpointHandler(),
           'data_iter': ocp.JsonCheckpointHandler(),
           'loop': ocp.JsonCheckpointHandler(),
+          checkpoint_digests.DIGEST_ITEM: checkpoint_digests.DigestHandler(),
       },
   )
 
 
 def _best_manager(
-    workdir: epath.PathLike, read_only: bool = False
+    workdir: epath.PathLike, read_only: bool = False, asynchronous: bool = False
 ) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       _absolute(workdir) / BEST_DIR,
-      options=_options(1, read_only),
+      options=_options(1, read_only, asynchronous),
       item_handlers={
           'variables': ocp.PyTreeCheckpointHandler(),
           'meta': ocp.JsonCheckpointHandler(),
+          checkpoint_digests.DIGEST_ITEM: checkpoint_digests.DigestHandler(),
       },
-  )
-
-
-def encode_iterator_state(state: Any) -> dict[str, Any]:
-  """A grain iterator state (bytes or a JSON-able dict) as storable JSON."""
-  if state is None:
-    return {'kind': 'none'}
-  if isinstance(state, (bytes, bytearray)):
-    return {
-        'kind': 'bytes',
-        'value': base64.b64encode(bytes(state)).decode('ascii'),
-    }
-  return {'kind': 'json', 'value': json.loads(json.dumps(state))}
-
-
-def decode_iterator_state(encoded: Mapping[str, Any]) -> Any:
-  """Inverse of `encode_iterator_state`."""
-  kind = encoded.get('kind')
-  if kind == 'none':
-    return None
-  if kind == 'bytes':
-    return base64.b64decode(encoded['value'])
-  if kind == 'json':
-    return encoded['value']
-  raise ValueError(f'unknown data iterator state kind {kind!r} in checkpoint')
-
-
-def encode_iterator_states(states: Sequence[Any]) -> dict[str, Any]:
-  """Every process's grain iterator state (in process order) as JSON."""
-  return {
-      'kind': 'per_process',
-      'states': [encode_iterator_state(state) for state in states],
-  }
-
-
-def decode_iterator_states(encoded: Mapping[str, Any]) -> list[Any]:
-  """Inverse of `encode_iterator_states`; a single state (checkpoints of
-  single-process runs before the per-process format) becomes a list of one."""
-  if encoded.get('kind') == 'per_process':
-    return [decode_iterator_state(state) for state in encoded['states']]
-  return [decode_iterator_state(encoded)]
-
-
-def iterator_state_for(
-    states: Sequence[Any], process_index: int, process_count: int
-) -> Any:
-  """This process's iterator state among a checkpoint's `states`.
-
-  The same number of processes: its own. A different number: the common state
-  when all are equal (the loaders' state counts global batches, so it does not
-  depend on the number of processes).
-
-  Raises:
-    ValueError: the states differ and the process count changed.
-  """
-  if len(states) == process_count:
-    return states[process_index]
-  if all(state == states[0] for state in states):
-    return states[0]
-  raise ValueError(
-      f'the checkpoint holds the data iterator states of {len(states)} '
-      f'processes, which differ, so they cannot resume {process_count} '
-      f'processes; restart with {len(states)} processes'
-  )
-
-
-def _path_name(path: Sequence[Any]) -> str:
-  """'params/conv1/kernel': a pytree path by its keys, the same whether a
-  level is a dict, a list or a NamedTuple (orbax restores the latter two as
-  dicts when no target is given)."""
-  names = []
-  for key in path:
-    for attr in ('key', 'idx', 'name'):
-      if hasattr(key, attr):
-        names.append(str(getattr(key, attr)))
-        break
-    else:
-      names.append(str(key))
-  return '/'.join(names)
-
-
-def array_digests(tree: Any) -> dict[str, dict[str, Any]]:
-  """{path: {'sha256', 'dtype', 'shape'}} of every array of `tree` (jax arrays,
-  replicated or on one process's devices, or numpy), hashed over its C-order
-  host bytes."""
-  digests = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    value = np.ascontiguousarray(jax.device_get(leaf))
-    digests[_path_name(path)] = {
-        'sha256': hashlib.sha256(value.tobytes()).hexdigest(),
-        'dtype': str(value.dtype),
-        'shape': list(value.shape),
-    }
-  return digests
-
-
-def write_digests(step_dir: epath.Path, tree: Any) -> None:
-  """Writes DIGEST_FILE of `tree` into a saved step's directory (atomically:
-  a temporary file, then a rename)."""
-  payload = json.dumps({'arrays': array_digests(tree)}, indent=1)
-  temporary = step_dir / f'{DIGEST_FILE}.tmp'
-  temporary.write_text(payload)
-  temporary.rename(step_dir / DIGEST_FILE)
-
-
-def verify_digests(step_dir: epath.Path, tree: Any) -> None:
-  """Checks restored arrays against the step's DIGEST_FILE (none: no check,
-  and a warning once per run).
-
-  Raises:
-    CheckpointIntegrityError: an array is missing or differs, naming it.
-  """
-  path = step_dir / DIGEST_FILE
-  if not path.exists():
-    _warn_unverified_once(step_dir)
-    return
-  expected = json.loads(path.read_text())['arrays']
-  actual = array_digests(tree)
-  bad = sorted(
-      name
-      for name, digest in expected.items()
-      if actual.get(name, {}).get('sha256') != digest['sha256']
-  )
-  if bad:
-    raise CheckpointIntegrityError(
-        f'{len(bad)} of {len(expected)} arrays of {step_dir} differ from the '
-        f'SHA-256 written when they were saved (first: {bad[0]}); the files '
-        'were altered or corrupted on disk'
-    )
-
-
-def _warn_unverified_once(step_dir: epath.Path) -> None:
-  """Warns once per run (step_dir: <run>/checkpoints/<kind>/<step>)."""
-  run_dir = os.fspath(_absolute(step_dir).parent.parent.parent)
-  if run_dir in _UNVERIFIED_RUNS_WARNED:
-    return
-  _UNVERIFIED_RUNS_WARNED.add(run_dir)
-  logging.warning(
-      'Checkpoint %s has no %s, so its arrays cannot be verified (saved '
-      'before digests were written); new saves, e.g. by continuing training, '
-      'write digests.',
-      step_dir,
-      DIGEST_FILE,
   )
 
 
@@ -299,6 +172,18 @@ def _describe(error: BaseException) -> str:
   """A one-line reason: the exception type and the first line of its message."""
   lines = str(error).strip().splitlines()
   return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+@contextlib.contextmanager
+def _write_errors(manager: ocp.CheckpointManager, step: int) -> Iterator[None]:
+  """Raises the errors of writing `step` as CheckpointWriteError."""
+  try:
+    yield
+  except Exception as e:  # orbax wraps OSErrors variously.
+    raise CheckpointWriteError(
+        f'could not write the checkpoint of step {step} to '
+        f'{manager.directory}: {_describe(e)}. {_write_failure_hint(e)}'
+    ) from e
 
 
 def _restore_newest_readable(
@@ -357,43 +242,80 @@ class RunCheckpoints:
       keep: int = 3,
       best_metric: str = 'val_accuracy',
       best_mode: str = 'max',
+      asynchronous: bool = False,
   ):
     """best_metric: the validation metric that picks the best checkpoint;
     best_mode: 'max' or 'min', which way it is better (the training side's
-    list of metrics, ankle_jax.training.validation, says)."""
+    list of metrics, ankle_jax.training.validation, says); asynchronous:
+    True returns from each save before it is written (the training loop;
+    `wait` waits for it), False once it is committed (the step directory
+    can be read at once)."""
     self.workdir = epath.Path(workdir)
     self.best_metric = best_metric
     self.best_mode = best_mode
-    self.latest = _latest_manager(self.workdir, keep=keep)
-    self.best = _best_manager(self.workdir)
+    self.asynchronous = asynchronous
+    self.latest = _latest_manager(
+        self.workdir, keep=keep, asynchronous=asynchronous
+    )
+    self.best = _best_manager(self.workdir, asynchronous=asynchronous)
+    # {manager directory: the step it may still be writing}.
+    self._pending: dict[str, int] = {}
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
   def _save(
-      self, manager: ocp.CheckpointManager, step: int, args: Any, arrays: Any
+      self,
+      manager: ocp.CheckpointManager,
+      step: int,
+      items: Mapping[str, Any],
+      arrays: Any,
   ) -> None:
-    """Saves synchronously, replacing an existing `step`, then (process 0)
-    the digests of `arrays`, the pytree saved; failures ->
-    CheckpointWriteError.
+    """Starts saving `items` ({item: orbax save args}) and the digests of
+    `arrays` (the pytree saved), replacing an existing `step`, once the
+    manager's previous save is committed; failures -> CheckpointWriteError.
 
     A step can already exist when a killed run is replayed from an older
     checkpoint (e.g. killed between the best and the latest save of one step);
     the replay computes the same values, so the old save is replaced.
     """
     step = int(step)
-    try:
+    self._wait(manager)
+    with _write_errors(manager, step):
       if step in manager.all_steps():
         manager.delete(step)
-      manager.save(step, args=args, force=True)
-      manager.wait_until_finished()
-      if sharding.is_chief():
-        write_digests(epath.Path(manager.directory) / str(step), arrays)
-    except Exception as e:  # orbax wraps OSErrors variously.
-      raise CheckpointWriteError(
-          f'could not write the checkpoint of step {step} to '
-          f'{manager.directory}: {_describe(e)}. {_write_failure_hint(e)}'
-      ) from e
+      manager.save(
+          step,
+          args=ocp.args.Composite(
+              **{
+                  **items,
+                  checkpoint_digests.DIGEST_ITEM: (
+                      checkpoint_digests.DigestSave(arrays)
+                  ),
+              }
+          ),
+          force=True,
+      )
+    self._pending[str(manager.directory)] = step
+    if not self.asynchronous:
+      self._wait(manager)
+
+  def _wait(self, manager: ocp.CheckpointManager) -> None:
+    """Waits until the manager's save (if any) is committed."""
+    step = self._pending.pop(str(manager.directory), None)
+    if step is not None:
+      with _write_errors(manager, step):
+        manager.wait_until_finished()
+
+  def wait(self) -> None:
+    """Waits until every save started is committed (to disk, digests
+    included).
+
+    Raises:
+      CheckpointWriteError: a save failed in the background.
+    """
+    self._wait(self.latest)
+    self._wait(self.best)
 
   def save_latest(
       self,
@@ -407,13 +329,13 @@ class RunCheckpoints:
     self._save(
         self.latest,
         step,
-        ocp.args.Composite(
-            state=ocp.args.PyTreeSave(state_tree),
-            data_iter=ocp.args.JsonSave(
+        {
+            'state': ocp.args.PyTreeSave(state_tree),
+            'data_iter': ocp.args.JsonSave(
                 encode_iterator_states(data_iter_states)
             ),
-            loop=ocp.args.JsonSave(dict(loop_state)),
-        ),
+            'loop': ocp.args.JsonSave(dict(loop_state)),
+        },
         state_tree,
     )
 
@@ -485,18 +407,32 @@ class RunCheckpoints:
     self._save(
         self.best,
         step,
-        ocp.args.Composite(
-            variables=ocp.args.PyTreeSave(variables),
-            meta=ocp.args.JsonSave(meta),
-        ),
+        {
+            'variables': ocp.args.PyTreeSave(variables),
+            'meta': ocp.args.JsonSave(meta),
+        },
         variables,
     )
     # max_to_keep=1 keeps the newest save, which is the best by construction
     # (training only calls save_best on an improvement).
 
-  def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+  def close(self, raise_errors: bool = True) -> None:
+    """Waits for the saves started (`wait`), then closes the managers.
+
+    raise_errors: False logs a failed save instead (closing on the way out of
+    another error, which stays the one raised).
+    """
+    try:
+      self.wait()
+    except CheckpointWriteError as e:
+      if raise_errors:
+        raise
+      logging.error('%s', e)
+    finally:
+      for manager in (self.latest, self.best):
+        # A failed save was raised by `wait`; orbax would raise it again.
+        with contextlib.suppress(Exception):
+          manager.close()
 
 
 def _is_orbax_warning(record: py_logging.LogRecord) -> bool:

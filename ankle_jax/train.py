@@ -41,6 +41,7 @@ from ankle_jax import sharding
 from ankle_jax import writers
 from ankle_jax.data import pipeline
 from ankle_jax.data import prepare
+from ankle_jax.training import cadence as cadence_lib
 from ankle_jax.training import config_checks
 from ankle_jax.training import inputs
 from ankle_jax.training import losses
@@ -139,7 +140,8 @@ def compile_steps(
 class Setup:
   """What the loop works with, fixed for the whole run.
 
-  jitted: the jitted steps; ckpts, writer: the run's checkpoints and records
+  jitted: the jitted steps; cadence: when the loop saves and validates;
+  ckpts, writer: the run's checkpoints and records
   (their files change, the objects do not); train_iter: the training
   iterator; validation_batches: () -> this process's blocks of the
   validation batches; images_per_step: for images/s.
@@ -148,6 +150,7 @@ class Setup:
   workdir: epath.Path
   mesh: Mesh
   schedule: inputs.Schedule
+  cadence: cadence_lib.Cadence
   jitted: steps.CompiledSteps
   ckpts: checkpoint.RunCheckpoints
   writer: writers.MetricWriter
@@ -203,12 +206,14 @@ def set_up(
       workdir=workdir,
       mesh=mesh,
       schedule=schedule,
+      cadence=cadence_lib.Cadence.from_config(config, schedule.num_train_steps),
       jitted=compile_steps(config, mesh, learning_rate_fn, views),
       ckpts=checkpoint.RunCheckpoints(
           workdir,
           keep=config.keep_checkpoints,
           best_metric=config.best_metric,
           best_mode=validation.METRIC_MODES[config.best_metric],
+          asynchronous=True,
       ),
       writer=writers.MetricWriter(
           workdir, enabled=sharding.is_chief(), tags=validation.METRIC_TAGS
@@ -313,6 +318,32 @@ def validate_and_select(
   return loop, {**val, 'best_step': loop.best_step}
 
 
+def validate_and_save(
+    setup: Setup,
+    state: state_lib.TrainState,
+    loop: validation.LoopState,
+    clock: cadence_lib.Clock,
+    step: int,
+    record: dict[str, Any],
+    bar: Any,
+) -> tuple[validation.LoopState, cadence_lib.Clock]:
+  """At a checked `step`: validates if due (`validate_and_select`), writes
+  `record` (the train record, if any) with the validation metrics, then
+  starts saving the latest checkpoint if due or if the run stops early.
+  Returns the loop and the cadence's clock after it."""
+  due, clock = cadence_lib.decide(setup.cadence, clock, step, time.monotonic())
+  if due.evaluate:
+    loop, val = validate_and_select(setup, state, loop, step, bar)
+    record = {**record, **val}
+  if record:
+    setup.writer.write_scalars(step, record)
+  if due.checkpoint or (due.evaluate and loop.stopped_early):
+    state_lib.save_latest(
+        setup.ckpts, step, state, setup.train_iter, loop.to_json()
+    )
+  return loop, clock
+
+
 def train_record(
     setup: Setup,
     history: Sequence[tuple[int, Any]],
@@ -339,8 +370,10 @@ def finish(
     loop: validation.LoopState,
     seconds: float,
 ) -> dict[str, Any]:
-  """The run summary (the chief writes summary.json); closes the records and
-  checkpoints. seconds: this launch's training wall time."""
+  """Waits for the checkpoint saves and closes them, then the run summary
+  (the chief writes summary.json: once every checkpoint is on disk); closes
+  the records. seconds: this launch's training wall time."""
+  setup.ckpts.close()
   summary = records.run_summary(
       final_step=int(jax.device_get(state.step)),
       num_train_steps=setup.schedule.num_train_steps,
@@ -352,7 +385,6 @@ def finish(
   if sharding.is_chief():
     writers.write_summary(setup.workdir, summary)
   setup.writer.close()
-  setup.ckpts.close()
   return summary
 
 
@@ -384,7 +416,8 @@ def train_and_evaluate(
     writers.WorkdirNotWritableError (checked first, after the config),
     prepare.DatasetMissingError, checkpoint.CheckpointWriteError (e.g. a full
     disk), NonFiniteLossError (the loss became NaN/inf; the latest checkpoint
-    on disk is the last one saved before that step).
+    on disk is the last one saved before that step). On any error, and
+    KeyboardInterrupt, the checkpoint saves started finish first.
   """
   setup, state, loop = start(
       config, workdir, model, sources, devices, print_model_summary
@@ -398,6 +431,7 @@ def train_and_evaluate(
   )
   history = []  # (step, device metrics) since the last check.
   log_time, log_step = time.time(), int(state.step)
+  clock = cadence_lib.Clock.started(time.monotonic())
   try:
     for step in range(int(state.step) + 1, schedule.num_train_steps + 1):
       if loop.stopped_early:
@@ -419,17 +453,12 @@ def train_and_evaluate(
       if schedule.due(step, schedule.log_every) and history:
         record = train_record(setup, history, step, log_step, now - log_time)
         history, log_time, log_step = [], now, step
-      save = schedule.due(step, schedule.checkpoint_every)
-      if schedule.due(step, schedule.eval_every):
-        loop, val = validate_and_select(setup, state, loop, step, bar)
-        record.update(val)
-        save = save or loop.stopped_early
-      if record:
-        writer.write_scalars(step, record)
-      if save:
-        state_lib.save_latest(
-            ckpts, step, state, setup.train_iter, loop.to_json()
-        )
+      loop, clock = validate_and_save(
+          setup, state, loop, clock, step, record, bar
+      )
+  except BaseException:
+    ckpts.close(raise_errors=False)  # The saves started finish first.
+    raise
   finally:
     if bar is not None:
       bar.close()

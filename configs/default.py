@@ -168,6 +168,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 1000
+  # Instead of the step counts above: every N seconds of wall time (checked at
+  # the log steps; process 0's clock decides for every process); 0 = off (by
+  # steps). When > 0, it wins over the step count of the same action.
+  config.checkpoint_every_seconds = 0.0
+  config.eval_every_seconds = 0.0
   config.keep_checkpoints = 3
   # 'val_accuracy' | 'val_auc' | 'val_case_accuracy' | 'val_case_auc' |
   # 'val_loss' (ankle_jax.training.validation.METRICS). A multi-view run takes

@@ -1,6 +1,10 @@
 """Tests of ankle_jax.checkpoint: latest/best managers, iterator state, restore for evaluation."""
 
+import errno
 import json
+import os
+import shutil
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +13,7 @@ import numpy as np
 import pytest
 
 from ankle_jax import checkpoint
+from ankle_jax import checkpoint_digests
 from ankle_jax import writers
 
 
@@ -128,9 +133,10 @@ def _save_two_steps(workdir):
 def test_a_run_without_digests_restores_with_one_warning(tmp_path, caplog):
   ckpts = _save_two_steps(tmp_path)
   for step in (1, 2):
-    (
-        tmp_path / checkpoint.LATEST_DIR / str(step) / checkpoint.DIGEST_FILE
-    ).unlink()
+    step_dir = tmp_path / checkpoint.LATEST_DIR / str(step)
+    (step_dir / checkpoint.DIGEST_FILE).unlink()
+    # As saved before digests: no digests item either.
+    shutil.rmtree(step_dir / checkpoint_digests.DIGEST_ITEM)
   caplog.set_level('INFO')
   ckpts.restore_latest(_state_tree(0))
   ckpts.close()
@@ -152,3 +158,77 @@ def test_a_run_with_digests_restores_without_that_warning(tmp_path, caplog):
   for _ in range(2):
     assert checkpoint.restore_variables(tmp_path, 'latest')[1] == 2
   assert not _digest_warnings(caplog)
+
+
+def _held_digest_writes(monkeypatch):
+  """Holds every digest write until the returned event is set; returns
+  (release event, names of the threads the writes ran in)."""
+  release, threads = threading.Event(), []
+  write = checkpoint_digests.write_digests
+
+  def held(step_dir, tree):
+    threads.append(threading.current_thread().name)
+    assert release.wait(timeout=60), 'the test never released the write'
+    write(step_dir, tree)
+
+  monkeypatch.setattr(checkpoint_digests, 'write_digests', held)
+  return release, threads
+
+
+def test_an_async_save_returns_before_its_digests_are_hashed(
+    tmp_path, monkeypatch
+):
+  release, threads = _held_digest_writes(monkeypatch)
+  ckpts = checkpoint.RunCheckpoints(tmp_path, asynchronous=True)
+  ckpts.save_latest(1, _state_tree(1), [None], {})
+  # Returned while the hashing is held: the step is not committed yet.
+  step_dir = tmp_path / checkpoint.LATEST_DIR / '1'
+  assert not step_dir.exists()
+  release.set()
+  ckpts.wait()
+  assert threads and threading.main_thread().name not in threads
+  assert (step_dir / checkpoint.DIGEST_FILE).exists()
+  tree, _, _ = ckpts.restore_latest(_state_tree(0))
+  jax.tree.map(np.testing.assert_array_equal, tree, _state_tree(1))
+  ckpts.close()
+
+
+def test_async_digests_are_of_the_saved_values_after_donation(
+    tmp_path, monkeypatch
+):
+  release, _ = _held_digest_writes(monkeypatch)
+  ckpts = checkpoint.RunCheckpoints(tmp_path, asynchronous=True)
+  tree = _state_tree(3)
+  ckpts.save_latest(3, tree, [None], {})
+  # The train step donates the state right after a save, before the hashing.
+  jax.jit(lambda t: jax.tree.map(lambda x: x + 1, t), donate_argnums=0)(tree)
+  assert tree['params']['dense']['kernel'].is_deleted()
+  release.set()
+  ckpts.close()
+  expected = checkpoint_digests.array_digests(_state_tree(3))
+  step_dir = tmp_path / checkpoint.LATEST_DIR / '3'
+  written = json.loads((step_dir / checkpoint.DIGEST_FILE).read_text())
+  assert written['arrays'] == expected
+  assert checkpoint.restore_variables(tmp_path, 'latest')[1] == 3
+
+
+def test_a_failed_async_save_is_raised_by_wait_and_keeps_the_last_step(
+    tmp_path, monkeypatch
+):
+  ckpts = checkpoint.RunCheckpoints(tmp_path, asynchronous=True)
+  ckpts.save_latest(1, _state_tree(1), [None], {})
+  ckpts.wait()
+
+  def no_space(step_dir, tree):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(step_dir))
+
+  monkeypatch.setattr(checkpoint_digests, 'write_digests', no_space)
+  ckpts.save_latest(2, _state_tree(2), [None], {})
+  with pytest.raises(
+      checkpoint.CheckpointWriteError,
+      match=r'checkpoint of step 2 to .*checkpoints/latest: .*No space left',
+  ):
+    ckpts.wait()
+  ckpts.close()
+  assert not (tmp_path / checkpoint.LATEST_DIR / '2').exists()
+  assert checkpoint.restore_variables(tmp_path, 'latest')[1] == 1

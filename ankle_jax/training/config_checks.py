@@ -19,6 +19,8 @@ POSITIVE_FIELDS = (
     'eval_every_steps',
     'checkpoint_every_steps',
 )
+# 0 (or None) = off.
+NON_NEGATIVE_FIELDS = ('checkpoint_every_seconds', 'eval_every_seconds')
 
 
 def _check_choice(config: ml_collections.ConfigDict, field: str, valid) -> None:
@@ -56,6 +58,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config[field] <= 0:
       raise console.UserError(
           f'config.{field}={config[field]} must be positive'
+      )
+  for field in NON_NEGATIVE_FIELDS:
+    value = config.get(field)
+    if value is not None and not (
+        isinstance(value, (int, float)) and value >= 0
+    ):
+      raise console.UserError(
+          f'config.{field}={value!r}; expected seconds >= 0 (0 = off)'
       )
   max_views = config.data.max_eval_views
   if not isinstance(max_views, int) or max_views < 0:
