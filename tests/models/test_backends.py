@@ -181,8 +181,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 def test_bfloat16_loss_and_gradients_follow_float32(name):
   loss32, _, grads32 = _result(name, 'float32', 'cpu')
   loss16, _, grads16 = _result(name, 'bfloat16', 'cpu')
-  assert abs(loss16 - loss32) <= BF16_LOSS_RTOL * abs(loss32)
-  assert _cosine(grads16, grads32) >= BF16_GRAD_COSINE
+  cosine = _cosine(grads16, grads32)
+  assert abs(loss16 - loss32) <= BF16_LOSS_RTOL * abs(loss32), (loss16, loss32)
+  assert cosine >= BF16_GRAD_COSINE, cosine
 
 
 @pytest.mark.parametrize('name', FAMILIES)
@@ -192,7 +193,7 @@ def test_conv_impls_give_the_same_logits_and_gradients(name):
   np.testing.assert_allclose(logits_gpu, logits_cpu, atol=IMPL_ATOL)
   assert loss_gpu == pytest.approx(loss_cpu, rel=1e-5)
   error = np.linalg.norm(grads_gpu - grads_cpu) / np.linalg.norm(grads_cpu)
-  assert error <= IMPL_GRAD_RTOL
+  assert error <= IMPL_GRAD_RTOL, error
 
 
 def test_checkpoint_saved_under_one_conv_impl_restores_under_the_other(
