@@ -1,7 +1,7 @@
 """dtype='auto' and model.conv_impl: what they resolve to, and that every
 choice computes the same model from the same parameters.
 
-Tolerances, on CPU, for the three families at 75 px, batch 2, train mode (batch
+Tolerances, on CPU, for Xception and ResNet at 75 px, batch 2, train mode (batch
 statistics), loss = CE + 0.4 CE(aux):
   * bfloat16 vs float32 computation (parameters float32 in both): loss within
     BF16_LOSS_RTOL relative, gradient (all parameters, flattened) cosine at
@@ -12,9 +12,12 @@ statistics), loss = CE + 0.4 CE(aux):
   * conv_impl 'gpu' vs 'cpu' (both float32): logits within IMPL_ATOL, gradient
     relative error (L2) under IMPL_GRAD_RTOL: the two differ only in the
     order of float32 sums.
-The networks are the families' own modules at reduced width (and, for Xception
-and ResNet, reduced depth: one middle-flow block, one unit per stage), so that
-the nine compilations stay cheap; every layer kind of each family is in them.
+The networks are the families' own modules at reduced width and depth (one
+middle-flow block, one unit per stage), so that the compilations stay cheap.
+Inception V3 has no depth knob and its train-step compile costs minutes on 2
+CPU cores, so it is checked by its parameter tree only (the same under each
+conv_impl); what conv_impl changes in it, its 1x1 convolutions, ResNet has
+too.
 """
 
 import functools
@@ -29,7 +32,6 @@ from ankle_jax import checkpoint
 from ankle_jax import console
 from ankle_jax import models
 from ankle_jax.models import backends
-from ankle_jax.models import inception_v3
 from ankle_jax.models import resnet_v2
 from ankle_jax.models import xception
 from ankle_jax.training import config_checks
@@ -113,7 +115,7 @@ def test_every_conv_impl_makes_the_same_parameters(name):
   assert trees['cpu'] == trees['gpu']
 
 
-FAMILIES = ('inception_v3', 'resnet101_v2', 'xception')
+FAMILIES = ('resnet101_v2', 'xception')
 
 
 def _small_family(name: str, dtype: str, conv_impl: str):
@@ -128,11 +130,9 @@ def _small_family(name: str, dtype: str, conv_impl: str):
     return xception.Xception(
         width_multiplier=1 / 8, num_middle_blocks=1, aux_block=1, **common
     )
-  if name == 'resnet101_v2':
-    return resnet_v2.Model(
-        width_multiplier=1 / 8, stage_sizes=(1, 1, 1, 1), **common
-    )
-  return inception_v3.InceptionV3(width_multiplier=1 / 16, **common)
+  return resnet_v2.Model(
+      width_multiplier=1 / 8, stage_sizes=(1, 1, 1, 1), **common
+  )
 
 
 @functools.cache
