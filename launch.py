@@ -18,7 +18,9 @@ config, the run directory and the dataset are checked before any heavy work;
 then the model summary (parameters, forward FLOPs from XLA's cost analysis,
 output shapes) is printed, a progress bar runs, and a closing summary says
 where the checkpoints and the TensorBoard logs are. --verbosity=1 shows the
-libraries' logging too.
+libraries' logging too. Compiled steps are kept in a persistent compilation
+cache (config.compilation_cache_dir, default ~/.cache/ankle_jax/jax_cache;
+--config.compilation_cache=False turns it off), so a second run starts faster.
 
 Several processes (one per GPU or host; README "Several machines"): start the
 same command in each with --config.distributed=True, and JAX_COORDINATOR_ADDRESS
@@ -105,6 +107,7 @@ def train_run(config, workdir: str, started: float) -> int:
 def main(argv):
   started = time.time()
   # Imported here so that --help answers at once (these take ~5 s).
+  from ankle_jax import compilation_cache  # noqa: PLC0415
   from ankle_jax import sharding  # noqa: PLC0415
   from ankle_jax import train  # noqa: PLC0415
   from ankle_jax.training import config_checks  # noqa: PLC0415
@@ -124,6 +127,7 @@ def main(argv):
     raise console.UserError(
         '--workdir is required: the run directory, e.g. --workdir=runs/demo'
     )
+  compilation_cache.enable(compilation_cache.CacheSettings.from_config(config))
   # jax.distributed must start before any other JAX work; train_and_evaluate
   # then checks the config (before writing anything), the run directory and
   # the dataset, once.

@@ -15,9 +15,19 @@ are interleaved round by round and the median is reported, so that background
 load hits all of them alike. A weighted total over Xception's 34 depthwise
 layers (26 of them in the middle/exit flow at 19x19x728) is reported too.
 
+`lax` is the form `model.conv_impl='gpu'` uses, `ours` the one of 'cpu'
+(ankle_jax.models.backends); run it on each device to choose.
+
+--op_counts instead lowers (without compiling) one train step of each
+--configs file under each model.conv_impl, 'cpu' and 'gpu', and counts the
+StableHLO convolutions, dot_generals, slices and reductions it runs
+(benchmarks/step_lowering.py; a called function's ops count once per call).
+
 Usage:
   python benchmarks/depthwise.py [--batch_size=8] [--repeats=5] \
       [--variants=lax,autodiff,ours] [--dtype=float32|bfloat16] [--shapes=...]
+  python benchmarks/depthwise.py --op_counts \
+      [--configs=configs/inception_v3.py,configs/resnet.py,configs/xception.py]
 
 The last line printed is one JSON object.
 """
@@ -26,15 +36,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import platform
 import statistics
+import sys
 import time
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 
-from ankle_jax.models import depthwise
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))  # For `ankle_jax` and `benchmarks`.
+
+from ankle_jax.models import depthwise  # noqa: E402
+
+PAPER_FAMILY_CONFIGS = (
+    'configs/inception_v3.py',
+    'configs/resnet.py',
+    'configs/xception.py',
+)
 
 # (H, W, C) of every depthwise layer in Xception at 300x300 with a SAME stem
 # (paper Table 3), and how many layers have that shape.
@@ -133,8 +155,39 @@ def bench_shape(shape_bhwc, dtype, variants, repeats):
   }
 
 
+def op_counts(config_paths: list[str]) -> list[dict]:
+  """One row per config and conv_impl: the config's model and batch size,
+  the lowering seconds and `step_lowering.count_ops` of its train step."""
+  from benchmarks import step_lowering  # noqa: PLC0415 (imports the trainer)
+
+  rows = []
+  for path in config_paths:
+    for conv_impl in ('cpu', 'gpu'):
+      config = step_lowering.load_config(path, **{'model.conv_impl': conv_impl})
+      start = time.perf_counter()
+      text = step_lowering.lower_train_step(config).as_text()
+      row = {
+          'config': path,
+          'model': config.model.name,
+          'batch_size': config.batch_size,
+          'image_size': config.image_size,
+          'conv_impl': conv_impl,
+          'lower_s': round(time.perf_counter() - start, 1),
+          **step_lowering.count_ops(text),
+      }
+      print(json.dumps(row), flush=True)
+      rows.append(row)
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument(
+      '--op_counts',
+      action='store_true',
+      help='count the ops of lowered train steps instead of timing',
+  )
+  parser.add_argument('--configs', default=','.join(PAPER_FAMILY_CONFIGS))
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--variants', default='lax,autodiff,ours')
@@ -147,6 +200,14 @@ def main():
       help='comma-separated HxWxC to restrict to, e.g. 19x19x728',
   )
   args = parser.parse_args()
+  if args.op_counts:
+    rows = op_counts(args.configs.split(','))
+    print(
+        json.dumps(
+            {'benchmark': 'op_counts', 'jax': jax.__version__, 'rows': rows}
+        )
+    )
+    return
   variants = args.variants.split(',')
   for v in variants:
     if v not in VARIANTS:

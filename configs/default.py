@@ -70,6 +70,11 @@ def get_config() -> ml_collections.ConfigDict:
   # 0.1 cut at 2 std, as TF's truncated_normal_initializer, biases 0.1;
   # docs/paper.md, section 2). ankle_jax.models.layers.initializers.
   config.model.kernel_init = 'lecun_normal'
+  # Convolution kernels: 'auto' ('cpu' on CPU, 'gpu' elsewhere) | 'cpu'
+  # (shifted-slice depthwise and matmul 1x1 convolutions, fast on XLA:CPU) |
+  # 'gpu' (lax.conv_general_dilated with feature_group_count). The parameters
+  # and checkpoints are the same under each. ankle_jax.models.backends.
+  config.model.conv_impl = 'auto'
   # Family-specific build() kwargs.
   config.model.kwargs = ml_collections.ConfigDict()
   # Multi-view model (ankle_jax.models.multiview; configs/multiview_demo.py):
@@ -87,7 +92,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.multiview.view_loss_weight = 0.0
   config.num_classes = 2
   config.image_size = 300  # Paper: 300x300x1.
-  config.dtype = 'float32'  # Computation dtype: 'float32' | 'bfloat16'.
+  # Computation dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU) |
+  # 'float32' | 'bfloat16'. Params, BN statistics, loss and Adam stay float32.
+  config.dtype = 'auto'
 
   # Data (the TFDS builder radiograph_studies; docs/paper.md, section 4).
   config.data = ml_collections.ConfigDict()
@@ -202,4 +209,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed_timeout_s = 300
   config.distributed_heartbeat_timeout_s = 100
   config.seed = 0
+
+  # Persistent XLA compilation cache (launch.py; ankle_jax.compilation_cache):
+  # a second run of the same model and shapes loads its compiled steps instead
+  # of compiling them again. '' = $XDG_CACHE_HOME/ankle_jax/jax_cache (default
+  # ~/.cache/ankle_jax/jax_cache); False = off.
+  config.compilation_cache = True
+  config.compilation_cache_dir = ''
   return config

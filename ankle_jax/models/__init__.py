@@ -22,6 +22,7 @@ from absl import logging
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ankle_jax.models import backends
 from ankle_jax.models import forward
 from ankle_jax.models import inception_v3
 from ankle_jax.models import layers
@@ -40,6 +41,10 @@ MODEL_REGISTRY: dict[str, Any] = {
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_REGISTRY)
 # config.model.kernel_init values (layers.initializers says what each is).
 KERNEL_INITS: tuple[str, ...] = layers.KERNEL_INITS
+# config.dtype and config.model.conv_impl values ('auto' first, the default;
+# backends says what each is).
+DTYPES: tuple[str, ...] = backends.DTYPES
+CONV_IMPLS: tuple[str, ...] = backends.CONV_IMPLS
 
 # Family-specific keyword arguments accepted by `build`.
 FAMILY_KWARGS: dict[str, tuple[str, ...]] = {
@@ -58,6 +63,7 @@ def build(
     width_multiplier: float = 1.0,
     dtype: str | Any = jnp.float32,
     kernel_init: str = layers.DEFAULT_KERNEL_INIT,
+    conv_impl: str = backends.AUTO,
     **family_kwargs,
 ) -> nn.Module:
   """Builds model `name` (one of MODEL_NAMES) as a linen Module.
@@ -68,12 +74,17 @@ def build(
     aux_head: add the auxiliary tower (positions: docs/paper.md, section 2).
     dropout_rate: dropout before the final Dense, active only in train mode.
     width_multiplier: scales channel widths (1.0 = the paper's models).
-    dtype: computation dtype (jnp dtype or name, e.g. 'bfloat16'); params and
-      BatchNorm statistics stay float32.
+    dtype: computation dtype (jnp dtype or name, e.g. 'bfloat16', or 'auto':
+      bfloat16 on GPU/TPU, float32 on CPU; backends.resolve_dtype); params
+      and BatchNorm statistics stay float32.
     kernel_init: initialization of every conv and dense kernel and bias, one
       of KERNEL_INITS: 'lecun_normal' (default, Flax's), 'glorot_uniform'
       (Keras'), 'authors' (truncated normal std 0.1, biases 0.1;
       docs/paper.md, section 2). See layers.initializers.
+    conv_impl: the convolution kernels, one of CONV_IMPLS: 'auto' (default:
+      'cpu' on CPU, 'gpu' elsewhere), 'cpu' (ankle_jax.models.depthwise) or
+      'gpu' (lax with feature_group_count). See backends; the parameters do
+      not depend on it.
     **family_kwargs: resnet101_v2: stride_in_first_unit (True = paper, False =
       Keras), keras_stem; xception: valid_stem (False = paper, True = Keras),
       aux_block (1-based middle-flow block for the aux tower, default 3).
@@ -82,7 +93,8 @@ def build(
     The unbound module.
 
   Raises:
-    ValueError: unknown name, kernel_init or family keyword argument.
+    ValueError: unknown name, kernel_init, conv_impl or family keyword
+      argument.
   """
   if name not in MODEL_REGISTRY:
     raise ValueError(
@@ -104,8 +116,9 @@ def build(
       aux_head=aux_head,
       dropout_rate=dropout_rate,
       width_multiplier=width_multiplier,
-      dtype=jnp.dtype(dtype),
+      dtype=backends.resolve_dtype(dtype),
       kernel_init=kernel_init,
+      conv_impl=backends.resolve_conv_impl(conv_impl),
       **family_kwargs,
   )
 
@@ -121,10 +134,11 @@ def from_config(
   Args:
     model_config: a mapping (e.g. a ConfigDict) with `name`, `aux_head`,
       `dropout_rate`, `width_multiplier`, optional `kernel_init` (default
-      'lecun_normal', also for runs saved before the field existed) and
-      optional `kwargs` (family options).
+      'lecun_normal', also for runs saved before the field existed),
+      optional `conv_impl` (default 'auto') and optional `kwargs` (family
+      options).
     num_classes: classifier outputs.
-    dtype: computation dtype.
+    dtype: computation dtype, or 'auto' (backends.resolve_dtype).
 
   Family options that belong to another family (a config made for Xception,
   run with `--config.model.name=resnet101_v2`) are dropped with a warning;
@@ -150,6 +164,7 @@ def from_config(
     kwargs = {k: v for k, v in kwargs.items() if k not in dropped}
   kernel_init = model_config.get('kernel_init', layers.DEFAULT_KERNEL_INIT)
   dropout_rate = float(model_config.get('dropout_rate', 0.0))
+  dtype = backends.resolve_dtype(dtype)
   trunk = build(
       name,
       num_classes=num_classes,
@@ -158,6 +173,7 @@ def from_config(
       width_multiplier=float(model_config.get('width_multiplier', 1.0)),
       dtype=dtype,
       kernel_init=kernel_init,
+      conv_impl=model_config.get('conv_impl', backends.AUTO),
       **kwargs,
   )
   if not is_multiview(model_config):
@@ -167,7 +183,7 @@ def from_config(
       num_classes=num_classes,
       fusion=model_config['multiview'].get('fusion', 'attention'),
       dropout_rate=dropout_rate,
-      dtype=jnp.dtype(dtype),
+      dtype=dtype,
       kernel_init=kernel_init,
   )
 
@@ -176,6 +192,8 @@ def from_run_config(config: Mapping[str, Any]) -> nn.Module:
   """The one model builder of a run: the model a run config (a launch config
   or a run's config.json) describes, `from_config` of its `model` block with
   its num_classes and dtype (2 and 'float32' for runs saved without them).
+  dtype and model.conv_impl 'auto' resolve here, by JAX's default backend
+  (backends), to the plain values the modules take.
 
   Raises:
     ValueError: as `from_config`.
@@ -195,11 +213,14 @@ def is_multiview(model_config: Mapping[str, Any]) -> bool:
 
 
 __all__ = [
+    'CONV_IMPLS',
+    'DTYPES',
     'FAMILY_KWARGS',
     'KERNEL_INITS',
     'MODEL_NAMES',
     'MODEL_REGISTRY',
     'ModelOutputs',
+    'backends',
     'build',
     'from_config',
     'format_summary',

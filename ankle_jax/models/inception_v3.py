@@ -186,6 +186,8 @@ class InceptionV3(nn.Module):
     dtype: computation dtype; params and BN statistics stay float32.
     kernel_init: initialization of every conv and dense layer
       (layers.KERNEL_INITS).
+    conv_impl: the kernels of every convolution, 'cpu' or 'gpu'
+      (layers.conv_module); the parameters do not depend on it.
   """
 
   num_classes: int = 2
@@ -194,6 +196,7 @@ class InceptionV3(nn.Module):
   width_multiplier: float = 1.0
   dtype: Any = jnp.float32
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
+  conv_impl: str = layers.CPU_KERNELS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> layers.ModelOutputs:
@@ -207,6 +210,7 @@ class InceptionV3(nn.Module):
         epsilon=1e-3,
         dtype=self.dtype,
         kernel_init=self.kernel_init,
+        conv_impl=self.conv_impl,
     )
     block = dict(conv=conv, width=w)
     init = {'dtype': self.dtype, 'kernel_init': self.kernel_init}
@@ -252,6 +256,7 @@ class InceptionV3(nn.Module):
           conv_features=w(128),
           hidden_features=w(700),
           **init,
+          conv_impl=self.conv_impl,
           name='aux_tower',
       )(x, train)
 

@@ -10,6 +10,9 @@ Conventions (all modules here):
     ndim == 2 (the L2 "dense" scope); conv kernels are 4-D.
   * `kernel_init` names the initialization of every Conv and Dense kernel (and
     bias), one of KERNEL_INITS; see `initializers`.
+  * `conv_impl` ('cpu' | 'gpu', resolved from 'auto' by
+    backends.resolve_conv_impl) names the kernels of every convolution; see
+    `conv_module`. Parameters do not depend on it.
 """
 
 from collections.abc import Callable, Sequence
@@ -21,6 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from ankle_jax.models import depthwise
+
+# The resolved backends.CONV_IMPLS values the modules below take.
+CPU_KERNELS = 'cpu'
+GPU_KERNELS = 'gpu'
 
 Dtype = Any
 Padding = str | Sequence[tuple[int, int]]
@@ -38,14 +45,32 @@ AUTHORS_BIAS = 0.1
 KERAS_BN_MOMENTUM = 0.99
 KERAS_BN_EPSILON = 1e-3
 
-# Every convolution of the models. XLA:CPU runs the gradients of grouped
-# (depthwise) and 1x1 `lax.conv_general_dilated` calls ~10x below the equivalent
-# slice sums / matmuls, so those two cases go through
+# Every convolution of the models under conv_impl='cpu'. XLA:CPU runs the
+# gradients of grouped (depthwise) and 1x1 `lax.conv_general_dilated` calls ~10x
+# below the equivalent slice sums / matmuls, so those two cases go through
 # ankle_jax.models.depthwise; all other convolutions reach lax unchanged.
 # Parameter names and shapes are those of nn.Conv.
 Conv = functools.partial(
     nn.Conv, conv_general_dilated=depthwise.conv_general_dilated
 )
+
+
+def conv_module(conv_impl: str = CPU_KERNELS) -> Callable[..., nn.Module]:
+  """The nn.Conv of `conv_impl`: `Conv` for 'cpu', flax's own nn.Conv (plain
+  `lax.conv_general_dilated`, XLA choosing the algorithm) for 'gpu'. Both make
+  the same parameters.
+
+  Raises:
+    ValueError: a conv_impl other than 'cpu' or 'gpu'.
+  """
+  if conv_impl == CPU_KERNELS:
+    return Conv
+  if conv_impl == GPU_KERNELS:
+    return nn.Conv
+  raise ValueError(
+      f'conv_impl={conv_impl!r}: the modules take {CPU_KERNELS!r} or '
+      f"{GPU_KERNELS!r} (backends.resolve_conv_impl resolves 'auto')"
+  )
 
 
 class Initializers(NamedTuple):
@@ -158,6 +183,7 @@ class ConvBN(nn.Module):
     momentum: BN running-average momentum (Keras convention, 0.99).
     dtype: computation dtype.
     kernel_init: the conv's initialization (KERNEL_INITS).
+    conv_impl: the conv's kernels, 'cpu' or 'gpu' (`conv_module`).
   """
 
   features: int
@@ -171,10 +197,11 @@ class ConvBN(nn.Module):
   momentum: float = KERAS_BN_MOMENTUM
   dtype: Dtype = jnp.float32
   kernel_init: str = DEFAULT_KERNEL_INIT
+  conv_impl: str = CPU_KERNELS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = Conv(
+    x = conv_module(self.conv_impl)(
         self.features,
         self.kernel_size,
         strides=self.strides,
@@ -200,6 +227,8 @@ class SeparableConv(nn.Module):
 
   Params: 'depthwise_kernel' [kh, kw, 1, C_in] and 'pointwise/kernel'
   [1, 1, C_in, features], both initialized by `kernel_init` (KERNEL_INITS).
+  conv_impl 'cpu': `depthwise_conv2d` (shifted slices) and a matmul; 'gpu':
+  lax's grouped convolution (feature_group_count=C_in) and a 1x1 convolution.
   """
 
   features: int
@@ -208,6 +237,7 @@ class SeparableConv(nn.Module):
   padding: Padding = 'SAME'
   dtype: Dtype = jnp.float32
   kernel_init: str = DEFAULT_KERNEL_INIT
+  conv_impl: str = CPU_KERNELS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -219,13 +249,19 @@ class SeparableConv(nn.Module):
         (*self.kernel_size, 1, channels),
         jnp.float32,
     )
-    x = depthwise_conv2d(
+    pointwise = conv_module(self.conv_impl)  # ValueError for a bad conv_impl.
+    depthwise_fn = (
+        depthwise.grouped_conv_reference
+        if self.conv_impl == GPU_KERNELS
+        else depthwise_conv2d
+    )
+    x = depthwise_fn(
         x.astype(self.dtype),
         kernel.astype(self.dtype),
-        self.strides,
-        self.padding,
+        strides=self.strides,
+        padding=self.padding,
     )
-    return Conv(
+    return pointwise(
         self.features,
         (1, 1),
         use_bias=False,
@@ -252,6 +288,7 @@ class AuxTower(nn.Module):
   hidden_features: int = 700
   dtype: Dtype = jnp.float32
   kernel_init: str = DEFAULT_KERNEL_INIT
+  conv_impl: str = CPU_KERNELS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -262,6 +299,7 @@ class AuxTower(nn.Module):
         (1, 1),
         dtype=self.dtype,
         kernel_init=self.kernel_init,
+        conv_impl=self.conv_impl,
         name='conv',
     )(x, train)
     x = x.reshape((x.shape[0], -1))

@@ -47,6 +47,7 @@ class PreActBottleneck(nn.Module):
   projection: bool = False
   dtype: Any = jnp.float32
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
+  conv_impl: str = layers.CPU_KERNELS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -63,9 +64,10 @@ class PreActBottleneck(nn.Module):
         epsilon=BN_EPSILON,
         dtype=self.dtype,
         kernel_init=self.kernel_init,
+        conv_impl=self.conv_impl,
     )
     conv = functools.partial(
-        layers.Conv,
+        layers.conv_module(self.conv_impl),
         dtype=self.dtype,
         **layers.initializers(self.kernel_init).as_kwargs(),
     )
@@ -111,6 +113,8 @@ class Model(nn.Module):
     stage_sizes: units per stage conv2..conv5 ((3, 4, 23, 3) = ResNet-101).
     kernel_init: initialization of every conv and dense layer
       (layers.KERNEL_INITS).
+    conv_impl: the kernels of every convolution, 'cpu' or 'gpu'
+      (layers.conv_module); the parameters do not depend on it.
   """
 
   num_classes: int = 2
@@ -122,6 +126,7 @@ class Model(nn.Module):
   keras_stem: bool | None = None
   stage_sizes: tuple[int, ...] = (3, 4, 23, 3)
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
+  conv_impl: str = layers.CPU_KERNELS
 
   def _unit_stride(self, stage: int, unit: int) -> int:
     """Stride of unit `unit` (0-based) of stage `stage` (0 = conv2)."""
@@ -141,6 +146,7 @@ class Model(nn.Module):
         else self.keras_stem
     )
     init = {'dtype': self.dtype, 'kernel_init': self.kernel_init}
+    conv_init = {**init, 'conv_impl': self.conv_impl}
 
     def stage(name, y):
       self.sow('intermediates', f'{name}_output', y)
@@ -150,7 +156,7 @@ class Model(nn.Module):
     stem_padding = ((3, 3), (3, 3)) if keras_stem else 'VALID'
     x = stage(
         'conv1',
-        layers.Conv(
+        layers.conv_module(self.conv_impl)(
             w(64),
             (7, 7),
             strides=(2, 2),
@@ -176,7 +182,7 @@ class Model(nn.Module):
             filters,
             stride=self._unit_stride(s, u),
             projection=(u == 0),
-            **init,
+            **conv_init,
             name=f'conv{s + 2}_block{u + 1}',
         )(x, train)
         if self.aux_head and s == 2 and u == 0:
@@ -184,7 +190,7 @@ class Model(nn.Module):
               self.num_classes,
               conv_features=w(128),
               hidden_features=w(700),
-              **init,
+              **conv_init,
               name='aux_tower',
           )(x, train)
       if s < len(self.stage_sizes) - 1:

@@ -1,7 +1,8 @@
 """Model summaries: parameter counts, output shapes and forward FLOPs.
 
 Everything but the FLOPs comes from jax.eval_shape (no compute, no memory);
-the FLOPs come from XLA's cost analysis of the compiled eval-mode forward pass.
+the FLOPs come from XLA's cost analysis of the lowered (not compiled) eval-mode
+forward pass, so a summary costs a trace and a lowering, not a compilation.
 """
 
 import functools
@@ -38,7 +39,8 @@ def abstract_variables(
 
 
 def compiled_cost(compiled: Any) -> dict[str, float]:
-  """XLA cost analysis of a jax Compiled object as one dict."""
+  """XLA cost analysis of a jax Lowered or Compiled object as one dict ({}
+  where the backend gives none)."""
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older JAX: one dict per computation.
     cost = cost[0] if cost else {}
@@ -46,10 +48,27 @@ def compiled_cost(compiled: Any) -> dict[str, float]:
 
 
 def forward_flops(module: nn.Module, variables: Any, images: Any) -> float:
-  """FLOPs of the jitted eval-mode forward pass, from XLA cost analysis."""
+  """FLOPs of the eval-mode forward pass, from XLA's cost analysis of its
+  lowering (the HLO before optimization: no compilation). Where a backend
+  has no cost analysis of a lowering, that of the compiled forward.
+
+  Args:
+    module: the model.
+    variables: its variables (arrays or ShapeDtypeStructs).
+    images: [B, S, S, 1] (multi-view: [B, V, S, S, 1]) array or struct.
+
+  Returns:
+    FLOPs of one forward pass over the batch (nan when XLA gives none).
+  """
   apply_fn = jax.jit(functools.partial(module.apply, train=False))
-  compiled = apply_fn.lower(variables, images).compile()
-  return float(compiled_cost(compiled).get('flops', float('nan')))
+  lowered = apply_fn.lower(variables, images)
+  try:
+    cost = compiled_cost(lowered)
+  except NotImplementedError:
+    cost = {}
+  if 'flops' not in cost:
+    cost = compiled_cost(lowered.compile())
+  return float(cost.get('flops', float('nan')))
 
 
 def summarize(
@@ -68,7 +87,8 @@ def summarize(
     aux_params: trainable params of the auxiliary tower (0 without one).
     aux_batch_stats: BatchNorm statistics of the auxiliary tower.
     output_shapes: {'logits': shape, 'aux_logits': shape or None}.
-    forward_flops: FLOPs of one eval forward pass (None if not computed).
+    forward_flops: FLOPs of one eval forward pass, from XLA's cost analysis
+      of its lowering (None if not computed).
     image_size, batch_size: the inputs summarized.
   """
   variables, images = abstract_variables(module, image_size, batch_size)

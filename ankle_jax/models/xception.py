@@ -35,6 +35,7 @@ class SepConvBN(nn.Module):
   features: int
   dtype: Any = jnp.float32
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
+  conv_impl: str = layers.CPU_KERNELS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -42,6 +43,7 @@ class SepConvBN(nn.Module):
         self.features,
         dtype=self.dtype,
         kernel_init=self.kernel_init,
+        conv_impl=self.conv_impl,
         name='sepconv',
     )(x)
     return nn.BatchNorm(
@@ -65,6 +67,7 @@ class DownBlock(nn.Module):
   pre_relu: bool = True
   dtype: Any = jnp.float32
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
+  conv_impl: str = layers.CPU_KERNELS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -76,12 +79,16 @@ class DownBlock(nn.Module):
         relu=False,
         dtype=self.dtype,
         kernel_init=self.kernel_init,
+        conv_impl=self.conv_impl,
         name='residual',
     )(x, train)
     if self.pre_relu:
       x = nn.relu(x)
     sep = functools.partial(
-        SepConvBN, dtype=self.dtype, kernel_init=self.kernel_init
+        SepConvBN,
+        dtype=self.dtype,
+        kernel_init=self.kernel_init,
+        conv_impl=self.conv_impl,
     )
     x = sep(self.features[0], name='sepconv1')(x, train)
     x = sep(self.features[1], name='sepconv2')(nn.relu(x), train)
@@ -96,6 +103,7 @@ class MiddleBlock(nn.Module):
   features: int
   dtype: Any = jnp.float32
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
+  conv_impl: str = layers.CPU_KERNELS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -105,6 +113,7 @@ class MiddleBlock(nn.Module):
           self.features,
           dtype=self.dtype,
           kernel_init=self.kernel_init,
+          conv_impl=self.conv_impl,
           name=f'sepconv{i + 1}',
       )(nn.relu(x), train)
     return x + residual
@@ -124,6 +133,8 @@ class Xception(nn.Module):
     num_middle_blocks: middle-flow repetitions (8).
     kernel_init: initialization of every conv and dense layer
       (layers.KERNEL_INITS).
+    conv_impl: the kernels of every convolution, 'cpu' or 'gpu'
+      (layers.conv_module); the parameters do not depend on it.
   """
 
   num_classes: int = 2
@@ -135,6 +146,7 @@ class Xception(nn.Module):
   aux_block: int = 3
   num_middle_blocks: int = 8
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
+  conv_impl: str = layers.CPU_KERNELS
 
   def __post_init__(self):
     if not 1 <= self.aux_block <= self.num_middle_blocks:
@@ -150,8 +162,9 @@ class Xception(nn.Module):
         layers.scale_width, width_multiplier=self.width_multiplier
     )
     init = {'dtype': self.dtype, 'kernel_init': self.kernel_init}
-    conv = functools.partial(layers.ConvBN, use_bias=False, **init)
-    block = functools.partial(DownBlock, **init)
+    conv_init = {**init, 'conv_impl': self.conv_impl}
+    conv = functools.partial(layers.ConvBN, use_bias=False, **conv_init)
+    block = functools.partial(DownBlock, **conv_init)
     stem_padding = 'VALID' if self.valid_stem else 'SAME'
 
     def stage(name, y):
@@ -189,13 +202,13 @@ class Xception(nn.Module):
     # Middle flow.
     aux_logits = None
     for i in range(self.num_middle_blocks):
-      x = MiddleBlock(w(728), **init, name=f'block{i + 5}')(x, train)
+      x = MiddleBlock(w(728), **conv_init, name=f'block{i + 5}')(x, train)
       if self.aux_head and i + 1 == self.aux_block:
         aux_logits = layers.AuxTower(
             self.num_classes,
             conv_features=w(128),
             hidden_features=w(700),
-            **init,
+            **conv_init,
             name='aux_tower',
         )(x, train)
     stage('conv6', x)
@@ -207,11 +220,11 @@ class Xception(nn.Module):
     stage('max_pool4', x)
     last_name = f'block{self.num_middle_blocks + 6}'
     x = nn.relu(
-        SepConvBN(w(1536), **init, name=f'{last_name}_sepconv1')(x, train)
+        SepConvBN(w(1536), **conv_init, name=f'{last_name}_sepconv1')(x, train)
     )
     stage('conv8', x)
     x = nn.relu(
-        SepConvBN(w(2048), **init, name=f'{last_name}_sepconv2')(x, train)
+        SepConvBN(w(2048), **conv_init, name=f'{last_name}_sepconv2')(x, train)
     )
     stage('conv9', x)
 

@@ -9,7 +9,7 @@ from ankle_jax import models
 from ankle_jax.training import validation
 
 MIN_IMAGE_SIZE = 75
-DTYPES = ('float32', 'bfloat16')
+DTYPES = models.DTYPES
 LR_SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
 L2_SCOPES = ('dense', 'all')
 POSITIVE_FIELDS = (
@@ -43,6 +43,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """
   _check_choice(config, 'model.name', models.MODEL_NAMES)
   _check_choice(config, 'model.kernel_init', models.KERNEL_INITS)
+  if 'conv_impl' in config.model:
+    _check_choice(config, 'model.conv_impl', models.CONV_IMPLS)
   _check_choice(config, 'eval_checkpoint', checkpoint.CHECKPOINT_CHOICES)
   _check_choice(config, 'dtype', DTYPES)
   _check_choice(config, 'optimizer', ('adam',))
