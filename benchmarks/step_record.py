@@ -36,6 +36,39 @@ SPEC_PEAK_TFLOPS = {
 
 
 @dataclasses.dataclass(frozen=True)
+class Family:
+  """One of the paper's three families, as ours and timm's are compared.
+
+  paper_config: the paper config whose batch_size is the family's;
+  ours_config, ours_variant: what benchmarks/train_step.py times to compute
+  the same network as timm's `timm_model` (no aux tower, no dropout;
+  Xception with the VALID stem as legacy_xception, ResNet with the stride in
+  the first unit of a stage as timm's resnetv2).
+  """
+
+  timm_model: str
+  paper_config: str
+  ours_config: str
+  ours_variant: str
+
+
+FAMILIES = {
+    'inception_v3': Family(
+        'inception_v3',
+        'configs/inception_v3.py',
+        'configs/inception_v3.py',
+        'keras',
+    ),
+    'resnet101_v2': Family(
+        'resnetv2_101', 'configs/resnet.py', 'configs/resnet.py', 'config'
+    ),
+    'xception': Family(
+        'legacy_xception', 'configs/xception.py', 'configs/xception.py', 'keras'
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class StepRecord:
   """One timed training-step configuration (one JSON line).
 
