@@ -81,8 +81,8 @@ if [ "$DRY_RUN" = 1 ]; then
   # inductor build of a full-width net takes minutes on 2 cores).
   A_OURS="--image_size=80 --steps=2 --rounds=1 --warmup=1 --matmul_n=256 --config.model.width_multiplier=0.0625"
   A_TIMM="--image_size=80 --steps=2 --rounds=1 --warmup=1 --matmul_n=256 --no-compile"
-  B_IMAGE=64 B_STEPS=${SUITE_B_STEPS:-4}
-  B_EXTRA="--config.model.width_multiplier=0.0625 --config.eval_batch_size=30"
+  B_IMAGE=80 B_STEPS=${SUITE_B_STEPS:-4}
+  B_EXTRA="--config.model.width_multiplier=0.0625"
   B_MEM=""
   BUILD_WORKERS=1
 else
@@ -104,7 +104,9 @@ DEADLINE_S=${SUITE_DEADLINE_S:-$([ "$DRY_RUN" = 1 ] && echo 1500 || echo 450)}
 PEERS=${SUITE_PEERS:-1}
 PEER_REASON=""
 if [ "$PEERS" = 1 ]; then
-  PEER_REASON=$($PY -c 'import torch, timm' 2>&1 | tail -n 1) || true
+  if ! PEER_IMPORT=$($PY -c 'import torch, timm' 2>&1); then
+    PEER_REASON=$(echo "$PEER_IMPORT" | tail -n 1)
+  fi
 else
   PEER_REASON="SUITE_PEERS=0"
 fi

@@ -173,12 +173,12 @@ def matmul_peak_gflops(step: TimmStep, n: int, dtype: str) -> float:
   return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def run(args: argparse.Namespace) -> step_record.StepRecord:
-  """Builds, compiles (the first warm-up step), times; the record.
+def measure(
+    args: argparse.Namespace, batch_size: int
+) -> tuple[TimmStep, float, list[float], float | None]:
+  """Builds, compiles (the first warm-up step) and times: (the step,
+  compile_s, ms per step of each round, the matmul peak in GFLOP/s).
   compile_s counts the build, the FLOP count and the first step."""
-  import torch
-
-  batch_size = args.batch_size or paper_batch_size(args.family)
   start = time.perf_counter()
   step = TimmStep(args, batch_size)
   # torch.compile compiles in the first step, outside the lock, so that
@@ -199,6 +199,16 @@ def run(args: argparse.Namespace) -> step_record.StepRecord:
     )
     mm_dtype = 'float32' if on_cpu else args.dtype
     peak = matmul_peak_gflops(step, n, mm_dtype) if n else None
+  return step, compile_s, round_ms, peak
+
+
+def run(args: argparse.Namespace) -> step_record.StepRecord:
+  """Times the family's timm model; the record."""
+  import torch
+
+  batch_size = args.batch_size or paper_batch_size(args.family)
+  step, compile_s, round_ms, peak = measure(args, batch_size)
+  on_cpu = step.device.type == 'cpu'
   device = 'cpu' if on_cpu else torch.cuda.get_device_name()
   r = step_record.rates(
       round_ms,

@@ -490,7 +490,6 @@ def our_record(
       num_devices=num_devices,
   )
   peak, peak_shape = matmul_peak(config.dtype) if mode == 'step' else (None, '')
-  kwargs = config.model.get('kwargs') or {}
   return step_record.StepRecord(
       implementation='ours',
       model=config.model.name,
@@ -521,14 +520,19 @@ def our_record(
       device=device,
       framework=f'jax {jax.__version__}',
       config_file=config_flags.get_config_filename(flags.FLAGS['config']),
-      extra={
-          'model_kwargs': dict(getattr(kwargs, 'to_dict', lambda: kwargs)()),
-          'aux_head': bool(config.model.aux_head),
-          'dropout_rate': float(config.model.dropout_rate),
-          'width_multiplier': float(config.model.width_multiplier),
-          **extra,
-      },
+      extra={**model_fields(config), 'matmul_peak_shape': peak_shape, **extra},
   )
+
+
+def model_fields(config) -> dict[str, Any]:
+  """The config's model fields that say which network was timed."""
+  kwargs = config.model.get('kwargs') or {}
+  return {
+      'model_kwargs': dict(getattr(kwargs, 'to_dict', lambda: kwargs)()),
+      'aux_head': bool(config.model.aux_head),
+      'dropout_rate': float(config.model.dropout_rate),
+      'width_multiplier': float(config.model.width_multiplier),
+  }
 
 
 def keras_extra(
