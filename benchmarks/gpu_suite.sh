@@ -75,7 +75,7 @@ if [ "$DRY_RUN" = 1 ]; then
   DTYPES=${SUITE_DTYPES:-float32}
   BATCHES=${SUITE_BATCHES:-paper}
   PARALLEL=${SUITE_PARALLEL:-2}
-  A_BUDGET_S=${SUITE_A_BUDGET_S:-400}
+  A_BUDGET_S=${SUITE_A_BUDGET_S:-3600}  # Every row: a dry run checks them all.
   JOB_TIMEOUT_S=600
   # Tiny: width 1/16 (ours), 80 px, 2 steps, 1 round, no torch.compile (an
   # inductor build of a full-width net takes minutes on 2 cores).
@@ -147,6 +147,15 @@ a_job() {
   fi
 }
 
+A_PIDS=()
+running_a_jobs() {
+  local pid count=0
+  for pid in "${A_PIDS[@]}"; do
+    if kill -0 "$pid" 2> /dev/null; then count=$(( count + 1 )); fi
+  done
+  echo "$count"
+}
+
 phase_a() {
   say "Phase A: families [$FAMILIES], batches [$BATCHES], dtypes [$DTYPES]"
   : > "$WORK/phase_a.jsonl"
@@ -160,13 +169,15 @@ phase_a() {
             say "skipped $impl $family $batch $dtype (Phase A budget ${A_BUDGET_S}s spent)"
             continue
           fi
-          while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
+          while [ "$(running_a_jobs)" -ge "$PARALLEL" ]; do sleep 1; done
           a_job "$impl" "$family" "$batch" "$dtype" &
+          A_PIDS+=($!)
         done
       done
     done
   done
-  wait
+  local pid
+  for pid in "${A_PIDS[@]}"; do wait "$pid"; done
   cp "$WORK/phase_a.jsonl" "$OUT/phase_a.jsonl"
 }
 
@@ -241,14 +252,18 @@ start_build() {
     return
   fi
   say "Phase B: building $manual at ${B_IMAGE}px (in the background)"
-  build "$manual" "$WORK/fracatlas_data" --num_workers="$BUILD_WORKERS" &
-  BUILD_PID=$!
+  ( build "$manual" "$WORK/fracatlas_data" --num_workers="$BUILD_WORKERS"
+    echo $? > "$WORK/build.rc" ) &
 }
 
 phase_b() {
   local data="$WORK/fracatlas_data"
-  if [ -z "${BUILD_PID:-}" ]; then return; fi
-  wait "$BUILD_PID" || { say "FAILED build: $(tail -n 1 "$WORK/logs/build.log")"; return; }
+  if [ -z "$(fracatlas_dir)" ]; then return; fi
+  while [ ! -f "$WORK/build.rc" ]; do sleep 2; done
+  if [ "$(cat "$WORK/build.rc")" != 0 ]; then
+    say "FAILED build: $(tail -n 1 "$WORK/logs/build.log")"
+    return
+  fi
   say "Phase B: training [$B_CONFIGS] at once, $B_STEPS steps each"
   phase_b_train "$data"
   evaluate eval_validation --split=validation
@@ -273,6 +288,10 @@ done
   echo
   if [ -s "$WORK/phase_a.jsonl" ]; then
     echo "## Phase A: train step, ours vs timm"
+    if [ "$DRY_RUN" = 1 ]; then
+      echo "(dry run: ours at width 1/16, timm at full width without torch.compile, both"
+      echo "at 80 px on a CPU: the ratios say nothing about speed)"
+    fi
     $PY benchmarks/suite_summary.py phase_a "$WORK/phase_a.jsonl"
     echo
   fi
