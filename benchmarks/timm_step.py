@@ -17,10 +17,10 @@ L2 or aux loss (the compared variants of ours have no aux tower).
 
 `--distinct_batches` random batches are placed on the device first and taken
 in turn; a round dispatches --steps steps and synchronizes once (throughput);
-the median round is reported. FLOPs per step: torch's FlopCounterMode over one
-eager step (matmuls and convolutions only; XLA's count for ours includes
-elementwise work too, so MFUs compare within a few percent, and images/s
-compare exactly). --device_lock as in benchmarks/train_step.py.
+the median round is reported. FLOPs per step: 3 x torch's FlopCounterMode
+count of one eager forward (matmuls and convolutions only; XLA's count for
+ours includes elementwise work too, so MFUs compare within a few percent, and
+images/s compare exactly). --device_lock as in benchmarks/train_step.py.
 
 The last line printed is one JSON object, a `step_record.StepRecord`.
 """
@@ -133,12 +133,16 @@ class TimmStep:
     return self.step(self.forward, i)
 
   def count_flops(self) -> float:
-    """FLOPs of one eager step (forward + backward), torch's count."""
+    """FLOPs of one step: 3 x torch's count of one eager forward (forward +
+    backward). Not the counted backward: FlopCounterMode counts a grouped
+    (depthwise) convolution's backward as a dense one, 3.4x too much for
+    legacy_xception."""
     from torch.utils import flop_counter
 
-    with flop_counter.FlopCounterMode(display=False) as counter:
-      self.step(self.model, 0)
-    return float(counter.get_total_flops())
+    counter = flop_counter.FlopCounterMode(display=False)
+    with counter, self.torch.no_grad():
+      self.model(self.batches[0][0])
+    return 3.0 * counter.get_total_flops()
 
   def synchronize(self) -> None:
     if self.device.type == 'cuda':
@@ -232,7 +236,7 @@ def run(args: argparse.Namespace) -> step_record.StepRecord:
       step_ms_rounds=[round(t, 2) for t in round_ms],
       images_per_sec=r.images_per_sec,
       flops_per_step=step.flops,
-      flops_source='torch_flop_counter',
+      flops_source='torch_forward_x3',
       gflops_per_sec=r.gflops_per_sec,
       spec_peak_tflops=r.spec_peak_tflops,
       mfu=r.mfu,
