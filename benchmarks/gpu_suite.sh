@@ -5,7 +5,7 @@
 #   Phase A: images/s and MFU of our train step (benchmarks/train_step.py) and
 #     timm's (benchmarks/timm_step.py) for the three families, at the paper's
 #     batch size and at 128, bfloat16 and float32, 300x300x1. Up to
-#     SUITE_PARALLEL processes compile at once; each times (warm-up included)
+#     SUITE_PARALLEL processes (6) compile at once; each times (warm-up included)
 #     only while it holds one file lock, so timings run one at a time on a
 #     quiet GPU.
 #   Phase B: the five paper configs (configs/inception_v3.py, resnet.py,
@@ -85,10 +85,11 @@ if [ "$DRY_RUN" = 1 ]; then
   B_EXTRA="--config.model.width_multiplier=0.0625"
   B_MEM=""
   BUILD_WORKERS=1
+  B_WORKERS=0  # grain workers per training (five trainings on 2 cores).
 else
   DTYPES=${SUITE_DTYPES:-"bfloat16 float32"}
   BATCHES=${SUITE_BATCHES:-"paper 128"}
-  PARALLEL=${SUITE_PARALLEL:-4}
+  PARALLEL=${SUITE_PARALLEL:-6}
   A_BUDGET_S=${SUITE_A_BUDGET_S:-150}
   JOB_TIMEOUT_S=150  # Full-size compiles take 60-80 s on an H100.
   A_OURS="--steps=10 --rounds=3 --warmup=3"
@@ -97,6 +98,7 @@ else
   B_EXTRA=""
   B_MEM=0.18  # Five trainings (0.9 of the GPU memory in all).
   BUILD_WORKERS=4
+  B_WORKERS=2
 fi
 # Phase B's trainings end (timeout) this many seconds into the suite at the
 # latest, leaving time for the evaluations within the call's 570 s.
@@ -204,7 +206,7 @@ phase_b_train() {
   local data=$1 cfg pids=() overrides
   for cfg in $B_CONFIGS; do
     overrides=$($PY benchmarks/suite_summary.py overrides "configs/$cfg.py" \
-        data.worker_count=2 data.on_device=true)
+        data.worker_count="$B_WORKERS" data.on_device=true)
     # shellcheck disable=SC2086
     XLA_PYTHON_CLIENT_MEM_FRACTION=${B_MEM:-0.18} \
     XLA_PYTHON_CLIENT_PREALLOCATE=$([ -n "$B_MEM" ] && echo true || echo false) \
