@@ -1,15 +1,32 @@
-r"""Times one jitted train step of ours, optionally interleaved with Keras'.
+r"""Times our jitted train step (throughput), optionally beside Keras', or the
+real training loop end to end.
 
 Usage (from the repo root):
-  python benchmarks/train_step.py --config=configs/xception.py --batch_size=8 \
-      --steps=5 [--compare_keras] [--dtype=float32|bfloat16] \
-      [--depthwise=layers|shifted|lax] \
+  python benchmarks/train_step.py --config=configs/xception.py \
+      [--batch_size=8] [--steps=5] [--rounds=3] [--compare_keras] \
+      [--dtype=float32|bfloat16] [--depthwise=layers|shifted|lax|fast] \
       [--variant=keras|config] [--config.<field>=<value> ...]
+  python benchmarks/train_step.py --config=configs/demo.py --end_to_end \
+      [--workdir=DIR] [--steps=20] [--rounds=2]
 
-Ours is the real `ankle_jax.training.steps.train_step` (on-device augmentation and
-standardization, cross entropy, L2, aux loss, Adam, BatchNorm statistics),
-jitted by `steps.compile_steps` with the state donated. Each step gets the same
-random batch of [B, S, S, 1] images in [0, 1].
+Step mode (the default). Ours is the real `ankle_jax.training.steps.train_step`
+(on-device augmentation and standardization, cross entropy, L2, aux loss, Adam,
+BatchNorm statistics), jitted by `steps.compile_steps` with the state donated.
+`--distinct_batches` different random batches of [B, S, S, 1] images in [0, 1]
+are placed on the device before timing and taken in turn (no step reuses the
+previous step's batch). A round dispatches `--steps` steps and waits for the
+device once, so step_ms is the throughput a training loop gets when the input
+keeps up, not the latency of one step; the median over `--rounds` is reported.
+
+End-to-end mode (`--end_to_end`): `ankle_jax.train.train_and_evaluate` itself,
+the real loader over a built dataset (the config's data fields: e.g.
+configs/demo.py builds its synthetic studies on first use under --workdir, or
+`--config.data.data_dir=DIR --config.data.dataset_config=fracatlas` reads a
+built FracAtlas), in a fresh run directory under --workdir. The run is
+(1 + rounds) x steps long and logs every `steps` steps; the first window
+(compilation included) is reported as compile_s, the others' images/s
+(metrics.jsonl) as the rounds. Validation and the checkpoint happen only at
+the last step, after the timed windows.
 
 --variant (default: 'keras' with --compare_keras, else 'config'):
   config: the config's model exactly (e.g. Inception V3 with its aux tower and
@@ -23,29 +40,35 @@ random batch of [B, S, S, 1] images in [0, 1].
 With --compare_keras, keras.applications.<Model>(weights=None, input_shape=
 (S, S, 1), classes=2, classifier_activation=None) is trained by the Keras 3 JAX
 recipe: `model.stateless_call` + softmax cross entropy + `keras.optimizers.Adam`
-`stateless_apply`, in one `jax.jit` with the state donated. The two steps are
-timed alternately (ours, Keras, ours, ...), so background load hits both alike.
+`stateless_apply`, in one `jax.jit` with the state donated. The rounds
+alternate (ours, Keras, ours, ...), so background load hits both alike.
 
-FLOPs per step come from XLA's cost analysis of each compiled step (all ops,
-elementwise included). The script also measures the machine's matmul peak
-(CPU: 2048x2048 f32; GPU: 8192x8192 in the compute dtype) and reports achieved
-GFLOP/s as a fraction of it; on known GPUs also MFU against the nominal dense
-peak (SPEC_PEAK_TFLOPS). --batch_size defaults to the config's (the paper's).
+FLOPs per step come from XLA's cost analysis of the step (all ops,
+elementwise included): the compiled estimate on CPU (the figure the Keras
+comparison is stated in), the lowered one elsewhere (on GPU the compiled
+estimate leaves out the cuDNN convolutions). Both count the global batch. The
+script also measures the machine's matmul peak (CPU: 2048x2048 f32; GPU:
+8192x8192 in the compute dtype) and reports the fraction of it achieved; on
+known GPUs also MFU against the nominal dense peak of every device used
+(step_record.SPEC_PEAK_TFLOPS). --batch_size defaults to the config's (the
+paper's). --device_lock=PATH times (warm-up included) only while holding that
+file lock, so that several processes can compile at once and time one by one
+(benchmarks/gpu_suite.sh).
 
-The last line printed is one JSON object.
+The last line printed is one JSON object, a `step_record.StepRecord` (with
+`ratio_vs_keras*` and the Keras side's numbers in `extra` under --compare_keras).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import contextlib
-import datetime
 import json
 import os
 import pathlib
-import platform
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -59,11 +82,15 @@ from ml_collections import config_flags
 import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-  sys.path.insert(0, str(REPO_ROOT))  # For `configs` and `ankle_jax`.
+for path in (REPO_ROOT, REPO_ROOT / 'benchmarks'):
+  if str(path) not in sys.path:
+    sys.path.insert(0, str(path))  # For `configs`, `ankle_jax`, step_record.
+
+import step_record  # noqa: E402
 
 from ankle_jax import models  # noqa: E402
 from ankle_jax import sharding  # noqa: E402
+from ankle_jax import train  # noqa: E402
 from ankle_jax.training import losses  # noqa: E402
 from ankle_jax.training import state as state_lib  # noqa: E402
 from ankle_jax.training import steps  # noqa: E402
@@ -77,9 +104,27 @@ _CONFIG = config_flags.DEFINE_config_file(
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, "Images per step (default: the config's batch_size)."
 )
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (median reported).')
+_STEPS = flags.DEFINE_integer(
+    'steps', 5, 'Steps per timed round (one wait per round).'
+)
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds (median reported).')
 _WARMUP = flags.DEFINE_integer(
     'warmup', 2, 'Untimed steps after compilation, per side.'
+)
+_DISTINCT_BATCHES = flags.DEFINE_integer(
+    'distinct_batches', 4, 'Different random batches on the device, in turn.'
+)
+_END_TO_END = flags.DEFINE_bool(
+    'end_to_end', False, 'Time the real training loop and loader instead.'
+)
+_WORKDIR = flags.DEFINE_string(
+    'workdir',
+    None,
+    '--end_to_end: folder of the runs (and of a synthetic dataset); '
+    'default: a new temporary folder.',
+)
+_DEVICE_LOCK = flags.DEFINE_string(
+    'device_lock', None, 'Time only while holding this file lock.'
 )
 _COMPARE_KERAS = flags.DEFINE_bool(
     'compare_keras', False, 'Also time the keras.applications equivalent.'
@@ -100,7 +145,9 @@ _IMAGE_SIZE = flags.DEFINE_integer(
     'image_size', None, 'Override config.image_size.'
 )
 _MATMUL_N = flags.DEFINE_integer(
-    'matmul_n', None, 'Matmul-peak side (default 2048 on CPU, 8192 else).'
+    'matmul_n',
+    None,
+    'Matmul-peak side (default 2048 on CPU, 8192 else; 0 = skip).',
 )
 _DEPTHWISE = flags.DEFINE_enum(
     'depthwise',
@@ -136,38 +183,38 @@ def keras_variant(config) -> None:
   config.model.kwargs = kwargs
 
 
-def time_call(fn: Callable[[], Any]) -> float:
-  """Milliseconds of fn() including device completion."""
+def timed_round(step_fn: Callable[[int], Any], num_steps: int) -> float:
+  """Milliseconds per step of `num_steps` dispatched steps and one wait."""
   start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return (time.perf_counter() - start) * 1e3
+  out = None
+  for i in range(num_steps):
+    out = step_fn(i)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) * 1e3 / num_steps
 
 
-def flops_of(computation) -> float:
-  """XLA's estimate of the FLOPs of one call of a lowered or compiled function.
+def flops_of(computation, num_devices: int = 1) -> float:
+  """XLA's estimate of the FLOPs of one call of a lowered or compiled function,
+  for the global batch.
 
-  On GPU the compiled estimate leaves out convolutions that run as cuDNN custom
-  calls (about 90% of the work here), so `flops_per_step` on a GPU comes from
-  the lowered (backend-neutral) HLO; on CPU it is the compiled estimate, the
-  figure the Keras comparison is stated in.
+  A compiled SPMD program's estimate is one device's share (times
+  num_devices); a lowered one's is the whole program's. On GPU the compiled
+  estimate leaves out convolutions that run as cuDNN custom calls (about 90%
+  of the work here), hence `lowered_or_compiled`.
   """
   analysis = computation.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # Older JAX: one dict per device.
     analysis = analysis[0]
-  return (
-      float(analysis.get('flops', float('nan'))) if analysis else float('nan')
-  )
+  flops = float(analysis.get('flops', float('nan'))) if analysis else np.nan
+  compiled = not hasattr(computation, 'compile')
+  return flops * num_devices if compiled else flops
 
 
-# Nominal dense peak TFLOP/s by device kind and compute dtype (for MFU on
-# GPUs; f32 is what XLA's default precision gives there: TF32 tensor cores).
-SPEC_PEAK_TFLOPS = {
-    'NVIDIA H100 80GB HBM3': {'bfloat16': 989.0, 'float32': 494.0},
-    'NVIDIA H100': {'bfloat16': 989.0, 'float32': 494.0},
-    'NVIDIA H200': {'bfloat16': 989.0, 'float32': 494.0},
-    'NVIDIA A100-SXM4-80GB': {'bfloat16': 312.0, 'float32': 156.0},
-    'NVIDIA A100-SXM4-40GB': {'bfloat16': 312.0, 'float32': 156.0},
-}
+def lowered_or_compiled(lowered, compiled) -> tuple[Any, str]:
+  """What `flops_of` reads: the compiled step on CPU, the lowered elsewhere."""
+  if jax.default_backend() == 'cpu':
+    return compiled, 'xla_compiled'
+  return lowered, 'xla_lowered'
 
 
 def matmul_peak_gflops(n: int, dtype=jnp.float32, repeats: int = 10) -> float:
@@ -177,16 +224,26 @@ def matmul_peak_gflops(n: int, dtype=jnp.float32, repeats: int = 10) -> float:
   matmul = jax.jit(jnp.matmul)
   jax.block_until_ready(matmul(a, b))
   ms = statistics.median(
-      time_call(lambda: matmul(a, b)) for _ in range(repeats)
+      timed_round(lambda _: matmul(a, b), 1) for _ in range(repeats)
   )
   return 2 * n**3 / (ms * 1e-3) / 1e9
 
 
-def random_batch(batch_size: int, image_size: int, seed: int = 0):
+def random_batches(
+    count: int, batch_size: int, image_size: int, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+  """`count` different batches: 'image' float32 [B, S, S, 1] in [0, 1] and
+  'label' int32 [B]."""
   rng = np.random.default_rng(seed)
-  images = rng.random((batch_size, image_size, image_size, 1), np.float32)
-  labels = rng.integers(0, 2, (batch_size,), np.int32)
-  return {'image': images, 'label': labels}
+  return [
+      {
+          'image': rng.random(
+              (batch_size, image_size, image_size, 1), np.float32
+          ),
+          'label': rng.integers(0, 2, (batch_size,), np.int32),
+      }
+      for _ in range(count)
+  ]
 
 
 @contextlib.contextmanager
@@ -237,52 +294,63 @@ def depthwise_impl(name: str):
     linear.lax = original_lax
 
 
+def lower_train_step(config, mesh, batch) -> tuple[Any, Any]:
+  """(a fresh train state on the mesh, our train step lowered for `batch`)."""
+  model = models.from_run_config(config)
+  optimizer = state_lib.OptimizerSettings.from_config(config)
+  lr_fn = state_lib.create_learning_rate_fn(optimizer, 1000)
+  state = state_lib.create_train_state(
+      optimizer,
+      model,
+      jax.random.key_data(jax.random.key(config.seed)),
+      config.image_size,
+      learning_rate_fn=lr_fn,
+  )
+  jitted = steps.compile_steps(
+      mesh,
+      lr_fn,
+      steps.AugmentSettings.from_config(config.augment),
+      losses.LossSettings.from_config(config),
+  )
+  return state, jitted.train.lower(state, batch)
+
+
 class OursStep:
-  """Our jitted, donated train step on a fixed batch."""
+  """Our jitted, donated train step over batches placed on the devices.
 
-  def __init__(self, config, batch, depthwise: str = 'layers'):
+  Call with i: one step on batch i mod len(batches); returns the loss (a
+  device array, not waited for).
+  """
+
+  def __init__(self, config, batches, depthwise: str = 'layers'):
     with depthwise_impl(depthwise):
-      self._build(config, batch)
+      self._build(config, batches)
 
-  def _build(self, config, batch):
+  def _build(self, config, batches):
     mesh = sharding.create_mesh()
-    model = models.from_run_config(config)
-    optimizer = state_lib.OptimizerSettings.from_config(config)
-    lr_fn = state_lib.create_learning_rate_fn(optimizer, 1000)
-    self.state = state_lib.create_train_state(
-        optimizer,
-        model,
-        jax.random.key_data(jax.random.key(config.seed)),
-        config.image_size,
-        learning_rate_fn=lr_fn,
-    )
-    compiled = steps.compile_steps(
-        mesh,
-        lr_fn,
-        steps.AugmentSettings.from_config(config.augment),
-        losses.LossSettings.from_config(config),
-    )
-    self.batch = sharding.shard_batch(batch, mesh)
-    lowered = compiled.train.lower(self.state, self.batch)
+    self.num_devices = mesh.devices.size
+    self.batches = [sharding.shard_batch(b, mesh) for b in batches]
+    self.state, lowered = lower_train_step(config, mesh, self.batches[0])
     self.compiled = lowered.compile()
-    self.flops = flops_of(
-        self.compiled if jax.default_backend() == 'cpu' else lowered
-    )
+    counted, self.flops_source = lowered_or_compiled(lowered, self.compiled)
+    self.flops = flops_of(counted, self.num_devices)
 
-  def __call__(self):
-    self.state, metrics = self.compiled(self.state, self.batch)
+  def __call__(self, i: int):
+    batch = self.batches[i % len(self.batches)]
+    self.state, metrics = self.compiled(self.state, batch)
     return metrics['loss']
 
 
 class KerasStep:
-  """keras.applications model + Adam, a jitted stateless step (Keras recipe)."""
+  """keras.applications model + Adam, a jitted stateless step (Keras recipe);
+  called as OursStep."""
 
   def __init__(
       self,
       model_name: str,
       image_size: int,
       dtype: str,
-      batch,
+      batches,
       learning_rate: float,
   ):
     import keras  # pylint: disable=g-import-not-at-top
@@ -335,22 +403,23 @@ class KerasStep:
         [v.value for v in model.non_trainable_variables],
         [v.value for v in optimizer.variables],
     )
-    self.images = jnp.asarray(batch['image'])
-    self.labels = jnp.asarray(batch['label'])
+    self.batches = [
+        (jnp.asarray(b['image']), jnp.asarray(b['label'])) for b in batches
+    ]
     jitted = jax.jit(step, donate_argnums=(0,))
-    lowered = jitted.lower(self.state, self.images, self.labels)
+    lowered = jitted.lower(self.state, *self.batches[0])
     self.compiled = lowered.compile()
-    self.flops = flops_of(
-        self.compiled if jax.default_backend() == 'cpu' else lowered
-    )
+    counted, self.flops_source = lowered_or_compiled(lowered, self.compiled)
+    self.flops = flops_of(counted)
 
-  def __call__(self):
-    self.state, loss = self.compiled(self.state, self.images, self.labels)
+  def __call__(self, i: int):
+    images, labels = self.batches[i % len(self.batches)]
+    self.state, loss = self.compiled(self.state, images, labels)
     return loss
 
 
-def main(argv):
-  del argv
+def prepared_config() -> tuple[Any, str]:
+  """(the config with the command-line overrides, the variant timed)."""
   config = _CONFIG.value
   if config is None:
     raise app.UsageError('--config=configs/<model>.py is required')
@@ -360,106 +429,232 @@ def main(argv):
     config.image_size = _IMAGE_SIZE.value
   if _BATCH_SIZE.value:
     config.batch_size = _BATCH_SIZE.value
-  batch_size = config.batch_size
   variant = _VARIANT.value or ('keras' if _COMPARE_KERAS.value else 'config')
   if variant == 'keras':
     keras_variant(config)
-  batch = random_batch(batch_size, config.image_size)
+  return config, variant
 
+
+def time_sides(
+    sides: dict[str, Callable[[int], Any]], num_steps: int, rounds: int
+) -> dict[str, list[float]]:
+  """Per-round ms per step of each side, the sides alternating round by
+  round after `--warmup` untimed steps each; prints each round."""
+  for step_fn in sides.values():
+    if _WARMUP.value:
+      timed_round(step_fn, _WARMUP.value)
+  times = {name: [] for name in sides}
+  for _ in range(rounds):
+    for name, step_fn in sides.items():
+      times[name].append(timed_round(step_fn, num_steps))
+    print(
+        json.dumps({k: round(v[-1], 1) for k, v in times.items()}), flush=True
+    )
+  return times
+
+
+def matmul_peak(dtype: str) -> tuple[float | None, str]:
+  """(measured matmul GFLOP/s, 'NxN dtype'); on CPU in f32 (bf16 has no
+  faster path there); (None, '') with --matmul_n=0."""
+  on_cpu = jax.default_backend() == 'cpu'
+  n = (
+      _MATMUL_N.value
+      if _MATMUL_N.value is not None
+      else (2048 if on_cpu else 8192)
+  )
+  if not n:
+    return None, ''
+  dtype = 'float32' if on_cpu else dtype
+  return matmul_peak_gflops(n, jnp.dtype(dtype)), f'{n}x{n} {dtype}'
+
+
+def our_record(
+    config,
+    *,
+    variant: str,
+    mode: str,
+    round_ms: Sequence[float],
+    flops: tuple[float | None, str],
+    compile_s: float,
+    extra: dict[str, Any],
+) -> step_record.StepRecord:
+  """The StepRecord of our step; flops: (per global step, who counted)."""
+  device = jax.devices()[0].device_kind
+  num_devices = jax.device_count()
+  r = step_record.rates(
+      round_ms,
+      config.batch_size,
+      flops[0],
+      device=device,
+      dtype=config.dtype,
+      num_devices=num_devices,
+  )
+  peak, peak_shape = matmul_peak(config.dtype) if mode == 'step' else (None, '')
+  return step_record.StepRecord(
+      implementation='ours',
+      model=config.model.name,
+      variant=variant,
+      mode=mode,
+      dtype=config.dtype,
+      image_size=config.image_size,
+      batch_size=config.batch_size,
+      steps=_STEPS.value,
+      rounds=len(round_ms),
+      step_ms=r.step_ms,
+      step_ms_rounds=[round(t, 2) for t in round_ms],
+      images_per_sec=r.images_per_sec,
+      flops_per_step=flops[0],
+      flops_source=flops[1],
+      gflops_per_sec=r.gflops_per_sec,
+      spec_peak_tflops=r.spec_peak_tflops,
+      mfu=r.mfu,
+      matmul_peak_gflops_per_sec=None if peak is None else round(peak, 1),
+      fraction_of_matmul_peak=(
+          round(r.gflops_per_sec / peak, 3)
+          if peak and r.gflops_per_sec
+          else None
+      ),
+      compile_s=round(compile_s, 1),
+      num_devices=num_devices,
+      backend=jax.default_backend(),
+      device=device,
+      framework=f'jax {jax.__version__}',
+      config_file=config_flags.get_config_filename(flags.FLAGS['config']),
+      extra={**model_fields(config), 'matmul_peak_shape': peak_shape, **extra},
+  )
+
+
+def model_fields(config) -> dict[str, Any]:
+  """The config's model fields that say which network was timed."""
+  kwargs = config.model.get('kwargs') or {}
+  return {
+      'model_kwargs': dict(getattr(kwargs, 'to_dict', lambda: kwargs)()),
+      'aux_head': bool(config.model.aux_head),
+      'dropout_rate': float(config.model.dropout_rate),
+      'width_multiplier': float(config.model.width_multiplier),
+  }
+
+
+def keras_extra(
+    keras_side: KerasStep, times: dict[str, list[float]], compile_s: float
+) -> dict[str, Any]:
+  """The Keras side's numbers and the ratios (extra of our record)."""
+  keras_ms = statistics.median(times['keras'])
+  ours_ms = statistics.median(times['ours'])
+  return {
+      'keras_step_ms': round(keras_ms, 1),
+      'keras_step_ms_rounds': [round(t, 1) for t in times['keras']],
+      'keras_flops_per_step': keras_side.flops,
+      'keras_gflops_per_sec': round(
+          keras_side.flops / (keras_ms * 1e-3) / 1e9, 1
+      ),
+      'keras_compile_s': round(compile_s, 1),
+      'ratio_vs_keras': round(keras_ms / ours_ms, 3),
+      # Median of the per-round ratios (each round times both back to back):
+      # robust to load that drifts over the run.
+      'ratio_vs_keras_paired_median': round(
+          statistics.median(
+              k / o for k, o in zip(times['keras'], times['ours'])
+          ),
+          3,
+      ),
+  }
+
+
+def step_mode(config, variant: str) -> step_record.StepRecord:
+  """Times our step (and Keras') on random batches already on the device."""
+  batches = random_batches(
+      _DISTINCT_BATCHES.value, config.batch_size, config.image_size
+  )
   t0 = time.perf_counter()
-  ours = OursStep(config, batch, _DEPTHWISE.value)
+  ours = OursStep(config, batches, _DEPTHWISE.value)
   compile_s = time.perf_counter() - t0
   sides = {'ours': ours}
-  keras_compile_s = None
   if _COMPARE_KERAS.value:
     t0 = time.perf_counter()
     sides['keras'] = KerasStep(
         config.model.name,
         config.image_size,
         config.dtype,
-        batch,
+        batches,
         config.learning_rate,
     )
     keras_compile_s = time.perf_counter() - t0
-
-  for step_fn in sides.values():
-    for _ in range(_WARMUP.value):
-      time_call(step_fn)
-  times = {name: [] for name in sides}
-  for _ in range(_STEPS.value):
-    for name, step_fn in sides.items():  # Interleaved.
-      times[name].append(time_call(step_fn))
-    print(
-        json.dumps({k: round(v[-1], 1) for k, v in times.items()}), flush=True
+  with step_record.quiet_device(_DEVICE_LOCK.value):
+    times = time_sides(sides, _STEPS.value, _ROUNDS.value)
+    extra = {'depthwise': _DEPTHWISE.value}
+    if 'keras' in sides:
+      extra.update(keras_extra(sides['keras'], times, keras_compile_s))
+    return our_record(
+        config,
+        variant=variant,
+        mode='step',
+        round_ms=times['ours'],
+        flops=(ours.flops, ours.flops_source),
+        compile_s=compile_s,
+        extra=extra,
     )
 
-  on_cpu = jax.default_backend() == 'cpu'
-  matmul_n = _MATMUL_N.value or (2048 if on_cpu else 8192)
-  # On CPU the f32 peak is the yardstick (bf16 has no faster path there).
-  matmul_dtype = 'float32' if on_cpu else config.dtype
-  peak = matmul_peak_gflops(matmul_n, jnp.dtype(matmul_dtype))
-  device_kind = jax.devices()[0].device_kind
-  spec_tflops = SPEC_PEAK_TFLOPS.get(device_kind, {}).get(config.dtype)
-  step_ms = statistics.median(times['ours'])
-  gflops = ours.flops / (step_ms * 1e-3) / 1e9
-  result = {
-      'model': config.model.name,
-      'config_file': config_flags.get_config_filename(flags.FLAGS['config']),
-      'variant': variant,
-      'depthwise': _DEPTHWISE.value,
-      'model_kwargs': config.model.kwargs.to_dict()
-      if hasattr(config.model.kwargs, 'to_dict')
-      else dict(config.model.kwargs),
-      'aux_head': bool(config.model.aux_head),
-      'dropout_rate': float(config.model.dropout_rate),
-      'dtype': config.dtype,
-      'image_size': config.image_size,
-      'batch_size': batch_size,
-      'steps': _STEPS.value,
-      'step_ms': round(step_ms, 1),
-      'step_ms_all': [round(t, 1) for t in times['ours']],
-      'images_per_sec': round(batch_size / (step_ms * 1e-3), 2),
-      'flops_per_step': ours.flops,
-      'gflops_per_sec': round(gflops, 1),
-      'matmul_peak_gflops_per_sec': round(peak, 1),
-      'matmul_peak_shape_dtype': f'{matmul_n}x{matmul_n} {matmul_dtype}',
-      'fraction_of_matmul_peak': round(gflops / peak, 3),
-      'spec_peak_tflops': spec_tflops,
-      'mfu': round(gflops / (spec_tflops * 1e3), 4) if spec_tflops else None,
-      'compile_s': round(compile_s, 1),
-      'backend': jax.default_backend(),
-      'device': device_kind,
-      'num_devices': jax.device_count(),
-      'cpu_count': os.cpu_count(),
-      'machine': platform.machine(),
-      'jax': jax.__version__,
-      'date': datetime.datetime.now().isoformat(timespec='seconds'),
-  }
-  if 'keras' in sides:
-    keras_ms = statistics.median(times['keras'])
-    keras_flops = sides['keras'].flops
-    result.update(
-        {
-            'keras_step_ms': round(keras_ms, 1),
-            'keras_step_ms_all': [round(t, 1) for t in times['keras']],
-            'keras_images_per_sec': round(batch_size / (keras_ms * 1e-3), 2),
-            'keras_flops_per_step': keras_flops,
-            'keras_gflops_per_sec': round(
-                keras_flops / (keras_ms * 1e-3) / 1e9, 1
-            ),
-            'keras_compile_s': round(keras_compile_s, 1),
-            'ratio_vs_keras': round(keras_ms / step_ms, 3),
-            # Median of the per-round ratios (each round times both back to
-            # back): robust to load that drifts over the run.
-            'ratio_vs_keras_paired_median': round(
-                statistics.median(
-                    k / o for k, o in zip(times['keras'], times['ours'])
-                ),
-                3,
-            ),
-        }
-    )
-  print(json.dumps(result))
+
+def end_to_end_config(config, root: pathlib.Path) -> None:
+  """Sets the run length, logging and data paths of an end-to-end run."""
+  num_steps = _STEPS.value * (1 + _ROUNDS.value)
+  config.num_train_steps = num_steps
+  config.log_every_steps = _STEPS.value
+  config.eval_every_steps = num_steps
+  config.checkpoint_every_steps = num_steps
+  config.image_summary_every_steps = 0
+  config.early_stopping_patience = 0
+  config.progress_bar = False
+  if not config.data.data_dir:  # Synthetic data: built once under root.
+    config.data.data_dir = str(root / 'data' / 'tfds')
+
+
+def end_to_end(config, variant: str) -> step_record.StepRecord:
+  """Times `train.train_and_evaluate` (loader, transfers, steps): the first
+  log window holds the compilation, the next --rounds windows are timed."""
+  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix='e2e_'))
+  end_to_end_config(config, root)
+  run_dir = root / f'run_{time.strftime("%Y%m%d_%H%M%S")}_{os.getpid()}'
+  with step_record.quiet_device(_DEVICE_LOCK.value):
+    train.train_and_evaluate(config, run_dir)
+  windows = [
+      row
+      for row in map(json.loads, (run_dir / 'metrics.jsonl').open())
+      if 'steps_per_second' in row
+  ]
+  round_ms = [1e3 / row['steps_per_second'] for row in windows[1:]]
+  first_window_s = _STEPS.value / windows[0]['steps_per_second']
+  median_ms = statistics.median(round_ms)
+  mesh = sharding.create_mesh()
+  batch = sharding.shard_batch(
+      random_batches(1, config.batch_size, config.image_size)[0], mesh
+  )
+  flops = flops_of(lower_train_step(config, mesh, batch)[1])
+  data_fields = ('worker_count', 'on_device', 'dataset_config', 'data_dir')
+  return our_record(
+      config,
+      variant=variant,
+      mode='end_to_end',
+      round_ms=round_ms,
+      flops=(flops, 'xla_lowered'),
+      compile_s=first_window_s - _STEPS.value * median_ms * 1e-3,
+      extra={
+          'first_window_s': round(first_window_s, 2),
+          'run_dir': str(run_dir),
+          **{f'data.{k}': config.data.get(k) for k in data_fields},
+      },
+  )
+
+
+def main(argv):
+  del argv
+  config, variant = prepared_config()
+  if _END_TO_END.value:
+    record = end_to_end(config, variant)
+  else:
+    record = step_mode(config, variant)
+  print(record.to_json(), flush=True)
 
 
 if __name__ == '__main__':
