@@ -267,3 +267,27 @@ def test_index_batches_place_on_the_mesh():
   split = inputs.place_split(_source(num=6), t.IMAGE_SIZE, mesh)
   assert split.dtype == np.uint16 and split.shape[0] == 6
   assert split.sharding.is_fully_replicated
+
+
+@pytest.mark.parametrize('multiview', [False, True])
+def test_two_processes_index_blocks_join_into_the_one_process_batch(multiview):
+  source = _source(num=24, views=3)
+  make = (
+      cases.make_case_train_loader if multiview else pipeline.make_train_loader
+  )
+  options = {
+      'global_batch_size': 4,
+      'image_size': t.IMAGE_SIZE,
+      'seed': 1,
+      'indices_only': True,
+      **({'max_views': 2} if multiview else {}),
+  }
+  one = _take(make(source, **options), 4)
+  blocks = [
+      _take(make(source, process_index=p, process_count=2, **options), 4)
+      for p in (0, 1)
+  ]
+  for k, batch in enumerate(one):
+    for key in batch:
+      joined = np.concatenate([blocks[0][k][key], blocks[1][k][key]])
+      np.testing.assert_array_equal(joined, batch[key])
