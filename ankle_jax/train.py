@@ -143,8 +143,8 @@ class Setup:
 
   jitted: the jitted steps; ckpts, writer: the run's checkpoints and records
   (their files change, the objects do not); train_iter: the training
-  iterator of (host batch, placed batch); validation_batches: () -> this process's blocks of the
-  validation batches; images_per_step: for images/s.
+  iterator of (host batch, placed batch); validation_batches: () -> this
+  process's blocks of the validation batches; images_per_step: for images/s.
   """
 
   workdir: epath.Path
@@ -166,15 +166,18 @@ def place_data(
   """Where the run's data lives (config.data.on_device, worker_count) and the
   splits placed on the devices."""
   data = config.data
+  device = next(
+      d for d in mesh.devices.flat if d.process_index == jax.process_index()
+  )
   placement = inputs.resolve_placement(
       on_device=data.on_device,
       worker_count=data.worker_count,
-      platform=mesh.devices.flat[0].platform,
+      platform=device.platform,
       split_nbytes=tuple(
           pipeline.split_nbytes(source, config.image_size) for source in sources
       ),
       budget_bytes=inputs.device_budget_bytes(
-          mesh.devices.flat[0],
+          device,
           data.on_device_budget_fraction,
           data.on_device_cpu_budget_mb * 2**20,
       ),
