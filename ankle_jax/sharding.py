@@ -38,8 +38,9 @@ DATA_AXIS = 'data'
 
 
 # The batch entries that go to the devices (a multi-view batch adds its
-# view mask [B, V]); the rest (case ids, masks of padding rows) stays on host.
-DEVICE_KEYS = ('image', 'view_mask', 'label')
+# view mask [B, V]; a split on the device has record indices in place of
+# images); the rest (case ids, masks of padding rows) stays on host.
+DEVICE_KEYS = ('image', 'index', 'view_mask', 'label')
 
 # The environment variables of an explicit multi-process start (any launcher):
 # the coordinator's host:port (process 0 listens there), the number of

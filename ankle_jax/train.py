@@ -125,6 +125,7 @@ def compile_steps(
     mesh: Mesh,
     learning_rate_fn: Any,
     views: steps.ViewSettings | None,
+    resident: steps.ResidentSplits,
 ) -> steps.CompiledSteps:
   """The run's jitted steps (augmentation and loss settings of the config)."""
   return steps.compile_steps(
@@ -133,6 +134,7 @@ def compile_steps(
       steps.AugmentSettings.from_config(config.augment),
       losses.LossSettings.from_config(config),
       views,
+      resident,
   )
 
 
@@ -143,8 +145,8 @@ class Setup:
   jitted: the jitted steps; cadence: when the loop saves and validates;
   ckpts, writer: the run's checkpoints and records
   (their files change, the objects do not); train_iter: the training
-  iterator; validation_batches: () -> this process's blocks of the
-  validation batches; images_per_step: for images/s.
+  iterator of (host batch, placed batch); validation_batches: () -> this
+  process's blocks of the validation batches; images_per_step: for images/s.
   """
 
   workdir: epath.Path
@@ -161,20 +163,57 @@ class Setup:
   images_per_step: int
 
 
+def place_data(
+    config: ml_collections.ConfigDict, mesh: Mesh, sources: tuple[Any, Any]
+) -> tuple[inputs.Placement, steps.ResidentSplits]:
+  """Where the run's data lives (config.data.on_device, worker_count) and the
+  splits placed on the devices."""
+  data = config.data
+  device = next(
+      d for d in mesh.devices.flat if d.process_index == jax.process_index()
+  )
+  placement = inputs.resolve_placement(
+      on_device=data.on_device,
+      worker_count=data.worker_count,
+      platform=device.platform,
+      split_nbytes=tuple(
+          pipeline.split_nbytes(source, config.image_size) for source in sources
+      ),
+      budget_bytes=inputs.device_budget_bytes(
+          device,
+          data.on_device_budget_fraction,
+          data.on_device_cpu_budget_mb * 2**20,
+      ),
+  )
+  on_device = (placement.train_on_device, placement.eval_on_device)
+  train, eval_ = (
+      inputs.place_split(source, config.image_size, mesh) if placed else None
+      for source, placed in zip(sources, on_device)
+  )
+  return placement, steps.ResidentSplits(train, eval_)
+
+
 def train_iterator(
     config: ml_collections.ConfigDict,
     train_source: Any,
     views: steps.ViewSettings | None,
-) -> Any:
-  """The resumable training iterator of the config."""
-  return inputs.make_train_iterator(
+    placement: inputs.Placement,
+    mesh: Mesh,
+) -> inputs.DevicePrefetch:
+  """The resumable training iterator of the config, two batches ahead on the
+  devices."""
+  iterator = inputs.make_train_iterator(
       train_source,
       global_batch_size=config.batch_size,
       image_size=config.image_size,
       seed=config.seed,
-      worker_count=config.data.worker_count,
+      worker_count=placement.worker_count,
       sample_weights_by_label=config.data.get('sample_weights_by_label'),
       max_views=views.max_views if views else None,
+      indices_only=placement.train_on_device,
+  )
+  return inputs.DevicePrefetch(
+      iterator, functools.partial(sharding.shard_batch, mesh=mesh)
   )
 
 
@@ -202,12 +241,13 @@ def set_up(
       schedule.num_train_steps,
       learning_rate_fn,
   )
+  placement, resident = place_data(config, mesh, sources)
   setup = Setup(
       workdir=workdir,
       mesh=mesh,
       schedule=schedule,
       cadence=cadence_lib.Cadence.from_config(config, schedule.num_train_steps),
-      jitted=compile_steps(config, mesh, learning_rate_fn, views),
+      jitted=compile_steps(config, mesh, learning_rate_fn, views, resident),
       ckpts=checkpoint.RunCheckpoints(
           workdir,
           keep=config.keep_checkpoints,
@@ -218,7 +258,7 @@ def set_up(
       writer=writers.MetricWriter(
           workdir, enabled=sharding.is_chief(), tags=validation.METRIC_TAGS
       ),
-      train_iter=train_iterator(config, sources[0], views),
+      train_iter=train_iterator(config, sources[0], views, placement, mesh),
       validation_batches=functools.partial(
           validation.validation_batches,
           sources[1],
@@ -226,6 +266,7 @@ def set_up(
           image_size=config.image_size,
           max_views_per_case=config.data.max_eval_views,
           multiview=views is not None,
+          indices_only=placement.eval_on_device,
       ),
       best_metric=config.best_metric,
       patience=config.early_stopping_patience,
@@ -436,10 +477,9 @@ def train_and_evaluate(
     for step in range(int(state.step) + 1, schedule.num_train_steps + 1):
       if loop.stopped_early:
         break
-      batch = next(setup.train_iter)
-      placed = sharding.shard_batch(batch, setup.mesh)
+      batch, placed = next(setup.train_iter)
       if schedule.images_due(step):
-        preview = jax.device_get(setup.jitted.preview(state, placed['image']))
+        preview = jax.device_get(setup.jitted.preview(state, placed))
         records.write_preview(writer, step, preview, batch)
       state, metrics = setup.jitted.train(state, placed)
       history.append((step, metrics))

@@ -43,6 +43,46 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from ankle_jax.data import pipeline
+
+
+def to_unit_float(images: jax.Array) -> jax.Array:
+  """A batch's images as float32 in [0, 1]: uint16 (the stored intensities,
+  as the loaders carry them) times `pipeline.UNIT_SCALE`, exactly the host's
+  `pipeline.to_image`; float images (resized on the host) unchanged."""
+  if images.dtype == jnp.uint16:
+    # The barrier keeps XLA from fusing the scaling into what follows (an
+    # FMA there rounds differently from the host's product).
+    return jax.lax.optimization_barrier(
+        images.astype(jnp.float32) * jnp.float32(pipeline.UNIT_SCALE)
+    )
+  return images.astype(jnp.float32)
+
+
+def gather_images(
+    split_images: jax.Array,
+    index: jax.Array,
+    view_mask: jax.Array | None = None,
+) -> jax.Array:
+  """A batch of a split resident on the device (data.on_device), as float32
+  in [0, 1]: the rows `index` of `split_images`, converted (`to_unit_float`).
+
+  Args:
+    split_images: uint16 (float32 where resized) [N, S, S, 1], every record of
+      the split (`pipeline.split_images`).
+    index: int [B] (views) or [B, V] (cases' view slots) record indices.
+    view_mask: bool [B, V] for case batches: padded slots become 0, as the
+      host loaders pad them.
+
+  Returns:
+    float32 [B, S, S, 1] or [B, V, S, S, 1].
+  """
+  images = to_unit_float(jnp.take(split_images, index, axis=0, mode='clip'))
+  if view_mask is not None:
+    mask = view_mask.reshape(view_mask.shape + (1,) * (images.ndim - 2))
+    images = jnp.where(mask, images, 0.0)
+  return images
+
 
 def _resample(
     image_hwc: jax.Array, src_r: jax.Array, src_c: jax.Array

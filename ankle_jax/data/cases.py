@@ -65,7 +65,11 @@ def max_case_views(source, max_views_per_case: int = 0) -> int:
 
 
 def _case_views(
-    source, record_indices: Sequence[int], image_size: int, num_slots: int
+    source,
+    record_indices: Sequence[int],
+    image_size: int,
+    num_slots: int,
+    as_wire: bool = False,
 ) -> dict[str, np.ndarray]:
   """One case's views in `num_slots` slots, real views first.
 
@@ -75,21 +79,25 @@ def _case_views(
       order.
     image_size: output side S.
     num_slots: V.
+    as_wire: images as a training batch carries them
+      (`pipeline.to_wire_image`: uint16 unless resized), not float32.
 
   Returns:
     {'image': float32 [V, S, S, 1] in [0, 1] (padded slots 0), 'view_mask':
     bool [V], 'view_index': int32 [V] (-1 at padding), 'label': int32 (the
     label of the case's first record; a case has one label)}.
   """
+  dtype = pipeline.wire_dtype(source, image_size) if as_wire else np.float32
+  to_image = pipeline.to_wire_image if as_wire else pipeline.to_image
   case = {
-      'image': np.zeros((num_slots, image_size, image_size, 1), np.float32),
+      'image': np.zeros((num_slots, image_size, image_size, 1), dtype),
       'view_mask': np.zeros((num_slots,), bool),
       'view_index': np.full((num_slots,), -1, np.int32),
       'label': np.int32(0),
   }
   for slot, i in enumerate(record_indices):
     ex = source[i]
-    case['image'][slot] = pipeline.to_image(ex['image'], image_size)
+    case['image'][slot] = to_image(ex['image'], image_size)
     case['view_mask'][slot] = True
     case['view_index'][slot] = int(ex['view_index'])
     if slot == 0:
@@ -97,25 +105,62 @@ def _case_views(
   return case
 
 
+def case_index_views(
+    meta: Sequence[Mapping[str, object]],
+    record_indices: Sequence[int],
+    num_slots: int,
+) -> dict[str, np.ndarray]:
+  """One case's slots as record indices (the split is on the device):
+  {'index': int32 [V] (0 at padding), 'view_mask': bool [V], 'view_index':
+  int32 [V] (-1 at padding), 'label': int32 (the first record's)}.
+
+  meta: `pipeline.metadata` of the source.
+  """
+  count = len(record_indices)
+  index = np.zeros((num_slots,), np.int32)
+  index[:count] = record_indices
+  view_index = np.full((num_slots,), -1, np.int32)
+  view_index[:count] = [meta[i]['view_index'] for i in record_indices]
+  return {
+      'index': index,
+      'view_mask': np.arange(num_slots) < count,
+      'view_index': view_index,
+      'label': np.int32(meta[record_indices[0]]['label']),
+  }
+
+
 class _ToCaseTrainExample(grain.transforms.RandomMap):
-  """Case number -> {'image': float32 [V, S, S, 1], 'view_mask': bool [V],
-  'label': int32}; a case with more than V views gets a random subset of V
-  (kept in view_index order), drawn with the generator grain passes in."""
+  """Case number -> {'image': uint16 (float32 where resized) [V, S, S, 1],
+  'view_mask': bool [V], 'label': int32}, or with indices_only {'index':
+  int32 [V], 'view_mask', 'label'}; a case with more than V views gets a
+  random subset of V (kept in view_index order), drawn with the generator
+  grain passes in (the same draws either way)."""
 
   def __init__(
-      self, source, groups: Sequence[Sequence[int]], image_size: int, slots: int
+      self,
+      source,
+      groups: Sequence[Sequence[int]],
+      image_size: int,
+      slots: int,
+      indices_only: bool = False,
   ):
     self.source = source
     self.groups = groups
     self.image_size = image_size
     self.slots = slots
+    self.meta = pipeline.metadata(source) if indices_only else None
 
   def random_map(self, element, rng: np.random.Generator):
     indices = self.groups[int(element)]
     if len(indices) > self.slots:
       chosen = np.sort(rng.choice(len(indices), self.slots, replace=False))
       indices = [indices[k] for k in chosen]
-    case = _case_views(self.source, indices, self.image_size, self.slots)
+    if self.meta is None:
+      case = _case_views(
+          self.source, indices, self.image_size, self.slots, as_wire=True
+      )
+    else:
+      case = case_index_views(self.meta, indices, self.slots)
     del case['view_index']
     return case
 
@@ -135,6 +180,7 @@ def make_case_train_loader(
     ) = None,
     process_index: int = 0,
     process_count: int = 1,
+    indices_only: bool = False,
 ):
   """A resumable grain iterator of training batches of whole cases.
 
@@ -160,12 +206,15 @@ def make_case_train_loader(
       proportional to their label's weight; `shuffle` is implied.
     process_index, process_count: as for `make_train_loader`; B below is then
       this process's block, global_batch_size / process_count.
+    indices_only: record indices in place of images (the split is on the
+      device): the same cases, views and order.
 
   Returns:
-    A grain DatasetIterator yielding {'image': float32 [B, V, S, S, 1] in
-    [0, 1] (padded slots 0), 'view_mask': bool [B, V] (True = a real view, real
-    views first; every case has >= 1), 'label': int32 [B]}, with
-    `get_state()` / `set_state(state)` for an exact resume.
+    A grain DatasetIterator yielding {'image': uint16 (float32 where resized)
+    [B, V, S, S, 1] (padded slots 0), 'view_mask': bool [B, V] (True = a real
+    view, real views first; every case has >= 1), 'label': int32 [B]} (with
+    indices_only 'index': int32 [B, V], 0 at padded slots, in place of
+    'image'), with `get_state()` / `set_state(state)` for an exact resume.
 
   Raises:
     ValueError: on an empty source or max_views < 1.
@@ -182,7 +231,8 @@ def make_case_train_loader(
     probs = pipeline.label_probs(labels, sample_weights_by_label)
   ds = pipeline.epoch_indices(len(groups), seed, shuffle, num_epochs, probs)
   ds = ds.random_map(
-      _ToCaseTrainExample(source, groups, image_size, max_views), seed=seed
+      _ToCaseTrainExample(source, groups, image_size, max_views, indices_only),
+      seed=seed,
   )
   return pipeline.batched_iterator(
       ds, global_batch_size, worker_count, process_index, process_count
@@ -198,6 +248,8 @@ def iterate_case_batches(
     num_view_slots: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    indices_only: bool = False,
+    as_wire: bool = False,
 ) -> Iterator[dict]:
   """Yields every case once, in case_id order, in fixed-size padded batches.
 
@@ -213,6 +265,11 @@ def iterate_case_batches(
     num_view_slots: V; None = `max_case_views(source, max_views_per_case)`.
     process_index, process_count: as for `iterate_eval_batches`; B below is
       then batch_size / process_count.
+    indices_only: 'index' int32 [B, V] (record indices, 0 at padding) in
+      place of 'image', read from the metadata alone (the split is on the
+      device).
+    as_wire: images as the train batches carry them (uint16 unless resized;
+      the eval step converts), not float32.
 
   Yields:
     {'image': float32 [B, V, S, S, 1] (padding 0), 'view_mask': bool [B, V],
@@ -243,6 +300,8 @@ def iterate_case_batches(
       pipeline.local_batch_size(batch_size, process_count),
       image_size,
       slots,
+      indices_only,
+      as_wire,
   )
 
 
@@ -252,22 +311,33 @@ def _case_batches(
     batch_size: int,
     image_size: int,
     slots: int,
+    indices_only: bool = False,
+    as_wire: bool = False,
 ) -> Iterator[dict]:
   """`iterate_case_batches`'s generator, after its checks: one padded batch
   of `batch_size` per block of (case_id, record indices)."""
+  meta = pipeline.metadata(source) if indices_only else None
   for rows in blocks:
     batch = {
-        'image': np.zeros(
-            (batch_size, slots, image_size, image_size, 1), np.float32
-        ),
         'view_mask': np.zeros((batch_size, slots), bool),
         'label': np.zeros((batch_size,), np.int32),
         'case_id': np.full((batch_size,), '', dtype=object),
         'view_index': np.full((batch_size, slots), -1, np.int32),
         'mask': np.zeros((batch_size,), bool),
     }
+    if meta is None:
+      dtype = pipeline.wire_dtype(source, image_size) if as_wire else np.float32
+      batch['image'] = np.zeros(
+          (batch_size, slots, image_size, image_size, 1), dtype
+      )
+    else:
+      batch['index'] = np.zeros((batch_size, slots), np.int32)
     for j, (case_id, indices) in enumerate(rows):
-      case = _case_views(source, indices, image_size, slots)
+      case = (
+          _case_views(source, indices, image_size, slots, as_wire)
+          if meta is None
+          else case_index_views(meta, indices, slots)
+      )
       for key, value in case.items():
         batch[key][j] = value
       batch['case_id'][j] = case_id

@@ -4,8 +4,11 @@
 Training: `make_train_loader` shuffles (per epoch), repeats, optionally
 resamples by per-label weights (balanced sampling), converts and batches on the
 host; the returned grain iterator's `get_state()` / `set_state()` give an exact
-resume. Images are float32 in [0, 1], not standardized and not augmented (that
-happens on device in the train step).
+resume. Images travel as the stored uint16 (float32 in [0, 1] where they are
+resized on the host), not converted, standardized or augmented: the train
+step does that on the device (`augment.to_unit_float`). With the split
+resident on the device (`split_images`, data.on_device), the loader yields
+only record indices (`indices_only`) and the step gathers the images.
 
 Evaluation: `iterate_eval_batches` walks a split ordered by (case_id,
 view_index), so all views of a case are adjacent, and pads the last batch (mask
@@ -113,25 +116,79 @@ def to_str(value) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# uint16 -> [0, 1]; the one scale of host (`to_image`) and device
+# (`augment.to_unit_float`) conversions, so that both give the same floats.
+UNIT_SCALE = 1.0 / 65535.0
+
+
 def to_image(image_u16: np.ndarray, image_size: int) -> np.ndarray:
   """uint16 [S, S, 1] -> float32 [image_size, image_size, 1] in [0, 1]."""
-  image = np.asarray(image_u16, np.float32) * np.float32(1.0 / 65535.0)
+  image = np.asarray(image_u16, np.float32) * np.float32(UNIT_SCALE)
   if image.shape[0] != image_size or image.shape[1] != image_size:
     image = geometry.resize_image(image[..., 0], image_size)[..., None]
   return image
 
 
+def to_wire_image(image_u16: np.ndarray, image_size: int) -> np.ndarray:
+  """What a training batch carries to the device: the stored uint16
+  [S, S, 1] when S == image_size (half the bytes of float32; the step
+  converts), else `to_image`'s float32 (resized on the host)."""
+  image = np.asarray(image_u16)
+  if image.shape[0] == image_size and image.shape[1] == image_size:
+    return image
+  return to_image(image, image_size)
+
+
+def split_images(source, image_size: int) -> np.ndarray:
+  """Every record's `to_wire_image`, in record order: uint16 (or, resized,
+  float32) [len(source), image_size, image_size, 1], the array data.on_device
+  places on the devices once."""
+  return np.stack(
+      [
+          to_wire_image(source[i]['image'], image_size)
+          for i in range(len(source))
+      ]
+  )
+
+
+def wire_dtype(source, image_size: int) -> np.dtype:
+  """The dtype of `to_wire_image` over `source`'s records (uint16 when they
+  are stored at image_size, else float32), from its first record."""
+  if len(source):
+    stored = np.asarray(source[0]['image'])
+    if stored.shape[0] == image_size and stored.shape[1] == image_size:
+      return stored.dtype
+  return np.dtype(np.float32)
+
+
+def split_nbytes(source, image_size: int) -> int:
+  """The bytes of `split_images(source, image_size)`."""
+  itemsize = wire_dtype(source, image_size).itemsize
+  return len(source) * image_size * image_size * itemsize
+
+
 class _ToTrainExample(grain.transforms.Map):
-  """Record -> {'image': float32 [S, S, 1], 'label': int32}."""
+  """Record -> {'image': uint16 (or float32) [S, S, 1], 'label': int32}."""
 
   def __init__(self, image_size: int):
     self.image_size = image_size
 
   def map(self, element):
     return {
-        'image': to_image(element['image'], self.image_size),
+        'image': to_wire_image(element['image'], self.image_size),
         'label': np.int32(element['label']),
     }
+
+
+class _ToIndexExample(grain.transforms.Map):
+  """Record index -> {'index': int32, 'label': int32} (no record read)."""
+
+  def __init__(self, labels: Sequence[int]):
+    self.labels = labels
+
+  def map(self, element):
+    index = int(element)
+    return {'index': np.int32(index), 'label': np.int32(self.labels[index])}
 
 
 class _WeightedIndices(grain.MapDataset):
@@ -187,6 +244,7 @@ def make_train_loader(
     ) = None,
     process_index: int = 0,
     process_count: int = 1,
+    indices_only: bool = False,
 ):
   """A resumable grain iterator of training batches.
 
@@ -207,21 +265,28 @@ def make_train_loader(
     process_index, process_count: this process and the number of processes
       of a multi-process run: the iterator yields only this process's block
       of every global batch (`batched_iterator`).
+    indices_only: yield record indices in place of images (the split is on
+      the device, `split_images`): the same records in the same order.
 
   Returns:
-    A grain DatasetIterator yielding {'image': float32 [B / P, S, S, 1],
-    'label': int32 [B / P]} (P = process_count), with `get_state()` /
-    `set_state(state)` for an exact resume.
+    A grain DatasetIterator yielding {'image': uint16 (float32 where resized)
+    [B / P, S, S, 1], 'label': int32 [B / P]} (P = process_count), or with
+    indices_only {'index': int32 [B / P], 'label': int32 [B / P]}, with
+    `get_state()` / `set_state(state)` for an exact resume.
   """
   if len(source) == 0:
     raise ValueError('make_train_loader: the source is empty')
   probs = None
-  if sample_weights_by_label is not None:
+  if sample_weights_by_label is not None or indices_only:
     labels = [m['label'] for m in metadata(source)]
+  if sample_weights_by_label is not None:
     probs = label_probs(labels, sample_weights_by_label)
   ds = epoch_indices(len(source), seed, shuffle, num_epochs, probs)
-  ds = ds.map(_Record(source))
-  ds = ds.map(_ToTrainExample(image_size))
+  if indices_only:
+    ds = ds.map(_ToIndexExample(labels))
+  else:
+    ds = ds.map(_Record(source))
+    ds = ds.map(_ToTrainExample(image_size))
   return batched_iterator(
       ds, global_batch_size, worker_count, process_index, process_count
   )
@@ -396,6 +461,7 @@ def iterate_eval_batches(
     max_views_per_case: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    as_wire: bool = False,
 ) -> Iterator[dict]:
   """Yields every view once (or the first `max_views_per_case` of each case),
   ordered by (case_id, view_index), in fixed-size padded batches.
@@ -409,6 +475,8 @@ def iterate_eval_batches(
       processes: the batches are this process's blocks of the global ones
       (`process_blocks`), B = batch_size / process_count rows each; every
       process yields the same number of batches.
+    as_wire: images as the train batches carry them (`to_wire_image`: uint16
+      unless resized; the eval step converts), not float32.
 
   Yields:
     {'image': float32 [B, S, S, 1], 'label': int32 [B], 'case_id': object [B] of
@@ -422,9 +490,11 @@ def iterate_eval_batches(
   features = view_features(source)
   blocks = process_blocks(order, batch_size, process_index, process_count)
   batch_size = local_batch_size(batch_size, process_count)
+  dtype = wire_dtype(source, image_size) if as_wire else np.float32
+  to_batch_image = to_wire_image if as_wire else to_image
   for rows in blocks:
     batch = {
-        'image': np.zeros((batch_size, image_size, image_size, 1), np.float32),
+        'image': np.zeros((batch_size, image_size, image_size, 1), dtype),
         'label': np.zeros((batch_size,), np.int32),
         'case_id': np.full((batch_size,), '', dtype=object),
         'view_index': np.full((batch_size,), -1, np.int32),
@@ -438,7 +508,7 @@ def iterate_eval_batches(
       )
     for j, i in enumerate(rows):
       ex = source[i]
-      batch['image'][j] = to_image(ex['image'], image_size)
+      batch['image'][j] = to_batch_image(ex['image'], image_size)
       batch['label'][j] = int(ex['label'])
       batch['case_id'][j] = to_str(ex['case_id'])
       batch['view_index'][j] = int(ex['view_index'])
@@ -448,4 +518,42 @@ def iterate_eval_batches(
         batch[name][j] = (
             to_str(value) if name == 'view_position' else int(value)
         )
+    yield batch
+
+
+def iterate_eval_indices(
+    source,
+    *,
+    batch_size: int,
+    max_views_per_case: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict]:
+  """`iterate_eval_batches` for a split resident on the device: the same
+  rows, with record indices in place of images and no view features (what
+  validation reads), from the cached metadata alone.
+
+  Yields:
+    {'index': int32 [B] (padding 0), 'label': int32 [B], 'case_id': object
+    [B] of str, 'view_index': int32 [B], 'mask': bool [B]}, with
+    `iterate_eval_batches`'s padding values.
+  """
+  meta = metadata(source)
+  order = eval_order(source, max_views_per_case)
+  blocks = process_blocks(order, batch_size, process_index, process_count)
+  batch_size = local_batch_size(batch_size, process_count)
+  for rows in blocks:
+    batch = {
+        'index': np.zeros((batch_size,), np.int32),
+        'label': np.zeros((batch_size,), np.int32),
+        'case_id': np.full((batch_size,), '', dtype=object),
+        'view_index': np.full((batch_size,), -1, np.int32),
+        'mask': np.zeros((batch_size,), bool),
+    }
+    for j, i in enumerate(rows):
+      batch['index'][j] = i
+      batch['label'][j] = meta[i]['label']
+      batch['case_id'][j] = meta[i]['case_id']
+      batch['view_index'][j] = meta[i]['view_index']
+      batch['mask'][j] = True
     yield batch

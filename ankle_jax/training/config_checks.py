@@ -6,6 +6,7 @@ import ml_collections
 from ankle_jax import checkpoint
 from ankle_jax import console
 from ankle_jax import models
+from ankle_jax.training import inputs
 from ankle_jax.training import validation
 
 MIN_IMAGE_SIZE = 75
@@ -51,6 +52,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, 'lr_schedule', LR_SCHEDULES)
   _check_choice(config, 'l2_scope', L2_SCOPES)
   _check_choice(config, 'best_metric', sorted(validation.METRIC_MODES))
+  _check_choice(config, 'data.on_device', inputs.ON_DEVICE_CHOICES)
+  _check_data_placement(config.data)
   if config.image_size < MIN_IMAGE_SIZE:
     raise console.UserError(
         f'config.image_size={config.image_size} is too small: the models '
@@ -88,6 +91,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         'set config.num_train_steps > 0 or config.num_epochs > 0'
     )
   _check_model(config)
+
+
+def _check_data_placement(data: ml_collections.ConfigDict) -> None:
+  """data.worker_count ('auto' or an int >= 0) and the on-device budget."""
+  workers = data.worker_count
+  if workers != 'auto' and (
+      isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
+  ):
+    raise console.UserError(
+        f"config.data.worker_count={workers!r}; expected 'auto' or the "
+        'number of grain worker processes (0 = in the training process)'
+    )
+  fraction = data.on_device_budget_fraction
+  if not 0 < fraction <= 1:
+    raise console.UserError(
+        f'config.data.on_device_budget_fraction={fraction!r}; expected a '
+        'fraction of the device memory in (0, 1]'
+    )
 
 
 def _validate_augment_config(augment_config: ml_collections.ConfigDict):

@@ -1,13 +1,19 @@
 """The inputs of a run: the dataset (built on first use for the synthetic
-demo), the resumable train iterator, and the step schedule."""
+demo), where its splits live (data.on_device: placed on the devices once,
+batches of record indices; or read on the host, `worker_count` grain
+processes), the resumable train iterator with two batches prefetched to the
+devices, and the step schedule."""
 
-from collections.abc import Mapping
+import collections
+from collections.abc import Callable, Iterator, Mapping
 import dataclasses
+import os
 import time
 from typing import Any
 
 from etils import epath
 import jax
+from jax.sharding import Mesh
 
 from ankle_jax import console
 from ankle_jax import sharding
@@ -68,6 +74,125 @@ def load_sources(
   )
 
 
+ON_DEVICE_CHOICES = ('auto', 'true', 'false')
+# data.on_device='auto' on the CPU backend: on. Measured on the shared 2-core
+# CPU (load 20-30, so noisy) with configs/demo.py (stored 300 px, trained at
+# 128 px): the host train loader takes 470-610 ms per batch of 16 (read and
+# resize), the index loader 7-13 ms; placing the 484 train views once takes
+# 18 s, about one epoch of host reads, and the demo trains 13 epochs.
+AUTO_ON_DEVICE_CPU = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where a run's data lives (config.data.on_device and worker_count,
+  resolved for the backend and the splits' sizes).
+
+  train_on_device, eval_on_device: the split's images are placed on every
+  device once and batches carry record indices.
+  worker_count: grain worker processes of the host train loader.
+  budget_bytes: the memory budget the splits were held to.
+  """
+
+  train_on_device: bool
+  eval_on_device: bool
+  worker_count: int
+  budget_bytes: int
+
+
+def device_budget_bytes(
+    device: Any, budget_fraction: float, cpu_budget_bytes: int
+) -> int:
+  """budget_fraction of the device's memory (`memory_stats()['bytes_limit']`),
+  or cpu_budget_bytes where the device reports none (CPU)."""
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  if stats and stats.get('bytes_limit'):
+    return int(budget_fraction * stats['bytes_limit'])
+  return int(cpu_budget_bytes)
+
+
+def auto_worker_count(cpu_count: int | None, platform: str) -> int:
+  """data.worker_count='auto': half the host's cores (at most 16) feeding an
+  accelerator; 0 on CPU, whose cores run the step."""
+  if platform == 'cpu':
+    return 0
+  return max(1, min(16, (cpu_count or 2) // 2))
+
+
+def resolve_placement(
+    *,
+    on_device: str,
+    worker_count: int | str,
+    platform: str,
+    split_nbytes: tuple[int, int],
+    budget_bytes: int,
+) -> Placement:
+  """Resolves data.on_device and data.worker_count.
+
+  on_device: 'true' places each split that fits the budget (train first, then
+  the eval split in what is left); 'auto' does so on GPU/TPU and, on CPU,
+  as `AUTO_ON_DEVICE_CPU` says; 'false' never. split_nbytes: (train, eval)
+  bytes of their images. A run with its train split on the device reads no
+  images on the host, so 'auto' workers are 0 then.
+  """
+  wanted = on_device == 'true' or (
+      on_device == 'auto' and (platform != 'cpu' or AUTO_ON_DEVICE_CPU)
+  )
+  train_fits = wanted and split_nbytes[0] <= budget_bytes
+  left = budget_bytes - (split_nbytes[0] if train_fits else 0)
+  eval_fits = wanted and split_nbytes[1] <= left
+  if worker_count == 'auto':
+    workers = 0 if train_fits else auto_worker_count(os.cpu_count(), platform)
+  else:
+    workers = int(worker_count)
+  return Placement(train_fits, eval_fits, workers, budget_bytes)
+
+
+def place_split(source: Any, image_size: int, mesh: Mesh) -> jax.Array:
+  """Every image of `source` (`pipeline.split_images`), replicated on the
+  mesh's devices: each process places its full copy on its own devices."""
+  images = pipeline.split_images(source, image_size)
+  return jax.make_array_from_process_local_data(
+      sharding.replicated(mesh), images, images.shape
+  )
+
+
+class DevicePrefetch:
+  """A training iterator whose next `size` batches are already placed on the
+  devices (the transfer overlaps the step before).
+
+  Yields (host batch, placed batch). `get_state()` is the wrapped iterator's
+  state after the last batch yielded (not after those prefetched), and
+  `set_state` drops the prefetched ones, so a resume is exact.
+  """
+
+  def __init__(self, iterator: Any, place: Callable[[Any], Any], size: int = 2):
+    self._iterator = iterator
+    self._place = place
+    self._size = size
+    self._queue: collections.deque = collections.deque()
+    self._state = iterator.get_state()
+
+  def __iter__(self) -> Iterator[tuple[Any, Any]]:
+    return self
+
+  def __next__(self) -> tuple[Any, Any]:
+    while len(self._queue) < self._size:
+      batch = next(self._iterator)
+      state = self._iterator.get_state()
+      self._queue.append((batch, self._place(batch), state))
+    batch, placed, self._state = self._queue.popleft()
+    return batch, placed
+
+  def get_state(self) -> Any:
+    return self._state
+
+  def set_state(self, state: Any) -> None:
+    self._queue.clear()
+    self._iterator.set_state(state)
+    self._state = self._iterator.get_state()
+
+
 def num_train_examples(train_source: Any, multiview: bool) -> int:
   """What an epoch counts: training views, or cases for a multi-view run."""
   if multiview:
@@ -84,10 +209,11 @@ def make_train_iterator(
     worker_count: int,
     sample_weights_by_label: Any = None,
     max_views: int | None = None,
+    indices_only: bool = False,
 ) -> Any:
   """The resumable training iterator: batches of views, or (max_views given)
   of cases padded to max_views views; this process's block of each global
-  batch."""
+  batch (indices_only: record indices in place of images)."""
   options = {
       'global_batch_size': global_batch_size,
       'image_size': image_size,
@@ -97,6 +223,7 @@ def make_train_iterator(
       'sample_weights_by_label': sample_weights_by_label,
       'process_index': jax.process_index(),
       'process_count': jax.process_count(),
+      'indices_only': indices_only,
   }
   if max_views is not None:
     return cases.make_case_train_loader(

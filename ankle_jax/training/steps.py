@@ -2,6 +2,11 @@
 eval_step (the shared eval forward, `models.forward`) and the augmentation
 preview, compiled for a mesh (the state replicated, batches sharded on axis 0).
 
+Batches carry either images (uint16 as stored, or float32 in [0, 1]; the step
+converts on the device) or, with the split resident on the device
+(data.on_device), record indices 'index' that the step gathers from the
+split's images (`batch_images`).
+
 Randomness: the key of step s is fold_in(state.rng, s), split once per step
 (`step_keys`, `view_dropout_key`).
 """
@@ -114,16 +119,34 @@ def view_dropout_key(base_rng: jax.Array, step: jax.Array) -> jax.Array:
   return jax.random.split(jax.random.fold_in(base_rng, step), 3)[2]
 
 
+def batch_images(
+    batch: Mapping[str, jax.Array], split_images: jax.Array | None = None
+) -> jax.Array:
+  """A batch's images, float32 in [0, 1] ([B, S, S, 1] or [B, V, S, S, 1]):
+  batch['image'] converted, or, for a batch of record indices, those rows of
+  the device-resident `split_images` (`augment.gather_images`)."""
+  if 'index' not in batch:
+    return augment.to_unit_float(batch['image'])
+  if split_images is None:
+    raise ValueError('a batch of record indices needs the split_images')
+  return augment.gather_images(
+      split_images, batch['index'], batch.get('view_mask')
+  )
+
+
 def train_inputs(
     state: TrainState,
     batch: Mapping[str, jax.Array],
     aug: AugmentSettings,
     views: ViewSettings | None,
+    split_images: jax.Array | None = None,
 ) -> tuple[jax.Array, ...]:
   """The model's train-mode inputs of a step: (augmented, standardized
   images,), plus, for a multi-view batch, its view mask after view dropout."""
   aug_key, _ = step_keys(state.rng, state.step)
-  images = preprocess_train_images(aug_key, batch['image'], aug)
+  images = preprocess_train_images(
+      aug_key, batch_images(batch, split_images), aug
+  )
   if views is None:
     return (images,)
   view_mask = models.multiview.drop_views(
@@ -137,6 +160,7 @@ def train_inputs(
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
+    split_images: jax.Array | None = None,
     *,
     learning_rate_fn: optax.Schedule,
     aug: AugmentSettings,
@@ -145,15 +169,16 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step.
 
-  batch: per-view runs {'image': [B, S, S, 1] in [0, 1], 'label': int [B]};
-  multi-view runs (views given) {'image': [B, V, S, S, 1], 'view_mask': bool
-  [B, V], 'label': int [B]}, B cases.
+  batch: per-view runs {'image': [B, S, S, 1] uint16 or float in [0, 1],
+  'label': int [B]}; multi-view runs (views given) {'image': [B, V, S, S, 1],
+  'view_mask': bool [B, V], 'label': int [B]}, B cases. With split_images
+  (the split on the device), 'index' int [B] or [B, V] replaces 'image'.
 
   Returns the new state and metrics (scalars): loss, ce, aux_ce, l2, accuracy
   (of the case logits for multi-view runs), lr, and view_ce (multi-view).
   """
   _, dropout_key = step_keys(state.rng, state.step)
-  inputs = train_inputs(state, batch, aug, views)
+  inputs = train_inputs(state, batch, aug, views, split_images)
   labels = batch['label']
 
   def loss_fn(params):
@@ -182,17 +207,23 @@ def train_step(
 
 
 def eval_step(
-    state: TrainState, batch: Mapping[str, jax.Array]
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    split_images: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
   """Per-example outputs: 'probs' [B, C] and 'ce' [B] (softmax CE, unweighted);
   for a multi-view batch (with 'view_mask') the examples are cases and
   'view_probs' [B, V, C] adds each view's own probabilities.
 
-  Eval mode: the running BatchNorm statistics, nothing mutable.
+  Eval mode: the running BatchNorm statistics, nothing mutable. Images as
+  `batch_images` reads them.
   """
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   outputs = forward.apply_eval(
-      state.apply_fn, variables, batch['image'], batch.get('view_mask')
+      state.apply_fn,
+      variables,
+      batch_images(batch, split_images),
+      batch.get('view_mask'),
   )
   logits = outputs.logits.astype(jnp.float32)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
@@ -207,7 +238,36 @@ class CompiledSteps(NamedTuple):
 
   train: Any  # (state, batch) -> (state, metrics); the state is donated.
   eval: Any  # (state, batch) -> {'probs', 'ce'}.
-  preview: Any  # (state, images) -> the step's augmented, standardized images.
+  preview: Any  # (state, batch) -> the step's augmented, standardized images.
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidentSplits:
+  """The splits placed on the devices (data.on_device): uint16 (float32
+  where resized) [N, S, S, 1] arrays replicated on the mesh, or None for a
+  split whose batches carry images."""
+
+  train: jax.Array | None = None
+  eval: jax.Array | None = None
+
+
+def _jit_with_split(
+    fn: Any, split_images: jax.Array | None, mesh: Mesh, **jit_options: Any
+) -> Any:
+  """fn(state, batch, split_images) jitted (the state replicated, the batch
+  sharded, the split replicated) as a (state, batch) function: with no split
+  the jitted function itself, else one that passes the split (and `.lower`s
+  with it)."""
+  repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  if split_images is None:
+    return jax.jit(fn, in_shardings=(repl, data), **jit_options)
+  jitted = jax.jit(fn, in_shardings=(repl, data, repl), **jit_options)
+
+  def call(state, batch):
+    return jitted(state, batch, split_images)
+
+  call.lower = lambda state, batch: jitted.lower(state, batch, split_images)
+  return call
 
 
 def compile_steps(
@@ -216,11 +276,14 @@ def compile_steps(
     aug: AugmentSettings,
     loss_cfg: losses.LossSettings,
     views: ViewSettings | None = None,
+    resident: ResidentSplits | None = None,
 ) -> CompiledSteps:
   """Jits train_step, eval_step and the augmentation preview for `mesh`
-  (views: a multi-view run's settings, None for per-view runs)."""
-  repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
-  train = jax.jit(
+  (views: a multi-view run's settings, None for per-view runs; resident: the
+  splits on the devices, whose batches are record indices)."""
+  resident = resident or ResidentSplits()
+  repl = sharding.replicated(mesh)
+  train = _jit_with_split(
       functools.partial(
           train_step,
           learning_rate_fn=learning_rate_fn,
@@ -228,17 +291,21 @@ def compile_steps(
           loss_cfg=loss_cfg,
           views=views,
       ),
-      in_shardings=(repl, data),
+      resident.train,
+      mesh,
       out_shardings=(repl, repl),
       donate_argnums=(0,),
   )
 
-  def preview(state, images):
+  def preview(state, batch, split_images=None):
     aug_key, _ = step_keys(state.rng, state.step)
+    images = batch_images(batch, split_images)
     return preprocess_train_images(aug_key, images, aug)
 
   return CompiledSteps(
       train=train,
-      eval=jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl),
-      preview=jax.jit(preview, in_shardings=(repl, data), out_shardings=repl),
+      eval=_jit_with_split(eval_step, resident.eval, mesh, out_shardings=repl),
+      preview=_jit_with_split(
+          preview, resident.train, mesh, out_shardings=repl
+      ),
   )

@@ -77,20 +77,31 @@ def validation_batches(
     image_size: int,
     max_views_per_case: int,
     multiview: bool,
+    indices_only: bool = False,
 ) -> Iterator[dict[str, Any]]:
   """Batches of views (per-view runs) or of cases (multi-view runs), every
   case's first max_views_per_case views (0 = all); this process's block of
-  each global batch."""
-  iterate = (
-      cases.iterate_case_batches if multiview else pipeline.iterate_eval_batches
-  )
-  return iterate(
-      eval_source,
-      batch_size=batch_size,
-      image_size=image_size,
-      max_views_per_case=max_views_per_case,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
+  each global batch, images as stored (uint16 unless resized; the eval step
+  converts). indices_only (the split is on the device): record indices
+  'index' in place of images, the same rows."""
+  options = {
+      'batch_size': batch_size,
+      'max_views_per_case': max_views_per_case,
+      'process_index': jax.process_index(),
+      'process_count': jax.process_count(),
+  }
+  if multiview:
+    return cases.iterate_case_batches(
+        eval_source,
+        image_size=image_size,
+        indices_only=indices_only,
+        as_wire=True,
+        **options,
+    )
+  if indices_only:
+    return pipeline.iterate_eval_indices(eval_source, **options)
+  return pipeline.iterate_eval_batches(
+      eval_source, image_size=image_size, as_wire=True, **options
   )
 
 

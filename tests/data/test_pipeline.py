@@ -351,17 +351,18 @@ def test_case_train_loader_shapes_masks_and_epoch_coverage():
   )
   assert len(one_epoch) == 4
   b = one_epoch[0]
-  assert b['image'].shape == (1, 3, 8, 8, 1) and b['image'].dtype == np.float32
+  # Stored at image_size: the uint16 intensities travel (the step converts).
+  assert b['image'].shape == (1, 3, 8, 8, 1) and b['image'].dtype == np.uint16
   assert b['view_mask'].shape == (1, 3) and b['view_mask'].dtype == bool
   assert b['label'].shape == (1,) and b['label'].dtype == np.int32
-  # A view's pixels are 1000 * view_index / 65535: they identify the view.
+  # A view's pixels are 1000 * view_index: they identify the view.
   by_count = {}
   for b in one_epoch:
     mask, image = b['view_mask'][0], b['image'][0]
     n = int(mask.sum())
     assert mask[:n].all() and not mask[n:].any()  # real views first
     assert not image[n:].any()  # padded slots exactly 0
-    views = np.round(image[:n, 0, 0, 0] * 65535 / 1000).astype(int)
+    views = image[:n, 0, 0, 0].astype(int) // 1000
     by_count[n] = (sorted(views), int(b['label'][0]))
   # Every case once: 'b' (1 view), 'c' (2), and 'a' and 'd' both at 3 slots.
   assert sorted(int(b['view_mask'].sum()) for b in one_epoch) == [1, 2, 3, 3]
@@ -386,7 +387,7 @@ def test_case_train_loader_draws_view_subsets_afresh():
   for _ in range(12):
     b = next(loader)
     assert b['view_mask'].all() and int(b['label'][0]) == 1
-    views = np.round(b['image'][0, :, 0, 0, 0] * 65535 / 1000).astype(int)
+    views = b['image'][0, :, 0, 0, 0].astype(int) // 1000
     assert len(set(views)) == 2 and set(views) <= {0, 1, 2, 3}
     subsets.add(tuple(views))
   assert len(subsets) > 2
