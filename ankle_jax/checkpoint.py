@@ -17,8 +17,9 @@ Layout under a run's workdir:
       meta       JSON {'step', 'metrics'};
       sha256.json.
 
-Saves of a training run are asynchronous (RunCheckpoints(asynchronous=True),
-orbax's async checkpointing): `save_latest` and `save_best` return once the
+Saves of a single-process training run are asynchronous (RunCheckpoints(
+asynchronous=True), orbax's async checkpointing; multi-process runs save
+synchronously): `save_latest` and `save_best` return once the
 arrays are on their way to the host, and orbax writes and commits the step in
 a background thread; the next save, `wait` and `close` wait for it (a
 state with a non-finite loss is never handed to `save_latest`: the training

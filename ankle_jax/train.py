@@ -253,7 +253,10 @@ def set_up(
           keep=config.keep_checkpoints,
           best_metric=config.best_metric,
           best_mode=validation.METRIC_MODES[config.best_metric],
-          asynchronous=True,
+          # Multi-process async saves raced in orbax's barriers here
+          # ('Barrier ... set_value_start is already ongoing' when a run
+          # resumed with the other process count): those save synchronously.
+          asynchronous=jax.process_count() == 1,
       ),
       writer=writers.MetricWriter(
           workdir, enabled=sharding.is_chief(), tags=validation.METRIC_TAGS
