@@ -348,7 +348,7 @@ def bootstrap_roc_band(
     labels: int [n]. scores: float [n].
     clusters: int [n] the case of each item (None: each item its own case).
     fpr_grid: float [g] false-positive rates (1 - specificity) in [0, 1].
-    num_resamples: bootstrap resamples; seed: their seed (as bootstrap_ci).
+    num_resamples: bootstrap resamples; seed: their seed (bootstrap_weights).
     confidence: the band's pointwise coverage.
 
   Returns:
