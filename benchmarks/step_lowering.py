@@ -10,10 +10,12 @@ are initialized) and an abstract batch of [B, S, S, 1] images.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 import importlib.util
 import pathlib
 import re
 import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,37 +49,43 @@ def load_config(path: str, **overrides) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  for field, value in overrides.items():
-    *parents, leaf = field.split('.')
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
-def lower_train_step(config: ml_collections.ConfigDict) -> jax.stages.Lowered:
-  """The jitted train step of `config` lowered for config.batch_size images
-  of config.image_size pixels (per-view models)."""
-  mesh = sharding.create_mesh()
+def state_and_steps(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[Callable[[], Any], steps.CompiledSteps]:
+  """(a function making `config`'s fresh train state, its steps jitted for
+  `mesh`): the optimizer, schedule (1,000 steps), augmentation and losses of
+  the config, as training builds them."""
   model = models.from_run_config(config)
   optimizer = state_lib.OptimizerSettings.from_config(config)
   lr_fn = state_lib.create_learning_rate_fn(optimizer, 1000)
-  state = jax.eval_shape(
-      lambda: state_lib.create_train_state(
-          optimizer,
-          model,
-          jax.random.key_data(jax.random.key(config.seed)),
-          config.image_size,
-          learning_rate_fn=lr_fn,
-      )
-  )
+
+  def make_state():
+    return state_lib.create_train_state(
+        optimizer,
+        model,
+        jax.random.key_data(jax.random.key(config.seed)),
+        config.image_size,
+        learning_rate_fn=lr_fn,
+    )
+
   compiled = steps.compile_steps(
       mesh,
       lr_fn,
       steps.AugmentSettings.from_config(config.augment),
       losses.LossSettings.from_config(config),
   )
+  return make_state, compiled
+
+
+def lower_train_step(config: ml_collections.ConfigDict) -> jax.stages.Lowered:
+  """The jitted train step of `config` lowered for config.batch_size images
+  of config.image_size pixels (per-view models)."""
+  make_state, compiled = state_and_steps(config, sharding.create_mesh())
+  state = jax.eval_shape(make_state)
   size, batch_size = config.image_size, config.batch_size
   batch = {
       'image': jax.ShapeDtypeStruct((batch_size, size, size, 1), jnp.float32),

@@ -161,6 +161,29 @@ def rates(
   )
 
 
+def timing_fields(
+    round_ms: Sequence[float], r: Rates, matmul_peak: float | None
+) -> dict[str, Any]:
+  """The StepRecord fields that follow from the rounds' times, their Rates
+  and the measured matmul peak (GFLOP/s; None: not measured)."""
+  return dict(
+      step_ms=r.step_ms,
+      step_ms_rounds=[round(t, 2) for t in round_ms],
+      images_per_sec=r.images_per_sec,
+      gflops_per_sec=r.gflops_per_sec,
+      spec_peak_tflops=r.spec_peak_tflops,
+      mfu=r.mfu,
+      matmul_peak_gflops_per_sec=(
+          None if matmul_peak is None else round(matmul_peak, 1)
+      ),
+      fraction_of_matmul_peak=(
+          round(r.gflops_per_sec / matmul_peak, 3)
+          if matmul_peak and r.gflops_per_sec
+          else None
+      ),
+  )
+
+
 @contextlib.contextmanager
 def quiet_device(lock_path: str | None) -> Iterator[None]:
   """Holds an exclusive lock on `lock_path` (none when it is empty), so that

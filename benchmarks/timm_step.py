@@ -232,20 +232,9 @@ def run(args: argparse.Namespace) -> step_record.StepRecord:
       batch_size=batch_size,
       steps=args.steps,
       rounds=args.rounds,
-      step_ms=r.step_ms,
-      step_ms_rounds=[round(t, 2) for t in round_ms],
-      images_per_sec=r.images_per_sec,
       flops_per_step=step.flops,
       flops_source='torch_forward_x3',
-      gflops_per_sec=r.gflops_per_sec,
-      spec_peak_tflops=r.spec_peak_tflops,
-      mfu=r.mfu,
-      matmul_peak_gflops_per_sec=None if peak is None else round(peak, 1),
-      fraction_of_matmul_peak=(
-          round(r.gflops_per_sec / peak, 3)
-          if peak and r.gflops_per_sec
-          else None
-      ),
+      **step_record.timing_fields(round_ms, r, peak),
       compile_s=round(compile_s, 1),
       num_devices=1,
       backend=step.device.type,

@@ -86,14 +86,11 @@ for path in (REPO_ROOT, REPO_ROOT / 'benchmarks'):
   if str(path) not in sys.path:
     sys.path.insert(0, str(path))  # For `configs`, `ankle_jax`, step_record.
 
+import step_lowering  # noqa: E402
 import step_record  # noqa: E402
 
-from ankle_jax import models  # noqa: E402
 from ankle_jax import sharding  # noqa: E402
 from ankle_jax import train  # noqa: E402
-from ankle_jax.training import losses  # noqa: E402
-from ankle_jax.training import state as state_lib  # noqa: E402
-from ankle_jax.training import steps  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config',
@@ -296,22 +293,8 @@ def depthwise_impl(name: str):
 
 def lower_train_step(config, mesh, batch) -> tuple[Any, Any]:
   """(a fresh train state on the mesh, our train step lowered for `batch`)."""
-  model = models.from_run_config(config)
-  optimizer = state_lib.OptimizerSettings.from_config(config)
-  lr_fn = state_lib.create_learning_rate_fn(optimizer, 1000)
-  state = state_lib.create_train_state(
-      optimizer,
-      model,
-      jax.random.key_data(jax.random.key(config.seed)),
-      config.image_size,
-      learning_rate_fn=lr_fn,
-  )
-  jitted = steps.compile_steps(
-      mesh,
-      lr_fn,
-      steps.AugmentSettings.from_config(config.augment),
-      losses.LossSettings.from_config(config),
-  )
+  make_state, jitted = step_lowering.state_and_steps(config, mesh)
+  state = make_state()
   return state, jitted.train.lower(state, batch)
 
 
@@ -500,20 +483,9 @@ def our_record(
       batch_size=config.batch_size,
       steps=_STEPS.value,
       rounds=len(round_ms),
-      step_ms=r.step_ms,
-      step_ms_rounds=[round(t, 2) for t in round_ms],
-      images_per_sec=r.images_per_sec,
       flops_per_step=flops[0],
       flops_source=flops[1],
-      gflops_per_sec=r.gflops_per_sec,
-      spec_peak_tflops=r.spec_peak_tflops,
-      mfu=r.mfu,
-      matmul_peak_gflops_per_sec=None if peak is None else round(peak, 1),
-      fraction_of_matmul_peak=(
-          round(r.gflops_per_sec / peak, 3)
-          if peak and r.gflops_per_sec
-          else None
-      ),
+      **step_record.timing_fields(round_ms, r, peak),
       compile_s=round(compile_s, 1),
       num_devices=num_devices,
       backend=jax.default_backend(),

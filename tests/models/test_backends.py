@@ -62,12 +62,7 @@ def test_auto_resolves_by_backend_and_explicit_values_win():
 def _run_config(**fields):
   config = default_config.get_config()
   config.model.width_multiplier = 0.125
-  for field, value in fields.items():
-    *parents, leaf = field.split('.')
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
+  config.update_from_flattened_dict(fields)
   return config
 
 
