@@ -145,7 +145,9 @@ def out_of_fold_probs(
   return out
 
 
-def _decisions(preds: SplitPredictions, scores_c: np.ndarray) -> voting.Decisions:
+def _decisions(
+    preds: SplitPredictions, scores_c: np.ndarray
+) -> voting.Decisions:
   """Case-level decisions (score >= THRESHOLD) of stacked scores."""
   cases = preds.cases()
   return voting.Decisions(
@@ -280,7 +282,9 @@ def choose_aggregation(
     )
     values[vote] = best.metrics[CHOICE_METRIC]
   # max() keeps the first of equal values: the simpler aggregation.
-  chosen = max(values, key=lambda v: -np.inf if values[v] is None else values[v])
+  chosen = max(
+      values, key=lambda v: -np.inf if values[v] is None else values[v]
+  )
   members = selections[('honest', 'case', chosen)].members
   return (
       AggregationChoice(
