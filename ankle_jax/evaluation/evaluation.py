@@ -262,7 +262,13 @@ def _choose(
   results: Results = {}
   for name, preds in splits.items():
     for e in results_lib.evaluate_subsets(
-        preds, name, run_names, subsets, evaluator
+        preds,
+        name,
+        run_names,
+        subsets,
+        evaluator,
+        voting.LEVELS,
+        voting.CASE_VOTINGS,
     ):
       results[e.key] = e
   has_validation = pooled_split != settings.split

@@ -196,15 +196,17 @@ def evaluate_subsets(
     subsets: Sequence[Sequence[int]],
     evaluator: metrics_lib.BinaryEvaluator,
     levels: Sequence[str] = voting.LEVELS,
+    case_votings: Sequence[str] = voting.VOTINGS,
 ) -> list[ResultEntry]:
   """The entries of every subset x level (of `levels`) x voting on one
-  split (image level: voting.VOTINGS; case level: voting.CASE_VOTINGS)."""
+  split (image level: voting.VOTINGS; case level: `case_votings`, e.g.
+  voting.CASE_VOTINGS)."""
   cases = preds.cases()
   entries = []
   for members in subsets:
     names = tuple(run_names[i] for i in members)
     for level in levels:
-      votes = voting.CASE_VOTINGS if level == 'case' else voting.VOTINGS
+      votes = case_votings if level == 'case' else voting.VOTINGS
       for vote in votes:
         d = decide_split(preds, members, level, vote, cases)
         entries.append(entry_of(d, names, level, vote, split, evaluator))
