@@ -32,6 +32,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+from scipy import special
 from sklearn import linear_model
 from sklearn import model_selection
 
@@ -97,8 +98,7 @@ class StackedAggregator:
   def probs(self, features_cf: np.ndarray) -> np.ndarray:
     """Fracture probability of each case. float64 [cases]."""
     x = (np.asarray(features_cf) - self.feature_mean) / self.feature_scale
-    z = x @ np.asarray(self.coef) + self.intercept
-    return 1.0 / (1.0 + np.exp(-z))
+    return special.expit(x @ np.asarray(self.coef) + self.intercept)
 
   def to_json(self) -> dict[str, Any]:
     return {'features': list(STACKED_FEATURES), **dataclasses.asdict(self)}
