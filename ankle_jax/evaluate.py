@@ -23,7 +23,9 @@ How it works:
 3. From these probabilities alone, ankle_jax.evaluation.compute builds one
    frozen Evaluation with array operations (evaluation.results, .voting,
    .metrics, .calibration, .subgroups): per model and per odd-size
-   ensemble, image and case level, hard and soft voting, the six metrics
+   ensemble, image and case level, hard and soft voting (at case level
+   also max, noisy_or and stacked; the honest protocol's choice among
+   them: evaluation.aggregation), the six metrics
    with 95% intervals (Wilson for the proportions, DeLong for ROC AUC, both
    clustered by case at image level), and the one Headline (below).
 4. Each writer of ankle_jax.reporting writes its files from the Evaluation

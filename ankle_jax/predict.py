@@ -2,7 +2,7 @@ r"""Predicts one case from its radiographs with one or more trained runs.
 
   python -m ankle_jax.predict --runs=RUN1,RUN2,... \
       [--checkpoint=best|latest] [--heatmap=OUT.png] [--occlusion] \
-      [--panel_size=300] PATH...
+      [--panel_size=300] [--vote=soft|hard|max|noisy_or] PATH...
 
 --checkpoint: which checkpoint of each run; by default the run's
 config.eval_checkpoint ('best'; 'latest' in the five paper configs).
@@ -22,6 +22,8 @@ ties to fracture); then the same for the ensemble of all runs, with hard
 multi-view run (ankle_jax.models.multiview) prints its case probability and,
 per view, its attention weight in the fusion and its probability alone; an
 ensemble with one votes per case (ankle_jax.evaluation.voting).
+--vote adds a line per per-view run and for the ensemble: the case vote by
+that rule (max: the largest view probability; noisy_or: 1 - prod(1 - p)).
 
 --heatmap=OUT.png writes Grad-CAM overlays (last conv stage, the mean of the
 runs' normalized maps; for a multi-view run, of its case evidence over all
@@ -274,15 +276,28 @@ def _ensemble_lines(num_runs, num_views, probs_rv, cases) -> list[str]:
   return lines
 
 
+def _vote_line(probs_rv, cases, members, vote, case_probs_rc, multiview_r):
+  """'  case, <vote> vote: ...' of runs `members` (--vote)."""
+  preds, scores = voting.case_decisions(
+      probs_rv, cases, members, vote, case_probs_rc, multiview_r
+  )
+  decision = 'fracture' if preds[0] else 'normal'
+  if vote == 'hard':  # decided by the votes; its score is the soft one
+    return f'  case, hard vote: {decision}'
+  return f'  case, {vote} vote: p(fracture)={float(scores[0]):.4f} {decision}'
+
+
 def format_predictions(
     run_names: Sequence[str],
     files: Sequence[str],
     probs_rv: np.ndarray,
     case_probs_r: np.ndarray | None = None,
     attention_rv: np.ndarray | None = None,
+    vote: str | None = None,
 ) -> str:
   """The text predict prints (case_probs_r, attention_rv: CasePrediction's;
-  NaN rows are per-view runs)."""
+  NaN rows are per-view runs). vote (--vote, a voting.CASE_VOTINGS): adds
+  each per-view run's and the ensemble's case vote by that rule."""
   cases = voting.index_cases(['case'] * len(files), [0] * len(files))
   multiview_r = np.zeros(len(run_names), bool)
   if case_probs_r is not None:
@@ -295,10 +310,20 @@ def format_predictions(
       )
     else:
       lines += _run_lines(name, files, probs_v, cases)
+      if vote:
+        lines.append(_vote_line(probs_rv, cases, [r], vote, None, None))
   if len(run_names) > 1 and multiview_r.any():
     lines += _mixed_ensemble_lines(probs_rv, case_probs_r, multiview_r, cases)
   elif len(run_names) > 1:
     lines += _ensemble_lines(len(run_names), len(files), probs_rv, cases)
+  if vote and len(run_names) > 1:
+    case_probs_rc = voting.run_case_probs(probs_rv, cases)
+    if multiview_r.any():
+      case_probs_rc[multiview_r, 0] = case_probs_r[multiview_r]
+    members = list(range(len(run_names)))
+    lines.append(
+        _vote_line(probs_rv, cases, members, vote, case_probs_rc, multiview_r)
+    )
   return '\n'.join(lines)
 
 
@@ -353,6 +378,7 @@ def run_predict(
     heatmap_path: str | None = None,
     occlusion: bool = False,
     panel_size: int = saliency.PANEL_SIZE,
+    vote: str | None = None,
 ) -> CasePrediction:
   """The whole command: prints the votes, writes the heatmap if asked."""
   files = case_files(paths)
@@ -372,6 +398,7 @@ def run_predict(
           prediction.probs_rv,
           prediction.case_probs_r,
           prediction.attention_rv,
+          vote,
       )
   )
   if heatmap_path:
@@ -397,6 +424,13 @@ def define_flags() -> None:
       'Add occlusion maps to the --heatmap PNG (slow: one forward per patch '
       'position).',
   )
+  flags.DEFINE_enum(
+      'vote',
+      None,
+      list(voting.CASE_VOTINGS),
+      'Also print each case vote by this rule (ankle_jax.evaluation.voting; '
+      'default: the soft and hard votes only, as always).',
+  )
   flags.DEFINE_integer(
       'panel_size',
       saliency.PANEL_SIZE,
@@ -419,6 +453,7 @@ def main(argv: Sequence[str]) -> None:
       heatmap_path=flags.FLAGS.heatmap,
       occlusion=flags.FLAGS.occlusion,
       panel_size=flags.FLAGS.panel_size,
+      vote=flags.FLAGS.vote,
   )
 
 

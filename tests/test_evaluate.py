@@ -412,6 +412,10 @@ def _independent_decisions(runs, case_ids, labels, probs, members, level, vote):
     in_case = clusters_v == k
     lab_c.append(labels[in_case][0])
     score_c.append(soft_v[in_case].mean())
+    if vote == 'max':  # issue 27: the largest view probability
+      score_c[-1] = soft_v[in_case].max()
+    elif vote == 'noisy_or':  # 1 - prod(1 - p) over the views
+      score_c[-1] = 1 - np.prod(1 - soft_v[in_case])
     if vote == 'hard':  # majority of views, ties to fracture
       pred_c.append(2 * hard_v[in_case].sum() >= in_case.sum())
     else:
@@ -463,6 +467,8 @@ def check_results_recomputable(out_dir, num_bootstrap, seed):
         'subgroup',
     } <= set(e)
     assert set(e['metrics']) == set(metrics.METRIC_NAMES)
+    if e['voting'] == 'stacked':  # a fit on validation: test_aggregation.py
+      continue
     runs, case_ids, labels, probs = by_split[e['split']]
     decisions = _independent_decisions(
         runs, case_ids, labels, probs, e['members'], e['level'], e['voting']
@@ -503,8 +509,9 @@ def _check_entry(e, y, pred, score, clusters, num_bootstrap, seed):
 
 def test_results_recomputable_from_predictions_csv(fake_evaluation):
   results = check_results_recomputable(fake_evaluation['out_dir'], 300, 3)
-  # 3 runs -> 4 subsets x 2 levels x 2 votings x 3 splits.
-  assert len(results) == 4 * 2 * 2 * 3
+  # 3 runs -> 4 subsets x (image: hard, soft; case: hard, soft, max,
+  # noisy_or) x 3 splits, and stacked on validation and test.
+  assert len(results) == 4 * (2 + 4) * 3 + 4 * 2
   assert {e['split'] for e in results} == {
       'test',
       'validation',
@@ -556,8 +563,8 @@ def check_case_results_from_case_csv(out_dir, num_bootstrap, seed):
   results = main_entries(json.loads(_read_text(out_dir, 'results.json')))
   checked = {'csv': 0, 'predictions.csv': 0}
   for e in results:
-    if e['level'] != 'case':
-      continue
+    if e['level'] != 'case' or e['voting'] not in ('hard', 'soft'):
+      continue  # max, noisy_or, stacked: from the views (predictions.csv)
     runs, ids, labels, probs, votes, multiview = by_split[e['split']]
     idx = [runs.index(m) for m in e['members']]
     scores = probs[idx].mean(axis=0)
@@ -869,7 +876,8 @@ def test_no_validation_split_skips_honest_protocol(tmp_path, monkeypatch):
   )
   assert {protocol for protocol, _, _ in out.protocols} == {'paper'}
   assert out.operating_points == ()
-  assert len(out.results) == 1 * 2 * 2 * 1
+  # image: hard, soft; case: also max, noisy_or (no stacked: no validation).
+  assert len(out.results) == 1 * (2 + 4) * 1
   check_results_recomputable(str(tmp_path / 'out'), 50, 0)
   # No validation: no calibrator (and why), calibrated = raw.
   block = next(iter(out.calibration.blocks.values()))
@@ -942,7 +950,8 @@ def check_calibration_from_the_csvs(out_dir):
 def test_calibration_recomputable_from_the_csvs(fake_evaluation):
   out_dir = fake_evaluation['out_dir']
   # 3 runs x 2 levels x 2 votings x 3 splits.
-  assert check_calibration_from_the_csvs(out_dir) == 36
+  # 3 runs x (image: 2 votings, case: 4) x 3 splits, and stacked x 2 splits.
+  assert check_calibration_from_the_csvs(out_dir) == 3 * ((2 + 4) * 3 + 2)
   assert os.path.getsize(os.path.join(out_dir, 'reliability.png')) > 0
   report = _read_text(out_dir, 'report.md')
   assert '## Calibration' in report and 'ECE debiased calibrated' in report
@@ -1070,12 +1079,15 @@ def test_mixed_evaluation_recomputable_from_the_csv_files(mixed_evaluation):
   # 8 subsets x 2 votings x 3 splits; the hard votes of run_a+run_c+run_d
   # (per-view runs only) from the views.
   assert checked == {'csv': 48, 'predictions.csv': 3}
-  # 4 runs x 2 levels x 2 votings x 3 splits, case level: each run's own.
-  assert check_calibration_from_the_csvs(out_dir) == 48
+  # 4 runs x (image: 2 votings, case: 4) x 3 splits, case level: each run's
+  # own; stacked (validation, test) of the 3 per-view runs.
+  assert check_calibration_from_the_csvs(out_dir) == 4 * 6 * 3 + 3 * 2
   # Image level: every run's per-view probabilities (predictions.csv).
   by_view = _with_pooled(_load_predictions(out_dir))
   results = main_entries(json.loads(_read_text(out_dir, 'results.json')))
-  assert len(results) == 8 * 2 * 2 * 3
+  # 8 subsets x (image: 2 votings, case: 4) x 3 splits; stacked (validation
+  # and test) of the 4 subsets without the multi-view run_b.
+  assert len(results) == 8 * (2 + 4) * 3 + 4 * 2
   for e in results:
     if e['level'] == 'image':
       decisions = _independent_decisions(
@@ -1252,7 +1264,9 @@ def test_end_to_end_trained_runs_results_recomputable(trained, monkeypatch):
       batch_size=16,
   )
   results = check_results_recomputable(out_dir, 200, 1)
-  assert len(results) == 2 * 2 * 2 * 3  # 2 subsets (the 2 single runs)
+  # 2 subsets (the 2 single runs) x (image: 2 votings, case: 4) x 3 splits,
+  # and stacked on validation and test.
+  assert len(results) == 2 * (2 + 4) * 3 + 2 * 2
   header, rows = _read_csv(os.path.join(out_dir, 'predictions.csv'))
   assert header[:5] == ['run', 'case_id', 'view_index', 'label', 'probability']
   test_ids = {r[1] for r in rows if r[5] == 'test'}

@@ -288,3 +288,72 @@ def test_run_case_probs_are_single_run_soft_scores_bit_for_bit():
   for r in range(3):
     d = voting.decide(probs_rv, labels_v, cases, (r,), 'case', 'soft')
     assert (probs_rc[r] == d.scores).all()
+
+
+# ------------------------------------------------- max and noisy-OR (issue 27)
+def test_max_and_noisy_or_by_hand_one_positive_view_of_three():
+  # Case f: a fracture seen in 1 view of 3. Case n: normal, 3 views at 0.3.
+  cases = _cases(['f'] * 3 + ['n'] * 3, [1] * 3 + [0] * 3)
+  probs = np.array([0.9, 0.1, 0.1, 0.3, 0.3, 0.3])
+  soft = voting.case_soft_probs(probs, cases)
+  np.testing.assert_allclose(soft, [1.1 / 3, 0.3])  # the mean dilutes 0.9
+  np.testing.assert_allclose(voting.case_max_probs(probs, cases), [0.9, 0.3])
+  # 1 - 0.1 * 0.9 * 0.9 and 1 - 0.7**3: noisy-OR rises with the views.
+  np.testing.assert_allclose(
+      voting.case_noisy_or_probs(probs, cases), [0.919, 0.657]
+  )
+  for vote, preds in (
+      ('soft', [False, False]),
+      ('hard', [False, False]),
+      ('max', [True, False]),
+      ('noisy_or', [True, True]),
+  ):
+    d = voting.decide(probs[None], probs > 0, cases, [0], 'case', vote)
+    np.testing.assert_array_equal(d.preds, preds, err_msg=vote)
+  # max and noisy_or score with their own probability, hard with the soft.
+  d = voting.decide(probs[None], probs > 0, cases, [0], 'case', 'max')
+  np.testing.assert_allclose(d.scores, [0.9, 0.3])
+  d = voting.decide(probs[None], probs > 0, cases, [0], 'case', 'hard')
+  np.testing.assert_allclose(d.scores, soft)
+
+
+def test_noisy_or_view_at_one_and_extra_leading_axes():
+  cases = _cases(['a', 'a', 'b', 'c', 'c'], [1, 1, 0, 0, 0])
+  probs_rv = np.array([[1.0, 0.2, 0.0, 0.5, 0.5], [0.1, 0.2, 0.4, 0.0, 0.0]])
+  np.testing.assert_allclose(
+      voting.case_noisy_or_probs(probs_rv, cases),
+      [[1.0, 0.0, 0.75], [1 - 0.9 * 0.8, 0.4, 0.0]],
+  )
+  np.testing.assert_allclose(
+      voting.case_max_probs(probs_rv, cases), [[1.0, 0.0, 0.5], [0.2, 0.4, 0.0]]
+  )
+
+
+def test_max_and_noisy_or_ensembles_members_first_then_views():
+  cases = _cases(['a', 'a'], [1, 1])
+  probs_rv = np.array([[0.8, 0.0], [0.0, 0.6]])
+  # Members' mean per view: (0.4, 0.3); max 0.4 (views first would give
+  # the mean of 0.8 and 0.6 = 0.7); noisy-OR 1 - 0.6 * 0.7 = 0.58.
+  preds, scores = voting.case_decisions(probs_rv, cases, [0, 1], 'max')
+  np.testing.assert_allclose(scores, [0.4])
+  np.testing.assert_array_equal(preds, [False])
+  _, scores = voting.case_decisions(probs_rv, cases, [0, 1], 'noisy_or')
+  np.testing.assert_allclose(scores, [0.58])
+
+
+def test_max_with_a_multiview_member_averages_case_probabilities():
+  cases = _cases(['a', 'a'], [1, 1])
+  probs_rv = np.array([[0.8, 0.0], [0.0, 0.6]])
+  case_probs_rc = np.array([[0.4], [0.1]])  # run 1 multi-view: its own 0.1
+  _, scores = voting.case_decisions(
+      probs_rv, cases, [0, 1], 'max', case_probs_rc, np.array([False, True])
+  )
+  np.testing.assert_allclose(scores, [(0.8 + 0.1) / 2])
+
+
+def test_max_and_noisy_or_exist_at_case_level_only():
+  cases = _cases(['a'], [1])
+  with pytest.raises(ValueError, match='image level must be one of'):
+    voting.decide(np.array([[0.9]]), [1], cases, [0], 'image', 'max')
+  with pytest.raises(ValueError, match='vote must be one of'):
+    voting.case_vote_probs(np.array([0.9]), cases, 'mean')

@@ -21,6 +21,7 @@ import dataclasses
 import types
 from typing import Any
 
+from ankle_jax.evaluation import aggregation as aggregation_lib
 from ankle_jax.evaluation import calibration as calibration_lib
 from ankle_jax.evaluation import metrics as metrics_lib
 from ankle_jax.evaluation import results as results_lib
@@ -85,8 +86,10 @@ class Evaluation:
     run_names: the runs, in the predictions' order.
     split: the reported split. pooled_split: 'validation+<split>' (the
       split itself without validation).
-    results: every subset x level x voting x split entry.
-    protocols: {(protocol, level, voting): Selection}.
+    results: every subset x level x voting x split entry (the stacked case
+      entries on validation, out of fold, and on the reported split).
+    protocols: {(protocol, level, voting): Selection}; the honest protocol's
+      also for case level max, noisy_or and stacked.
     headline: the one model the documents lead with (module docstring).
     operating_points: thresholds chosen on validation.
     counts: {split: SplitCounts}, the pooled split included.
@@ -98,6 +101,9 @@ class Evaluation:
     multiview_runs: the runs that read all views of a case at once.
     validation_source: the runs' own data_dir when validation came from
       there (an external test set), else None.
+    aggregation: the honest protocol's case aggregation, chosen on
+      validation (evaluation.aggregation); None without validation (the
+      paper protocol keeps hard voting).
   """
 
   predictions: Mapping[str, SplitPredictions]
@@ -119,6 +125,7 @@ class Evaluation:
   max_eval_views: int
   multiview_runs: tuple[str, ...]
   validation_source: str | None
+  aggregation: aggregation_lib.AggregationChoice | None
 
   def step_of(self, members: Sequence[str]) -> int:
     """TensorBoard step of an ensemble: its members' largest training step."""
@@ -171,6 +178,18 @@ class Evaluation:
         'protocols': protocols,
         'headline': self.headline.to_json(),
         'operating_points': [op.to_json() for op in self.operating_points],
+        'case_aggregation': self._aggregation_json(),
+    }
+
+  def _aggregation_json(self) -> dict[str, Any] | None:
+    """The honest case aggregation and its reported entry's numbers."""
+    if self.aggregation is None:
+      return None
+    entry = self.results[self.aggregation.reported_key()].to_json()
+    return {
+        **self.aggregation.to_json(),
+        'reported_metrics': entry['metrics'],
+        'reported_ci95': entry['ci95'],
     }
 
 
@@ -218,31 +237,65 @@ def _with_pooled(
   return splits, pooled_split
 
 
+@dataclasses.dataclass(frozen=True)
+class _Chosen:
+  """What _choose returns: every entry, the protocols' selections, the
+  number of subsets and the honest case aggregation (None: no validation)."""
+
+  results: Results
+  protocols: dict[SelectionKey, Selection]
+  num_subsets: int
+  aggregation: aggregation_lib.AggregationChoice | None
+
+
 def _choose(
     splits: Mapping[str, SplitPredictions],
     run_names: Sequence[str],
     pooled_split: str,
     settings: Settings,
     evaluator: metrics_lib.BinaryEvaluator,
-) -> tuple[Results, dict[SelectionKey, Selection], int]:
-  """(every entry, the protocols' selections, the number of subsets)."""
+) -> _Chosen:
+  """Every entry, both protocols' selections, the honest aggregation."""
   subsets = voting.odd_subsets(
       len(run_names), settings.max_subsets, settings.seed
   )
   results: Results = {}
   for name, preds in splits.items():
     for e in results_lib.evaluate_subsets(
-        preds, name, run_names, subsets, evaluator
+        preds,
+        name,
+        run_names,
+        subsets,
+        evaluator,
+        voting.LEVELS,
+        voting.CASE_VOTINGS,
     ):
       results[e.key] = e
+  has_validation = pooled_split != settings.split
   protocols = results_lib.choose_protocols(
       results,
       split=settings.split,
       pooled_split=pooled_split,
-      has_validation=pooled_split != settings.split,
+      has_validation=has_validation,
       metric=settings.selection_metric,
   )
-  return results, protocols, len(subsets)
+  if not has_validation:
+    return _Chosen(results, protocols, len(subsets), None)
+  stacked_entries, stacked = aggregation_lib.evaluate_stacked(
+      splits[VALIDATION],
+      splits[settings.split],
+      settings.split,
+      run_names,
+      subsets,
+      evaluator,
+      settings.seed,
+  )
+  results.update((e.key, e) for e in stacked_entries)
+  choice, selections = aggregation_lib.choose_aggregation(
+      results, settings.split, settings.selection_metric, stacked
+  )
+  protocols.update(selections)
+  return _Chosen(results, protocols, len(subsets), choice)
 
 
 def compute(
@@ -261,9 +314,8 @@ def compute(
   split, run_names = settings.split, list(run_names)
   splits, pooled_split = _with_pooled(predictions, split)
   evaluator = metrics_lib.BinaryEvaluator()
-  results, protocols, num_subsets = _choose(
-      splits, run_names, pooled_split, settings, evaluator
-  )
+  chosen = _choose(splits, run_names, pooled_split, settings, evaluator)
+  results, protocols = chosen.results, chosen.protocols
   reported = results_lib.reported_members(run_names, protocols)
   has_validation = pooled_split != split
   protocol = 'honest' if has_validation else 'paper'
@@ -300,7 +352,7 @@ def compute(
               predictions[split], split, run_names, reported, evaluator
           )
       ),
-      num_subsets=num_subsets,
+      num_subsets=chosen.num_subsets,
       num_bootstrap=settings.num_bootstrap,
       seed=settings.seed,
       selection_metric=settings.selection_metric,
@@ -310,4 +362,5 @@ def compute(
           n for n, m in zip(run_names, multiview_of(predictions[split])) if m
       ),
       validation_source=settings.validation_source,
+      aggregation=chosen.aggregation,
   )

@@ -1,9 +1,10 @@
 """The typed results of an evaluation, computed from predictions alone.
 
 From every run's probabilities (`SplitPredictions`):
-  * one `ResultEntry` per subset x level (image|case) x voting (hard|soft) x
-    split, keyed by `ResultKey(members, split, level, voting)`
-    (`evaluate_subsets`);
+  * one `ResultEntry` per subset x level (image|case) x voting (hard|soft;
+    at case level also max|noisy_or) x split, keyed by
+    `ResultKey(members, split, level, voting)` (`evaluate_subsets`; the
+    stacked case entries: evaluation.aggregation);
   * the protocols' `Selection`s: paper (best subset chosen on
     validation+<split> pooled and reported there, as the authors did) and
     honest (chosen on validation, reported on <split>). "Best" is the highest
@@ -162,6 +163,32 @@ class ResultEntry:
 Results = dict[ResultKey, ResultEntry]
 
 
+def entry_of(
+    d: voting.Decisions,
+    members: tuple[str, ...],
+    level: str,
+    vote: str,
+    split: str,
+    evaluator: metrics_lib.BinaryEvaluator,
+) -> ResultEntry:
+  """The ResultEntry of one set of decisions."""
+  est = evaluator(d.labels, d.preds, d.scores, d.clusters)
+  return ResultEntry(
+      members=members,
+      level=level,
+      voting=vote,
+      split=split,
+      metrics={
+          k: _finite_or_none(est.point[k]) for k in metrics_lib.METRIC_NAMES
+      },
+      ci95={
+          k: tuple(_finite_or_none(x) for x in est.ci95[k])
+          for k in metrics_lib.METRIC_NAMES
+      },
+      ci95_method=dict(est.methods),
+  )
+
+
 def evaluate_subsets(
     preds: SplitPredictions,
     split: str,
@@ -169,33 +196,20 @@ def evaluate_subsets(
     subsets: Sequence[Sequence[int]],
     evaluator: metrics_lib.BinaryEvaluator,
     levels: Sequence[str] = voting.LEVELS,
+    case_votings: Sequence[str] = voting.VOTINGS,
 ) -> list[ResultEntry]:
   """The entries of every subset x level (of `levels`) x voting on one
-  split."""
+  split (image level: voting.VOTINGS; case level: `case_votings`, e.g.
+  voting.CASE_VOTINGS)."""
   cases = preds.cases()
   entries = []
   for members in subsets:
+    names = tuple(run_names[i] for i in members)
     for level in levels:
-      for vote in voting.VOTINGS:
+      votes = case_votings if level == 'case' else voting.VOTINGS
+      for vote in votes:
         d = decide_split(preds, members, level, vote, cases)
-        est = evaluator(d.labels, d.preds, d.scores, d.clusters)
-        entries.append(
-            ResultEntry(
-                members=tuple(run_names[i] for i in members),
-                level=level,
-                voting=vote,
-                split=split,
-                metrics={
-                    k: _finite_or_none(est.point[k])
-                    for k in metrics_lib.METRIC_NAMES
-                },
-                ci95={
-                    k: tuple(_finite_or_none(x) for x in est.ci95[k])
-                    for k in metrics_lib.METRIC_NAMES
-                },
-                ci95_method=dict(est.methods),
-            )
-        )
+        entries.append(entry_of(d, names, level, vote, split, evaluator))
   return entries
 
 

@@ -16,6 +16,14 @@ Conventions (the paper's, made explicit):
     rounds the mean vote, which would send such a tie to normal; their cases
     all had 3 views, so they never met one.
   - soft: the mean probability over the views.
+  - max: the largest view probability (one view that sees a fracture is
+    enough; a mean over three views would dilute it to a third).
+  - noisy_or: 1 - prod(1 - p) over the views, the probability that at least
+    one view is right about a fracture if the views erred independently.
+    It rises with the number of views: three views at 0.3 give 0.657.
+  max and noisy_or exist at case level only (CASE_VOTINGS); their score for
+  ROC AUC is their own case probability, their decision score >= 0.5. A
+  stacked aggregator fitted on validation: evaluation.aggregation.
 * Ensembles of runs:
   - hard: per view, the majority of the members' votes (odd-size ensembles
     have no ties; an even-size one would tie to fracture as above). At case
@@ -24,7 +32,9 @@ Conventions (the paper's, made explicit):
   - soft: the mean of the members' probabilities (at case level, also over
     the views).
 * Scores for ROC AUC are always the soft ones (mean probabilities), also for
-  hard-voting entries.
+  hard-voting entries; max and noisy_or entries score with their own.
+* Ensembles vote max and noisy_or members first (the mean of the members'
+  probabilities per view), then over the views.
 
 Multi-view runs (models.multiview) read all views of a case at once and give
 a case probability directly (`case_probs_rc`); their per-view probabilities
@@ -38,6 +48,9 @@ probability is then: a multi-view run's own, a per-view run's soft vote.
     multi-view member: its case probability >= 0.5), then the members' case
     votes vote (majority, ties to fracture). The views-first order is the only
     one a multi-view run has: it never votes per view.
+  - case level, max and noisy_or: the mean over the members of their case
+    probabilities (a per-view member's max or noisy-OR over its views, a
+    multi-view member's own).
 Without any multi-view run (`case_probs_rc` None) every number is computed
 exactly as before they existed.
 """
@@ -53,6 +66,9 @@ import numpy as np
 
 LEVELS = ('image', 'case')
 VOTINGS = ('hard', 'soft')
+# Case-level votes of per-view probabilities: VOTINGS and those that exist at
+# case level only.
+CASE_VOTINGS = (*VOTINGS, 'max', 'noisy_or')
 THRESHOLD = 0.5
 
 
@@ -153,6 +169,57 @@ def case_soft_probs(probs_xv: np.ndarray, cases: CaseIndex) -> np.ndarray:
   return case_means(probs_xv, cases)
 
 
+def case_max_probs(probs_xv: np.ndarray, cases: CaseIndex) -> np.ndarray:
+  """Largest probability over each case's views. float [..., cases]."""
+  probs_xv = np.asarray(probs_xv, dtype=np.float64)
+  out = np.full((*probs_xv.shape[:-1], cases.num_cases), -np.inf)
+  np.maximum.at(
+      np.moveaxis(out, -1, 0),
+      cases.case_index_v,
+      np.moveaxis(probs_xv, -1, 0),
+  )
+  return out
+
+
+def case_noisy_or_probs(probs_xv: np.ndarray, cases: CaseIndex) -> np.ndarray:
+  """1 - prod(1 - p) over each case's views. float [..., cases].
+
+  Summed in log space (log1p), so that many views near 0 or a view at
+  exactly 1 stay exact.
+  """
+  probs_xv = np.clip(np.asarray(probs_xv, dtype=np.float64), 0.0, 1.0)
+  with np.errstate(divide='ignore'):
+    log_normal_xv = np.log1p(-probs_xv)  # -inf for a view at exactly 1
+  log_normal_xc = np.zeros((*probs_xv.shape[:-1], cases.num_cases))
+  np.add.at(
+      np.moveaxis(log_normal_xc, -1, 0),
+      cases.case_index_v,
+      np.moveaxis(log_normal_xv, -1, 0),
+  )
+  return -np.expm1(log_normal_xc)
+
+
+def case_vote_probs(
+    probs_xv: np.ndarray, cases: CaseIndex, vote: str
+) -> np.ndarray:
+  """A case-level vote's case probability. float [..., cases].
+
+  'hard': the fraction of fracture votes (>= 0.5 decides as case_hard_votes);
+  'soft', 'max', 'noisy_or': case_soft_probs, case_max_probs,
+  case_noisy_or_probs.
+  """
+  if vote == 'hard':
+    return case_means(image_votes(probs_xv).astype(np.float64), cases)
+  functions = {
+      'soft': case_soft_probs,
+      'max': case_max_probs,
+      'noisy_or': case_noisy_or_probs,
+  }
+  if vote not in functions:
+    raise ValueError(f'vote must be one of {CASE_VOTINGS}, got {vote!r}.')
+  return functions[vote](probs_xv, cases)
+
+
 def ensemble_hard_votes(
     probs_rv: np.ndarray, members: Sequence[int]
 ) -> np.ndarray:
@@ -238,6 +305,30 @@ def _has_multiview(
   )
 
 
+def _member_first_case_probs(
+    probs_rv: np.ndarray,
+    cases: CaseIndex,
+    members: Sequence[int],
+    vote: str,
+    case_probs_rc: np.ndarray | None,
+    multiview_r: np.ndarray | None,
+) -> np.ndarray:
+  """max or noisy_or case probabilities of an ensemble. float64 [cases].
+
+  Per-view members only: the vote over the views of the members' mean
+  probability per view. With a multi-view member: the mean over the members
+  of their case probabilities (per-view members voted over their views).
+  """
+  if not _has_multiview(multiview_r, members):
+    return case_vote_probs(ensemble_soft_probs(probs_rv, members), cases, vote)
+  probs_mc = case_vote_probs(np.asarray(probs_rv)[members], cases, vote)
+  multiview_m = np.asarray(multiview_r, dtype=bool)[members]
+  probs_mc[multiview_m] = np.asarray(case_probs_rc, dtype=np.float64)[members][
+      multiview_m
+  ]
+  return probs_mc.mean(axis=0)
+
+
 def case_decisions(
     probs_rv: np.ndarray,
     cases: CaseIndex,
@@ -252,6 +343,11 @@ def case_decisions(
   rules (members first, then views).
   """
   members = list(members)
+  if voting in ('max', 'noisy_or'):
+    scores_c = _member_first_case_probs(
+        probs_rv, cases, members, voting, case_probs_rc, multiview_r
+    )
+    return image_votes(scores_c), scores_c
   if case_probs_rc is None:
     scores_c = case_soft_probs(ensemble_soft_probs(probs_rv, members), cases)
   else:
@@ -315,7 +411,8 @@ def decide(
     cases: the CaseIndex of the views.
     members: indices into the runs axis.
     level: 'image' (each view on its own) or 'case' (vote over the views).
-    voting: 'hard' (majority votes) or 'soft' (mean probabilities).
+    voting: 'hard' (majority votes) or 'soft' (mean probabilities); at case
+      level also 'max' or 'noisy_or' (module docstring).
     case_probs_rc: float [runs, cases] each run's case probability (a
       multi-view run's own, a per-view run's soft vote), cases in
       cases.case_ids_c order; None: no run is multi-view.
@@ -326,8 +423,11 @@ def decide(
   """
   if level not in LEVELS:
     raise ValueError(f'level must be one of {LEVELS}, got {level!r}.')
-  if voting not in VOTINGS:
-    raise ValueError(f'voting must be one of {VOTINGS}, got {voting!r}.')
+  allowed = CASE_VOTINGS if level == 'case' else VOTINGS
+  if voting not in allowed:
+    raise ValueError(
+        f'voting at {level} level must be one of {allowed}, got {voting!r}.'
+    )
   if not members:
     raise ValueError('An ensemble needs at least one member.')
   _check_case_probs(probs_rv, cases, case_probs_rc, multiview_r)

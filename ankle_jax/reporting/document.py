@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ankle_jax.evaluation import aggregation
 from ankle_jax.evaluation import calibration
 from ankle_jax.evaluation import calibrators
 from ankle_jax.evaluation import voting
@@ -21,9 +22,11 @@ from ankle_jax.evaluation.results import PROTOCOLS
 from ankle_jax.evaluation.results import OperatingPoint
 from ankle_jax.evaluation.results import ResultKey
 from ankle_jax.reporting.format import LEVEL_TITLES
+from ankle_jax.reporting.format import METRIC_TITLES
 from ankle_jax.reporting.format import SAME_CASES
 from ankle_jax.reporting.format import SUBGROUP_FOOTNOTE
 from ankle_jax.reporting.format import Table
+from ankle_jax.reporting.format import aggregation_table
 from ankle_jax.reporting.format import calibration_table
 from ankle_jax.reporting.format import format_threshold
 from ankle_jax.reporting.format import format_value
@@ -206,6 +209,37 @@ def _protocol_section(ev: Evaluation, protocol: str, vote: str) -> list[Block]:
   ]
 
 
+def _aggregation_section(ev: Evaluation) -> list[Block]:
+  """Every case vote, and the honest protocol's choice among them."""
+  a = ev.aggregation
+  choice = (
+      f'The honest protocol chose **{a.voting}** '
+      f'({members_label(a.members)}): the highest `{a.chosen_on}` case '
+      f'{METRIC_TITLES[a.metric]} of '
+      + ', '.join(a.validation_values)
+      + ' (ties to the simpler, in that order; hard voting scores with the '
+      'soft vote, so it is no candidate). The paper protocol keeps hard '
+      'voting.'
+      if a is not None
+      else 'No validation split: no aggregation is chosen (the paper '
+      'protocol keeps hard voting) and no stacked aggregator is fitted.'
+  )
+  return [
+      '## Case aggregation',
+      '',
+      'Case votes of the view probabilities: hard and soft (above); max, the '
+      'largest; noisy_or, 1 - prod(1 - p); stacked, an L2 logistic '
+      'regression of the mean, max and min view logit and the number of '
+      'views, fitted on `validation` (its validation ROC AUC out of fold, '
+      f"{aggregation.STACKED_FOLDS} folds). ROC AUC from each vote's own "
+      'score (hard: the soft score); decisions at '
+      f'{voting.THRESHOLD}. {choice}',
+      '',
+      aggregation_table(ev),
+      '',
+  ]
+
+
 def _operating_points_section(ev: Evaluation) -> list[Block]:
   if not ev.operating_points:
     return [
@@ -343,6 +377,7 @@ def sections(ev: Evaluation) -> dict[str, list[str]]:
     for protocol in PROTOCOLS:
       if (protocol, 'case', vote) in ev.protocols:
         lines += _protocol_section(ev, protocol, vote)
+  lines += _aggregation_section(ev)
   lines += _operating_points_section(ev)
   lines += _calibration_section(ev)
   lines += _subgroup_section(ev)

@@ -13,9 +13,12 @@ import dataclasses
 import html
 import re
 
+from ankle_jax.evaluation import aggregation
 from ankle_jax.evaluation import calibration
 from ankle_jax.evaluation import metrics as metrics_lib
+from ankle_jax.evaluation import voting
 from ankle_jax.evaluation.evaluation import Evaluation
+from ankle_jax.evaluation.predictions import VALIDATION
 from ankle_jax.evaluation.results import ResultEntry
 from ankle_jax.evaluation.results import ResultKey
 from ankle_jax.evaluation.subgroups import MIN_CLASS_COUNT
@@ -213,6 +216,50 @@ def calibration_table(
         )
   header = ['Model', 'Views', *CALIBRATION_HEADER]
   return Table.of((['Split'] if splits else []) + header, rows)
+
+
+def case_votes(ev: Evaluation, members: Sequence[str], split: str) -> list[str]:
+  """The case-level votes the members have entries for on `split`
+  (voting.CASE_VOTINGS, then the stacked aggregator where fitted)."""
+  return [
+      vote
+      for vote in (*voting.CASE_VOTINGS, aggregation.STACKED)
+      if ResultKey(tuple(members), split, 'case', vote) in ev.results
+  ]
+
+
+def aggregation_table(ev: Evaluation) -> Table:
+  """Each case vote of each run and of the honest protocol's chosen
+  ensembles on the reported split: the validation ROC AUC it was chosen by
+  (n/a without validation; stacked: out of fold) and the six metrics; the
+  honest protocol's choice in bold."""
+  members_list = [(n,) for n in ev.run_names]
+  for (protocol, level, _), s in ev.protocols.items():
+    if (protocol, level) == (
+        'honest',
+        'case',
+    ) and s.members not in members_list:
+      members_list.append(s.members)
+  chosen = ev.aggregation
+  rows = []
+  for members in members_list:
+    for vote in case_votes(ev, members, ev.split):
+      e = ev.results[ResultKey(members, ev.split, 'case', vote)]
+      val = ev.results.get(ResultKey(members, VALIDATION, 'case', vote))
+      is_chosen = chosen is not None and (members, vote) == (
+          chosen.members,
+          chosen.voting,
+      )
+      rows.append(
+          [
+              model_label(ev, members),
+              f'**{vote} (chosen)**' if is_chosen else vote,
+              format_value(val.metrics['roc_auc'], ()) if val else 'n/a',
+              *metric_cells(e),
+          ]
+      )
+  header = ['Model', 'Case vote', 'Validation ROC AUC', *metric_headers()]
+  return Table.of(header, rows)
 
 
 def _subgroup_cell(s: Subgroup) -> str:

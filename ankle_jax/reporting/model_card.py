@@ -14,6 +14,7 @@ import json
 import os
 
 from ankle_jax import writers
+from ankle_jax.evaluation import aggregation
 from ankle_jax.evaluation import voting
 from ankle_jax.evaluation.evaluation import Evaluation
 from ankle_jax.evaluation.results import ResultKey
@@ -57,11 +58,11 @@ SPLIT_UNITS = {
 
 def metrics_table(ev: Evaluation) -> Table:
   """The Headline's six metrics [95% CI] on the reported split, each level
-  and voting."""
+  and voting (case level: also max, noisy_or and stacked, where computed)."""
   h = ev.headline
   rows = []
   for level in LEVEL_TITLES:
-    for vote in ('soft', 'hard'):
+    for vote in ('soft', 'hard', 'max', 'noisy_or', aggregation.STACKED):
       e = ev.results.get(ResultKey(h.members, h.reported_on, level, vote))
       if e is not None:
         rows.append([LEVEL_TITLES[level], vote, *metric_cells(e)])
