@@ -440,6 +440,12 @@ def define_batch_flags() -> None:
   flags.DEFINE_integer(
       'batch_size', batch_lib.DEFAULT_BATCH_SIZE, 'Views per forward batch.'
   )
+  flags.DEFINE_integer(
+      'stored_size',
+      batch_lib.STORED_SIZE,
+      "Read views as evaluate does: stored at the dataset builder's image "
+      "size, then resized to the run's (0: directly at the run's size).",
+  )
   flags.DEFINE_bool('progress', True, 'Show the progress bar.')
 
 
@@ -460,6 +466,7 @@ def batch_settings(paths: Sequence[str]) -> batch_run.BatchSettings:
       uid_root=f.uid_root,
       batch_size=f.batch_size,
       panel_size=f.panel_size,
+      stored_size=f.stored_size,
       progress=f.progress,
   )
 

@@ -6,7 +6,11 @@ The views of all cases stream, in case order, into fixed-size batches of
 for the batch shape, whatever the number of cases (multi-view runs regroup
 them into batches of cases, `inference.case_batches`). Views are read with
 `dicom.load_radiograph` at each group's image size, as in the one-case
-command. A view that cannot be read is skipped and recorded; a case left
+command, then (`stored_size` > 0, the default) exactly as `evaluate` sees
+them: stored as the dataset builder stores a view (uint16 at its image
+size, 300 px by default) and resized to the run's image size by
+`pipeline.to_image` (`load_view`), so that a case's probability is
+evaluate's for the same checkpoint. A view that cannot be read is skipped and recorded; a case left
 with no readable view fails with its reason; the other cases go on.
 
 The case probability is `voting.decide`'s case score of the ensemble of all
@@ -24,11 +28,16 @@ import numpy as np
 
 from ankle_jax import inference
 from ankle_jax.data import dicom
+from ankle_jax.data import pipeline
+from ankle_jax.data.radiograph_studies import config as builder_config
+from ankle_jax.data.radiograph_studies import decoding
 from ankle_jax.evaluation import results as results_lib
 from ankle_jax.evaluation.predictions import SplitPredictions
 from ankle_jax.prediction import inputs as inputs_lib
 
 DEFAULT_BATCH_SIZE = 16
+# The builder's stored image side (its config's default).
+STORED_SIZE = builder_config.RadiographStudiesConfig.image_size
 NO_VIEWS = 'The split has no views to evaluate.'
 
 
@@ -74,10 +83,26 @@ class BatchOutcome:
   unreadable: list[inputs_lib.SkippedFile]
 
 
-def _load(path: str, image_size: int) -> np.ndarray | str:
-  """float32 [S, S, 1] in [0, 1], or the reason it cannot be read."""
-  try:
+def load_view(path: str, image_size: int, stored_size: int) -> np.ndarray:
+  """float32 [S, S, 1] in [0, 1]: the view as evaluate sees it (stored as
+  the builder stores it at stored_size, then resized), or read directly at
+  image_size when stored_size is 0.
+
+  Raises:
+    dicom.DicomReadError: the file cannot be read.
+  """
+  if not stored_size:
     return dicom.load_radiograph(path, image_size=image_size)
+  ok, stored, _ = decoding.decode_job(path, stored_size)
+  if not ok:
+    raise dicom.DicomReadError(path, stored)
+  return pipeline.to_image(stored, image_size)
+
+
+def _load(path: str, image_size: int, stored_size: int) -> np.ndarray | str:
+  """load_view, or the reason the file cannot be read."""
+  try:
+    return load_view(path, image_size, stored_size)
   except dicom.DicomReadError as e:
     return e.reason.split(' (')[0]
   except Exception as e:  # noqa: BLE001 - one bad file never stops a batch.
@@ -90,6 +115,7 @@ def view_batches(
     batch_size: int,
     unreadable: dict[str, str],
     on_case: Callable[[], None] = lambda: None,
+    stored_size: int = STORED_SIZE,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Eval batches of views (inference.predict_split's input) of `cases`.
 
@@ -112,7 +138,7 @@ def view_batches(
   batch, filled = empty(), 0
   for c, case in enumerate(cases):
     for v, item in enumerate(case.files):
-      image = _load(item.path, image_size)
+      image = _load(item.path, image_size, stored_size)
       if isinstance(image, str):
         unreadable[item.path] = image
         continue
@@ -176,6 +202,7 @@ def predict_cases(
     batch_size: int = DEFAULT_BATCH_SIZE,
     vote: str = 'soft',
     on_case: Callable[[], None] = lambda: None,
+    stored_size: int = STORED_SIZE,
 ) -> BatchOutcome:
   """Every case's prediction (module docstring).
 
@@ -186,7 +213,9 @@ def predict_cases(
   try:
     preds = inference.predict_split(
         runs,
-        lambda size: view_batches(cases, size, batch_size, unreadable, on_case),
+        lambda size: view_batches(
+            cases, size, batch_size, unreadable, on_case, stored_size
+        ),
         cases_per_batch=batch_size,
     )
     by_position = case_results(cases, preds, vote)
@@ -197,7 +226,7 @@ def predict_cases(
   except Exception:  # noqa: BLE001 - isolate the case that fails.
     if len(cases) == 1:
       raise
-    return _case_by_case(runs, cases, batch_size, vote, on_case)
+    return _case_by_case(runs, cases, batch_size, vote, on_case, stored_size)
   outcome = BatchOutcome([], [], [])
   for position, case in enumerate(cases):
     if position in by_position:
@@ -211,13 +240,20 @@ def predict_cases(
   return outcome
 
 
-def _case_by_case(runs, cases, batch_size, vote, on_case) -> BatchOutcome:
+def _case_by_case(
+    runs, cases, batch_size, vote, on_case, stored_size
+) -> BatchOutcome:
   """predict_cases one case at a time; a case that raises fails alone."""
   outcome = BatchOutcome([], [], [])
   for case in cases:
     try:
       one = predict_cases(
-          runs, [case], batch_size=batch_size, vote=vote, on_case=on_case
+          runs,
+          [case],
+          batch_size=batch_size,
+          vote=vote,
+          on_case=on_case,
+          stored_size=stored_size,
       )
     except Exception as e:  # noqa: BLE001 - listed with its reason.
       outcome.failures.append(CaseFailure(case, f'{type(e).__name__}: {e}'))

@@ -4,7 +4,8 @@ The maps are `saliency.make_case_grad_cam`'s (last conv stage; a multi-view
 run's case evidence over all views at once), per run, resized to the panel
 and averaged over runs, as the one-case command's --heatmap draws them. One
 jitted Grad-CAM per model group, built once per batch (`HeatmapMaker`);
-it compiles once per number of views.
+it compiles once per number of views. The views are read as the forward
+reads them (`batch.load_view`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,21 @@ from ankle_jax import inference
 from ankle_jax import models
 from ankle_jax import saliency
 from ankle_jax.data import dicom
+from ankle_jax.prediction import batch as batch_lib
 
 
 class HeatmapMaker:
   """Grad-CAM [views, P, P] of a case's files, mean over the runs."""
 
-  def __init__(self, runs: Sequence[inference.Run], panel_size: int):
+  def __init__(
+      self,
+      runs: Sequence[inference.Run],
+      panel_size: int,
+      stored_size: int = batch_lib.STORED_SIZE,
+  ):
     self.runs = list(runs)
     self.panel_size = panel_size
+    self.stored_size = stored_size
     self.groups = []
     for indices in inference.group_runs([r.config for r in runs]).values():
       config = runs[indices[0]].config
@@ -43,7 +51,7 @@ class HeatmapMaker:
     cams = []
     for image_size, grad_cam, variables_list in self.groups:
       images = np.stack(
-          [dicom.load_radiograph(p, image_size=image_size) for p in paths]
+          [batch_lib.load_view(p, image_size, self.stored_size) for p in paths]
       )
       standardized = models.forward.standardized(jnp.asarray(images))
       for variables in variables_list:

@@ -56,6 +56,7 @@ class BatchSettings:
   batch_size: int = batch_lib.DEFAULT_BATCH_SIZE
   panel_size: int = saliency.PANEL_SIZE
   vote: str = 'soft'
+  stored_size: int = batch_lib.STORED_SIZE
   progress: bool = True
 
 
@@ -110,6 +111,7 @@ def _predict(settings, runs, cases) -> tuple[batch_lib.BatchOutcome, float]:
         batch_size=settings.batch_size,
         vote=settings.vote,
         on_case=lambda: bar.update(1),
+        stored_size=settings.stored_size,
     )
   return outcome, time.perf_counter() - start
 
@@ -118,7 +120,9 @@ def _write_dicom(settings, runs, outcome, rules, provenance, identity):
   non_dicom = sum(1 for r in outcome.results if not r.case.is_dicom)
   if non_dicom:
     print(NON_DICOM_REFUSED.format(n=non_dicom), file=sys.stderr)
-  maker = heatmaps_lib.HeatmapMaker(runs, settings.panel_size)
+  maker = heatmaps_lib.HeatmapMaker(
+      runs, settings.panel_size, settings.stored_size
+  )
   return write_lib.write_all(
       outcome.results,
       settings.out_dir,
