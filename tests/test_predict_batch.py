@@ -116,6 +116,12 @@ def test_find_cases_groups_by_study_series_and_folder(studies, tmp_path):
   assert {c.case_id for c in folders.cases} == {
       layouts.case_id_for(k) for k in keys
   }
+  unhashed = inputs.find_cases([studies], group_by='folder', salt=None)
+  assert {c.case_id for c in unhashed.cases} == keys
+  salted = inputs.find_cases([studies], group_by='folder', salt='private')
+  assert {c.case_id for c in salted.cases} == {
+      layouts.case_id_for(k, 'private') for k in keys
+  }
   with pytest.raises(console.UserError, match='group_by'):
     inputs.find_cases([studies], group_by='patient')
 
