@@ -34,7 +34,11 @@ def dciodvfy_errors(path: str) -> list[str]:
   if shutil.which('dciodvfy') is None:
     pytest.skip('dciodvfy missing (apt-get install dicom3tools; CI has it)')
   proc = subprocess.run(
-      ['dciodvfy', path], capture_output=True, text=True, timeout=60
+      ['dciodvfy', path],
+      capture_output=True,
+      text=True,
+      errors='replace',  # it echoes 8-bit values
+      timeout=60,
   )
   return [
       line
@@ -128,10 +132,12 @@ def test_dicom_out_of_generated_studies_in_a_mixed_folder(
 
 
 def test_dicom_out_of_the_real_files(shared_dicom_dir, run_dir, tmp_path):  # noqa: F811
-  """Real CR studies (RG3 ankle, RG2 hip) and the undecodable file."""
+  """Real CR studies (RG3 ankle, RG2 hip), a DX whose 8-bit names declare
+  no character set, and the undecodable file."""
   names = (
       'wg04_rg3_ankle_uncompressed.dcm',
       'wg04_rg2_hip_uncompressed.dcm',
+      'pylibjpeg_dx_j2k_16bit.dcm',
       'bad_wg04_rg3_jpeg_extended_undecodable.dcm',
   )
   paths = [shared_dicom_dir / n for n in names]

@@ -47,6 +47,27 @@ class Identity:
     ds.SeriesDate, ds.SeriesTime = date, time
 
 
+def _has_non_ascii(ds: pydicom.Dataset) -> bool:
+  """Whether any text value (nested ones too) holds a non-ASCII character."""
+  for element in ds.iterall():
+    values = element.value if element.VM > 1 else [element.value]
+    if any(isinstance(v, str) and not v.isascii() for v in values):
+      return True
+    if element.VR == 'PN' and not str(element.value).isascii():
+      return True
+  return False
+
+
+def declare_character_set(ds: pydicom.Dataset, source: pydicom.Dataset):
+  """The source's Specific Character Set on an object that copied its text;
+  ISO_IR 100 (Latin-1, the repertoire pydicom decoded it with) when the
+  source declares none but holds 8-bit text, as some real files do."""
+  if 'SpecificCharacterSet' in source:
+    ds.SpecificCharacterSet = source.SpecificCharacterSet
+  elif _has_non_ascii(ds):
+    ds.SpecificCharacterSet = 'ISO_IR 100'
+
+
 def check_uid_root(uid_root: str | None) -> str | None:
   """The root with its trailing '.', or None.
 

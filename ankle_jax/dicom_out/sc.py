@@ -121,4 +121,5 @@ def view_capture(
   )
   sc.BurnedInAnnotation = 'NO'
   identity.stamp(sc)
+  identity_lib.declare_character_set(sc, source)
   return sc

@@ -165,4 +165,5 @@ def case_report(
       series_description='ankle_jax fracture report, research use only',
   )
   identity.stamp(sr)
+  identity_lib.declare_character_set(sr, sources[0])
   return sr

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 
@@ -89,9 +90,12 @@ def write_all(
     if not result.case.is_dicom:
       continue
     try:
-      written.paths += write_case(
-          result, out_dir, rules, provenance, identity, heatmaps
-      )
+      with warnings.catch_warnings():
+        # highdicom's warnings quote the source's values (person names).
+        warnings.filterwarnings('ignore', module='highdicom')
+        written.paths += write_case(
+            result, out_dir, rules, provenance, identity, heatmaps
+        )
     except Exception as e:  # noqa: BLE001 - one case never stops the others.
       written.failures.append(
           (result.case.case_id, f'DICOM out: {type(e).__name__}: {e}')

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import dataclasses
 import datetime
+import logging
 import os
 import sys
 import time
@@ -134,7 +135,13 @@ def _write_dicom(settings, runs, outcome, rules, provenance, identity):
 
 
 def run_batch(settings: BatchSettings) -> BatchReport:
-  """The whole batch command (module docstring)."""
+  """The whole batch command (module docstring).
+
+  pydicom's decoders log a traceback for each file they cannot decode; the
+  batch counts those files by reason instead (unless --verbosity >= 1).
+  """
+  if not logging.getLogger('pydicom').isEnabledFor(logging.INFO):
+    logging.getLogger('pydicom').setLevel(logging.CRITICAL)
   uid_root = _checked_uid_root(settings.uid_root)
   when = datetime.datetime.now()
   runs = inference.load_runs(settings.run_dirs, settings.checkpoint)
