@@ -99,6 +99,21 @@ def check_sr(path, case_rows, sources) -> None:
     assert uid == view['sop_instance_uid'] and uid in sources
 
 
+def algorithm_parameters(path) -> set[str]:
+  """The TEXT values of the SR's Algorithm Parameters (DCM 111002) items."""
+  found = set()
+
+  def walk(items):
+    for item in items:
+      code = item.ConceptNameCodeSequence[0].CodeValue
+      if code == codes.DCM.AlgorithmParameters.value:
+        found.add(item.TextValue)
+      walk(item.get('ContentSequence', []))
+
+  walk(pydicom.dcmread(path).ContentSequence)
+  return found
+
+
 def headers(paths) -> dict[str, pydicom.Dataset]:
   out = {}
   for path in paths:
@@ -129,6 +144,16 @@ def test_dicom_out_of_generated_studies_in_a_mixed_folder(
   assert len(objects) == helpers.NUM_STUDIES + num_views
   assert 'PNG/JPEG files get no DICOM objects' in capsys.readouterr().err
   assert not report.written.failures
+  sr_path = next(str(p) for p in objects if p.name == write_lib.SR_FILE)
+  parameters = algorithm_parameters(sr_path)
+  assert 'runs=tiny' in parameters and 'checkpoint_steps=7' in parameters
+  assert any(
+      p.startswith(
+          'operating_point=youden chosen on validation (evaluation of '
+      )
+      for p in parameters
+  )
+  assert any(p.endswith('(fitted on validation)') for p in parameters)
 
 
 def test_dicom_out_of_the_real_files(shared_dicom_dir, run_dir, tmp_path):  # noqa: F811

@@ -276,6 +276,7 @@ def test_evaluation_calibration_and_operating_point(studies, run_dir, tmp_path):
     assert r['decision'] == ('fracture' if raw >= 0.3 else 'normal')
     assert r['chosen_on'] == 'validation' and r['evaluation_date']
     assert r['calibration'].startswith('platt')
+    assert r['calibration'].endswith('(fitted on validation)')
 
 
 def test_evaluation_of_other_steps_or_runs_is_refused(run_dir, tmp_path):

@@ -43,11 +43,9 @@ def algorithm(
     provenance: table.Provenance, rule: decision_lib.DecisionRule
 ) -> hd.sr.AlgorithmIdentification:
   """ankle_jax, its version, and what the decision rests on."""
-  chosen = (
-      f' chosen on {rule.chosen_on} by the evaluation of {rule.date}'
-      if rule.chosen_on
-      else ''
-  )
+  chosen = f' chosen on {rule.chosen_on}' if rule.chosen_on else ''
+  if rule.date:
+    chosen += f' (evaluation of {rule.date})'
   return hd.sr.AlgorithmIdentification(
       name=identity_lib.MANUFACTURER,
       version=ankle_jax.__version__,

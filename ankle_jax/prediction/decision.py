@@ -31,6 +31,8 @@ OPERATING_POINTS = ('youden', 'sens90', '0.5')
 RESULTS_FILE = 'results.json'
 SUMMARY_FILE = 'summary.json'
 RAW = 'prob_raw'
+# evaluate fits its calibrators on validation (evaluation.calibrators).
+CALIBRATED_ON = 'validation'
 CALIBRATED = 'prob_calibrated'
 
 
@@ -44,8 +46,7 @@ class DecisionRule:
     threshold: fracture when the probability named by `applies_to` >= it.
     applies_to: RAW or CALIBRATED.
     calibrator: maps the raw probability to the calibrated one.
-    chosen_on: the split the threshold and calibrator were chosen on ('' for
-      the default rule).
+    chosen_on: the split the threshold was chosen on ('' for a fixed 0.5).
     source: the evaluation directory ('' for the default rule).
     date: when the evaluation was written (UTC, ISO 8601; '' for none).
   """
@@ -68,13 +69,16 @@ class DecisionRule:
 
   @property
   def calibration(self) -> str:
-    """The calibrator in words: 'none', 'temperature T=...' or 'platt ...'."""
+    """The calibrator in words: 'none (reason)', or 'temperature T=...' /
+    'platt slope=... intercept=...' and where it was fitted."""
     c = self.calibrator
     if not c.applied:
       return 'none' + (f' ({c.reason})' if c.reason else '')
     if c.temperature is not None:
-      return f'temperature T={c.temperature:.6g}'
-    return f'platt slope={c.slope:.6g} intercept={c.intercept:.6g}'
+      words = f'temperature T={c.temperature:.6g}'
+    else:
+      words = f'platt slope={c.slope:.6g} intercept={c.intercept:.6g}'
+    return f'{words} (fitted on {CALIBRATED_ON})'
 
 
 def default_rules() -> dict[str, DecisionRule]:
@@ -186,7 +190,7 @@ def evaluation_rules(
   for level in ('case', 'image'):
     calibrator = _calibrator(entries, members, level)
     if operating_point == '0.5':
-      threshold, applies_to, chosen_on = 0.5, CALIBRATED, 'validation'
+      threshold, applies_to, chosen_on = 0.5, CALIBRATED, ''
     else:
       threshold, chosen_on = _threshold(
           summary, members, level, operating_point, eval_dir
