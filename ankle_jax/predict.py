@@ -422,20 +422,42 @@ def define_flags() -> None:
 
 def define_batch_flags() -> None:
   """The flags of a batch (--out)."""
-  flags.DEFINE_string('out', None, 'Batch mode: write predictions.csv here.')
-  flags.DEFINE_enum(
-      'group_by', 'study', list(inputs_lib.GROUP_BY), 'DICOM files per case.'
+  flags.DEFINE_string(
+      'out',
+      None,
+      'Batch mode: predict every case under the PATHs (any depth) and write '
+      'predictions.csv and errors.csv to this folder.',
   )
-  flags.DEFINE_bool('hash_ids', True, 'Name cases by a salted hash.')
-  flags.DEFINE_string('salt_file', None, "The builder's salt file.")
-  flags.DEFINE_string('evaluation', None, 'Its calibration and thresholds.')
+  flags.DEFINE_enum(
+      'group_by',
+      'study',
+      list(inputs_lib.GROUP_BY),
+      'What makes a case of DICOM files (PNG/JPEG: always their folder).',
+  )
+  flags.DEFINE_bool(
+      'hash_ids', True, 'Name cases by a salted hash of their UID or folder.'
+  )
+  flags.DEFINE_string(
+      'salt_file', None, 'The salt file of ankle_jax.data.build --salt_file.'
+  )
+  flags.DEFINE_string(
+      'evaluation',
+      None,
+      'A folder written by python -m ankle_jax.evaluate for the same runs and '
+      'checkpoints: its calibration and operating points.',
+  )
   flags.DEFINE_enum(
       'operating_point',
       None,
       list(decision_lib.OPERATING_POINTS),
       'Decision threshold (default: youden with --evaluation, else 0.5).',
   )
-  flags.DEFINE_bool('dicom_out', False, 'Write an SR and Secondary Captures.')
+  flags.DEFINE_bool(
+      'dicom_out',
+      False,
+      'Also write, under --out/dicom, an SR per case and a Grad-CAM Secondary '
+      'Capture per view (DICOM inputs only).',
+  )
   flags.DEFINE_string('uid_root', None, "UID prefix (default: pydicom's).")
   flags.DEFINE_integer(
       'batch_size', batch_lib.DEFAULT_BATCH_SIZE, 'Views per forward batch.'
