@@ -295,3 +295,26 @@ def test_evaluation_of_other_steps_or_runs_is_refused(run_dir, tmp_path):
         batch_run.BatchSettings([run_dir], [], '', operating_point='youden'),
         runs,
     )
+
+
+def test_an_error_in_one_case_stops_no_other(studies, run_dir, monkeypatch):
+  """The stream fails (not just a file): retried case by case, the failing
+  case listed with its reason."""
+  found = inputs.find_cases([studies])
+  poisoned = found.cases[1].key
+  view_batches = batch_lib.view_batches
+
+  def failing(cases, *args, **kwargs):
+    if any(c.key == poisoned for c in cases):
+      raise RuntimeError('decoder crashed')
+    return view_batches(cases, *args, **kwargs)
+
+  monkeypatch.setattr(batch_lib, 'view_batches', failing)
+  runs = inference.load_runs([run_dir])
+  outcome = batch_lib.predict_cases(runs, found.cases, batch_size=4)
+  assert [r.case.key for r in outcome.results] == [
+      c.key for c in found.cases if c.key != poisoned
+  ]
+  [failure] = outcome.failures
+  assert failure.case.key == poisoned
+  assert failure.reason == 'RuntimeError: decoder crashed'
