@@ -1,8 +1,18 @@
-r"""Predicts one case from its radiographs with one or more trained runs.
+r"""Predicts one case, or (with --out) a batch of studies, with trained runs.
 
   python -m ankle_jax.predict --runs=RUN1,RUN2,... \
       [--checkpoint=best|latest] [--heatmap=OUT.png] [--occlusion] \
       [--panel_size=300] [--vote=soft|hard|max|noisy_or] PATH...
+
+  python -m ankle_jax.predict --runs=RUN1,... --out=DIR \
+      [--group_by=study|series|folder] [--hash_ids] [--salt_file=PATH] \
+      [--evaluation=EVAL_DIR [--operating_point=youden|sens90|0.5]] \
+      [--dicom_out [--uid_root=1.2.3.]] [--batch_size=16] PATH...
+
+With --out: every case under the PATHs (any depth) goes through the runs,
+and DIR gets predictions.csv (a row per case and per view), errors.csv and,
+with --dicom_out, an SR per case and a Grad-CAM Secondary Capture per view
+(ankle_jax.prediction.run says the steps; ankle_jax.dicom_out the objects).
 
 --checkpoint: which checkpoint of each run; by default the run's
 config.eval_checkpoint ('best'; 'latest' in the five paper configs).
@@ -50,6 +60,10 @@ from ankle_jax import models
 from ankle_jax import saliency
 from ankle_jax.data import dicom
 from ankle_jax.evaluation import voting
+from ankle_jax.prediction import batch as batch_lib
+from ankle_jax.prediction import decision as decision_lib
+from ankle_jax.prediction import inputs as inputs_lib
+from ankle_jax.prediction import run as batch_run
 
 USAGE = (
     'usage: python -m ankle_jax.predict --runs=RUN_DIR[,RUN_DIR...] '
@@ -434,7 +448,82 @@ def define_flags() -> None:
   flags.DEFINE_integer(
       'panel_size',
       saliency.PANEL_SIZE,
-      'Side in pixels of each view panel of the PNG.',
+      'Side in pixels of each view panel of the PNG (and of the --dicom_out '
+      'Secondary Captures).',
+  )
+  define_batch_flags()
+
+
+def define_batch_flags() -> None:
+  """The flags of a batch (--out)."""
+  flags.DEFINE_string(
+      'out',
+      None,
+      'Batch mode: predict every case under the PATHs (any depth) and write '
+      'predictions.csv and errors.csv to this folder.',
+  )
+  flags.DEFINE_enum(
+      'group_by',
+      'study',
+      list(inputs_lib.GROUP_BY),
+      'What makes a case of DICOM files (PNG/JPEG: always their folder).',
+  )
+  flags.DEFINE_bool(
+      'hash_ids', True, 'Name cases by a salted hash of their UID or folder.'
+  )
+  flags.DEFINE_string(
+      'salt_file', None, 'The salt file of ankle_jax.data.build --salt_file.'
+  )
+  flags.DEFINE_string(
+      'evaluation',
+      None,
+      'A folder written by python -m ankle_jax.evaluate for the same runs and '
+      'checkpoints: its calibration and operating points.',
+  )
+  flags.DEFINE_enum(
+      'operating_point',
+      None,
+      list(decision_lib.OPERATING_POINTS),
+      'Decision threshold (default: youden with --evaluation, else 0.5).',
+  )
+  flags.DEFINE_bool(
+      'dicom_out',
+      False,
+      'Also write, under --out/dicom, an SR per case and a Grad-CAM Secondary '
+      'Capture per view (DICOM inputs only).',
+  )
+  flags.DEFINE_string('uid_root', None, "UID prefix (default: pydicom's).")
+  flags.DEFINE_integer(
+      'batch_size', batch_lib.DEFAULT_BATCH_SIZE, 'Views per forward batch.'
+  )
+  flags.DEFINE_integer(
+      'stored_size',
+      batch_lib.STORED_SIZE,
+      "Read views as evaluate does: stored at the dataset builder's image "
+      "size, then resized to the run's (0: directly at the run's size).",
+  )
+  flags.DEFINE_bool('progress', True, 'Show the progress bar.')
+
+
+def batch_settings(paths: Sequence[str]) -> batch_run.BatchSettings:
+  """The batch flags as BatchSettings."""
+  f = flags.FLAGS
+  return batch_run.BatchSettings(
+      run_dirs=f.runs,
+      paths=paths,
+      out_dir=f.out,
+      checkpoint=f.checkpoint,
+      group_by=f.group_by,
+      hash_ids=f.hash_ids,
+      salt_file=f.salt_file,
+      evaluation=f.evaluation,
+      operating_point=f.operating_point,
+      dicom_out=f.dicom_out,
+      uid_root=f.uid_root,
+      batch_size=f.batch_size,
+      panel_size=f.panel_size,
+      stored_size=f.stored_size,
+      progress=f.progress,
   )
 
 
@@ -444,6 +533,11 @@ def main(argv: Sequence[str]) -> None:
     raise console.UserError(f'--runs is required.\n{USAGE}')
   if not paths:
     raise console.UserError(f'no case folder or files given.\n{USAGE}')
+  if flags.FLAGS.out:
+    batch_run.run_batch(batch_settings(paths))
+    return
+  if flags.FLAGS.dicom_out or flags.FLAGS.evaluation:
+    raise console.UserError('--dicom_out and --evaluation need --out=DIR.')
   if flags.FLAGS.occlusion and not flags.FLAGS.heatmap:
     raise console.UserError('--occlusion needs --heatmap=OUT.png.')
   run_predict(
