@@ -524,6 +524,7 @@ def batch_settings(paths: Sequence[str]) -> batch_run.BatchSettings:
       panel_size=f.panel_size,
       stored_size=f.stored_size,
       progress=f.progress,
+      vote=f.vote or 'soft',
   )
 
 
@@ -534,6 +535,11 @@ def main(argv: Sequence[str]) -> None:
   if not paths:
     raise console.UserError(f'no case folder or files given.\n{USAGE}')
   if flags.FLAGS.out:
+    if flags.FLAGS.evaluation and flags.FLAGS.vote not in (None, 'soft'):
+      raise console.UserError(
+          f'--vote={flags.FLAGS.vote} with --evaluation: the evaluation chose '
+          'its calibration and operating points for the soft vote; drop --vote.'
+      )
     batch_run.run_batch(batch_settings(paths))
     return
   if flags.FLAGS.dicom_out or flags.FLAGS.evaluation:
