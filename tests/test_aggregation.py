@@ -8,7 +8,6 @@ import sys
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from ankle_jax import predict
 from ankle_jax.evaluation import aggregation
 from ankle_jax.evaluation import evaluation
 from ankle_jax.evaluation import metrics as metrics_lib
@@ -16,6 +15,7 @@ from ankle_jax.evaluation import voting
 from ankle_jax.evaluation.predictions import SplitPredictions
 from ankle_jax.evaluation.results import ResultEntry
 from ankle_jax.evaluation.results import ResultKey
+from ankle_jax.prediction import single
 
 EVALUATOR = metrics_lib.BinaryEvaluator()
 
@@ -191,20 +191,18 @@ def test_paper_protocol_still_hard_votes_without_validation():
 def test_predict_vote_lines_by_hand():
   probs_rv = np.array([[0.9, 0.1, 0.1], [0.3, 0.1, 0.1]])
   files = ['a.dcm', 'b.dcm', 'c.dcm']
-  plain = predict.format_predictions(['r0', 'r1'], files, probs_rv)
+  plain = single.format_predictions(['r0', 'r1'], files, probs_rv)
   assert 'max vote' not in plain  # default: as before
-  lines = predict.format_predictions(
+  lines = single.format_predictions(
       ['r0', 'r1'], files, probs_rv, vote='max'
   ).splitlines()
   assert lines[5] == '  case, max vote: p(fracture)=0.9000 fracture'
   assert lines[-1] == '  case, max vote: p(fracture)=0.6000 fracture'
-  text = predict.format_predictions(
-      ['r0'], files, probs_rv[:1], vote='noisy_or'
-  )
+  text = single.format_predictions(['r0'], files, probs_rv[:1], vote='noisy_or')
   assert text.splitlines()[-1] == (
       '  case, noisy_or vote: p(fracture)=0.9190 fracture'
   )
-  text = predict.format_predictions(['r0'], files, probs_rv[:1], vote='hard')
+  text = single.format_predictions(['r0'], files, probs_rv[:1], vote='hard')
   assert text.splitlines()[-1] == '  case, hard vote: normal'
 
 

@@ -15,9 +15,9 @@ from ankle_jax import checkpoint
 from ankle_jax import console
 from ankle_jax import inference
 from ankle_jax import models
-from ankle_jax import predict
 from ankle_jax import saliency
 from ankle_jax import writers
+from ankle_jax.prediction import single
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -59,23 +59,23 @@ def test_case_files_folder_sorted_and_files(tmp_path):
   for name in ('b.dcm', 'a.dcm', '.hidden'):
     (case / name).write_bytes(b'x')
   (tmp_path / 'z.dcm').write_bytes(b'x')
-  assert predict.case_files([str(case), str(tmp_path / 'z.dcm')]) == [
+  assert single.case_files([str(case), str(tmp_path / 'z.dcm')]) == [
       str(case / 'a.dcm'),
       str(case / 'b.dcm'),
       str(tmp_path / 'z.dcm'),
   ]
   with pytest.raises(console.UserError, match='no such file'):
-    predict.case_files([str(tmp_path / 'missing.dcm')])
+    single.case_files([str(tmp_path / 'missing.dcm')])
   (tmp_path / 'empty').mkdir()
   with pytest.raises(console.UserError, match='no files'):
-    predict.case_files([str(tmp_path / 'empty')])
+    single.case_files([str(tmp_path / 'empty')])
 
 
 def test_format_predictions_votes_by_hand():
   probs_rv = np.array(
       [[0.9, 0.2], [0.3, 0.1], [0.8, 0.45]]  # 1 of 2 views: a tie -> fracture
   )
-  text = predict.format_predictions(
+  text = single.format_predictions(
       ['r0', 'r1', 'r2'], ['v1.dcm', 'v2.dcm'], probs_rv
   )
   lines = text.splitlines()
@@ -111,7 +111,7 @@ def test_predict_rg3_with_heatmap_writes_png_of_the_right_size(
   assert len(files) >= 3
   files = files[:3]
   out_png = str(tmp_path / 'heat.png')
-  result = predict.run_predict(
+  result = single.run_predict(
       real_runs, files, heatmap_path=out_png, occlusion=True, panel_size=120
   )
   printed = capsys.readouterr().out
@@ -130,7 +130,7 @@ def test_predict_rg3_with_heatmap_writes_png_of_the_right_size(
   assert result.occlusion_vhw.shape == (3, 120, 120)
   assert np.abs(result.occlusion_vhw).max() > 0
   # The probabilities equal a plain forward of each run.
-  images = predict.load_views(files, 80)
+  images = single.load_views(files, 80)
   for r, run_dir in enumerate(real_runs):
     config = checkpoint.load_run_config(run_dir)
     variables, _ = checkpoint.restore_variables(run_dir)
@@ -209,7 +209,7 @@ def test_predict_skips_unreadable_files(
   for name in ('wg04_rg3_ankle_uncompressed.dcm', 'wg04_rg3_ankle_rle.dcm'):
     (case / name).write_bytes((shared_dicom_dir / name).read_bytes())
   (case / 'notes.txt').write_text('seen by Dr. X\n')
-  result = predict.run_predict([run_dir], [str(case)])
+  result = single.run_predict([run_dir], [str(case)])
   captured = capsys.readouterr()
   assert captured.err.splitlines() == [
       'warning: skipped notes.txt: not a DICOM, PNG or JPEG file.'
@@ -221,14 +221,14 @@ def test_predict_skips_unreadable_files(
   only_text.mkdir()
   (only_text / 'notes.txt').write_text('x')
   with pytest.raises(console.UserError, match='none of the 1 file'):
-    predict.run_predict([run_dir], [str(only_text)])
+    single.run_predict([run_dir], [str(only_text)])
 
 
 def test_format_predictions_of_a_multiview_run_and_a_mixed_ensemble():
   probs_rv = np.array([[0.9, 0.2], [0.3, 0.1], [0.8, 0.45]])
   case_probs_r = np.array([np.nan, 0.7, np.nan])  # r1 is multi-view.
   attention_rv = np.array([[np.nan] * 2, [0.75, 0.25], [np.nan] * 2])
-  text = predict.format_predictions(
+  text = single.format_predictions(
       ['r0', 'r1', 'r2'],
       ['v1.dcm', 'v2.dcm'],
       probs_rv,

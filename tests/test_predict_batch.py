@@ -18,7 +18,6 @@ import pytest
 from ankle_jax import console
 from ankle_jax import inference
 from ankle_jax import models
-from ankle_jax import predict
 from ankle_jax.data import pipeline
 from ankle_jax.data import synthetic
 from ankle_jax.data.radiograph_studies import decoding
@@ -28,6 +27,7 @@ from ankle_jax.prediction import batch as batch_lib
 from ankle_jax.prediction import decision
 from ankle_jax.prediction import inputs
 from ankle_jax.prediction import run as batch_run
+from ankle_jax.prediction import single
 from ankle_jax.prediction import table
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -162,7 +162,7 @@ def test_batch_probabilities_equal_the_one_case_command(studies, run_dir):
   )
   for result in outcome.results:
     files = [v.file.path for v in result.views]
-    alone = predict.predict_case(runs, files)
+    alone = single.predict_case(runs, files)
     np.testing.assert_allclose(
         [v.prob_raw for v in result.views], alone.probs_rv[0], rtol=1e-5
     )
