@@ -128,9 +128,11 @@ from absl import flags
 
 from ankle_jax import checkpoint as checkpoint_lib
 from ankle_jax import console
+from ankle_jax import crossval_runs
 from ankle_jax import evaluation_inputs
 from ankle_jax import inference
 from ankle_jax.evaluation import metrics as metrics_lib
+from ankle_jax.evaluation import oof as oof_lib
 from ankle_jax.evaluation import predictions as predictions_lib
 from ankle_jax.evaluation.evaluation import Evaluation
 from ankle_jax.evaluation.evaluation import Settings
@@ -197,6 +199,47 @@ def predict_splits(
       continue
     by_split[name] = inference.predict_split(runs, batches_for)
   return by_split
+
+
+def fold_ensemble_splits(
+    runs: Sequence[inference.Run],
+    split: str,
+    batches_fn: evaluation_inputs.BatchesFn,
+    batch_size: int,
+    max_eval_views: int,
+) -> tuple[dict[str, SplitPredictions], str]:
+  """A fold ensemble's predictions: every fold run on `split`, and as
+  'validation' the out-of-fold predictions (DIR/cv/oof_predictions.csv when
+  there, else each fold run on its own validation fold; oof.as_validation);
+  with where the OOF came from.
+
+  Raises:
+    console.UserError: --split=validation, or OOF predictions that do not
+      fit the runs.
+  """
+  if split == VALIDATION:
+    raise console.UserError(
+        'a fold ensemble is evaluated on test (--split=test): each fold has '
+        'its own validation split; their union is the out-of-fold '
+        'evaluation of python -m ankle_jax.crossval (DIR/cv).'
+    )
+  batches_for = batches_fn(split)
+  if batches_for is None:
+    raise console.UserError(f'split {split!r} not found.')
+  print(f'Evaluating the ensemble of {len(runs)} folds on split {split!r}...')
+  by_split = {split: inference.predict_split(runs, batches_for)}
+  path = crossval_runs.saved_oof(runs)
+  if path:
+    try:
+      oof = oof_lib.read_oof_csv(path, [r.name for r in runs])
+    except ValueError as e:
+      raise console.UserError(str(e)) from e
+  else:
+    oof = crossval_runs.predict_oof(
+        runs, batch_size=batch_size, max_eval_views=max_eval_views
+    )
+  by_split[VALIDATION] = oof_lib.as_validation(oof, len(runs))
+  return by_split, path or "the fold runs' own validation folds"
 
 
 def views_per_case(
@@ -271,7 +314,10 @@ def evaluate_runs(
   Raises:
     console.UserError: no run directory, no checkpoint, or no dataset/split.
   """
-  runs = inference.load_runs(run_dirs, checkpoint)
+  runs = inference.load_runs(crossval_runs.expand_runs(run_dirs), checkpoint)
+  num_folds = crossval_runs.check_fold_ensemble(runs)
+  if num_folds:
+    runs = crossval_runs.in_fold_order(runs)
   max_eval_views = views_per_case(runs, max_eval_views)
   inputs = evaluation_inputs.EvaluationInputs.of(
       runs,
@@ -282,7 +328,13 @@ def evaluate_runs(
       batch_size=batch_size,
       max_eval_views=max_eval_views,
   )
-  by_split = predict_splits(runs, split, inputs.batches_fn)
+  oof_source = None
+  if num_folds:
+    by_split, oof_source = fold_ensemble_splits(
+        runs, split, inputs.batches_fn, batch_size, max_eval_views
+    )
+  else:
+    by_split = predict_splits(runs, split, inputs.batches_fn)
   evaluation = compute(
       by_split,
       [r.name for r in runs],
@@ -295,6 +347,7 @@ def evaluate_runs(
           checkpoints={r.name: CheckpointInfo(r.which, r.step) for r in runs},
           max_eval_views=max_eval_views,
           validation_source=inputs.validation_source,
+          oof_source=oof_source,
       ),
   )
   context = report_context(evaluation, runs, inputs, html)

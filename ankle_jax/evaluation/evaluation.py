@@ -98,6 +98,8 @@ class Evaluation:
     multiview_runs: the runs that read all views of a case at once.
     validation_source: the runs' own data_dir when validation came from
       there (an external test set), else None.
+    oof_source: for a fold ensemble, where its 'validation' came from: the
+      out-of-fold predictions (evaluation.oof.as_validation), else None.
   """
 
   predictions: Mapping[str, SplitPredictions]
@@ -119,6 +121,7 @@ class Evaluation:
   max_eval_views: int
   multiview_runs: tuple[str, ...]
   validation_source: str | None
+  oof_source: str | None = None
 
   def step_of(self, members: Sequence[str]) -> int:
     """TensorBoard step of an ensemble: its members' largest training step."""
@@ -168,6 +171,7 @@ class Evaluation:
         'max_eval_views': self.max_eval_views,
         'multiview_runs': list(self.multiview_runs),
         'validation_source': self.validation_source,
+        'oof_source': self.oof_source,
         'protocols': protocols,
         'headline': self.headline.to_json(),
         'operating_points': [op.to_json() for op in self.operating_points],
@@ -188,6 +192,8 @@ class Settings:
     max_eval_views: views kept per case (0 = all), stated in the documents.
     validation_source: the runs' own data_dir when validation came from
       there (an external test set), else None.
+    oof_source: a fold ensemble's OOF predictions file (or 'the fold runs')
+      when its 'validation' is their out-of-fold predictions, else None.
   """
 
   split: str
@@ -201,6 +207,7 @@ class Settings:
   )
   max_eval_views: int = 0
   validation_source: str | None = None
+  oof_source: str | None = None
 
 
 def _with_pooled(
@@ -310,4 +317,5 @@ def compute(
           n for n, m in zip(run_names, multiview_of(predictions[split])) if m
       ),
       validation_source=settings.validation_source,
+      oof_source=settings.oof_source,
   )
