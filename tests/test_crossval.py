@@ -149,6 +149,11 @@ def _never_train(config, workdir, started):
   raise AssertionError(f'{workdir} was retrained')
 
 
+def _text(path):
+  with open(path) as f:
+    return f.read()
+
+
 def _rows(path):
   with open(path, newline='') as f:
     return list(csv.DictReader(f))
@@ -172,7 +177,7 @@ def test_oof_predictions_come_from_the_fold_that_held_each_case_out(
     assert r['run'] == f'fold_{fold}', r
     assert float(r['probability']) == pytest.approx(PROBS[fold], abs=1e-6)
     assert r['split'] == 'validation'
-  results = json.load(open(os.path.join(cv_dir, 'results.json')))
+  results = json.loads(_text(os.path.join(cv_dir, 'results.json')))
   assert results['num_folds'] == NUM_FOLDS
   assert [f['counts']['cases'] for f in results['per_fold']] == [5, 5, 5]
   assert results['counts']['cases'] == NUM_CASES
@@ -183,10 +188,10 @@ def test_oof_predictions_come_from_the_fold_that_held_each_case_out(
   auc = metrics.classification_metrics(labels, scores >= 0.5, scores)
   assert results['oof_roc_auc'] == pytest.approx(auc['roc_auc'])
   assert results['calibration']['fitted_on'] == 'oof'
-  report = open(os.path.join(cv_dir, 'report.md')).read()
+  report = _text(os.path.join(cv_dir, 'report.md'))
   for heading in ('Out-of-fold metrics', 'Per-fold metrics', 'Calibration'):
     assert f'## {heading}' in report
-  assert '<table>' in open(os.path.join(cv_dir, 'report.html')).read()
+  assert '<table>' in _text(os.path.join(cv_dir, 'report.html'))
 
 
 def test_the_fold_loop_skips_finished_folds_and_resumes_unfinished(
@@ -260,7 +265,7 @@ def test_fold_ensemble_takes_thresholds_and_calibration_from_oof(
       _numbers(calibrators.fit_calibrator(scores, labels)), abs=1e-4
   )
   assert out.headline.members == folds  # every subset ties on OOF
-  report = open(tmp_path / 'eval' / 'report.md').read()
+  report = _text(tmp_path / 'eval' / 'report.md')
   assert 'Fold ensemble' in report and 'out-of-fold' in report
   # With DIR/cv: read from oof_predictions.csv (the same numbers).
   crossval.evaluate_folds(cv_workdir, NUM_FOLDS, num_bootstrap=50)
