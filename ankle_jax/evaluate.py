@@ -31,6 +31,16 @@ How it works:
    predictions.csv and case_predictions.csv, from which every number can be
    recomputed.
 
+Fold ensembles: --runs=DIR, a cross-validation workdir of
+`python -m ankle_jax.crossval`, stands for its folds DIR/fold_0,...
+(listing the fold runs does the same). The K fold runs (data.cv_fold >= 0,
+each fold once, one data.cv_folds) are evaluated on the asked split as an
+ensemble (soft and hard voting) and, as their 'validation', each member
+counts with the out-of-fold (OOF) predictions (DIR/cv/oof_predictions.csv,
+else each fold run on its own validation fold): the thresholds, the
+calibrators and the honest protocol's choice come from OOF, not from any
+single fold's validation (report.md says so; summary.json's oof_source).
+
 Per-view and multi-view runs (models.multiview: all views of a case at once)
 are evaluated together. Each run has one case probability: a per-view run's
 soft vote (the mean of its view probabilities), a multi-view run's own; at
@@ -377,7 +387,12 @@ def report_context(
 
 def define_flags() -> None:
   """The command's flags (defined only when run as a command)."""
-  flags.DEFINE_list('runs', None, 'Comma-separated training run directories.')
+  flags.DEFINE_list(
+      'runs',
+      None,
+      'Comma-separated training run directories (a cross-validation '
+      'workdir: its folds, evaluated as a fold ensemble).',
+  )
   flags.DEFINE_string('split', 'test', 'Split to report on.')
   flags.DEFINE_string('out', None, 'Output directory.')
   flags.DEFINE_enum(
