@@ -19,6 +19,7 @@ import numpy as np
 from ankle_jax import console
 from ankle_jax import inference
 from ankle_jax.data import cases
+from ankle_jax.data import folds
 from ankle_jax.data import pipeline
 from ankle_jax.data import prepare
 from ankle_jax.evaluation.predictions import VALIDATION
@@ -40,18 +41,48 @@ def own_dataset(run: inference.Run) -> tuple[epath.Path, str]:
   return data_dir, data.get('dataset_config', 'dicom_cases')
 
 
-def _load_split(data_dir: epath.Path, name: str, dataset_config: str):
+def load_run_split(
+    location: tuple[epath.Path, str],
+    name: str,
+    cv_fold: tuple[int, int] | None = None,
+):
+  """A split's data source; with cv_fold = (K, k) (a cross-validation run on
+  this dataset) 'train' and 'validation' are that fold run's
+  (`folds.fold_sources`).
+
+  Raises:
+    FileNotFoundError, prepare.DatasetMissingError: the split is missing.
+    console.UserError: the fold cannot be made.
+  """
+  if cv_fold is None or name not in folds.FOLD_SPLITS:
+    return pipeline.load_split(location[0], name, location[1])
+  try:
+    train, validation = folds.fold_sources(*location, *cv_fold)
+  except folds.FoldError as e:
+    raise console.UserError(str(e)) from None
+  return validation if name == VALIDATION else train
+
+
+def _load_split(
+    location: tuple[epath.Path, str], name: str, cv_fold=None
+) -> Any:
   """The split's data source, or None when it (or the dataset) is missing."""
-  if not prepare.dataset_exists(data_dir, dataset_config):
+  if not prepare.dataset_exists(*location):
     return None
   try:
-    return pipeline.load_split(data_dir, name, dataset_config)
+    return load_run_split(location, name, cv_fold)
   except (prepare.DatasetMissingError, FileNotFoundError):
     return None
 
 
+def _same_dataset(a: tuple[epath.Path, str], b: tuple[epath.Path, str]):
+  return (os.path.realpath(a[0]), a[1]) == (os.path.realpath(b[0]), b[1])
+
+
 def validation_split_source(
-    asked: tuple[epath.Path, str], own: tuple[epath.Path, str]
+    asked: tuple[epath.Path, str],
+    own: tuple[epath.Path, str],
+    cv_fold: tuple[int, int] | None = None,
 ) -> tuple[Any, str | None]:
   """(validation data source or None, the run's own data_dir when validation
   comes from there, else None).
@@ -59,17 +90,15 @@ def validation_split_source(
   On another dataset than the run's own (an external test set), or one
   without a validation split, validation comes from the run's own dataset
   when it has one (the temperature, the operating points and the honest
-  protocol's choice need it), else from the asked dataset's.
+  protocol's choice need it), else from the asked dataset's. A
+  cross-validation run's (cv_fold = (K, k)) validation is its fold.
   """
-  external = (os.path.realpath(asked[0]), asked[1]) != (
-      os.path.realpath(own[0]),
-      own[1],
-  )
-  if external:
-    source = _load_split(own[0], VALIDATION, own[1])
+  if not _same_dataset(asked, own):
+    source = _load_split(own, VALIDATION, cv_fold)
     if source is not None:
       return source, str(own[0])
-  return _load_split(asked[0], VALIDATION, asked[1]), None
+    return _load_split(asked, VALIDATION), None
+  return _load_split(asked, VALIDATION, cv_fold), None
 
 
 def dataset_location(
@@ -110,17 +139,25 @@ def dataset_location(
 
 
 def split_loader(
-    split: str, location: tuple[epath.Path, str], own: tuple[epath.Path, str]
+    split: str,
+    location: tuple[epath.Path, str],
+    own: tuple[epath.Path, str],
+    cv_fold: tuple[int, int] | None = None,
 ) -> tuple[Callable[[str], Any], str | None]:
   """(load(name) -> the TFDS source of a split, the validation source).
 
   On an external test set validation comes from the runs' own dataset
   (validation_split_source); the validation source is then its data_dir,
-  else None. load raises FileNotFoundError for a missing split.
+  else None. cv_fold: the first run's (K, k) when it is a cross-validation
+  run (its train and validation splits are its fold's). load raises
+  FileNotFoundError for a missing split.
   """
+  fold_here = cv_fold if _same_dataset(location, own) else None
   validation, validation_source = None, None
   if split != VALIDATION:
-    validation, validation_source = validation_split_source(location, own)
+    validation, validation_source = validation_split_source(
+        location, own, cv_fold
+    )
   if validation_source:
     print(
         f'note: {location[0]} is not the dataset the runs were trained on: '
@@ -134,7 +171,7 @@ def split_loader(
       if validation is None:
         raise FileNotFoundError(f'no {name!r} split')
       return validation
-    return pipeline.load_split(location[0], name, location[1])
+    return load_run_split(location, name, fold_here)
 
   return load, validation_source
 
@@ -242,7 +279,10 @@ class EvaluationInputs:
       return cls(batches_fn, batches_case_images(batches_fn, split))
     location = dataset_location(runs, data_dir, dataset_config)
     loader, validation_source = split_loader(
-        split, location, own_dataset(runs[0])
+        split,
+        location,
+        own_dataset(runs[0]),
+        folds.cv_fold_of(runs[0].config.data),
     )
     load = functools.cache(loader)
     return cls(

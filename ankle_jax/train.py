@@ -39,6 +39,7 @@ from ankle_jax import checkpoint
 from ankle_jax import models
 from ankle_jax import sharding
 from ankle_jax import writers
+from ankle_jax.data import folds
 from ankle_jax.data import pipeline
 from ankle_jax.data import prepare
 from ankle_jax.training import cadence as cadence_lib
@@ -83,7 +84,10 @@ def data_sources(
       progress=config.progress_bar,
   )
   return inputs.load_sources(
-      data_dir, data.dataset_config, (data.train_split, data.eval_split)
+      data_dir,
+      data.dataset_config,
+      (data.train_split, data.eval_split),
+      folds.cv_fold_of(data),
   )
 
 
@@ -110,10 +114,16 @@ def start_message(
     views = config.model.multiview
     model = f'a multi-view {views.fusion} {model}'
     batch += f' cases of up to {views.max_views} views'
+  cv_fold = folds.cv_fold_of(config.data)
+  eval_name = (
+      f'fold {cv_fold[1]} of {cv_fold[0]}'
+      if cv_fold
+      else config.data.eval_split
+  )
   return (
       f'Training {model} on {prepare.DATASET_NAME}/'
       f'{config.data.dataset_config} ({len(sources[0])} train / {num_eval} '
-      f'{config.data.eval_split} views{cap}, {config.image_size} px): '
+      f'{eval_name} views{cap}, {config.image_size} px): '
       f'{steps_text}, {batch} '
       f'({schedule.num_train_steps / schedule.steps_per_epoch:.1f} epochs) '
       f'on {devices} {platform} device{"s" if devices > 1 else ""}.'

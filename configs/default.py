@@ -105,6 +105,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.dataset_config = 'dicom_cases'
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
+  # Cross-validation (ankle_jax.data.folds; python -m ankle_jax.crossval):
+  # with cv_fold = k >= 0 the run trains on the other cv_folds - 1 folds of
+  # the train+validation cases and validates on fold k (grouped by split
+  # unit, stratified by label); test is untouched. -1 = off.
+  config.data.cv_folds = 5
+  config.data.cv_fold = -1
   # Views per validation/evaluation case: 0 = every view; N = the first N by
   # view position (DICOM ViewPosition, views without one last), then file
   # name. The paper scored 3 per case. evaluate uses the run's value unless

@@ -54,6 +54,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, 'best_metric', sorted(validation.METRIC_MODES))
   _check_choice(config, 'data.on_device', inputs.ON_DEVICE_CHOICES)
   _check_data_placement(config.data)
+  _check_cv_fold(config.data)
   if config.image_size < MIN_IMAGE_SIZE:
     raise console.UserError(
         f'config.image_size={config.image_size} is too small: the models '
@@ -91,6 +92,28 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         'set config.num_train_steps > 0 or config.num_epochs > 0'
     )
   _check_model(config)
+
+
+def _check_cv_fold(data: ml_collections.ConfigDict) -> None:
+  """data.cv_folds / data.cv_fold (-1 = off)."""
+  folds, fold = data.get('cv_folds', 5), data.get('cv_fold', -1)
+  if fold == -1:
+    return
+  if not isinstance(folds, int) or folds < 2:
+    raise console.UserError(
+        f'config.data.cv_folds={folds!r}; expected 2 or more folds'
+    )
+  if not isinstance(fold, int) or not 0 <= fold < folds:
+    raise console.UserError(
+        f'config.data.cv_fold={fold!r} with data.cv_folds={folds}; expected '
+        f'0..{folds - 1}, or -1 (no cross-validation)'
+    )
+  if (data.train_split, data.eval_split) != ('train', 'validation'):
+    raise console.UserError(
+        'config.data.cv_fold draws its folds from the train and validation '
+        f'splits: leave data.train_split and data.eval_split at their defaults '
+        f'(got {data.train_split!r}, {data.eval_split!r})'
+    )
 
 
 def _check_data_placement(data: ml_collections.ConfigDict) -> None:

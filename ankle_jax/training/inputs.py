@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from ankle_jax import console
 from ankle_jax import sharding
 from ankle_jax.data import cases
+from ankle_jax.data import folds
 from ankle_jax.data import pipeline
 from ankle_jax.data import prepare
 
@@ -65,9 +66,23 @@ def prepare_data(
 
 
 def load_sources(
-    data_dir: epath.PathLike, dataset_config: str, splits: tuple[str, str]
+    data_dir: epath.PathLike,
+    dataset_config: str,
+    splits: tuple[str, str],
+    cv_fold: tuple[int, int] | None = None,
 ) -> tuple[Any, Any]:
-  """(train_source, eval_source): random-access sources of the two splits."""
+  """(train_source, eval_source): random-access sources of the two splits, or
+  with cv_fold = (K, k) those of cross-validation fold k of K
+  (`folds.fold_sources`).
+
+  Raises:
+    console.UserError: a fold that cannot be made (e.g. no fracture case).
+  """
+  if cv_fold is not None:
+    try:
+      return folds.fold_sources(str(data_dir), dataset_config, *cv_fold)
+    except folds.FoldError as e:
+      raise console.UserError(str(e)) from None
   return tuple(
       pipeline.load_split(str(data_dir), split, dataset_config=dataset_config)
       for split in splits

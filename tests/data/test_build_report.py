@@ -100,6 +100,8 @@ def test_near_duplicate_groups_get_their_split_and_mixed_labels_warn():
       links,
   )
   assert assignment[cases[0].case_id] == assignment[cases[1].case_id]
+  # The unit is recorded for cross-validation folds (ankle_jax.data.folds).
+  assert report.split_units == [sorted([cases[0].case_id, cases[1].case_id])]
   splits.record_splits(report, cases, assignment)
   assert near.groups[0].splits == [assignment[cases[0].case_id]]
   assert report.warnings[-1].startswith('1 near-duplicate group(s) mix labels')

@@ -126,6 +126,9 @@ class BuildReport:
     csv_missing_rows: fracatlas: images without a dataset.csv row.
     splits_csv: how splits.csv matched (None: no splits.csv).
     near_duplicates: the near-duplicate check (None before it ran).
+    split_units: the case_ids of every split unit of more than one case (a
+      MURA patient's studies, near-duplicate groups), each sorted; what keeps
+      them together in cross-validation folds (`ankle_jax.data.folds`).
     warnings: what the user should know, in the order found.
     decoded_views: views read.
     counts: split -> label name -> cases and views ('exclude' only where
@@ -149,6 +152,7 @@ class BuildReport:
   csv_missing_rows: int = 0
   splits_csv: SplitsCsvMatch | None = None
   near_duplicates: NearDuplicates | None = None
+  split_units: list[list[str]] | None = None
   warnings: list[str] = dataclasses.field(default_factory=list)
   decoded_views: int = 0
   counts: dict[str, dict[str, ViewCount]] = dataclasses.field(

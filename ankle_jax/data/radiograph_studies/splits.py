@@ -156,7 +156,11 @@ def assign_splits(
   assignment = _splits_csv_assignment(cases, manual_dir, report)
   pending, torn = [], 0
   links = np.zeros((0, 2), np.int64) if links is None else links
-  for unit in split_units(cases, links):
+  units = split_units(cases, links)
+  report.split_units = sorted(
+      sorted(c.case_id for c in unit) for unit in units if len(unit) > 1
+  )
+  for unit in units:
     fixed = [assignment[c.case_id] for c in unit if c.case_id in assignment]
     fixed = [s for s in fixed if s != 'exclude']
     torn += len(set(fixed)) > 1
