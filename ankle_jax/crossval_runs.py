@@ -23,6 +23,7 @@ from ankle_jax import console
 from ankle_jax import evaluation_inputs
 from ankle_jax import inference
 from ankle_jax import writers
+from ankle_jax.data import folds
 from ankle_jax.evaluation import oof as oof_lib
 from ankle_jax.evaluation.predictions import VALIDATION
 
@@ -97,11 +98,8 @@ class FoldSpec:
 def fold_spec(config: Any) -> FoldSpec | None:
   """The run config's FoldSpec, None when it is no fold run (cv_fold < 0 or
   a config without the fold API's fields)."""
-  data = config.get('data') or {}
-  fold = int(data.get(FOLD_FIELD, -1))
-  if fold < 0:
-    return None
-  return FoldSpec(int(data.get(FOLDS_FIELD, 0)), fold)
+  spec = folds.cv_fold_of(config.get('data') or {})
+  return None if spec is None else FoldSpec(*(int(x) for x in spec))
 
 
 def fold_config(config: Any, num_folds: int, fold: int) -> Any:

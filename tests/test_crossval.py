@@ -113,6 +113,7 @@ def patch_datasets(monkeypatch, datasets):
   """pipeline/prepare stand-ins over {data_dir: {split: fake_split}}."""
   from test_evaluate import fake_batches_fn  # noqa: PLC0415
 
+  from ankle_jax.data import folds  # noqa: PLC0415
   from ankle_jax.data import pipeline  # noqa: PLC0415
   from ankle_jax.data import prepare  # noqa: PLC0415
 
@@ -130,6 +131,15 @@ def patch_datasets(monkeypatch, datasets):
   monkeypatch.setattr(pipeline, 'load_split', load_split)
   monkeypatch.setattr(pipeline, 'iterate_eval_batches', iterate)
   monkeypatch.setattr(models, 'from_run_config', tiny_create_model)
+  # A fold run's validation: its own stand-in dataset's validation split.
+  monkeypatch.setattr(
+      folds,
+      'fold_sources',
+      lambda data_dir, config, num_folds, fold: (
+          None,
+          datasets[str(data_dir)]['validation'],
+      ),
+  )
 
 
 @pytest.fixture
