@@ -37,9 +37,14 @@ MIN_FOLDS = 2
 _FOLD_DIR = re.compile(re.escape(FOLD_PREFIX) + r'(\d+)')
 
 
+def fold_name(fold: int) -> str:
+  """'fold_<k>': fold k's run directory name (and run name in evaluate)."""
+  return f'{FOLD_PREFIX}{fold}'
+
+
 def fold_dir(workdir: str, fold: int) -> str:
   """DIR/fold_<k>."""
-  return os.path.join(workdir, f'{FOLD_PREFIX}{fold}')
+  return os.path.join(workdir, fold_name(fold))
 
 
 def cv_dir(workdir: str) -> str:

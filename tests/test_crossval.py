@@ -30,6 +30,7 @@ from ankle_jax import evaluate
 from ankle_jax import inference
 from ankle_jax import models
 from ankle_jax import writers
+from ankle_jax.evaluation import auc as auc_lib
 from ankle_jax.evaluation import calibrators
 from ankle_jax.evaluation import metrics
 from ankle_jax.evaluation import oof as oof_lib
@@ -394,3 +395,66 @@ def test_merge_folds_refuses_a_case_in_two_folds():
   )
   assert merged.fold_of_case() == {'x': 0, 'y': 0, 'z': 1, 'w': 1}
   assert oof_lib.as_validation(merged, 3).probs_rv.shape == (3, 4)
+
+
+def _write_oof(workdir, case_probs, labels):
+  """A crossval workdir's cv/oof_predictions.csv: one view per case, case
+  c in fold c % 2."""
+  ids = [f'case{c:02d}' for c in range(len(labels))]
+  per_fold = [
+      SplitPredictions(
+          case_ids_v=np.array(ids[k::2]),
+          view_index_v=np.zeros(len(ids[k::2]), np.int64),
+          labels_v=np.array(labels[k::2]),
+          probs_rv=np.array([case_probs[k::2]], np.float64),
+      )
+      for k in range(2)
+  ]
+  oof = oof_lib.merge_folds(per_fold, ['fold_0', 'fold_1'])
+  header, rows = oof_lib.oof_rows(oof)
+  os.makedirs(crossval_runs.cv_dir(workdir))
+  with open(
+      os.path.join(crossval_runs.cv_dir(workdir), crossval_runs.OOF_FILE),
+      'w',
+      newline='',
+  ) as f:
+    csv.writer(f).writerows([header, *rows])
+
+
+def test_recipe_search_pairs_oof_aucs_by_case(tmp_path, monkeypatch):
+  monkeypatch.syspath_prepend(os.path.join(REPO_ROOT, 'benchmarks'))
+  import recipe_search  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  labels = [c % 2 for c in range(30)]
+  scores = {
+      (name, seed): np.clip(
+          np.array(labels) * gain + rng.normal(0, 0.3, 30), 0, 1
+      )
+      for name, gain in (('a', 0.5), ('b', 0.1))
+      for seed in (0, 1)
+  }
+  for (name, seed), s in scores.items():
+    _write_oof(str(tmp_path / name / f'seed_{seed}'), s.tolist(), labels)
+  status = recipe_search.main(
+      [
+          f'--root={tmp_path}',
+          '--recipe=a=configs/demo.py',
+          '--recipe=b=configs/demo.py:image_size=96',
+          '--seeds=0,1',
+          '--folds=2',
+          '--no_train',
+      ]
+  )
+  assert status == 0
+  summary = json.loads(_text(tmp_path / 'recipe_search.json'))
+  pair = next(p for p in summary['pairs'] if p['seed'] == 1)
+  # Cases are sorted by id in both files: the pairing is by case.
+  expected = auc_lib.paired_difference(
+      np.array(labels), scores[('a', 1)], scores[('b', 1)]
+  )
+  assert pair['difference'] == pytest.approx(expected.difference)
+  assert pair['lo'] == pytest.approx(expected.lo)
+  assert summary['recipes']['b']['overrides'] == ['image_size=96']
+  assert set(summary['recipes']['a']['oof_roc_auc_per_seed']) == {'0', '1'}
+  assert 'a - b' in _text(tmp_path / 'recipe_search.md')
