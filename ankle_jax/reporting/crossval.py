@@ -61,6 +61,11 @@ def _overview(ev: oof_lib.OofEvaluation, workdir: str) -> list:
       '(clustered by case at image level); proportions: Wilson (design '
       'effect at image level).',
       '',
+      "Each fold model is its run's evaluation checkpoint "
+      "(config.eval_checkpoint); where that is 'best', it was chosen on the "
+      'same fold, which makes OOF mildly optimistic (the test split of the '
+      'fold ensemble is not).',
+      '',
   ]
 
 
