@@ -118,7 +118,13 @@ def evaluate_folds(
       batches_fn_of=batches_fn_of,
   )
   ev = oof_lib.evaluate_oof(oof, num_bootstrap=num_bootstrap, seed=seed)
-  paths = report.write_cv(crossval_runs.cv_dir(workdir), oof, ev, workdir)
+  paths = report.write_cv(
+      crossval_runs.cv_dir(workdir),
+      oof,
+      ev,
+      workdir,
+      crossval_runs.checkpoints_of(runs),
+  )
   print(closing_lines(ev, paths))
   return ev
 

@@ -29,7 +29,8 @@ from ankle_jax.evaluation.predictions import VALIDATION
 
 FOLD_PREFIX = 'fold_'
 CV_DIR = 'cv'
-OOF_FILE = 'oof_predictions.csv'
+OOF_FILE = oof_lib.OOF_FILE
+RESULTS_FILE = oof_lib.RESULTS_FILE
 SUMMARY_FILE = 'summary.json'
 # The config fields of the fold API (configs/default.py).
 FOLDS_FIELD, FOLD_FIELD = 'cv_folds', 'cv_fold'
@@ -244,9 +245,17 @@ def in_fold_order(runs: Sequence[inference.Run]) -> list[inference.Run]:
   return sorted(runs, key=lambda r: fold_spec(r.config).fold)
 
 
+def checkpoints_of(runs: Sequence[inference.Run]) -> dict[str, dict]:
+  """{run: {'which', 'step'}}: the checkpoints the OOF predictions came
+  from (results.json's 'checkpoints')."""
+  return {r.name: {'which': r.which, 'step': r.step} for r in runs}
+
+
 def saved_oof(runs: Sequence[inference.Run]) -> str | None:
   """DIR/cv/oof_predictions.csv when the fold runs all sit in one DIR that
-  has it and none is multi-view (that file holds view probabilities only)."""
+  has it, made from the checkpoints restored now (DIR/cv/results.json's
+  'checkpoints'), and none is multi-view (the file holds view probabilities
+  only); else None (predict_oof then predicts them again)."""
   parents = {os.path.dirname(os.path.normpath(r.workdir)) for r in runs}
   multiview = any(
       (r.config.model.get('multiview') or {}).get('enabled', False)
@@ -254,5 +263,11 @@ def saved_oof(runs: Sequence[inference.Run]) -> str | None:
   )
   if len(parents) != 1 or multiview:
     return None
-  path = os.path.join(cv_dir(parents.pop()), OOF_FILE)
-  return path if os.path.exists(path) else None
+  out_dir = cv_dir(parents.pop())
+  path = os.path.join(out_dir, OOF_FILE)
+  results = os.path.join(out_dir, RESULTS_FILE)
+  if not (os.path.exists(path) and os.path.exists(results)):
+    return None
+  with open(results) as f:
+    saved = json.load(f).get('checkpoints')
+  return path if saved == checkpoints_of(runs) else None

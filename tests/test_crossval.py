@@ -458,3 +458,28 @@ def test_recipe_search_pairs_oof_aucs_by_case(tmp_path, monkeypatch):
   assert summary['recipes']['b']['overrides'] == ['image_size=96']
   assert set(summary['recipes']['a']['oof_roc_auc_per_seed']) == {'0', '1'}
   assert 'a - b' in _text(tmp_path / 'recipe_search.md')
+
+
+def test_saved_oof_only_when_made_from_the_checkpoints_restored(tmp_path):
+  workdir = str(tmp_path / 'cv')
+  runs = [
+      inference.Run(
+          f'fold_{k}',
+          crossval_runs.fold_dir(workdir, k),
+          fold_config(2, k),
+          None,
+          step=10 + k,
+      )
+      for k in range(2)
+  ]
+  assert crossval_runs.saved_oof(runs) is None  # no DIR/cv yet
+  _write_oof(workdir, [0.1, 0.9, 0.2, 0.8], [0, 1, 0, 1])
+  results = os.path.join(crossval_runs.cv_dir(workdir), 'results.json')
+  for steps, found in (((10, 11), True), ((10, 12), False)):
+    checkpoints = {
+        f'fold_{k}': {'which': 'best', 'step': s} for k, s in enumerate(steps)
+    }
+    with open(results, 'w') as f:
+      json.dump({'checkpoints': checkpoints}, f)
+    path = crossval_runs.saved_oof(runs)
+    assert (path is not None) == found, steps

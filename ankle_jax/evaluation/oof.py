@@ -38,6 +38,9 @@ from ankle_jax.evaluation.predictions import SplitPredictions
 from ankle_jax.evaluation.results import SplitCounts
 
 OOF_RUN = 'oof'
+# The files of DIR/cv (reporting.crossval writes them).
+OOF_FILE = 'oof_predictions.csv'
+RESULTS_FILE = 'results.json'
 OOF_LEVEL = 'case'
 OOF_VOTING = 'soft'
 # The per-fold metrics whose spread is reported (case level, soft vote).

@@ -34,11 +34,9 @@ from ankle_jax.reporting.format import calibration_row
 from ankle_jax.reporting.format import format_threshold
 from ankle_jax.reporting.format import format_value
 
-OOF_FILE = 'oof_predictions.csv'
-RESULTS_FILE = 'results.json'
 REPORT_FILE = 'report.md'
 HTML_FILE = 'report.html'
-FILES = (OOF_FILE, RESULTS_FILE, REPORT_FILE, HTML_FILE)
+FILES = (oof_lib.OOF_FILE, oof_lib.RESULTS_FILE, REPORT_FILE, HTML_FILE)
 TITLE = '# Cross-validation report'
 
 
@@ -182,13 +180,15 @@ def write_cv(
     oof: oof_lib.OofPredictions,
     ev: oof_lib.OofEvaluation,
     workdir: str,
+    checkpoints: dict[str, dict],
 ) -> list[str]:
-  """Writes FILES into out_dir (created); returns their paths."""
+  """Writes FILES into out_dir (created); returns their paths.
+  checkpoints: {run: {'which', 'step'}} the fold models', in results.json."""
   os.makedirs(out_dir, exist_ok=True)
   paths = [os.path.join(out_dir, name) for name in FILES]
   _write_csv(paths[0], *oof_lib.oof_rows(oof))
   with open(paths[1], 'w') as f:
-    json.dump(ev.to_json(), f, indent=1)
+    json.dump({**ev.to_json(), 'checkpoints': checkpoints}, f, indent=1)
   page = blocks(ev, workdir)
   lines = [TITLE, '', *document.markdown_lines(page)]
   with open(paths[2], 'w') as f:
