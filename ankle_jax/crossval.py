@@ -152,22 +152,15 @@ def closing_lines(ev, paths: Sequence[str]) -> str:
   )
 
 
-def run_crossval(
-    config: Any,
-    workdir: str,
-    num_folds: int | None,
-    train_fn: TrainFn,
-    **evaluate_kwargs: Any,
-) -> int:
-  """Checks, trains the folds (train_fn), then evaluates them (chief only);
-  returns the exit status.
+def fold_configs(config: Any, workdir: str, num_folds: int | None) -> list:
+  """Each fold's config (crossval_runs.fold_config), checked before any
+  work (num_folds None: the config's data.cv_folds).
 
   Raises:
     console.UserError: K < 2, a config without the fold fields, a workdir
       whose folds disagree with K.
   """
   from ankle_jax import crossval_runs  # noqa: PLC0415
-  from ankle_jax import sharding  # noqa: PLC0415
 
   if num_folds is None:
     num_folds = int(config.data.get(crossval_runs.FOLDS_FIELD, 5))
@@ -176,10 +169,23 @@ def run_crossval(
       crossval_runs.fold_config(config, num_folds, k) for k in range(num_folds)
   ]
   crossval_runs.check_workdir(workdir, num_folds)
+  return configs
+
+
+def run_crossval(
+    configs: Sequence[Any],
+    workdir: str,
+    train_fn: TrainFn,
+    **evaluate_kwargs: Any,
+) -> int:
+  """Trains the folds (train_fn), then evaluates them (the chief only);
+  returns the exit status."""
+  from ankle_jax import sharding  # noqa: PLC0415
+
   status = train_folds(configs, workdir, train_fn)
   if status or not sharding.is_chief():
     return status
-  evaluate_folds(workdir, num_folds, **evaluate_kwargs)
+  evaluate_folds(workdir, len(configs), **evaluate_kwargs)
   return 0
 
 
@@ -200,12 +206,12 @@ def main(argv: Sequence[str]) -> int:
   from ankle_jax import launching  # noqa: PLC0415
   from ankle_jax import sharding  # noqa: PLC0415
 
+  configs = fold_configs(FLAGS.config, FLAGS.workdir, FLAGS.folds)
   launching.start_process(FLAGS.config)
   status = sharding.end_together(
       lambda: run_crossval(
-          FLAGS.config,
+          configs,
           FLAGS.workdir,
-          FLAGS.folds,
           launching.train_run,
           num_bootstrap=FLAGS.num_bootstrap,
           seed=FLAGS.seed,

@@ -173,8 +173,9 @@ def _rows(path):
 def test_oof_predictions_come_from_the_fold_that_held_each_case_out(
     cv_workdir,
 ):
+  configs = crossval.fold_configs(fold_config(), cv_workdir, NUM_FOLDS)
   status = crossval.run_crossval(
-      fold_config(), cv_workdir, NUM_FOLDS, _never_train, num_bootstrap=50
+      configs, cv_workdir, _never_train, num_bootstrap=50
   )
   assert status == 0
   cv_dir = crossval_runs.cv_dir(cv_workdir)
@@ -315,17 +316,25 @@ def _run(tmp_path, *args):
   )
 
 
-def test_fewer_than_two_folds_exits_with_status_2(tmp_path):
+@pytest.mark.parametrize(
+    'folds, message',
+    [(1, 'at least 2 folds'), (3, 'disagree with --folds=3')],
+)
+def test_crossval_errors_exit_with_status_2(tmp_path, folds, message):
+  workdir = tmp_path / 'cv'
+  if folds == 3:  # a fold trained as one of 5
+    os.makedirs(workdir / 'fold_0')
+    writers.write_config(str(workdir / 'fold_0'), fold_config(5, 0))
   result = _run(
       tmp_path,
       'ankle_jax.crossval',
       '--config=configs/local.py',
-      f'--workdir={tmp_path / "cv"}',
-      '--folds=1',
+      f'--workdir={workdir}',
+      f'--folds={folds}',
   )
   assert result.returncode == 2, result.stderr[-2000:]
-  assert 'at least 2 folds' in result.stderr
-  assert not (tmp_path / 'cv').exists()
+  assert message in result.stderr
+  assert not (workdir / 'fold_1').exists()
 
 
 def test_a_workdir_whose_folds_disagree_on_k_is_refused(tmp_path):
@@ -335,13 +344,13 @@ def test_a_workdir_whose_folds_disagree_on_k_is_refused(tmp_path):
       crossval_runs.fold_dir(workdir, 0), fold_config(num_folds=5, fold=0)
   )
   with pytest.raises(console.UserError, match=r'data.cv_folds=5.*--folds=3'):
-    crossval.run_crossval(fold_config(), workdir, 3, _never_train)
+    crossval.fold_configs(fold_config(), workdir, 3)
   os.makedirs(crossval_runs.fold_dir(workdir, 7))  # k >= K, no config
   with pytest.raises(console.UserError, match='fold_7'):
     crossval_runs.check_workdir(workdir, 5)
   no_fields = tiny_config()
   with pytest.raises(console.UserError, match='data.cv_folds'):
-    crossval.run_crossval(no_fields, str(tmp_path / 'x'), 3, _never_train)
+    crossval.fold_configs(no_fields, str(tmp_path / 'x'), 3)
 
 
 def test_evaluate_refuses_folds_that_disagree_with_status_2(tmp_path):
