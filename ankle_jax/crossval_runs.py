@@ -172,14 +172,15 @@ def fold_finished(run_dir: str) -> bool:
 
 def check_fold_ensemble(runs: Sequence[inference.Run]) -> int | None:
   """K when the runs are the K folds of one cross-validation, None when
-  none of them is a fold run.
+  none of them is a fold run, or for one fold run alone (an ordinary
+  evaluation: its 'validation' is its fold).
 
   Raises:
     console.UserError: some runs are folds and some not, the folds disagree
       on K, or a fold is missing or repeated.
   """
   specs = [fold_spec(r.config) for r in runs]
-  if all(s is None for s in specs):
+  if len(runs) == 1 or all(s is None for s in specs):
     return None
   names = [r.name for r, s in zip(runs, specs) if s is None]
   if names:

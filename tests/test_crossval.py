@@ -376,6 +376,7 @@ def _runs(*specs):
 
 def test_check_fold_ensemble():
   assert crossval_runs.check_fold_ensemble(_runs((3, -1), (3, -1))) is None
+  assert crossval_runs.check_fold_ensemble(_runs((3, 1))) is None  # alone
   assert crossval_runs.check_fold_ensemble(_runs((2, 1), (2, 0))) == 2
   for specs, message in (
       (((3, 0), (3, -1)), 'mixes fold runs'),
