@@ -29,7 +29,6 @@ SLURM / Open MPI / Kubernetes, which JAX detects. Only process 0 prints and
 writes logs; a process that fails ends the others.
 """
 
-import sys
 import time
 
 from absl import flags
@@ -55,59 +54,11 @@ config_flags.DEFINE_config_file(
     lock_config=True,
 )
 
-EXIT_TRAINING_ERROR = 1
-
-
-def closing_summary(summary, workdir: str, seconds: float) -> str:
-  """The lines printed after training: best checkpoint, where things are."""
-  minutes, secs = divmod(int(round(seconds)), 60)
-  best = summary['best_metric_value']
-  lines = [
-      f'Done in {minutes} min {secs:02d} s: trained to step '
-      f"{summary['final_step']} of {summary['num_train_steps']}"
-      + (' (stopped early).' if summary['stopped_early'] else '.'),
-      f"Best {summary['best_metric']}: "
-      + (
-          f"{best:.4f} at step {summary['best_step']}"
-          if best is not None
-          else 'none yet (no evaluation)'
-      )
-      + f' (checkpoint: {workdir}/checkpoints/best).',
-      f'Latest checkpoint: {workdir}/checkpoints/latest; '
-      f'TensorBoard: tensorboard --logdir={workdir}',
-      'python -m ankle_jax.evaluate and predict restore the '
-      f"{summary.get('eval_checkpoint', 'best')} checkpoint "
-      '(config.eval_checkpoint; --checkpoint=best|latest to choose).',
-  ]
-  return '\n'.join(lines)
-
-
-def train_run(config, workdir: str, started: float) -> int:
-  """Trains (the chief prints the model summary once the data is ready, then
-  the closing summary); returns the exit status."""
-  from ankle_jax import sharding  # noqa: PLC0415
-  from ankle_jax import train  # noqa: PLC0415
-  from ankle_jax import writers  # noqa: PLC0415
-  from ankle_jax.data import prepare  # noqa: PLC0415
-
-  try:
-    summary = train.train_and_evaluate(
-        config, workdir, print_model_summary=True
-    )
-  except (writers.WorkdirNotWritableError, prepare.DatasetMissingError) as e:
-    raise console.UserError(str(e)) from e
-  except (train.NonFiniteLossError, OSError) as e:  # OSError: disk full...
-    print(f'error: {e}', file=sys.stderr)
-    return EXIT_TRAINING_ERROR
-  if sharding.is_chief():
-    print(closing_summary(summary, workdir, time.time() - started))
-  return 0
-
 
 def main(argv):
   started = time.time()
   # Imported here so that --help answers at once (these take ~5 s).
-  from ankle_jax import compilation_cache  # noqa: PLC0415
+  from ankle_jax import launching  # noqa: PLC0415
   from ankle_jax import sharding  # noqa: PLC0415
   from ankle_jax import train  # noqa: PLC0415
   from ankle_jax.training import config_checks  # noqa: PLC0415
@@ -127,17 +78,12 @@ def main(argv):
     raise console.UserError(
         '--workdir is required: the run directory, e.g. --workdir=runs/demo'
     )
-  compilation_cache.enable(compilation_cache.CacheSettings.from_config(config))
-  # jax.distributed must start before any other JAX work; train_and_evaluate
+  # jax.distributed starts before any other JAX work; train_and_evaluate
   # then checks the config (before writing anything), the run directory and
   # the dataset, once.
-  sharding.initialize(
-      config.distributed,
-      timeout_s=config.distributed_timeout_s,
-      heartbeat_timeout_s=config.distributed_heartbeat_timeout_s,
-  )
+  launching.start_process(config)
   return sharding.end_together(
-      lambda: train_run(config, workdir, started), FLAGS.verbosity
+      lambda: launching.train_run(config, workdir, started), FLAGS.verbosity
   )
 
 

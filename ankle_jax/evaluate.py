@@ -33,6 +33,16 @@ How it works:
    predictions.csv and case_predictions.csv, from which every number can be
    recomputed.
 
+Fold ensembles: --runs=DIR, a cross-validation workdir of
+`python -m ankle_jax.crossval`, stands for its folds DIR/fold_0,...
+(listing the fold runs does the same). The K fold runs (data.cv_fold >= 0,
+each fold once, one data.cv_folds) are evaluated on the asked split as an
+ensemble (soft and hard voting) and, as their 'validation', each member
+counts with the out-of-fold (OOF) predictions (DIR/cv/oof_predictions.csv,
+else each fold run on its own validation fold): the thresholds, the
+calibrators and the honest protocol's choice come from OOF, not from any
+single fold's validation (report.md says so; summary.json's oof_source).
+
 Per-view and multi-view runs (models.multiview: all views of a case at once)
 are evaluated together. Each run has one case probability: a per-view run's
 soft vote (the mean of its view probabilities), a multi-view run's own; at
@@ -130,9 +140,11 @@ from absl import flags
 
 from ankle_jax import checkpoint as checkpoint_lib
 from ankle_jax import console
+from ankle_jax import crossval_runs
 from ankle_jax import evaluation_inputs
 from ankle_jax import inference
 from ankle_jax.evaluation import metrics as metrics_lib
+from ankle_jax.evaluation import oof as oof_lib
 from ankle_jax.evaluation import predictions as predictions_lib
 from ankle_jax.evaluation.evaluation import Evaluation
 from ankle_jax.evaluation.evaluation import Settings
@@ -199,6 +211,47 @@ def predict_splits(
       continue
     by_split[name] = inference.predict_split(runs, batches_for)
   return by_split
+
+
+def fold_ensemble_splits(
+    runs: Sequence[inference.Run],
+    split: str,
+    batches_fn: evaluation_inputs.BatchesFn,
+    batch_size: int,
+    max_eval_views: int,
+) -> tuple[dict[str, SplitPredictions], str]:
+  """A fold ensemble's predictions: every fold run on `split`, and as
+  'validation' the out-of-fold predictions (DIR/cv/oof_predictions.csv when
+  there, else each fold run on its own validation fold; oof.as_validation);
+  with where the OOF came from.
+
+  Raises:
+    console.UserError: --split=validation, or OOF predictions that do not
+      fit the runs.
+  """
+  if split == VALIDATION:
+    raise console.UserError(
+        'a fold ensemble is evaluated on test (--split=test): each fold has '
+        'its own validation split; their union is the out-of-fold '
+        'evaluation of python -m ankle_jax.crossval (DIR/cv).'
+    )
+  batches_for = batches_fn(split)
+  if batches_for is None:
+    raise console.UserError(f'split {split!r} not found.')
+  print(f'Evaluating the ensemble of {len(runs)} folds on split {split!r}...')
+  by_split = {split: inference.predict_split(runs, batches_for)}
+  path = crossval_runs.saved_oof(runs)
+  if path:
+    try:
+      oof = oof_lib.read_oof_csv(path, [r.name for r in runs])
+    except ValueError as e:
+      raise console.UserError(str(e)) from e
+  else:
+    oof = crossval_runs.predict_oof(
+        runs, batch_size=batch_size, max_eval_views=max_eval_views
+    )
+  by_split[VALIDATION] = oof_lib.as_validation(oof, len(runs))
+  return by_split, path or "the fold runs' own validation folds"
 
 
 def views_per_case(
@@ -273,7 +326,10 @@ def evaluate_runs(
   Raises:
     console.UserError: no run directory, no checkpoint, or no dataset/split.
   """
-  runs = inference.load_runs(run_dirs, checkpoint)
+  runs = inference.load_runs(crossval_runs.expand_runs(run_dirs), checkpoint)
+  num_folds = crossval_runs.check_fold_ensemble(runs)
+  if num_folds:
+    runs = crossval_runs.in_fold_order(runs)
   max_eval_views = views_per_case(runs, max_eval_views)
   inputs = evaluation_inputs.EvaluationInputs.of(
       runs,
@@ -284,7 +340,13 @@ def evaluate_runs(
       batch_size=batch_size,
       max_eval_views=max_eval_views,
   )
-  by_split = predict_splits(runs, split, inputs.batches_fn)
+  oof_source = None
+  if num_folds:
+    by_split, oof_source = fold_ensemble_splits(
+        runs, split, inputs.batches_fn, batch_size, max_eval_views
+    )
+  else:
+    by_split = predict_splits(runs, split, inputs.batches_fn)
   evaluation = compute(
       by_split,
       [r.name for r in runs],
@@ -297,6 +359,7 @@ def evaluate_runs(
           checkpoints={r.name: CheckpointInfo(r.which, r.step) for r in runs},
           max_eval_views=max_eval_views,
           validation_source=inputs.validation_source,
+          oof_source=oof_source,
       ),
   )
   context = report_context(evaluation, runs, inputs, html)
@@ -326,7 +389,12 @@ def report_context(
 
 def define_flags() -> None:
   """The command's flags (defined only when run as a command)."""
-  flags.DEFINE_list('runs', None, 'Comma-separated training run directories.')
+  flags.DEFINE_list(
+      'runs',
+      None,
+      'Comma-separated training run directories (a cross-validation '
+      'workdir: its folds, evaluated as a fold ensemble).',
+  )
   flags.DEFINE_string('split', 'test', 'Split to report on.')
   flags.DEFINE_string('out', None, 'Output directory.')
   flags.DEFINE_enum(

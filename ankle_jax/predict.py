@@ -18,9 +18,9 @@ with --dicom_out, an SR per case and a Grad-CAM Secondary Capture per view
 config.eval_checkpoint ('best'; 'latest' in the five paper configs).
 
 PATH: the DICOM (or PNG/JPEG) files of ONE case, or the case's folder (all
-its files, sorted by name). Each view is read with
-`ankle_jax.data.dicom.load_radiograph` at each run's image size and
-standardized per image, exactly as in evaluation; runs of one architecture
+its files, sorted by name). Each view is read as evaluate reads it: as the
+dataset builder stores it (--stored_size, 300 px), resized to each run's image
+size and standardized per image; runs of one architecture
 are applied together with one vmapped forward (ankle_jax.inference). A file
 that cannot be read (e.g. a stray notes.txt) is skipped with a one-line
 warning; the case is predicted from the views that could be read.
@@ -192,6 +192,7 @@ def main(argv: Sequence[str]) -> None:
       occlusion=flags.FLAGS.occlusion,
       panel_size=flags.FLAGS.panel_size,
       vote=flags.FLAGS.vote,
+      stored_size=flags.FLAGS.stored_size,
   )
 
 

@@ -21,6 +21,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = REPO_ROOT / 'ankle_jax'
 COMMANDS = (
     'launch',
+    'ankle_jax.crossval',
     'ankle_jax.evaluate',
     'ankle_jax.predict',
     'ankle_jax.data.build',

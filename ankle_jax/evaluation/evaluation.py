@@ -104,6 +104,8 @@ class Evaluation:
     aggregation: the honest protocol's case aggregation, chosen on
       validation (evaluation.aggregation); None without validation (the
       paper protocol keeps hard voting).
+    oof_source: for a fold ensemble, where its 'validation' came from: the
+      out-of-fold predictions (evaluation.oof.as_validation), else None.
   """
 
   predictions: Mapping[str, SplitPredictions]
@@ -126,6 +128,7 @@ class Evaluation:
   multiview_runs: tuple[str, ...]
   validation_source: str | None
   aggregation: aggregation_lib.AggregationChoice | None
+  oof_source: str | None = None
 
   def step_of(self, members: Sequence[str]) -> int:
     """TensorBoard step of an ensemble: its members' largest training step."""
@@ -175,6 +178,7 @@ class Evaluation:
         'max_eval_views': self.max_eval_views,
         'multiview_runs': list(self.multiview_runs),
         'validation_source': self.validation_source,
+        'oof_source': self.oof_source,
         'protocols': protocols,
         'headline': self.headline.to_json(),
         'operating_points': [op.to_json() for op in self.operating_points],
@@ -207,6 +211,8 @@ class Settings:
     max_eval_views: views kept per case (0 = all), stated in the documents.
     validation_source: the runs' own data_dir when validation came from
       there (an external test set), else None.
+    oof_source: a fold ensemble's OOF predictions file (or 'the fold runs')
+      when its 'validation' is their out-of-fold predictions, else None.
   """
 
   split: str
@@ -220,6 +226,7 @@ class Settings:
   )
   max_eval_views: int = 0
   validation_source: str | None = None
+  oof_source: str | None = None
 
 
 def _with_pooled(
@@ -363,4 +370,5 @@ def compute(
       ),
       validation_source=settings.validation_source,
       aggregation=chosen.aggregation,
+      oof_source=settings.oof_source,
   )

@@ -19,6 +19,7 @@ from ankle_jax import models
 from ankle_jax import saliency
 from ankle_jax.data import dicom
 from ankle_jax.evaluation import voting
+from ankle_jax.prediction import batch as batch_lib
 
 USAGE = (
     'usage: python -m ankle_jax.predict --runs=RUN_DIR[,RUN_DIR...] '
@@ -48,10 +49,16 @@ def case_files(paths: Sequence[str]) -> list[str]:
   return files
 
 
-def load_views(files: Sequence[str], image_size: int) -> np.ndarray:
-  """float32 [views, S, S, 1] in [0, 1] (not standardized)."""
+def load_views(
+    files: Sequence[str],
+    image_size: int,
+    stored_size: int = batch_lib.STORED_SIZE,
+) -> np.ndarray:
+  """float32 [views, S, S, 1] in [0, 1] (not standardized), read as evaluate
+  and the batch read them (`batch.load_view`: stored at the builder's size,
+  then resized; stored_size 0: directly at image_size)."""
   return np.stack(
-      [dicom.load_radiograph(f, image_size=image_size) for f in files]
+      [batch_lib.load_view(f, image_size, stored_size) for f in files]
   )
 
 
@@ -147,8 +154,10 @@ def predict_case(
     heatmap: bool = False,
     occlusion: bool = False,
     panel_size: int = saliency.PANEL_SIZE,
+    stored_size: int = batch_lib.STORED_SIZE,
 ) -> CasePrediction:
-  """Every run's probabilities for the views (readable files), and maps."""
+  """Every run's probabilities for the views (readable files), and maps;
+  views read by `load_views` (stored_size)."""
   probs_rv = np.zeros((len(runs), len(files)))
   case_probs_r = np.full(len(runs), np.nan)
   attention_rv = np.full((len(runs), len(files)), np.nan)
@@ -156,7 +165,7 @@ def predict_case(
   for indices in inference.group_runs([r.config for r in runs]).values():
     config = runs[indices[0]].config
     module = models.from_run_config(config)
-    images = load_views(files, int(config.image_size))
+    images = load_views(files, int(config.image_size), stored_size)
     variables_list = [runs[i].variables for i in indices]
     stacked = inference.stack_variables(variables_list)
     if isinstance(module, models.multiview.Model):
@@ -322,7 +331,7 @@ def write_heatmap(
 ) -> tuple[int, int]:
   """Writes the overlays PNG; returns its (height, width)."""
   files = prediction.files
-  backgrounds = load_views(files, panel_size)[..., 0]
+  backgrounds = load_views(files, panel_size, stored_size=0)[..., 0]
   soft_v = prediction.probs_rv.mean(axis=0)
   rows, titles = [], []
   names = [f'view {v + 1}: {os.path.basename(f)}' for v, f in enumerate(files)]
@@ -348,6 +357,7 @@ def run_predict(
     occlusion: bool = False,
     panel_size: int = saliency.PANEL_SIZE,
     vote: str | None = None,
+    stored_size: int = batch_lib.STORED_SIZE,
 ) -> CasePrediction:
   """The whole command: prints the votes, writes the heatmap if asked."""
   files = case_files(paths)
@@ -359,6 +369,7 @@ def run_predict(
       heatmap=heatmap_path is not None,
       occlusion=occlusion and heatmap_path is not None,
       panel_size=panel_size,
+      stored_size=stored_size,
   )
   print(
       format_predictions(

@@ -111,6 +111,7 @@ def _overview(ev: Evaluation) -> list[Block]:
       'soft scores (mean probabilities).',
       *_multiview_note(ev),
       *_validation_source_note(ev),
+      *_oof_note(ev),
       '',
       *_intervals_note(ev),
   ]
@@ -143,6 +144,20 @@ def _validation_source_note(ev: Evaluation) -> list[Block]:
       f'External test set: validation (the temperature, the operating points '
       f"and the honest protocol's choice) comes from the runs' own dataset, "
       f'{ev.validation_source}.',
+  ]
+
+
+def _oof_note(ev: Evaluation) -> list[Block]:
+  """A fold ensemble's validation: the OOF predictions (else nothing)."""
+  if not ev.oof_source:
+    return []
+  return [
+      '',
+      f'Fold ensemble: `{VALIDATION}` here is the out-of-fold predictions of '
+      f'the {len(ev.run_names)} fold runs ({ev.oof_source}; every member '
+      "counts with the OOF probability), not any single fold's validation: "
+      "the thresholds, the calibrators and the honest protocol's choice "
+      'come from OOF.',
   ]
 
 

@@ -175,7 +175,7 @@ def calibration_note(block: dict) -> str:
   return '; '.join(notes)
 
 
-def _calibration_row(block: dict) -> list[str]:
+def calibration_row(block: dict) -> list[str]:
   cells = [calibrator_label(block['calibrator'])]
   for name in (
       'ece_debiased',
@@ -212,7 +212,7 @@ def calibration_table(
         rows.append(
             ([split] if splits else [])
             + [members_label(members), LEVEL_TITLES[level]]
-            + _calibration_row(b)
+            + calibration_row(b)
         )
   header = ['Model', 'Views', *CALIBRATION_HEADER]
   return Table.of((['Split'] if splits else []) + header, rows)
