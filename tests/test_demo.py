@@ -104,3 +104,13 @@ def test_demo_validates_on_running_statistics_that_follow_its_weights():
   # The issue's criterion is read at step 300: it must be a validation step.
   assert config.num_train_steps >= 300
   assert 300 % config.eval_every_steps == 0
+
+
+def test_demo_trains_without_the_intensity_clips_and_keeps_the_flips():
+  """Brightness and contrast act only through their clips (per-image
+  standardization cancels them otherwise). With the clips the demo's training
+  took off ~100 steps later (seed 0: train accuracy 0.52 against 0.65 at step
+  140; validation case accuracy 0.50 against 0.93 at step 150)."""
+  augment = _demo_config().augment
+  assert not augment.clip
+  assert augment.flip_lr and augment.flip_ud
