@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 'gpu' (lax.conv_general_dilated with feature_group_count). The parameters
   # and checkpoints are the same under each. ankle_jax.models.backends.
   config.model.conv_impl = 'auto'
+  # Momentum of every BatchNorm's running statistics (validation and
+  # evaluation use them): Keras' 0.99 averages over ~100 steps.
+  config.model.bn_momentum = 0.99
   # Family-specific build() kwargs.
   config.model.kwargs = ml_collections.ConfigDict()
   # Multi-view model (ankle_jax.models.multiview; configs/multiview_demo.py):

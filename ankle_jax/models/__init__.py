@@ -64,6 +64,7 @@ def build(
     dtype: str | Any = jnp.float32,
     kernel_init: str = layers.DEFAULT_KERNEL_INIT,
     conv_impl: str = backends.AUTO,
+    bn_momentum: float = layers.KERAS_BN_MOMENTUM,
     **family_kwargs,
 ) -> nn.Module:
   """Builds model `name` (one of MODEL_NAMES) as a linen Module.
@@ -85,6 +86,10 @@ def build(
       'cpu' on CPU, 'gpu' elsewhere), 'cpu' (ankle_jax.models.depthwise) or
       'gpu' (lax with feature_group_count). See backends; the parameters do
       not depend on it.
+    bn_momentum: momentum of every BatchNorm's running statistics, in
+      [0, 1): running = momentum * running + (1 - momentum) * batch at each
+      train step. Keras' 0.99 (default) averages over ~100 steps; a short
+      run whose weights move fast needs less (configs/demo.py: 0.9).
     **family_kwargs: resnet101_v2: stride_in_first_unit (True = paper, False =
       Keras), keras_stem; xception: valid_stem (False = paper, True = Keras),
       aux_block (1-based middle-flow block for the aux tower, default 3).
@@ -94,7 +99,7 @@ def build(
 
   Raises:
     ValueError: unknown name, kernel_init, conv_impl or family keyword
-      argument.
+      argument, or bn_momentum outside [0, 1).
   """
   if name not in MODEL_REGISTRY:
     raise ValueError(
@@ -110,6 +115,8 @@ def build(
     raise ValueError(f'dropout_rate={dropout_rate} must be in [0, 1)')
   if width_multiplier <= 0:
     raise ValueError(f'width_multiplier={width_multiplier} must be positive')
+  if not 0.0 <= bn_momentum < 1.0:
+    raise ValueError(f'bn_momentum={bn_momentum} must be in [0, 1)')
   layers.initializers(kernel_init)  # ValueError naming the valid values.
   return MODEL_REGISTRY[name](
       num_classes=num_classes,
@@ -119,6 +126,7 @@ def build(
       dtype=backends.resolve_dtype(dtype),
       kernel_init=kernel_init,
       conv_impl=backends.resolve_conv_impl(conv_impl),
+      bn_momentum=bn_momentum,
       **family_kwargs,
   )
 
@@ -135,8 +143,9 @@ def from_config(
     model_config: a mapping (e.g. a ConfigDict) with `name`, `aux_head`,
       `dropout_rate`, `width_multiplier`, optional `kernel_init` (default
       'lecun_normal', also for runs saved before the field existed),
-      optional `conv_impl` (default 'auto') and optional `kwargs` (family
-      options).
+      optional `conv_impl` (default 'auto'), optional `bn_momentum`
+      (default 0.99, also for runs saved before the field existed) and
+      optional `kwargs` (family options).
     num_classes: classifier outputs.
     dtype: computation dtype, or 'auto' (backends.resolve_dtype).
 
@@ -174,6 +183,9 @@ def from_config(
       dtype=dtype,
       kernel_init=kernel_init,
       conv_impl=model_config.get('conv_impl', backends.AUTO),
+      bn_momentum=float(
+          model_config.get('bn_momentum', layers.KERAS_BN_MOMENTUM)
+      ),
       **kwargs,
   )
   if not is_multiview(model_config):

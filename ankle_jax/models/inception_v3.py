@@ -188,6 +188,8 @@ class InceptionV3(nn.Module):
       (layers.KERNEL_INITS).
     conv_impl: the kernels of every convolution, 'cpu' or 'gpu'
       (layers.conv_module); the parameters do not depend on it.
+    bn_momentum: momentum of every BatchNorm's running statistics (Keras'
+      0.99; layers.ConvBN).
   """
 
   num_classes: int = 2
@@ -197,6 +199,7 @@ class InceptionV3(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
   conv_impl: str = layers.CPU_KERNELS
+  bn_momentum: float = layers.KERAS_BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> layers.ModelOutputs:
@@ -208,6 +211,7 @@ class InceptionV3(nn.Module):
         use_bias=False,
         use_scale=False,
         epsilon=1e-3,
+        momentum=self.bn_momentum,
         dtype=self.dtype,
         kernel_init=self.kernel_init,
         conv_impl=self.conv_impl,
@@ -257,6 +261,7 @@ class InceptionV3(nn.Module):
           hidden_features=w(700),
           **init,
           conv_impl=self.conv_impl,
+          momentum=self.bn_momentum,
           name='aux_tower',
       )(x, train)
 

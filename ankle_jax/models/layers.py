@@ -289,6 +289,7 @@ class AuxTower(nn.Module):
   dtype: Dtype = jnp.float32
   kernel_init: str = DEFAULT_KERNEL_INIT
   conv_impl: str = CPU_KERNELS
+  momentum: float = KERAS_BN_MOMENTUM  # Of the BatchNorm (ConvBN).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -300,6 +301,7 @@ class AuxTower(nn.Module):
         dtype=self.dtype,
         kernel_init=self.kernel_init,
         conv_impl=self.conv_impl,
+        momentum=self.momentum,
         name='conv',
     )(x, train)
     x = x.reshape((x.shape[0], -1))

@@ -48,13 +48,14 @@ class PreActBottleneck(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
   conv_impl: str = layers.CPU_KERNELS
+  momentum: float = layers.KERAS_BN_MOMENTUM  # Of every BatchNorm.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     bn = functools.partial(
         nn.BatchNorm,
         use_running_average=not train,
-        momentum=layers.KERAS_BN_MOMENTUM,
+        momentum=self.momentum,
         epsilon=BN_EPSILON,
         dtype=self.dtype,
     )
@@ -62,6 +63,7 @@ class PreActBottleneck(nn.Module):
         layers.ConvBN,
         use_bias=False,
         epsilon=BN_EPSILON,
+        momentum=self.momentum,
         dtype=self.dtype,
         kernel_init=self.kernel_init,
         conv_impl=self.conv_impl,
@@ -115,6 +117,8 @@ class Model(nn.Module):
       (layers.KERNEL_INITS).
     conv_impl: the kernels of every convolution, 'cpu' or 'gpu'
       (layers.conv_module); the parameters do not depend on it.
+    bn_momentum: momentum of every BatchNorm's running statistics (Keras'
+      0.99).
   """
 
   num_classes: int = 2
@@ -127,6 +131,7 @@ class Model(nn.Module):
   stage_sizes: tuple[int, ...] = (3, 4, 23, 3)
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
   conv_impl: str = layers.CPU_KERNELS
+  bn_momentum: float = layers.KERAS_BN_MOMENTUM
 
   def _unit_stride(self, stage: int, unit: int) -> int:
     """Stride of unit `unit` (0-based) of stage `stage` (0 = conv2)."""
@@ -146,7 +151,11 @@ class Model(nn.Module):
         else self.keras_stem
     )
     init = {'dtype': self.dtype, 'kernel_init': self.kernel_init}
-    conv_init = {**init, 'conv_impl': self.conv_impl}
+    conv_init = {
+        **init,
+        'conv_impl': self.conv_impl,
+        'momentum': self.bn_momentum,
+    }
 
     def stage(name, y):
       self.sow('intermediates', f'{name}_output', y)
@@ -198,7 +207,7 @@ class Model(nn.Module):
 
     x = nn.BatchNorm(
         use_running_average=not train,
-        momentum=layers.KERAS_BN_MOMENTUM,
+        momentum=self.bn_momentum,
         epsilon=BN_EPSILON,
         dtype=self.dtype,
         name='post_bn',

@@ -30,12 +30,14 @@ from ankle_jax.models import layers
 
 
 class SepConvBN(nn.Module):
-  """SeparableConv 3x3 (no bias) -> BatchNorm (Keras epsilon / momentum)."""
+  """SeparableConv 3x3 (no bias) -> BatchNorm (Keras epsilon; momentum of the
+  running statistics, Keras' 0.99 by default)."""
 
   features: int
   dtype: Any = jnp.float32
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
   conv_impl: str = layers.CPU_KERNELS
+  momentum: float = layers.KERAS_BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -48,7 +50,7 @@ class SepConvBN(nn.Module):
     )(x)
     return nn.BatchNorm(
         use_running_average=not train,
-        momentum=layers.KERAS_BN_MOMENTUM,
+        momentum=self.momentum,
         epsilon=layers.KERAS_BN_EPSILON,
         dtype=self.dtype,
         name='bn',
@@ -68,6 +70,7 @@ class DownBlock(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
   conv_impl: str = layers.CPU_KERNELS
+  momentum: float = layers.KERAS_BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -80,6 +83,7 @@ class DownBlock(nn.Module):
         dtype=self.dtype,
         kernel_init=self.kernel_init,
         conv_impl=self.conv_impl,
+        momentum=self.momentum,
         name='residual',
     )(x, train)
     if self.pre_relu:
@@ -89,6 +93,7 @@ class DownBlock(nn.Module):
         dtype=self.dtype,
         kernel_init=self.kernel_init,
         conv_impl=self.conv_impl,
+        momentum=self.momentum,
     )
     x = sep(self.features[0], name='sepconv1')(x, train)
     x = sep(self.features[1], name='sepconv2')(nn.relu(x), train)
@@ -104,6 +109,7 @@ class MiddleBlock(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
   conv_impl: str = layers.CPU_KERNELS
+  momentum: float = layers.KERAS_BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -114,6 +120,7 @@ class MiddleBlock(nn.Module):
           dtype=self.dtype,
           kernel_init=self.kernel_init,
           conv_impl=self.conv_impl,
+          momentum=self.momentum,
           name=f'sepconv{i + 1}',
       )(nn.relu(x), train)
     return x + residual
@@ -135,6 +142,8 @@ class Xception(nn.Module):
       (layers.KERNEL_INITS).
     conv_impl: the kernels of every convolution, 'cpu' or 'gpu'
       (layers.conv_module); the parameters do not depend on it.
+    bn_momentum: momentum of every BatchNorm's running statistics (Keras'
+      0.99; layers.ConvBN).
   """
 
   num_classes: int = 2
@@ -147,6 +156,7 @@ class Xception(nn.Module):
   num_middle_blocks: int = 8
   kernel_init: str = layers.DEFAULT_KERNEL_INIT
   conv_impl: str = layers.CPU_KERNELS
+  bn_momentum: float = layers.KERAS_BN_MOMENTUM
 
   def __post_init__(self):
     if not 1 <= self.aux_block <= self.num_middle_blocks:
@@ -162,7 +172,11 @@ class Xception(nn.Module):
         layers.scale_width, width_multiplier=self.width_multiplier
     )
     init = {'dtype': self.dtype, 'kernel_init': self.kernel_init}
-    conv_init = {**init, 'conv_impl': self.conv_impl}
+    conv_init = {
+        **init,
+        'conv_impl': self.conv_impl,
+        'momentum': self.bn_momentum,
+    }
     conv = functools.partial(layers.ConvBN, use_bias=False, **conv_init)
     block = functools.partial(DownBlock, **conv_init)
     stem_padding = 'VALID' if self.valid_stem else 'SAME'
