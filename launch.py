@@ -86,14 +86,14 @@ def train_run(config, workdir: str, started: float) -> int:
   """Trains (the chief prints the model summary once the data is ready, then
   the closing summary); returns the exit status."""
   from ankle_jax import sharding  # noqa: PLC0415
+  from ankle_jax import stages  # noqa: PLC0415
   from ankle_jax import train  # noqa: PLC0415
   from ankle_jax import writers  # noqa: PLC0415
   from ankle_jax.data import prepare  # noqa: PLC0415
 
   try:
-    summary = train.train_and_evaluate(
-        config, workdir, print_model_summary=True
-    )
+    # One run, or a multi-view config's per-view stage then its own.
+    summary = stages.train_stages(config, workdir, print_model_summary=True)
   except (writers.WorkdirNotWritableError, prepare.DatasetMissingError) as e:
     raise console.UserError(str(e)) from e
   except (train.NonFiniteLossError, OSError) as e:  # OSError: disk full...
