@@ -8,10 +8,11 @@ model.multiview.per_view_steps > 0 and no init_from, two:
 
 Each stage is a run of its own (train.train_and_evaluate), resumable in its
 run directory: running the command again continues the unfinished stage (a
-finished stage 1 resumes at its last step and ends at once).
+stage 1 whose summary.json says it trained to its end is not restarted).
 """
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -19,6 +20,7 @@ import ml_collections
 
 from ankle_jax import models
 from ankle_jax import train
+from ankle_jax import writers
 from ankle_jax.training import records
 
 PER_VIEW_DIR = 'per_view'  # Stage 1's run directory, under the workdir.
@@ -65,6 +67,18 @@ def planned_stages(
   return [Stage(per_view_config(config), per_view_dir), Stage(warm, workdir)]
 
 
+def finished_step(stage: Stage) -> int | None:
+  """The final step of a stage that has trained to its end (summary.json:
+  all its steps, or stopped early), else None."""
+  path = os.path.join(stage.workdir, writers.SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  done = summary['final_step'] >= stage.config.num_train_steps > 0
+  return summary['final_step'] if done or summary['stopped_early'] else None
+
+
 def train_stages(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -77,6 +91,9 @@ def train_stages(
   for number, stage in enumerate(stages, start=1):
     if len(stages) > 1:
       records.say(f'Stage {number} of {len(stages)}: {stage.workdir}')
+    if number < len(stages) and finished_step(stage) is not None:
+      records.say(f'Trained already (step {finished_step(stage)}).')
+      continue
     summary = train.train_and_evaluate(
         stage.config, stage.workdir, **train_kwargs
     )
