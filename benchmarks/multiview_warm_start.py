@@ -17,7 +17,8 @@ ROOT/s<s>/warm,ROOT/s<s>/scratch --split=test --out=ROOT/s<s>/eval
 then prints, per seed and run, the test split's case-level ROC AUC with its
 DeLong interval (results.json), AUC minus the per-view soft vote's (DeLong,
 paired), accuracy at 0.5 and at the Youden threshold chosen on validation
-(summary.json's operating points), and the compute: training steps (per-view
+(summary.json's operating points, where evaluate reports one for the
+run), and the compute: training steps (per-view
 + multi-view) and images through the trunk (multi-view: cases x 3 view
 slots, padding included).
 
@@ -126,12 +127,12 @@ def compute_of(run_dir: pathlib.Path) -> tuple[int, int, int]:
 
 def youden_accuracy(summary: dict, run: str, split: str) -> float | None:
   """Case accuracy on `split` at the Youden threshold chosen on validation."""
-  counts = summary['counts'][split]['case']
+  counts = summary['counts'][split]
   for op in summary['operating_points']:
     if (op['members'], op['level'], op['name']) == ([run], 'case', 'youden'):
       if op['sensitivity'] is None or op['specificity'] is None:
         return None
-      n_pos, n_neg = counts['fracture'], counts['normal']
+      n_pos, n_neg = counts['fracture_cases'], counts['normal_cases']
       right = op['sensitivity'] * n_pos + op['specificity'] * n_neg
       return right / (n_pos + n_neg)
   return None
