@@ -35,6 +35,7 @@ printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import pathlib
@@ -138,6 +139,19 @@ def youden_accuracy(summary: dict, run: str, split: str) -> float | None:
   return None
 
 
+def case_probabilities(eval_dir: pathlib.Path, split: str) -> dict[str, dict]:
+  """{run: {case_id: (label, probability)}} from case_predictions.csv."""
+  out: dict[str, dict] = {}
+  with open(eval_dir / 'case_predictions.csv', newline='') as f:
+    for row in csv.DictReader(f):
+      if row['split'] == split:
+        out.setdefault(row['run'], {})[row['case_id']] = (
+            int(row['label']),
+            float(row['probability']),
+        )
+  return out
+
+
 def seed_rows(root: pathlib.Path) -> dict[str, dict]:
   """{row name: its numbers} of one evaluated seed."""
   eval_dir = root / 'eval'
@@ -151,7 +165,7 @@ def seed_rows(root: pathlib.Path) -> dict[str, dict]:
       and e['split'] == split
       and not e.get('subgroup')
   }
-  probs = multiview_vs_voting.case_probabilities(str(eval_dir), split)
+  probs = case_probabilities(eval_dir, split)
   names = {row: os.path.basename(ROWS[row][0]) for row in ROWS}
   out = {}
   for row, (run_dir, vote) in ROWS.items():
@@ -161,7 +175,11 @@ def seed_rows(root: pathlib.Path) -> dict[str, dict]:
         'roc_auc': multiview_vs_voting.fmt(entry, 'roc_auc'),
         'auc': entry['metrics']['roc_auc'],
         'accuracy': entry['metrics']['accuracy'],
-        'youden_accuracy': youden_accuracy(summary, names[row], split),
+        'youden_accuracy': (
+            youden_accuracy(summary, names[row], split)
+            if vote == 'soft'
+            else None
+        ),
         'steps': f'{pv} + {mv}',
         'images': images,
     }
