@@ -12,6 +12,7 @@ from typing import Any
 from ankle_jax import compilation_cache
 from ankle_jax import console
 from ankle_jax import sharding
+from ankle_jax import stages
 from ankle_jax import train
 from ankle_jax import writers
 from ankle_jax.data import prepare
@@ -59,9 +60,8 @@ def train_run(config, workdir: str, started: float) -> int:
   the closing summary); returns the exit status (0, or EXIT_TRAINING_ERROR
   after a non-finite loss or an OSError such as a full disk)."""
   try:
-    summary = train.train_and_evaluate(
-        config, workdir, print_model_summary=True
-    )
+    # One run, or a multi-view config's per-view stage then its own.
+    summary = stages.train_stages(config, workdir, print_model_summary=True)
   except (writers.WorkdirNotWritableError, prepare.DatasetMissingError) as e:
     raise console.UserError(str(e)) from e
   except (train.NonFiniteLossError, OSError) as e:  # OSError: disk full...

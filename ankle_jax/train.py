@@ -50,6 +50,7 @@ from ankle_jax.training import records
 from ankle_jax.training import state as state_lib
 from ankle_jax.training import steps
 from ankle_jax.training import validation
+from ankle_jax.training import warm_start
 
 NonFiniteLossError = records.NonFiniteLossError
 
@@ -233,9 +234,11 @@ def set_up(
     mesh: Mesh,
     model: nn.Module,
     sources: tuple[Any, Any],
+    warm: warm_start.WarmStart | None = None,
 ) -> tuple[Setup, state_lib.TrainState]:
-  """The run's Setup and a fresh train state (replicated on the mesh)."""
-  views = steps.ViewSettings.from_config(config)
+  """The run's Setup and a fresh train state (replicated on the mesh; warm:
+  the trunk's schedule of a warm-started run)."""
+  views = steps.ViewSettings.from_config(config, warm_started=bool(warm))
   schedule = inputs.Schedule.from_config(
       config, inputs.num_train_examples(sources[0], views is not None)
   )
@@ -250,6 +253,7 @@ def set_up(
       config.image_size,
       schedule.num_train_steps,
       learning_rate_fn,
+      warm.trunk if warm else None,
   )
   placement, resident = place_data(config, mesh, sources)
   setup = Setup(
@@ -329,6 +333,9 @@ def start(
   """Checks the config and the run directory, readies the data and the model,
   and sets the run up (resumed from its latest checkpoint, if any)."""
   config_checks.validate_config(config)
+  warm = warm_start.WarmStart.from_config(config)
+  if warm is not None:
+    warm_start.check_source(warm, config, str(workdir))
   workdir = writers.ensure_writable_dir(epath.Path(workdir))
   sources = sources if sources is not None else data_sources(config, workdir)
   model = model if model is not None else models.from_run_config(config)
@@ -339,7 +346,11 @@ def start(
   sharding.check_batch_divisible(
       config.eval_batch_size, mesh, 'eval_batch_size'
   )
-  setup, state = set_up(config, workdir, mesh, model, sources)
+  setup, state = set_up(config, workdir, mesh, model, sources, warm)
+  if warm is not None and setup.ckpts.latest_step() is None:
+    state = warm_start.warm_started(state, model.trunk, config.image_size, warm)
+    state = jax.device_put(state, sharding.replicated(mesh))
+    records.say(f'Warm start from {warm.source} ({warm.checkpoint}).')
   state, loop = resume(config, setup, state)
   step = int(state.step)
   records.say(start_message(config, setup.schedule, mesh, step, sources))

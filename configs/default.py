@@ -92,7 +92,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.multiview.fusion = 'attention'
   config.model.multiview.max_views = 3
   config.model.multiview.view_dropout = 0.0
+  # Drop views only from normal cases (a fracture case keeps the view that
+  # shows its fracture, so its label stays true).
+  config.model.multiview.view_dropout_normal_only = False
   config.model.multiview.view_loss_weight = 0.0
+  # Warm start (ankle_jax.training.warm_start): init_from = a per-view run
+  # of the same family and width; its init_checkpoint ('best' | 'latest')
+  # gives the trunk's params and BatchNorm statistics and the case head
+  # (its classifier). A warm-started trunk is frozen (its BN statistics too)
+  # for freeze_trunk_steps, then learns at trunk_lr_scale x the rate.
+  # per_view_steps > 0 with no init_from: launch.py first trains that
+  # per-view stage in <workdir>/per_view (batch per_view_batch_size views,
+  # eval per_view_eval_batch_size) and starts from it (ankle_jax.stages).
+  config.model.multiview.init_from = ''
+  config.model.multiview.init_checkpoint = 'best'
+  config.model.multiview.freeze_trunk_steps = 0
+  config.model.multiview.trunk_lr_scale = 1.0
+  config.model.multiview.per_view_steps = 0
+  config.model.multiview.per_view_batch_size = 16
+  config.model.multiview.per_view_eval_batch_size = 24
   config.num_classes = 2
   config.image_size = 300  # Paper: 300x300x1.
   # Computation dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU) |

@@ -20,6 +20,19 @@ a training case is dropped with probability 0.2 (at least one kept). Nothing
 here comes from the paper, which classified each view alone: this is the step
 past it (README, "Multi-view models"); it has not been trained on real
 radiographs yet.
+
+Warm start (training.warm_start; advised: the multi-view demo learned from
+scratch in only some seeds): train the per-view run first, then
+  python launch.py --config=configs/multiview_xception.py \
+      --workdir=runs/multiview_xception \
+      --config.data.manual_dir=/path/to/dicom_root \
+      --config.model.multiview.init_from=runs/xception_dropaux
+It needs a per-view run of the same family, width and heads
+(configs/xception_dropaux.py) on the same data split, with a 'best'
+checkpoint (or --config.model.multiview.init_checkpoint=latest, the authors'
+last step). Its trunk then learns at once (freeze_trunk_steps=0) at the
+run's rate (trunk_lr_scale=1.0), both untuned here. This config trains no
+per-view stage itself (per_view_steps=0): that stage is the paper's own run.
 """
 
 from configs import xception_dropaux

@@ -251,11 +251,20 @@ class Model(nn.Module):
 
 
 def drop_views(
-    key: jax.Array, view_mask_bv: jax.Array, rate: float
+    key: jax.Array,
+    view_mask_bv: jax.Array,
+    rate: float,
+    droppable_b: jax.Array | None = None,
 ) -> jax.Array:
   """Training-time view dropout: each real view is dropped with probability
   `rate`; a case that would lose every view keeps one, drawn uniformly from
-  its real views. bool [B, V] -> bool [B, V]."""
+  its real views. bool [B, V] -> bool [B, V].
+
+  droppable_b: bool [B], the cases whose views may be dropped (None: all).
+  The others keep every view: with droppable_b = (label == normal), a
+  fracture case never loses the view that shows its fracture, so its label
+  stays true (config.model.multiview.view_dropout_normal_only).
+  """
   view_mask_bv = jnp.asarray(view_mask_bv, bool)
   if rate <= 0.0:
     return view_mask_bv
@@ -269,4 +278,8 @@ def drop_views(
   one_view = jax.nn.one_hot(
       jnp.argmax(scores, axis=1), view_mask_bv.shape[1], dtype=bool
   )
-  return jnp.where(kept.any(axis=1, keepdims=True), kept, one_view)
+  dropped = jnp.where(kept.any(axis=1, keepdims=True), kept, one_view)
+  if droppable_b is None:
+    return dropped
+  droppable_b = jnp.asarray(droppable_b, bool)[:, None]
+  return jnp.where(droppable_b, dropped, view_mask_bv)

@@ -161,6 +161,9 @@ def _validate_multiview_config(config: ml_collections.ConfigDict) -> None:
   """Raises UserError naming the first model.multiview.* field out of range,
   or a best_metric that scores views alone."""
   _check_choice(config, 'model.multiview.fusion', models.multiview.FUSIONS)
+  _check_choice(
+      config, 'model.multiview.init_checkpoint', checkpoint.CHECKPOINT_CHOICES
+  )
   if config.best_metric not in validation.MULTIVIEW_METRIC_NAMES:
     raise console.UserError(
         f'config.best_metric={config.best_metric!r} scores each view alone, '
@@ -173,6 +176,9 @@ def _validate_multiview_config(config: ml_collections.ConfigDict) -> None:
       ('max_views', views.max_views >= 1, '>= 1 (views per case)'),
       ('view_dropout', 0.0 <= views.view_dropout < 1.0, 'in [0, 1)'),
       ('view_loss_weight', views.view_loss_weight >= 0.0, '>= 0'),
+      ('freeze_trunk_steps', views.freeze_trunk_steps >= 0, '>= 0'),
+      ('trunk_lr_scale', views.trunk_lr_scale >= 0.0, '>= 0'),
+      ('per_view_steps', views.per_view_steps >= 0, '>= 0 (0: no stage)'),
   )
   for field, ok, expected in checks:
     if not ok:

@@ -78,16 +78,60 @@ def create_learning_rate_fn(
   return optax.constant_schedule(opt.learning_rate)
 
 
-def create_optimizer(
-    opt: OptimizerSettings, learning_rate_fn: optax.Schedule
-) -> optax.GradientTransformation:
-  """Adam (b1, b2, eps from `opt`), after optional global-norm clipping."""
-  adam = optax.adam(
-      learning_rate_fn,
-      b1=opt.adam_b1,
-      b2=opt.adam_b2,
-      eps=opt.adam_eps,
+@dataclasses.dataclass(frozen=True)
+class TrunkSchedule:
+  """The trunk's own learning rate in a warm-started multi-view run
+  (training.warm_start): 0 for the first `freeze_steps` steps, then
+  `lr_scale` x the run's schedule. The rest (fusion, case head) follows the
+  run's schedule from step 0."""
+
+  freeze_steps: int = 0
+  lr_scale: float = 1.0
+
+  def is_default(self) -> bool:
+    return self.freeze_steps <= 0 and self.lr_scale == 1.0
+
+  def of(self, learning_rate_fn: optax.Schedule) -> optax.Schedule:
+    def trunk_learning_rate(step):
+      scaled = self.lr_scale * learning_rate_fn(step)
+      return jnp.where(step < self.freeze_steps, 0.0, scaled)
+
+    return trunk_learning_rate
+
+
+TRUNK = 'trunk'  # The multi-view model's trunk parameters (models.multiview).
+
+
+def _adam(opt: OptimizerSettings, learning_rate_fn: optax.Schedule):
+  return optax.adam(
+      learning_rate_fn, b1=opt.adam_b1, b2=opt.adam_b2, eps=opt.adam_eps
   )
+
+
+def trunk_labels(params: Mapping[str, Any]) -> dict[str, Any]:
+  """The params tree with 'trunk' at every leaf under params['trunk'], 'rest'
+  elsewhere (optax.multi_transform's labels)."""
+  return {
+      name: jax.tree.map(lambda _, n=name: TRUNK if n == TRUNK else 'rest', sub)
+      for name, sub in params.items()
+  }
+
+
+def create_optimizer(
+    opt: OptimizerSettings,
+    learning_rate_fn: optax.Schedule,
+    trunk: TrunkSchedule | None = None,
+) -> optax.GradientTransformation:
+  """Adam (b1, b2, eps from `opt`), after optional global-norm clipping (of
+  all gradients together). With a `trunk` schedule (not the default), the
+  top-level 'trunk' parameters get their own Adam on `trunk.of(...)`
+  (optax.multi_transform): a frozen trunk's updates are exactly 0."""
+  adam = _adam(opt, learning_rate_fn)
+  if trunk is not None and not trunk.is_default():
+    adam = optax.multi_transform(
+        {TRUNK: _adam(opt, trunk.of(learning_rate_fn)), 'rest': adam},
+        trunk_labels,
+    )
   if opt.grad_clip_norm and opt.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adam)
   return adam
@@ -113,6 +157,7 @@ def create_train_state(
     image_size: int,
     num_train_steps: int = 1,
     learning_rate_fn: optax.Schedule | None = None,
+    trunk: TrunkSchedule | None = None,
 ) -> TrainState:
   """A fresh TrainState: initialized variables, Adam state, step 0, base RNG.
 
@@ -124,6 +169,7 @@ def create_train_state(
     image_size: input side length S in pixels.
     num_train_steps: length of the run (for decaying schedules).
     learning_rate_fn: the schedule; created from `opt` when None.
+    trunk: a multi-view trunk's own schedule (`create_optimizer`).
   """
   init_key, state_key = jax.random.split(rng)
   params, batch_stats = initialized(init_key, image_size, model)
@@ -132,7 +178,7 @@ def create_train_state(
   return TrainState.create(
       apply_fn=model.apply,
       params=params,
-      tx=create_optimizer(opt, learning_rate_fn),
+      tx=create_optimizer(opt, learning_rate_fn, trunk),
       batch_stats=batch_stats,
       rng=state_key,
   )

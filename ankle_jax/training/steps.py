@@ -75,16 +75,27 @@ class ViewSettings:
 
   max_views: int
   view_dropout: float = 0.0
+  # Drop views only from normal cases (label 0): labels stay true.
+  view_dropout_normal_only: bool = False
+  # Steps at the start whose BatchNorm statistics stay as they were (a
+  # warm-started trunk frozen: training.warm_start).
+  freeze_trunk_steps: int = 0
 
   @classmethod
   def from_config(
-      cls, config: ml_collections.ConfigDict
+      cls, config: ml_collections.ConfigDict, warm_started: bool = False
   ) -> 'ViewSettings | None':
-    """None for a per-view run."""
+    """None for a per-view run; freeze_trunk_steps only when
+    `warm_started`."""
     if not models.is_multiview(config.model):
       return None
     views = config.model.multiview
-    return cls(int(views.max_views), float(views.view_dropout))
+    return cls(
+        int(views.max_views),
+        float(views.view_dropout),
+        bool(views.get('view_dropout_normal_only', False)),
+        int(views.get('freeze_trunk_steps', 0)) if warm_started else 0,
+    )
 
 
 def preprocess_train_images(
@@ -153,8 +164,24 @@ def train_inputs(
       view_dropout_key(state.rng, state.step),
       batch['view_mask'],
       views.view_dropout,
+      batch['label'] == 0 if views.view_dropout_normal_only else None,
   )
   return images, view_mask
+
+
+def kept_batch_stats(
+    state: TrainState, new_batch_stats: Any, views: ViewSettings | None
+) -> Any:
+  """The step's BatchNorm statistics: the old ones while the trunk is frozen
+  (step < views.freeze_trunk_steps), else the new ones."""
+  if views is None or views.freeze_trunk_steps <= 0:
+    return new_batch_stats
+  frozen = state.step < views.freeze_trunk_steps
+  return jax.tree.map(
+      lambda old, new: jnp.where(frozen, old, new),
+      state.batch_stats,
+      new_batch_stats,
+  )
 
 
 def train_step(
@@ -196,7 +223,10 @@ def train_step(
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (_, (logits, new_model_state, terms)), grads = grad_fn(state.params)
   new_state = state.apply_gradients(
-      grads=grads, batch_stats=new_model_state['batch_stats']
+      grads=grads,
+      batch_stats=kept_batch_stats(
+          state, new_model_state['batch_stats'], views
+      ),
   )
   metrics = {
       **terms,

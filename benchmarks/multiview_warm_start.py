@@ -1,0 +1,234 @@
+r"""The per-view demo, the multi-view demo from scratch and the multi-view
+demo warm-started from that per-view run, over seeds: issue 27's experiment.
+
+For each seed s, under ROOT/s<s>/ (each training under `nice -n 5`, one at a
+time, each resumable: run the script again to continue):
+
+  python launch.py --config=configs/multiview_demo.py --workdir=ROOT/s<s>/warm \
+      --config.seed=s --config.data.synthetic.fracture_view_prob=P
+      (two stages: the per-view demo in ROOT/s<s>/warm/per_view, then the
+      multi-view model warm-started from its best checkpoint)
+  python launch.py --config=configs/multiview_demo.py \
+      --workdir=ROOT/s<s>/scratch --config.model.multiview.per_view_steps=0 \
+      --config.seed=s --config.data.synthetic.fracture_view_prob=P
+  python -m ankle_jax.evaluate --runs=ROOT/s<s>/warm/per_view,\
+ROOT/s<s>/warm,ROOT/s<s>/scratch --split=test --out=ROOT/s<s>/eval
+
+then prints, per seed and run, the test split's case-level ROC AUC with its
+DeLong interval (results.json), AUC minus the per-view soft vote's (DeLong,
+paired), accuracy at 0.5 and at the Youden threshold chosen on validation
+(summary.json's operating points, where evaluate reports one for the
+run), and the compute: training steps (per-view
++ multi-view) and images through the trunk (multi-view: cases x 3 view
+slots, padding included).
+
+Usage:
+  python benchmarks/multiview_warm_start.py --root=/tmp/mv_warm --seeds=0,1,2
+  python benchmarks/multiview_warm_start.py --root=... --seeds=0 --no_train
+
+The data are the demo's synthetic cases (data seed 0) with a fracture in
+each view of a fracture case with probability P (default 0.5); the seed is
+config.seed (initialization, data order, augmentation). The last line
+printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import multiview_vs_voting  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = 'configs/multiview_demo.py'
+# Row name -> (run directory under ROOT/s<s>, voting rule in results.json).
+ROWS = {
+    'per-view demo, soft vote': ('warm/per_view', 'soft'),
+    'per-view demo, hard vote': ('warm/per_view', 'hard'),
+    'multi-view from scratch': ('scratch', 'soft'),
+    'multi-view warm-started': ('warm', 'soft'),
+}
+BASELINE = 'per-view demo, soft vote'
+
+
+def run_command(args: list[str], log: pathlib.Path) -> None:
+  """Runs one command (niced) with its output in `log`; raises on failure."""
+  log.parent.mkdir(parents=True, exist_ok=True)
+  print('$ ' + ' '.join(args), flush=True)
+  with open(log, 'a') as out:
+    subprocess.run(
+        ['nice', '-n', '5', sys.executable, *args],
+        cwd=REPO_ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        check=True,
+    )
+
+
+def train_and_evaluate_seed(root: pathlib.Path, seed: int, prob: float):
+  """The two trainings and the evaluation of one seed (module docstring)."""
+  common = [
+      f'--config={CONFIG}',
+      f'--config.seed={seed}',
+      f'--config.data.synthetic.fracture_view_prob={prob}',
+      '--config.progress_bar=False',
+  ]
+  run_command(
+      ['launch.py', f'--workdir={root}/warm', *common], root / 'warm.log'
+  )
+  run_command(
+      [
+          'launch.py',
+          f'--workdir={root}/scratch',
+          '--config.model.multiview.per_view_steps=0',
+          *common,
+      ],
+      root / 'scratch.log',
+  )
+  runs = ','.join(str(root / ROWS[name][0]) for name in ROWS)
+  run_command(
+      [
+          '-m',
+          'ankle_jax.evaluate',
+          f'--runs={runs}',
+          '--split=test',
+          f'--out={root}/eval',
+      ],
+      root / 'eval.log',
+  )
+
+
+def read_json(path: pathlib.Path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def compute_of(run_dir: pathlib.Path) -> tuple[int, int, int]:
+  """(per-view steps, multi-view steps, images through the trunk) of a run,
+  its per-view stage included (init_from)."""
+  config = read_json(run_dir / 'config.json')
+  steps = read_json(run_dir / 'summary.json')['final_step']
+  views = config['model']['multiview']
+  if not views['enabled']:
+    return steps, 0, steps * config['batch_size']
+  images = steps * config['batch_size'] * views['max_views']
+  if views.get('init_from'):
+    pv_steps, _, pv_images = compute_of(pathlib.Path(views['init_from']))
+    return pv_steps, steps, pv_images + images
+  return 0, steps, images
+
+
+def youden_accuracy(summary: dict, run: str, split: str) -> float | None:
+  """Case accuracy on `split` at the Youden threshold chosen on validation."""
+  counts = summary['counts'][split]
+  for op in summary['operating_points']:
+    if (op['members'], op['level'], op['name']) == ([run], 'case', 'youden'):
+      if op['sensitivity'] is None or op['specificity'] is None:
+        return None
+      n_pos, n_neg = counts['fracture_cases'], counts['normal_cases']
+      right = op['sensitivity'] * n_pos + op['specificity'] * n_neg
+      return right / (n_pos + n_neg)
+  return None
+
+
+def case_probabilities(eval_dir: pathlib.Path, split: str) -> dict[str, dict]:
+  """{run: {case_id: (label, probability)}} from case_predictions.csv."""
+  out: dict[str, dict] = {}
+  with open(eval_dir / 'case_predictions.csv', newline='') as f:
+    for row in csv.DictReader(f):
+      if row['split'] == split:
+        out.setdefault(row['run'], {})[row['case_id']] = (
+            int(row['label']),
+            float(row['probability']),
+        )
+  return out
+
+
+def seed_rows(root: pathlib.Path) -> dict[str, dict]:
+  """{row name: its numbers} of one evaluated seed."""
+  eval_dir = root / 'eval'
+  summary = read_json(eval_dir / 'summary.json')
+  split = summary['split']
+  entries = {
+      (e['members'][0], e['voting']): e
+      for e in read_json(eval_dir / 'results.json')
+      if len(e['members']) == 1
+      and e['level'] == 'case'
+      and e['split'] == split
+      and not e.get('subgroup')
+  }
+  probs = case_probabilities(eval_dir, split)
+  names = {row: os.path.basename(ROWS[row][0]) for row in ROWS}
+  out = {}
+  for row, (run_dir, vote) in ROWS.items():
+    entry = entries[(names[row], vote)]
+    pv, mv, images = compute_of(root / run_dir)
+    out[row] = {
+        'roc_auc': multiview_vs_voting.fmt(entry, 'roc_auc'),
+        'auc': entry['metrics']['roc_auc'],
+        'accuracy': entry['metrics']['accuracy'],
+        'youden_accuracy': (
+            youden_accuracy(summary, names[row], split)
+            if vote == 'soft'
+            else None
+        ),
+        'steps': f'{pv} + {mv}',
+        'images': images,
+    }
+    if vote == 'soft' and row != BASELINE:
+      out[row]['vs_soft_vote'] = multiview_vs_voting.paired_difference(
+          probs, names[row], names[BASELINE]
+      ).describe()
+  return out
+
+
+def markdown(per_seed: dict[int, dict]) -> str:
+  header = (
+      '| seed | model (test, case level) | ROC AUC [95% DeLong] | AUC - soft'
+      ' vote (paired DeLong) | accuracy at 0.5 / at val Youden | steps '
+      '(per-view + multi-view) | images through the trunk |'
+  )
+  lines = [header, '|' + '---|' * 7]
+  for seed, rows in per_seed.items():
+    for name, r in rows.items():
+      youden = r['youden_accuracy']
+      acc = f'{r["accuracy"]:.3f} / ' + (
+          f'{youden:.3f}' if youden is not None else '-'
+      )
+      lines.append(
+          f'| {seed} | {name} | {r["roc_auc"]} | {r.get("vs_soft_vote", "")} '
+          f'| {acc} | {r["steps"]} | {r["images"]:,} |'
+      )
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--root', required=True)
+  parser.add_argument('--seeds', default='0')
+  parser.add_argument('--fracture_view_prob', type=float, default=0.5)
+  parser.add_argument('--no_train', action='store_true')
+  args = parser.parse_args()
+  per_seed = {}
+  for seed in (int(s) for s in args.seeds.split(',')):
+    root = pathlib.Path(args.root).resolve() / f's{seed}'
+    if not args.no_train:
+      train_and_evaluate_seed(root, seed, args.fracture_view_prob)
+    per_seed[seed] = seed_rows(root)
+  print(markdown(per_seed))
+  for name in ROWS:
+    aucs = [rows[name]['auc'] for rows in per_seed.values()]
+    print(f'{name:28s} AUC mean {np.mean(aucs):.3f} over {len(aucs)} seed(s)')
+  print(json.dumps({str(s): rows for s, rows in per_seed.items()}))
+
+
+if __name__ == '__main__':
+  main()
