@@ -53,6 +53,8 @@ CONFIG = 'configs/multiview_demo.py'
 ROWS = {
     'per-view demo, soft vote': ('warm/per_view', 'soft'),
     'per-view demo, hard vote': ('warm/per_view', 'hard'),
+    'per-view demo, max vote': ('warm/per_view', 'max'),
+    'per-view demo, noisy-OR vote': ('warm/per_view', 'noisy_or'),
     'multi-view from scratch': ('scratch', 'soft'),
     'multi-view warm-started': ('warm', 'soft'),
 }
@@ -93,7 +95,8 @@ def train_and_evaluate_seed(root: pathlib.Path, seed: int, prob: float):
       ],
       root / 'scratch.log',
   )
-  runs = ','.join(str(root / ROWS[name][0]) for name in ROWS)
+  run_dirs = dict.fromkeys(str(root / run_dir) for run_dir, _ in ROWS.values())
+  runs = ','.join(run_dirs)
   run_command(
       [
           '-m',
