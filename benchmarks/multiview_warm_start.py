@@ -14,13 +14,15 @@ time, each resumable: run the script again to continue):
   python -m ankle_jax.evaluate --runs=ROOT/s<s>/warm/per_view,\
 ROOT/s<s>/warm,ROOT/s<s>/scratch --split=test --out=ROOT/s<s>/eval
 
-then prints, per seed and run, the test split's case-level ROC AUC with its
+then prints, per seed and row, the test split's case-level ROC AUC with its
 DeLong interval (results.json), AUC minus the per-view soft vote's (DeLong,
-paired), accuracy at 0.5 and at the Youden threshold chosen on validation
-(summary.json's operating points, where evaluate reports one for the
-run), and the compute: training steps (per-view
-+ multi-view) and images through the trunk (multi-view: cases x 3 view
-slots, padding included).
+paired on the same cases), accuracy at 0.5 and at the threshold chosen on
+validation (Youden's J of that row's own case scores: the per-view run's
+view probabilities combined by its vote, mean / max / noisy-OR, from
+predictions.csv; a multi-view run's case probability), and the compute:
+training steps (per-view + multi-view) and images through the trunk
+(multi-view: cases x 3 view slots, padding included). The hard vote's ROC
+AUC is the soft vote's score's; it has no threshold of its own.
 
 Usage:
   python benchmarks/multiview_warm_start.py --root=/tmp/mv_warm --seeds=0,1,2
@@ -129,17 +131,45 @@ def compute_of(run_dir: pathlib.Path) -> tuple[int, int, int]:
   return 0, steps, images
 
 
-def youden_accuracy(summary: dict, run: str, split: str) -> float | None:
-  """Case accuracy on `split` at the Youden threshold chosen on validation."""
-  counts = summary['counts'][split]
-  for op in summary['operating_points']:
-    if (op['members'], op['level'], op['name']) == ([run], 'case', 'youden'):
-      if op['sensitivity'] is None or op['specificity'] is None:
-        return None
-      n_pos, n_neg = counts['fracture_cases'], counts['normal_cases']
-      right = op['sensitivity'] * n_pos + op['specificity'] * n_neg
-      return right / (n_pos + n_neg)
-  return None
+# Case score of a per-view run's view probabilities (float [V]) by vote.
+VOTE_SCORES = {
+    'soft': np.mean,
+    'max': np.max,
+    'noisy_or': lambda p: 1.0 - np.prod(1.0 - p),
+}
+
+
+def case_scores(eval_dir: pathlib.Path, run: str, vote: str, split: str):
+  """{case_id: (label, score)} of one run on `split`: a multi-view run's own
+  case probability (case_predictions.csv), or a per-view run's view
+  probabilities (predictions.csv) combined by `vote`."""
+  with open(eval_dir / 'case_predictions.csv', newline='') as f:
+    kinds = {r['kind'] for r in csv.DictReader(f) if r['run'] == run}
+  if 'multi_view' in kinds:
+    return case_probabilities(eval_dir, split)[run]
+  views: dict[str, tuple[int, list[float]]] = {}
+  with open(eval_dir / 'predictions.csv', newline='') as f:
+    for row in csv.DictReader(f):
+      if row['run'] == run and row['split'] == split:
+        _, probs = views.setdefault(row['case_id'], (int(row['label']), []))
+        probs.append(float(row['probability']))
+  score = VOTE_SCORES[vote]
+  return {c: (y, float(score(np.array(p)))) for c, (y, p) in views.items()}
+
+
+def youden_accuracy(validation: dict, reported: dict) -> float:
+  """Accuracy on `reported` ({case: (label, score)}) at the threshold that
+  maximizes sensitivity + specificity on `validation` (score >= t)."""
+  labels = np.array([y for y, _ in validation.values()])
+  scores = np.array([p for _, p in validation.values()])
+  best_t, best_j = 0.5, -np.inf
+  for t in np.unique(scores):
+    pred = scores >= t
+    j = pred[labels == 1].mean() + (~pred[labels == 0]).mean()
+    if j > best_j:
+      best_t, best_j = t, j
+  right = [(p >= best_t) == bool(y) for y, p in reported.values()]
+  return float(np.mean(right))
 
 
 def case_probabilities(eval_dir: pathlib.Path, split: str) -> dict[str, dict]:
@@ -168,8 +198,15 @@ def seed_rows(root: pathlib.Path) -> dict[str, dict]:
       and e['split'] == split
       and not e.get('subgroup')
   }
-  probs = case_probabilities(eval_dir, split)
   names = {row: os.path.basename(ROWS[row][0]) for row in ROWS}
+  scores = {}
+  for row, (_, vote) in ROWS.items():
+    if vote != 'hard':
+      scores[row] = {
+          s: case_scores(eval_dir, names[row], vote, s)
+          for s in ('validation', split)
+      }
+  test_scores = {row: pair[split] for row, pair in scores.items()}
   out = {}
   for row, (run_dir, vote) in ROWS.items():
     entry = entries[(names[row], vote)]
@@ -179,16 +216,16 @@ def seed_rows(root: pathlib.Path) -> dict[str, dict]:
         'auc': entry['metrics']['roc_auc'],
         'accuracy': entry['metrics']['accuracy'],
         'youden_accuracy': (
-            youden_accuracy(summary, names[row], split)
-            if vote == 'soft'
+            youden_accuracy(scores[row]['validation'], scores[row][split])
+            if row in scores
             else None
         ),
         'steps': f'{pv} + {mv}',
         'images': images,
     }
-    if vote == 'soft' and row != BASELINE:
+    if row in scores and row != BASELINE:
       out[row]['vs_soft_vote'] = multiview_vs_voting.paired_difference(
-          probs, names[row], names[BASELINE]
+          test_scores, row, BASELINE
       ).describe()
   return out
 
