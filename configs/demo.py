@@ -52,9 +52,9 @@ seed 1: 0.525 at step 150): at 0.9 the running statistics still lag the
 weights. Learning rate 1e-3 instead of 3e-3 did not take off earlier (seed
 0, stopped at step 130); the new border crop (8326f81) moves 13 of 120
 demo views by 1-5 edge pixels, not a cause. Wall time: neither field adds
-computation (same model, batch and steps). Measured on the shared 2-core
-CPU under others' jobs, seeds 0-4: after, 300 steps, 812 s (load 13),
-670 s (9), 479 s (8), 533 s (11), 399 s (6); before, 400 steps, 979 s (13, with generation and
+computation (same model, batch and steps). Measured on the shared 2-core CPU
+under others' jobs, seeds 0-4: after, 300 steps, 812 s (load 13), 670 s (9), 479
+s (8), 533 s (11), 399 s (6); before, 400 steps, 979 s (13, with generation and
 build), 1006 s (13), 795 s (9), 656 s (9), 796 s (5).
 
 Difficulty. The generator's default fracture (`fracture_conspicuity=1.0`) is
