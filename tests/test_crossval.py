@@ -112,25 +112,11 @@ def fold_datasets(root):
 
 def patch_datasets(monkeypatch, datasets):
   """pipeline/prepare stand-ins over {data_dir: {split: fake_split}}."""
-  from test_evaluate import fake_batches_fn  # noqa: PLC0415
+  from test_evaluate import _patch_datasets  # noqa: PLC0415
 
   from ankle_jax.data import folds  # noqa: PLC0415
-  from ankle_jax.data import pipeline  # noqa: PLC0415
-  from ankle_jax.data import prepare  # noqa: PLC0415
 
-  def load_split(data_dir, split, dataset_config='dicom_cases'):
-    if split not in datasets[str(data_dir)]:
-      raise FileNotFoundError(f'no {split} in {data_dir}')
-    return datasets[str(data_dir)][split]
-
-  def iterate(source, *, batch_size, image_size, max_views_per_case=0):
-    return fake_batches_fn({'s': source}, batch_size)('s')(image_size)
-
-  monkeypatch.setattr(
-      prepare, 'dataset_exists', lambda d, c: str(d) in datasets
-  )
-  monkeypatch.setattr(pipeline, 'load_split', load_split)
-  monkeypatch.setattr(pipeline, 'iterate_eval_batches', iterate)
+  _patch_datasets(monkeypatch, datasets)
   monkeypatch.setattr(models, 'from_run_config', tiny_create_model)
   # A fold run's validation: its own stand-in dataset's validation split.
   monkeypatch.setattr(

@@ -27,7 +27,6 @@ the build warns. The salt never changes the split.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 from absl import flags
@@ -132,24 +131,14 @@ def config_overrides() -> dict[str, Any]:
 
 
 def read_salt_file(path: str, salt_flag: str | None = None) -> str:
-  """The salt in a --salt_file (surrounding whitespace stripped).
+  """The salt in a --salt_file (`prepare.read_salt_file`).
 
   Raises:
     console.UserError: --salt given too, the file unreadable or blank.
   """
   if salt_flag is not None:
     raise console.UserError('give --salt or --salt_file, not both.')
-  try:
-    salt = pathlib.Path(path).read_text().strip()
-  except (OSError, UnicodeDecodeError) as e:
-    raise console.UserError(
-        f'--salt_file={path}: cannot read it ({type(e).__name__}).'
-    ) from e
-  if not salt:
-    raise console.UserError(
-        f'--salt_file={path} is empty: put a private salt (any text) in it.'
-    )
-  return salt
+  return prepare.read_salt_file(path)
 
 
 def main(argv: list[str]) -> None:

@@ -112,6 +112,26 @@ def missing_dataset_error(
   )
 
 
+def read_salt_file(path: str) -> str:
+  """The salt in a salt file (`ankle_jax.data.build --salt_file`; surrounding
+  whitespace stripped), as the builder and `predict --salt_file` read it.
+
+  Raises:
+    console.UserError: the file unreadable or blank.
+  """
+  try:
+    salt = pathlib.Path(path).read_text().strip()
+  except (OSError, UnicodeDecodeError) as e:
+    raise console.UserError(
+        f'--salt_file={path}: cannot read it ({type(e).__name__}).'
+    ) from e
+  if not salt:
+    raise console.UserError(
+        f'--salt_file={path} is empty: put a private salt (any text) in it.'
+    )
+  return salt
+
+
 def check_build_input(manual_dir: os.PathLike | str, config: str) -> None:
   """Raises BuildError (a console.UserError) for a config or manual_dir that
   cannot be built: an unknown config name, a missing or empty folder."""

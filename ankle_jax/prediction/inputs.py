@@ -97,23 +97,6 @@ class Inputs:
   skipped: tuple[SkippedFile, ...]
 
 
-def read_salt_file(path: str) -> str:
-  """The salt in a salt file (as `ankle_jax.data.build --salt_file` reads it).
-
-  Raises:
-    console.UserError: unreadable or blank.
-  """
-  try:
-    salt = pathlib.Path(path).read_text().strip()
-  except (OSError, UnicodeDecodeError) as e:
-    raise console.UserError(
-        f'--salt_file={path}: cannot read it ({type(e).__name__}).'
-    ) from e
-  if not salt:
-    raise console.UserError(f'--salt_file={path} is empty.')
-  return salt
-
-
 def walk_files(root: str, exclude: Sequence[str] = ()) -> list[str]:
   """The regular files under `root` (or root itself), sorted; hidden names,
   DICOMDIR and anything under `exclude` folders left out."""

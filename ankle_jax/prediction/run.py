@@ -23,6 +23,7 @@ import tqdm
 from ankle_jax import console
 from ankle_jax import inference
 from ankle_jax import saliency
+from ankle_jax.data import prepare
 from ankle_jax.data.radiograph_studies import config as builder_config
 from ankle_jax.dicom_out import identity as identity_lib
 from ankle_jax.dicom_out import write as write_lib
@@ -91,7 +92,7 @@ def _salt(settings: BatchSettings) -> str | None:
   if not settings.hash_ids:
     return None
   if settings.salt_file:
-    return inputs_lib.read_salt_file(settings.salt_file)
+    return prepare.read_salt_file(settings.salt_file)
   return builder_config.DEFAULT_SALT
 
 
