@@ -11,6 +11,7 @@ from sklearn import metrics as sk_metrics
 from ankle_jax.evaluation import aggregation
 from ankle_jax.evaluation import evaluation
 from ankle_jax.evaluation import metrics as metrics_lib
+from ankle_jax.evaluation import results as results_lib
 from ankle_jax.evaluation import voting
 from ankle_jax.evaluation.predictions import SplitPredictions
 from ankle_jax.evaluation.results import ResultEntry
@@ -153,6 +154,18 @@ def test_honest_protocol_chooses_the_aggregation_on_validation():
   test_max = ev.results[ResultKey(('r',), 'test', 'case', 'max')]
   assert summary['voting'] == 'max' and summary['reported_on'] == 'test'
   assert summary['reported_metrics'] == test_max.metrics
+  # Its thresholds are chosen on validation's max scores, not fixed at 0.5.
+  youden = {op['name']: op for op in summary['operating_points']}['youden']
+  assert youden['voting'] == 'max' and youden['chosen_on'] == 'validation'
+  dv = results_lib.decide_split(
+      ev.predictions['validation'], [0], 'case', 'max'
+  )
+  threshold = metrics_lib.choose_threshold('youden', dv.labels, dv.scores)
+  assert youden['threshold'] == threshold
+  dt = ev.decisions(('r',), 'case', 'max')
+  called = dt.scores >= threshold
+  assert youden['sensitivity'] == called[dt.labels == 1].mean()
+  assert youden['specificity'] == (~called[dt.labels == 0]).mean()
   assert ev.summary_json()['protocols']['honest']['case_max']['members'] == [
       'r'
   ]

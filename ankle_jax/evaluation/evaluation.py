@@ -194,7 +194,30 @@ class Evaluation:
         **self.aggregation.to_json(),
         'reported_metrics': entry['metrics'],
         'reported_ci95': entry['ci95'],
+        'operating_points': [
+            op.to_json() for op in self._aggregation_operating_points()
+        ],
     }
+
+  def _aggregation_operating_points(self) -> list[OperatingPoint]:
+    """The chosen aggregation's thresholds chosen on validation (its
+    reported metrics are at 0.5, where max and noisy-OR lean to fracture);
+    none for the stacked aggregator (its validation scores are out of
+    fold)."""
+    choice = self.aggregation
+    if choice.voting == aggregation_lib.STACKED or (
+        VALIDATION not in self.predictions
+    ):
+      return []
+    members = [self.run_names.index(m) for m in choice.members]
+    return results_lib.vote_operating_points(
+        self.predictions,
+        self.run_names,
+        members,
+        'case',
+        choice.voting,
+        self.split,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -295,10 +295,11 @@ class OperatingPoint:
   sensitivity: float | None
   specificity: float | None
   ci95: dict[str, tuple[float | None, float | None]]
+  voting: str = 'soft'
 
   def to_json(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
-    out.update(members=list(self.members), voting='soft')
+    out.update(members=list(self.members))
     out['ci95'] = {k: list(v) for k, v in self.ci95.items()}
     return out
 
@@ -314,37 +315,55 @@ def compute_operating_points(
   For each members tuple and level: the Youden threshold and the highest
   threshold with sensitivity >= 0.90 on validation.
   """
-  val, test = by_split[VALIDATION], by_split[split]
-  val_cases, test_cases = val.cases(), test.cases()
+  return [
+      op
+      for members in members_list
+      for level in voting.LEVELS
+      for op in vote_operating_points(
+          by_split, run_names, members, level, 'soft', split
+      )
+  ]
+
+
+def vote_operating_points(
+    by_split: Mapping[str, SplitPredictions],
+    run_names: Sequence[str],
+    members: Sequence[int],
+    level: str,
+    vote: str,
+    split: str,
+) -> list[OperatingPoint]:
+  """The OPERATING_POINTS of one ensemble's `vote` scores at `level`: each
+  threshold chosen on validation, applied to `split` (none when validation
+  holds one class)."""
+  dv = decide_split(by_split[VALIDATION], members, level, vote)
+  dt = decide_split(by_split[split], members, level, vote)
+  if np.unique(dv.labels).size < 2:
+    return []
   out = []
-  for members in members_list:
-    for level in voting.LEVELS:
-      dv = decide_split(val, members, level, 'soft', val_cases)
-      dt = decide_split(test, members, level, 'soft', test_cases)
-      if np.unique(dv.labels).size < 2:
-        continue
-      for name, description in metrics_lib.OPERATING_POINTS.items():
-        threshold = metrics_lib.choose_threshold(name, dv.labels, dv.scores)
-        op = metrics_lib.operating_point(
-            dt.labels, dt.scores, threshold, dt.clusters
+  for name, description in metrics_lib.OPERATING_POINTS.items():
+    threshold = metrics_lib.choose_threshold(name, dv.labels, dv.scores)
+    op = metrics_lib.operating_point(
+        dt.labels, dt.scores, threshold, dt.clusters
+    )
+    out.append(
+        OperatingPoint(
+            members=tuple(run_names[i] for i in members),
+            level=level,
+            name=name,
+            description=description,
+            chosen_on=VALIDATION,
+            split=split,
+            threshold=op['threshold'],
+            sensitivity=_finite_or_none(op['sensitivity']),
+            specificity=_finite_or_none(op['specificity']),
+            ci95={
+                k: tuple(_finite_or_none(x) for x in v)
+                for k, v in op['ci95'].items()
+            },
+            voting=vote,
         )
-        out.append(
-            OperatingPoint(
-                members=tuple(run_names[i] for i in members),
-                level=level,
-                name=name,
-                description=description,
-                chosen_on=VALIDATION,
-                split=split,
-                threshold=op['threshold'],
-                sensitivity=_finite_or_none(op['sensitivity']),
-                specificity=_finite_or_none(op['specificity']),
-                ci95={
-                    k: tuple(_finite_or_none(x) for x in v)
-                    for k, v in op['ci95'].items()
-                },
-            )
-        )
+    )
   return out
 
 
