@@ -21,6 +21,7 @@ import ml_collections
 from ankle_jax import models
 from ankle_jax import train
 from ankle_jax import writers
+from ankle_jax.training import config_checks
 from ankle_jax.training import records
 
 PER_VIEW_DIR = 'per_view'  # Stage 1's run directory, under the workdir.
@@ -87,6 +88,10 @@ def train_stages(
   """Trains each planned stage in turn (train_kwargs: train_and_evaluate's);
   the last stage's run summary."""
   stages = planned_stages(config, workdir)
+  # Every stage's config is checked before the first trains: a bad
+  # multi-view field must not wait for the per-view stage to finish.
+  for stage in stages:
+    config_checks.validate_config(stage.config)
   summary = {}
   for number, stage in enumerate(stages, start=1):
     if len(stages) > 1:

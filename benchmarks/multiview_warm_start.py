@@ -92,8 +92,8 @@ def train_and_evaluate_seed(root: pathlib.Path, seed: int, prob: float):
       [
           'launch.py',
           f'--workdir={root}/scratch',
+          *common,  # --config first: absl reads overrides after it.
           '--config.model.multiview.per_view_steps=0',
-          *common,
       ],
       root / 'scratch.log',
   )

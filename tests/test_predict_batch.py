@@ -157,12 +157,10 @@ def test_batch_probabilities_equal_the_one_case_command(studies, run_dir):
   """Batched across cases (padded batches) = each case alone."""
   found = inputs.find_cases([studies])
   runs = inference.load_runs([run_dir])
-  outcome = batch_lib.predict_cases(
-      runs, found.cases, batch_size=4, stored_size=0
-  )
+  outcome = batch_lib.predict_cases(runs, found.cases, batch_size=4)
   for result in outcome.results:
     files = [v.file.path for v in result.views]
-    alone = single.predict_case(runs, files)
+    alone = single.predict_case(runs, files)  # read the same way
     np.testing.assert_allclose(
         [v.prob_raw for v in result.views], alone.probs_rv[0], rtol=1e-5
     )
