@@ -16,8 +16,6 @@ calibration fitted on OOF.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-import csv
 import html
 import json
 import os
@@ -33,6 +31,7 @@ from ankle_jax.reporting.format import Table
 from ankle_jax.reporting.format import calibration_row
 from ankle_jax.reporting.format import format_threshold
 from ankle_jax.reporting.format import format_value
+from ankle_jax.reporting.format import write_csv
 
 REPORT_FILE = 'report.md'
 HTML_FILE = 'report.html'
@@ -168,13 +167,6 @@ def blocks(ev: oof_lib.OofEvaluation, workdir: str) -> list:
   ]
 
 
-def _write_csv(path: str, header: Sequence[str], rows) -> None:
-  with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(header)
-    writer.writerows(rows)
-
-
 def write_cv(
     out_dir: str,
     oof: oof_lib.OofPredictions,
@@ -186,7 +178,7 @@ def write_cv(
   checkpoints: {run: {'which', 'step'}} the fold models', in results.json."""
   os.makedirs(out_dir, exist_ok=True)
   paths = [os.path.join(out_dir, name) for name in FILES]
-  _write_csv(paths[0], *oof_lib.oof_rows(oof))
+  write_csv(paths[0], *oof_lib.oof_rows(oof))
   with open(paths[1], 'w') as f:
     json.dump({**ev.to_json(), 'checkpoints': checkpoints}, f, indent=1)
   page = blocks(ev, workdir)

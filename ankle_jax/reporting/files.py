@@ -8,7 +8,6 @@ results.json and summary.json. Probabilities are written exactly (repr).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-import csv
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from ankle_jax.evaluation.predictions import PREDICTIONS_FILE
 from ankle_jax.evaluation.predictions import SplitPredictions
 from ankle_jax.evaluation.predictions import multiview_of
 from ankle_jax.reporting.context import ReportContext
+from ankle_jax.reporting.format import write_csv
 
 RESULTS_FILE = 'results.json'
 SUMMARY_FILE = 'summary.json'
@@ -122,13 +122,6 @@ def _calibrated(
   return out
 
 
-def _write_csv(path: str, header: Sequence[str], rows) -> None:
-  with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(header)
-    writer.writerows(rows)
-
-
 def write_prediction_csvs(
     out_dir: str,
     run_names: Sequence[str],
@@ -145,7 +138,7 @@ def write_prediction_csvs(
     header, rows = rows_of(run_names, predictions)
     calibrator_of = {r: calibrators.get(((r,), level)) for r in run_names}
     calibrated = _calibrated(rows, header.index('probability'), calibrator_of)
-    _write_csv(
+    write_csv(
         os.path.join(out_dir, name),
         [*header, CALIBRATED_COLUMN],
         [[*row, p] for row, p in zip(rows, calibrated)],

@@ -9,6 +9,7 @@ its 95% interval with 2; '0.975' without an interval, 'n/a' if undefined.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import csv
 import dataclasses
 import html
 import re
@@ -307,3 +308,11 @@ SUBGROUP_FOOTNOTE = (
 
 def has_small_subgroup(table: Table) -> bool:
   return any(' †' in row[2] for row in table.rows)
+
+
+def write_csv(path: str, header: Sequence[str], rows) -> None:
+  """Writes a CSV file: the header row, then `rows`."""
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    writer.writerows(rows)
