@@ -281,6 +281,19 @@ def views_per_case(
   return max_eval_views
 
 
+def load_evaluated_runs(
+    run_dirs: Sequence[str], checkpoint: str | None
+) -> tuple[list[inference.Run], int | None]:
+  """(the restored runs, K when they are the K folds of a cross-validation,
+  else None): a cross-validation workdir expands to its folds, which come
+  in fold order."""
+  runs = inference.load_runs(crossval_runs.expand_runs(run_dirs), checkpoint)
+  num_folds = crossval_runs.check_fold_ensemble(runs)
+  if num_folds:
+    runs = crossval_runs.in_fold_order(runs)
+  return runs, num_folds
+
+
 def evaluate_runs(
     run_dirs: Sequence[str],
     *,
@@ -309,14 +322,9 @@ def evaluate_runs(
       config.eval_checkpoint.
     max_eval_views: views kept per case, the first by view position, then
       file name (0 = all); None: the first run's config.data.max_eval_views.
-    data_dir: dataset directory (default: the first run's data.data_dir).
-    dataset_config: builder config (default: the first run's
-      data.dataset_config).
+    data_dir, dataset_config: the dataset (default: the first run's).
     batch_size: views per forward batch (each of the group's runs sees it).
-    max_subsets: cap on the number of ensembles (None: all odd subsets).
-    num_bootstrap: bootstrap resamples (ROC bands, calibration intervals).
-    seed: bootstrap and subset-sampling seed.
-    selection_metric: metric that picks the protocols' best ensembles.
+    max_subsets, num_bootstrap, seed, selection_metric: as in `Settings`.
     batches_fn: (split) -> batches_for(image_size) or None when the split
       does not exist; defaults to the TFDS pipeline (tests inject fakes; an
       injected one applies no view cap itself).
@@ -326,10 +334,7 @@ def evaluate_runs(
   Raises:
     console.UserError: no run directory, no checkpoint, or no dataset/split.
   """
-  runs = inference.load_runs(crossval_runs.expand_runs(run_dirs), checkpoint)
-  num_folds = crossval_runs.check_fold_ensemble(runs)
-  if num_folds:
-    runs = crossval_runs.in_fold_order(runs)
+  runs, num_folds = load_evaluated_runs(run_dirs, checkpoint)
   max_eval_views = views_per_case(runs, max_eval_views)
   inputs = evaluation_inputs.EvaluationInputs.of(
       runs,
@@ -340,13 +345,13 @@ def evaluate_runs(
       batch_size=batch_size,
       max_eval_views=max_eval_views,
   )
-  oof_source = None
-  if num_folds:
-    by_split, oof_source = fold_ensemble_splits(
-        runs, split, inputs.batches_fn, batch_size, max_eval_views
-    )
-  else:
-    by_split = predict_splits(runs, split, inputs.batches_fn)
+  by_split, oof_source = (
+      fold_ensemble_splits(
+          runs, split, inputs.batches_fn, batch_size, max_eval_views
+      )
+      if num_folds
+      else (predict_splits(runs, split, inputs.batches_fn), None)
+  )
   evaluation = compute(
       by_split,
       [r.name for r in runs],

@@ -152,11 +152,10 @@ def case_folds(
 ) -> dict[str, int]:
   """case_id -> fold of every train and validation case of a built dataset."""
   sources = _fold_split_sources(data_dir, dataset_config)
-  return _folds_of(sources, data_dir, dataset_config, num_folds)
+  return _folds_of(_case_labels(sources), data_dir, dataset_config, num_folds)
 
 
-def _folds_of(sources, data_dir, dataset_config, num_folds) -> dict[str, int]:
-  labels = _case_labels(sources)
+def _folds_of(labels, data_dir, dataset_config, num_folds) -> dict[str, int]:
   units = fold_units(labels, stored_groups(data_dir, dataset_config))
   return assign_folds(units, num_folds)
 
@@ -215,8 +214,9 @@ def fold_sources(
         f'0..{num_folds - 1} (or -1: no cross-validation)'
     )
   sources = _fold_split_sources(data_dir, dataset_config)
-  fold_of = _folds_of(sources, data_dir, dataset_config, num_folds)
-  _check_both_labels(fold_of, _case_labels(sources), num_folds)
+  labels = _case_labels(sources)
+  fold_of = _folds_of(labels, data_dir, dataset_config, num_folds)
+  _check_both_labels(fold_of, labels, num_folds)
   picked = {True: [], False: []}
   for source in sources:
     in_fold = np.array(
