@@ -2,7 +2,7 @@ r"""K-fold cross-validation: trains the folds, then the out-of-fold evaluation.
 
   python -m ankle_jax.crossval --config=configs/demo.py --workdir=runs/cv \
       [--folds=5] [--config.<field>=<value> ...] [--num_bootstrap=2000] \
-      [--seed=0] [--batch_size=16]
+      [--seed=0] [--batch_size=16] [--checkpoint=best|latest]
 
 Training. Fold k (0-based) is trained as DIR/fold_<k>, an ordinary run of
 the config with data.cv_folds=K and data.cv_fold=k, exactly as
@@ -18,11 +18,15 @@ data.cv_folds (5).
 
 Evaluation (DIR/cv/, ankle_jax.reporting.crossval): every train+validation
 case predicted by the fold model that did not see it (each fold run on its
-own validation split, as `evaluate` reads it): oof_predictions.csv
+own validation split, as `evaluate` reads it; --checkpoint, else each fold
+run's config.eval_checkpoint): oof_predictions.csv
 (predictions.csv's columns; run = the fold run that predicted the view),
 results.json (OOF metrics with DeLong / Wilson intervals, operating points
 chosen on OOF, per-fold metrics and their spread, the calibration fitted on
-OOF), report.md and report.html.
+OOF), report.md and report.html. A 'best' checkpoint was chosen on the
+fold it predicts here, which makes OOF optimistic by that choice;
+--checkpoint=latest (the last step of a fixed schedule) chooses nothing on
+the OOF cases (report.md says which was used).
 
 The fold ensemble on test: python -m ankle_jax.evaluate --runs=DIR
 --out=DIR/eval_test (its thresholds and calibration come from the OOF
@@ -63,6 +67,14 @@ def define_flags() -> None:
   )
   flags.DEFINE_integer('seed', 0, 'Bootstrap seed.')
   flags.DEFINE_integer('batch_size', 16, 'Views per forward batch.')
+  flags.DEFINE_enum(
+      'checkpoint',
+      None,
+      ['best', 'latest'],
+      "Each fold model's checkpoint for the OOF predictions (default: the "
+      "run's config.eval_checkpoint). 'latest' chooses nothing on the OOF "
+      "cases; 'best' was chosen on them.",
+  )
   config_flags.DEFINE_config_file(
       'config',
       None,
@@ -99,17 +111,21 @@ def evaluate_folds(
     num_bootstrap: int = 2000,
     seed: int = 0,
     batch_size: int = 16,
+    checkpoint: str | None = None,
     batches_fn_of=None,
 ):
   """The OOF evaluation of DIR's K folds, written to DIR/cv; returns the
-  OofEvaluation (batches_fn_of: crossval_runs.predict_oof's, tests only)."""
+  OofEvaluation (checkpoint: 'best' or 'latest' for every fold, None: each
+  run's config.eval_checkpoint; batches_fn_of: crossval_runs.predict_oof's,
+  tests only)."""
   from ankle_jax import crossval_runs  # noqa: PLC0415
   from ankle_jax import inference  # noqa: PLC0415
   from ankle_jax.evaluation import oof as oof_lib  # noqa: PLC0415
   from ankle_jax.reporting import crossval as report  # noqa: PLC0415
 
   runs = inference.load_runs(
-      [crossval_runs.fold_dir(workdir, k) for k in range(num_folds)]
+      [crossval_runs.fold_dir(workdir, k) for k in range(num_folds)],
+      checkpoint,
   )
   oof = crossval_runs.predict_oof(
       runs,
@@ -216,6 +232,7 @@ def main(argv: Sequence[str]) -> int:
           num_bootstrap=FLAGS.num_bootstrap,
           seed=FLAGS.seed,
           batch_size=FLAGS.batch_size,
+          checkpoint=FLAGS.checkpoint,
       ),
       FLAGS.verbosity,
   )

@@ -18,10 +18,14 @@ Usage:
       --seeds=0,1,2 \
       --recipe=r128=configs/fracatlas_cpu.py:image_size=128 \
       --recipe=r160=configs/fracatlas_cpu.py \
-      [--no_train] [--config.<field>=<value> ... passed to every recipe]
+      [--no_train] [--checkpoint=latest] \
+      [--config.<field>=<value> ... passed to every recipe]
 
 A recipe is NAME=CONFIG[:FIELD=VALUE,FIELD=VALUE...] (fields as in
---config.FIELD=VALUE). --no_train only reads what the workdirs hold. Writes
+--config.FIELD=VALUE). --no_train only reads what the workdirs hold. Other
+flags (--checkpoint=latest: OOF from the last checkpoints, nothing chosen on
+the OOF cases) go to crossval; every workdir's OOF must come from the same
+kind of checkpoint. Writes
 ROOT/recipe_search.json and ROOT/recipe_search.md; prints the markdown.
 The folds depend only on the dataset and K, so every recipe and seed sees
 the same OOF cases (the pairing needs it; a mismatch is an error).
@@ -102,6 +106,15 @@ def case_scores(workdir: str, folds: int) -> dict[str, tuple[int, float]]:
   }
 
 
+def checkpoint_kind(workdir: str) -> str:
+  """'best', 'latest' or 'mixed': the fold checkpoints behind a workdir's OOF
+  predictions (cv/results.json)."""
+  path = os.path.join(crossval_runs.cv_dir(workdir), crossval_runs.RESULTS_FILE)
+  with open(path) as f:
+    kinds = {c['which'] for c in json.load(f)['checkpoints'].values()}
+  return kinds.pop() if len(kinds) == 1 else 'mixed'
+
+
 def aligned(
     scores: dict[str, dict[str, tuple[int, float]]],
 ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
@@ -132,9 +145,12 @@ def summarize(
     seeds: list[int],
     scores_of: dict[str, np.ndarray],
     labels: np.ndarray,
+    checkpoint: str,
 ) -> dict:
-  """The per-recipe AUCs and the pairwise paired differences."""
+  """The per-recipe AUCs and the pairwise paired differences (checkpoint:
+  the fold checkpoints of every workdir, 'best' or 'latest')."""
   out = {
+      'checkpoint': checkpoint,
       'recipes': {},
       'pairs': [],
       'cases': int(labels.size),
@@ -178,7 +194,8 @@ def summarize(
 def markdown(summary: dict) -> str:
   lines = [
       f"OOF cases: {summary['cases']} ({summary['fractured']} fractured); "
-      'case level, soft vote; DeLong 95% intervals.',
+      'case level, soft vote; DeLong 95% intervals; fold models: their '
+      f"{summary['checkpoint']} checkpoints.",
       '',
       '| Recipe | OOF ROC AUC per seed | mean (sd) | seed-averaged scores |',
       '|---|---|---|---|',
@@ -219,7 +236,7 @@ def main(argv: list[str]) -> int:
   seeds = [int(s) for s in args.seeds.split(',')]
   if len(recipes) < 2 or len({r.name for r in recipes}) < len(recipes):
     parser.error('give at least two --recipe with different names')
-  scores = {}
+  scores, kinds = {}, {}
   for r, s in itertools.product(recipes, seeds):
     workdir = workdir_of(args.root, r, s)
     if not args.no_train:
@@ -228,8 +245,14 @@ def main(argv: list[str]) -> int:
       if subprocess.run(command, cwd=REPO_ROOT, check=False).returncode:
         return 1
     scores[f'{r.name}/{s}'] = case_scores(workdir, args.folds)
+    kinds[workdir] = checkpoint_kind(workdir)
+  if len(set(kinds.values())) != 1 or 'mixed' in kinds.values():
+    parser.error(
+        f'the OOF predictions come from different checkpoints ({kinds}): '
+        'run crossval again with one --checkpoint=best|latest for all'
+    )
   _, labels, scores_of = aligned(scores)
-  summary = summarize(recipes, seeds, scores_of, labels)
+  summary = summarize(recipes, seeds, scores_of, labels, kinds.popitem()[1])
   os.makedirs(args.root, exist_ok=True)
   with open(os.path.join(args.root, 'recipe_search.json'), 'w') as f:
     json.dump(summary, f, indent=1)

@@ -63,8 +63,11 @@ def _finished(workdir, final_step=4, num_train_steps=4, stopped_early=False):
     )
 
 
-def make_fold_run(workdir, fold, data_dir, num_folds=NUM_FOLDS):
-  """A finished fold run whose model outputs PROBS[fold] for every view."""
+def make_fold_run(
+    workdir, fold, data_dir, num_folds=NUM_FOLDS, latest_prob=None
+):
+  """A finished fold run whose model outputs PROBS[fold] for every view (its
+  best checkpoint; with latest_prob, a latest checkpoint outputs that)."""
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
@@ -80,6 +83,9 @@ def make_fold_run(workdir, fold, data_dir, num_folds=NUM_FOLDS):
   dense['bias'][...] = [0.0, special.logit(PROBS[fold % len(PROBS)])]
   ckpt = checkpoint.RunCheckpoints(workdir)
   ckpt.save_best(4, variables, {'val_accuracy': 0.5})
+  if latest_prob is not None:
+    dense['bias'][...] = [0.0, special.logit(latest_prob)]
+    ckpt.save_latest(4, {'step': np.int32(4), **variables}, [None], {})
   ckpt.close()
   _finished(workdir)
   return workdir
@@ -394,9 +400,9 @@ def test_merge_folds_refuses_a_case_in_two_folds():
   assert oof_lib.as_validation(merged, 3).probs_rv.shape == (3, 4)
 
 
-def _write_oof(workdir, case_probs, labels):
-  """A crossval workdir's cv/oof_predictions.csv: one view per case, case
-  c in fold c % 2."""
+def _write_oof(workdir, case_probs, labels, which='best'):
+  """A crossval workdir's cv/oof_predictions.csv (one view per case, case
+  c in fold c % 2) and results.json's checkpoints (`which` kind)."""
   ids = [f'case{c:02d}' for c in range(len(labels))]
   per_fold = [
       SplitPredictions(
@@ -416,6 +422,10 @@ def _write_oof(workdir, case_probs, labels):
       newline='',
   ) as f:
     csv.writer(f).writerows([header, *rows])
+  checkpoints = {f'fold_{k}': {'which': which, 'step': 4} for k in range(2)}
+  results = os.path.join(crossval_runs.cv_dir(workdir), 'results.json')
+  with open(results, 'w') as f:
+    json.dump({'checkpoints': checkpoints}, f)
 
 
 def test_recipe_search_pairs_oof_aucs_by_case(tmp_path, monkeypatch):
@@ -455,6 +465,59 @@ def test_recipe_search_pairs_oof_aucs_by_case(tmp_path, monkeypatch):
   assert summary['recipes']['b']['overrides'] == ['image_size=96']
   assert set(summary['recipes']['a']['oof_roc_auc_per_seed']) == {'0', '1'}
   assert 'a - b' in _text(tmp_path / 'recipe_search.md')
+  assert summary['checkpoint'] == 'best'
+
+
+def test_recipe_search_refuses_oof_of_different_checkpoints(
+    tmp_path, monkeypatch, capsys
+):
+  monkeypatch.syspath_prepend(os.path.join(REPO_ROOT, 'benchmarks'))
+  import recipe_search  # noqa: PLC0415
+
+  labels = [c % 2 for c in range(8)]
+  for name, which in (('a', 'best'), ('b', 'latest')):
+    _write_oof(str(tmp_path / name / 'seed_0'), [0.3] * 8, labels, which)
+  with pytest.raises(SystemExit) as e:
+    recipe_search.main(
+        [
+            f'--root={tmp_path}',
+            '--recipe=a=configs/demo.py',
+            '--recipe=b=configs/demo.py:image_size=96',
+            '--folds=2',
+            '--no_train',
+        ]
+    )
+  assert e.value.code == 2
+  assert 'different checkpoints' in capsys.readouterr().err
+
+
+def test_oof_from_the_last_checkpoints_when_asked(tmp_path, monkeypatch):
+  datasets = fold_datasets(str(tmp_path))
+  patch_datasets(monkeypatch, datasets)
+  workdir = str(tmp_path / 'cv')
+  latest = (0.3, 0.6, 0.9)
+  for k in range(NUM_FOLDS):
+    make_fold_run(
+        crossval_runs.fold_dir(workdir, k),
+        k,
+        str(tmp_path / f'data_{k}'),
+        latest_prob=latest[k],
+    )
+  crossval.evaluate_folds(
+      workdir, NUM_FOLDS, num_bootstrap=50, checkpoint='latest'
+  )
+  cv_dir = crossval_runs.cv_dir(workdir)
+  for r in _rows(os.path.join(cv_dir, 'oof_predictions.csv')):
+    fold = fold_of(int(r['case_id'][3:6]))
+    assert float(r['probability']) == pytest.approx(latest[fold], abs=1e-6)
+  results = json.loads(_text(os.path.join(cv_dir, 'results.json')))
+  assert {c['which'] for c in results['checkpoints'].values()} == {'latest'}
+  assert 'nothing was chosen on the OOF cases' in _text(
+      os.path.join(cv_dir, 'report.md')
+  )
+  # The default (config.eval_checkpoint = 'best') says what it costs.
+  crossval.evaluate_folds(workdir, NUM_FOLDS, num_bootstrap=50)
+  assert 'makes OOF optimistic' in _text(os.path.join(cv_dir, 'report.md'))
 
 
 def test_saved_oof_only_when_made_from_the_checkpoints_restored(tmp_path):

@@ -43,7 +43,9 @@ def _fmt(x: float | None) -> str:
   return 'n/a' if x is None else f'{x:.3f}'
 
 
-def _overview(ev: oof_lib.OofEvaluation, workdir: str) -> list:
+def _overview(
+    ev: oof_lib.OofEvaluation, workdir: str, checkpoints: dict[str, dict]
+) -> list:
   c = ev.counts
   return [
       f'{ev.num_folds}-fold cross-validation in `{workdir}`: fold k is an '
@@ -58,12 +60,28 @@ def _overview(ev: oof_lib.OofEvaluation, workdir: str) -> list:
       '(clustered by case at image level); proportions: Wilson (design '
       'effect at image level).',
       '',
-      "Each fold model is its run's evaluation checkpoint "
-      "(config.eval_checkpoint); where that is 'best', it was chosen on the "
-      'same fold, which makes OOF mildly optimistic (the test split of the '
-      'fold ensemble is not).',
+      checkpoint_sentence(checkpoints),
       '',
   ]
+
+
+def checkpoint_sentence(checkpoints: dict[str, dict]) -> str:
+  """Which checkpoints made the OOF predictions, and what that means.
+  checkpoints: {run: {'which', 'step'}}."""
+  steps = ', '.join(
+      f"{run} {c['which']} step {c['step']}" for run, c in checkpoints.items()
+  )
+  if all(c['which'] == 'latest' for c in checkpoints.values()):
+    return (
+        f'Fold models: their last checkpoints ({steps}): nothing was chosen '
+        'on the OOF cases.'
+    )
+  return (
+      f'Fold models: {steps}. A best checkpoint was chosen on the fold it '
+      'predicts here, which makes OOF optimistic by that choice '
+      '(`--checkpoint=latest` avoids it; the fold ensemble on test is not '
+      'affected).'
+  )
 
 
 def _metrics_section(ev: oof_lib.OofEvaluation) -> list:
@@ -156,10 +174,12 @@ def _calibration_section(ev: oof_lib.OofEvaluation) -> list:
   ]
 
 
-def blocks(ev: oof_lib.OofEvaluation, workdir: str) -> list:
+def blocks(
+    ev: oof_lib.OofEvaluation, workdir: str, checkpoints: dict[str, dict]
+) -> list:
   """report.md's blocks (document.Block: markdown lines and Tables)."""
   return [
-      *_overview(ev, workdir),
+      *_overview(ev, workdir, checkpoints),
       *_metrics_section(ev),
       *_operating_points_section(ev),
       *_per_fold_section(ev),
@@ -181,7 +201,7 @@ def write_cv(
   write_csv(paths[0], *oof_lib.oof_rows(oof))
   with open(paths[1], 'w') as f:
     json.dump({**ev.to_json(), 'checkpoints': checkpoints}, f, indent=1)
-  page = blocks(ev, workdir)
+  page = blocks(ev, workdir, checkpoints)
   lines = [TITLE, '', *document.markdown_lines(page)]
   with open(paths[2], 'w') as f:
     f.write('\n'.join(lines).rstrip('\n') + '\n')
