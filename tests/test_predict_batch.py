@@ -316,3 +316,33 @@ def test_an_error_in_one_case_stops_no_other(studies, run_dir, monkeypatch):
   [failure] = outcome.failures
   assert failure.case.key == poisoned
   assert failure.reason == 'RuntimeError: decoder crashed'
+
+
+def test_progress_counts_each_case_once_when_the_stream_fails_late(
+    studies, run_dir, monkeypatch
+):
+  """The stream breaks after some cases were counted: the case-by-case
+  retry counts only the others."""
+  found = inputs.find_cases([studies])
+  view_batches = batch_lib.view_batches
+
+  def failing_late(cases, size, batch_size, unreadable, on_case, stored):
+    read = []
+
+    def count():
+      read.append(1)
+      on_case()
+
+    for b in view_batches(cases, size, batch_size, unreadable, count, stored):
+      if len(cases) > 1 and len(read) >= 2:
+        raise RuntimeError('stream broke')
+      yield b
+
+  monkeypatch.setattr(batch_lib, 'view_batches', failing_late)
+  runs = inference.load_runs([run_dir])
+  calls = []
+  outcome = batch_lib.predict_cases(
+      runs, found.cases, batch_size=4, on_case=lambda: calls.append(1)
+  )
+  assert len(outcome.results) == len(found.cases)
+  assert len(calls) == len(found.cases)

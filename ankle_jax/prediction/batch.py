@@ -204,17 +204,25 @@ def predict_cases(
     on_case: Callable[[], None] = lambda: None,
     stored_size: int = STORED_SIZE,
 ) -> BatchOutcome:
-  """Every case's prediction (module docstring).
+  """Every case's prediction (module docstring); on_case is called once per
+  case.
 
   A failure of the whole stream (not of one file) is retried case by case,
   so that one case's failure never stops the others.
   """
   unreadable: dict[str, str] = {}
+  counted = 0
+
+  def count_case() -> None:
+    nonlocal counted
+    counted += 1
+    on_case()
+
   try:
     preds = inference.predict_split(
         runs,
         lambda size: view_batches(
-            cases, size, batch_size, unreadable, on_case, stored_size
+            cases, size, batch_size, unreadable, count_case, stored_size
         ),
         cases_per_batch=batch_size,
     )
@@ -226,7 +234,9 @@ def predict_cases(
   except Exception:  # noqa: BLE001 - isolate the case that fails.
     if len(cases) == 1:
       raise
-    return _case_by_case(runs, cases, batch_size, vote, on_case, stored_size)
+    return _case_by_case(
+        runs, cases, batch_size, vote, stored_size, on_case, counted
+    )
   outcome = BatchOutcome([], [], [])
   for position, case in enumerate(cases):
     if position in by_position:
@@ -241,24 +251,29 @@ def predict_cases(
 
 
 def _case_by_case(
-    runs, cases, batch_size, vote, on_case, stored_size
+    runs, cases, batch_size, vote, stored_size, on_case, already_counted
 ) -> BatchOutcome:
-  """predict_cases one case at a time; a case that raises fails alone."""
+  """predict_cases one case at a time; a case that raises fails alone.
+  on_case is called for each case after the first already_counted (those
+  the failed stream counted)."""
   outcome = BatchOutcome([], [], [])
-  for case in cases:
+  for position, case in enumerate(cases):
     try:
       one = predict_cases(
           runs,
           [case],
           batch_size=batch_size,
           vote=vote,
-          on_case=on_case,
           stored_size=stored_size,
       )
     except Exception as e:  # noqa: BLE001 - listed with its reason.
       outcome.failures.append(CaseFailure(case, f'{type(e).__name__}: {e}'))
       continue
-    outcome.results += one.results
-    outcome.failures += one.failures
-    outcome.unreadable += one.unreadable
+    else:
+      outcome.results += one.results
+      outcome.failures += one.failures
+      outcome.unreadable += one.unreadable
+    finally:
+      if position >= already_counted:
+        on_case()
   return outcome
