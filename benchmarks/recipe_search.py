@@ -9,7 +9,10 @@ cv/oof_predictions.csv alone:
     DeLong interval, and the mean and sd over seeds;
   * for each pair of recipes and each seed, the paired OOF AUC difference
     (first - second) on the same cases with DeLong's paired interval
-    (ankle_jax.evaluation.auc.paired_difference), and the same on the
+    (ankle_jax.evaluation.auc.paired_difference), and the mean of the
+    per-fold paired differences (auc.stratified_paired_difference: each
+    fold's AUC compares one fold model's scores only, so a shift of scale
+    between fold models does not count against a recipe); both also on the
     seed-averaged OOF scores (each recipe's probability averaged over its
     seeds per case).
 
@@ -93,15 +96,17 @@ def crossval_command(
   ]
 
 
-def case_scores(workdir: str, folds: int) -> dict[str, tuple[int, float]]:
-  """{case_id: (label, OOF case probability)} of a crossval workdir."""
+def case_scores(workdir: str, folds: int) -> dict[str, tuple[int, float, int]]:
+  """{case_id: (label, OOF case probability, fold)} of a crossval
+  workdir."""
   path = os.path.join(crossval_runs.cv_dir(workdir), crossval_runs.OOF_FILE)
   names = [crossval_runs.fold_name(k) for k in range(folds)]
   oof = oof_lib.read_oof_csv(path, names)
   cases = oof.preds.cases()
   probs_c = voting.run_case_probs(oof.preds.probs_rv, cases)[0]
+  fold_of = oof.fold_of_case()
   return {
-      c: (int(y), float(p))
+      c: (int(y), float(p), fold_of[c])
       for c, y, p in zip(cases.case_ids_c, cases.labels_c, probs_c)
   }
 
@@ -116,13 +121,13 @@ def checkpoint_kind(workdir: str) -> str:
 
 
 def aligned(
-    scores: dict[str, dict[str, tuple[int, float]]],
-) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-  """(case ids, labels [n], {key: scores [n]}) of score dicts over the same
-  cases.
+    scores: dict[str, dict[str, tuple[int, float, int]]],
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+  """(labels [n], folds [n], {key: scores [n]}) of case_scores dicts over
+  the same cases (sorted by case id).
 
   Raises:
-    ValueError: the OOF case sets differ.
+    ValueError: the OOF case sets or their folds differ.
   """
   keys = list(scores)
   case_ids = sorted(scores[keys[0]])
@@ -132,10 +137,13 @@ def aligned(
           f'{key} and {keys[0]} have different OOF cases: not the same '
           'dataset (or folds); they cannot be paired.'
       )
+    if any(scores[key][c][2] != scores[keys[0]][c][2] for c in case_ids):
+      raise ValueError(f'{key} and {keys[0]} put cases in different folds.')
   labels = np.array([scores[keys[0]][c][0] for c in case_ids])
+  folds = np.array([scores[keys[0]][c][2] for c in case_ids])
   return (
-      case_ids,
       labels,
+      folds,
       {k: np.array([s[c][1] for c in case_ids]) for k, s in scores.items()},
   )
 
@@ -145,10 +153,12 @@ def summarize(
     seeds: list[int],
     scores_of: dict[str, np.ndarray],
     labels: np.ndarray,
+    folds: np.ndarray,
     checkpoint: str,
 ) -> dict:
-  """The per-recipe AUCs and the pairwise paired differences (checkpoint:
-  the fold checkpoints of every workdir, 'best' or 'latest')."""
+  """The per-recipe AUCs and the pairwise paired differences, of the pooled
+  OOF scores and fold-stratified (checkpoint: the fold checkpoints of every
+  workdir, 'best' or 'latest')."""
   out = {
       'checkpoint': checkpoint,
       'recipes': {},
@@ -176,9 +186,9 @@ def summarize(
     scores_of[f'{r.name}/mean'] = mean_scores
   for a, b in itertools.combinations(recipes, 2):
     for s in [*seeds, 'mean']:
-      d = auc_lib.paired_difference(
-          labels, scores_of[f'{a.name}/{s}'], scores_of[f'{b.name}/{s}']
-      )
+      pair = (labels, scores_of[f'{a.name}/{s}'], scores_of[f'{b.name}/{s}'])
+      d = auc_lib.paired_difference(*pair)
+      by_fold = auc_lib.stratified_paired_difference(*pair, folds)
       out['pairs'].append(
           {
               'first': a.name,
@@ -186,6 +196,10 @@ def summarize(
               'seed': s,
               **d.to_json(),
               'described': d.describe(),
+              'fold_stratified': {
+                  **by_fold.to_json(),
+                  'described': by_fold.describe(),
+              },
           }
       )
   return out
@@ -214,12 +228,19 @@ def markdown(summary: dict) -> str:
     )
   lines += [
       '',
-      '| First - second | Seed | Paired difference [95%] |',
-      '|---|---|---|',
+      "Paired differences [95%]: of the pooled OOF scores' AUC, and the mean "
+      'of the per-fold differences (fold-stratified: a shift of scale '
+      'between fold models does not count).',
+      '',
+      '| First - second | Seed | Pooled OOF | Fold-stratified (mean per-fold'
+      ' AUCs) |',
+      '|---|---|---|---|',
   ]
   for p in summary['pairs']:
+    f = p['fold_stratified']
     lines.append(
         f"| {p['first']} - {p['second']} | {p['seed']} | {p['described']} |"
+        f" {f['described']} ({f['auc_a']:.3f} vs {f['auc_b']:.3f}) |"
     )
   return '\n'.join(lines) + '\n'
 
@@ -251,8 +272,10 @@ def main(argv: list[str]) -> int:
         f'the OOF predictions come from different checkpoints ({kinds}): '
         'run crossval again with one --checkpoint=best|latest for all'
     )
-  _, labels, scores_of = aligned(scores)
-  summary = summarize(recipes, seeds, scores_of, labels, kinds.popitem()[1])
+  labels, folds, scores_of = aligned(scores)
+  summary = summarize(
+      recipes, seeds, scores_of, labels, folds, kinds.popitem()[1]
+  )
   os.makedirs(args.root, exist_ok=True)
   with open(os.path.join(args.root, 'recipe_search.json'), 'w') as f:
     json.dump(summary, f, indent=1)

@@ -159,6 +159,36 @@ def test_paired_difference_of_two_perfect_models_is_not_measurable():
   assert same.not_measurable and '+0.000 [' not in same.describe()
 
 
+def test_stratified_paired_difference_ignores_shifts_between_folds():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 2, 300)
+  folds = np.arange(300) % 3
+  good = labels + rng.normal(0, 0.8, 300)
+  poor = labels + rng.normal(0, 1.4, 300)
+  # Fold 2's model of `good` outputs scores 3 higher: its pooled AUC drops,
+  # the per-fold AUCs do not change.
+  shifted = good + 3.0 * (folds == 2)
+  pooled = auc.paired_difference(labels, shifted, poor)
+  by_fold = auc.stratified_paired_difference(labels, shifted, poor, folds)
+  unshifted = auc.stratified_paired_difference(labels, good, poor, folds)
+  assert pooled.difference < unshifted.difference - 0.05
+  assert by_fold.difference == pytest.approx(unshifted.difference, abs=1e-12)
+  assert by_fold.method == 'delong_paired_stratified'
+  # The mean of the per-fold differences; the folds' variances add.
+  per_fold = [
+      auc.paired_difference(labels[m], good[m], poor[m])
+      for m in (folds == k for k in range(3))
+  ]
+  z = stats.norm.ppf(0.975)
+  variances = [((d.hi - d.lo) / (2 * z)) ** 2 for d in per_fold]
+  assert by_fold.difference == pytest.approx(
+      np.mean([d.difference for d in per_fold]), abs=1e-12
+  )
+  assert (by_fold.hi - by_fold.lo) / (2 * z) == pytest.approx(
+      math.sqrt(sum(variances)) / 3, rel=1e-9
+  )
+
+
 def test_printed_intervals_never_read_as_collapsed():
   assert format_value(1.0, (0.9865, 1.0)) == '1.000 [0.99, 1.00]'
   assert format_value(1.0, (0.996, 1.0)) == '1.000 [0.996, 1.000]'

@@ -433,7 +433,7 @@ def test_recipe_search_pairs_oof_aucs_by_case(tmp_path, monkeypatch):
   import recipe_search  # noqa: PLC0415
 
   rng = np.random.default_rng(0)
-  labels = [c % 2 for c in range(30)]
+  labels = [(c // 2) % 2 for c in range(30)]  # both classes in each fold
   scores = {
       (name, seed): np.clip(
           np.array(labels) * gain + rng.normal(0, 0.3, 30), 0, 1
@@ -462,6 +462,10 @@ def test_recipe_search_pairs_oof_aucs_by_case(tmp_path, monkeypatch):
   )
   assert pair['difference'] == pytest.approx(expected.difference)
   assert pair['lo'] == pytest.approx(expected.lo)
+  by_fold = auc_lib.stratified_paired_difference(
+      np.array(labels), scores[('a', 1)], scores[('b', 1)], np.arange(30) % 2
+  )
+  assert pair['fold_stratified']['lo'] == pytest.approx(by_fold.lo)
   assert summary['recipes']['b']['overrides'] == ['image_size=96']
   assert set(summary['recipes']['a']['oof_roc_auc_per_seed']) == {'0', '1'}
   assert 'a - b' in _text(tmp_path / 'recipe_search.md')

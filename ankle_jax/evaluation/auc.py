@@ -279,26 +279,21 @@ class AucDifference:
     return {k: nan_to_none(v) for k, v in dataclasses.asdict(self).items()}
 
 
-def paired_difference(
-    labels, scores_a, scores_b, clusters=None, confidence: float = 0.95
-) -> AucDifference:
-  """DeLong's paired interval and test of AUC(a) - AUC(b).
-
-  Args:
-    labels: int [n] with both classes. scores_a, scores_b: float [n], two
-      models' scores on the same items.
-    clusters: int [n] the case of each item (None: independent items).
-    confidence: the interval's coverage.
-  """
+def _paired_moments(labels, scores_a, scores_b, clusters=None):
+  """(AUC(a), AUC(b), DeLong variance of their difference, method)."""
   p = placements(labels, np.stack([scores_a, scores_b]), clusters)
   auc_a, auc_b = (float(x) for x in p.auc_b)
   diff = dataclasses.replace(
       p, pos_bm=p.pos_bm[:1] - p.pos_bm[1:], neg_bn=p.neg_bn[:1] - p.neg_bn[1:]
   )
-  variance = float(diff.variance_b()[0])
   method = 'delong_paired' + (
       '_clustered' if p.pos_clusters is not None else ''
   )
+  return auc_a, auc_b, float(diff.variance_b()[0]), method
+
+
+def _difference(auc_a, auc_b, variance, method, confidence) -> AucDifference:
+  """The AucDifference of a difference with this variance (normal)."""
   if variance <= 1e-15:
     reason = (
         f'both AUCs are {auc_a:.3f}'
@@ -320,4 +315,53 @@ def paired_difference(
       min(1.0, d + z * se),
       float(stats.norm.sf(d / se)),
       method,
+  )
+
+
+def paired_difference(
+    labels, scores_a, scores_b, clusters=None, confidence: float = 0.95
+) -> AucDifference:
+  """DeLong's paired interval and test of AUC(a) - AUC(b).
+
+  Args:
+    labels: int [n] with both classes. scores_a, scores_b: float [n], two
+      models' scores on the same items.
+    clusters: int [n] the case of each item (None: independent items).
+    confidence: the interval's coverage.
+  """
+  moments = _paired_moments(labels, scores_a, scores_b, clusters)
+  return _difference(*moments, confidence)
+
+
+def stratified_paired_difference(
+    labels, scores_a, scores_b, strata, confidence: float = 0.95
+) -> AucDifference:
+  """The mean over strata of the within-stratum AUC(a) - AUC(b), DeLong.
+
+  For out-of-fold scores (strata = folds): each fold's AUC compares only
+  the scores of one fold model, so a shift of scale between fold models
+  does not count, unlike the AUC of the pooled scores. The strata hold
+  disjoint items, so their paired DeLong variances add: variance =
+  sum_k var_k / K^2 (equal weights, as the mean per-fold AUC).
+
+  Args:
+    labels: int [n]. scores_a, scores_b: float [n] on the same items.
+    strata: int [n] the stratum (fold) of each item; each has both classes.
+  """
+  strata = np.asarray(strata)
+  labels, scores_a, scores_b = (
+      np.asarray(x) for x in (labels, scores_a, scores_b)
+  )
+  moments = [
+      _paired_moments(labels[m], scores_a[m], scores_b[m])
+      for m in (strata == k for k in np.unique(strata))
+  ]
+  auc_a, auc_b, var_sum = (sum(m[i] for m in moments) for i in range(3))
+  k = len(moments)
+  return _difference(
+      auc_a / k,
+      auc_b / k,
+      var_sum / k**2,
+      'delong_paired_stratified',
+      confidence,
   )
