@@ -28,8 +28,8 @@ A recipe is NAME=CONFIG[:FIELD=VALUE,FIELD=VALUE...] (fields as in
 --config.FIELD=VALUE). --no_train only reads what the workdirs hold. Other
 flags (--checkpoint=latest: OOF from the last checkpoints, nothing chosen on
 the OOF cases) go to crossval; every workdir's OOF must come from the same
-kind of checkpoint. Writes
-ROOT/recipe_search.json and ROOT/recipe_search.md; prints the markdown.
+kind of checkpoint. Writes ROOT/recipe_search.json and ROOT/recipe_search.md;
+prints the markdown.
 The folds depend only on the dataset and K, so every recipe and seed sees
 the same OOF cases (the pairing needs it; a mismatch is an error).
 """
