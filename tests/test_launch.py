@@ -135,10 +135,19 @@ def test_faithful_hyperparameters(name):
   assert config.model.kernel_init == 'lecun_normal'
 
 
-@pytest.mark.parametrize('name', ['demo', 'local', 'fracatlas_cpu'])
+@pytest.mark.parametrize('name', ['demo', 'local'])
 def test_recipes_chosen_on_validation_evaluate_the_best_checkpoint(name):
   config = _config(name)
   assert config.eval_checkpoint == 'best'
+  assert config.data.max_eval_views == 0
+
+
+def test_the_fracatlas_cpu_recipe_evaluates_its_last_step():
+  # Chosen by cross-validation: a best checkpoint picked on ~48 fractured
+  # images did worse out of fold than the last step (its docstring).
+  config = _config('fracatlas_cpu')
+  assert config.eval_checkpoint == 'latest'
+  assert config.best_metric == 'val_auc'  # checkpoints/best still saved
   assert config.data.max_eval_views == 0
 
 
