@@ -96,8 +96,9 @@ def train_stages(
   for number, stage in enumerate(stages, start=1):
     if len(stages) > 1:
       records.say(f'Stage {number} of {len(stages)}: {stage.workdir}')
-    if number < len(stages) and finished_step(stage) is not None:
-      records.say(f'Trained already (step {finished_step(stage)}).')
+    done_at = finished_step(stage) if number < len(stages) else None
+    if done_at is not None:
+      records.say(f'Trained already (step {done_at}).')
       continue
     summary = train.train_and_evaluate(
         stage.config, stage.workdir, **train_kwargs

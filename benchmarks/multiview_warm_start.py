@@ -50,6 +50,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import multiview_vs_voting  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))  # For `ankle_jax`.
+
+from ankle_jax.evaluation import voting  # noqa: E402
+
 CONFIG = 'configs/multiview_demo.py'
 # Row name -> (run directory under ROOT/s<s>, voting rule in results.json).
 ROWS = {
@@ -131,35 +136,44 @@ def compute_of(run_dir: pathlib.Path) -> tuple[int, int, int]:
   return 0, steps, images
 
 
-# Case score of a per-view run's view probabilities (float [V]) by vote.
-VOTE_SCORES = {
-    'soft': np.mean,
-    'max': np.max,
-    'noisy_or': lambda p: 1.0 - np.prod(1.0 - p),
-}
+def read_rows(path: pathlib.Path) -> list[dict[str, str]]:
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
 
 
 def case_scores(eval_dir: pathlib.Path, run: str, vote: str, split: str):
   """{case_id: (label, score)} of one run on `split`: a multi-view run's own
   case probability (case_predictions.csv), or a per-view run's view
-  probabilities (predictions.csv) combined by `vote`."""
-  with open(eval_dir / 'case_predictions.csv', newline='') as f:
-    kinds = {r['kind'] for r in csv.DictReader(f) if r['run'] == run}
-  if 'multi_view' in kinds:
-    return case_probabilities(eval_dir, split)[run]
-  views: dict[str, tuple[int, list[float]]] = {}
-  with open(eval_dir / 'predictions.csv', newline='') as f:
-    for row in csv.DictReader(f):
-      if row['run'] == run and row['split'] == split:
-        _, probs = views.setdefault(row['case_id'], (int(row['label']), []))
-        probs.append(float(row['probability']))
-  score = VOTE_SCORES[vote]
-  return {c: (y, float(score(np.array(p)))) for c, (y, p) in views.items()}
+  probabilities (predictions.csv) combined by `vote` (voting.case_vote_probs,
+  as evaluate combines them)."""
+  case_rows = [
+      r for r in read_rows(eval_dir / 'case_predictions.csv')
+      if r['run'] == run and r['split'] == split
+  ]  # fmt: skip
+  if any(r['kind'] == 'multi_view' for r in case_rows):
+    return {r['case_id']: (int(r['label']), float(r['probability']))
+            for r in case_rows}  # fmt: skip
+  view_rows = [
+      r for r in read_rows(eval_dir / 'predictions.csv')
+      if r['run'] == run and r['split'] == split
+  ]  # fmt: skip
+  case_ids = np.array([r['case_id'] for r in view_rows])
+  labels = np.array([int(r['label']) for r in view_rows])
+  cases = voting.index_cases(case_ids, labels)
+  scores = voting.case_vote_probs(
+      np.array([float(r['probability']) for r in view_rows]), cases, vote
+  )
+  return {
+      c: (int(y), float(p))
+      for c, y, p in zip(cases.case_ids_c, cases.labels_c, scores)
+  }
 
 
 def youden_accuracy(validation: dict, reported: dict) -> float:
   """Accuracy on `reported` ({case: (label, score)}) at the threshold that
-  maximizes sensitivity + specificity on `validation` (score >= t)."""
+  maximizes sensitivity + specificity on `validation` (score >= t; among
+  equal J the lowest score, unlike metrics.youden_threshold: the README's
+  table was measured so)."""
   labels = np.array([y for y, _ in validation.values()])
   scores = np.array([p for _, p in validation.values()])
   best_t, best_j = 0.5, -np.inf
@@ -170,19 +184,6 @@ def youden_accuracy(validation: dict, reported: dict) -> float:
       best_t, best_j = t, j
   right = [(p >= best_t) == bool(y) for y, p in reported.values()]
   return float(np.mean(right))
-
-
-def case_probabilities(eval_dir: pathlib.Path, split: str) -> dict[str, dict]:
-  """{run: {case_id: (label, probability)}} from case_predictions.csv."""
-  out: dict[str, dict] = {}
-  with open(eval_dir / 'case_predictions.csv', newline='') as f:
-    for row in csv.DictReader(f):
-      if row['split'] == split:
-        out.setdefault(row['run'], {})[row['case_id']] = (
-            int(row['label']),
-            float(row['probability']),
-        )
-  return out
 
 
 def seed_rows(root: pathlib.Path) -> dict[str, dict]:

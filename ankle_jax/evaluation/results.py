@@ -315,12 +315,13 @@ def compute_operating_points(
   For each members tuple and level: the Youden threshold and the highest
   threshold with sensitivity >= 0.90 on validation.
   """
+  cases = {s: by_split[s].cases() for s in (VALIDATION, split)}
   return [
       op
       for members in members_list
       for level in voting.LEVELS
       for op in vote_operating_points(
-          by_split, run_names, members, level, 'soft', split
+          by_split, run_names, members, level, 'soft', split, cases
       )
   ]
 
@@ -332,12 +333,17 @@ def vote_operating_points(
     level: str,
     vote: str,
     split: str,
+    cases: Mapping[str, voting.CaseIndex] | None = None,
 ) -> list[OperatingPoint]:
   """The OPERATING_POINTS of one ensemble's `vote` scores at `level`: each
   threshold chosen on validation, applied to `split` (none when validation
-  holds one class)."""
-  dv = decide_split(by_split[VALIDATION], members, level, vote)
-  dt = decide_split(by_split[split], members, level, vote)
+  holds one class; cases: {split: its cases()}, passed in to compute them
+  once)."""
+  cases = cases or {}
+  dv = decide_split(
+      by_split[VALIDATION], members, level, vote, cases.get(VALIDATION)
+  )
+  dt = decide_split(by_split[split], members, level, vote, cases.get(split))
   if np.unique(dv.labels).size < 2:
     return []
   out = []

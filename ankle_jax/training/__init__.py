@@ -12,7 +12,7 @@ inputs         the dataset, the train iterator, the step schedule
 warm_start     a multi-view trunk and head from a per-view run
 
 Functions here take plain arguments. The frozen settings (OptimizerSettings,
-LossSettings, AugmentSettings, ViewSettings, Schedule, WarmStart) are made from the config
-by their `from_config`, which only train.py calls; config_checks reads the
-config to check it.
+LossSettings, AugmentSettings, ViewSettings, Schedule, WarmStart) are made
+from the config by their `from_config`, which only train.py calls;
+config_checks reads the config to check it.
 """
